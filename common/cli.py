@@ -1,0 +1,72 @@
+"""`comix-embed`: one console script, one subcommand per tool.
+
+Each subcommand lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`;
+modules are imported only when their command runs, so `comix-embed sample` does not load torch.
+Exit status: 0 success, 2 bad usage or configuration, 3 finished with failed pages, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from common.errors import UsageError
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("common.demo", "make sample data and a tiny checkpoint, embed it all, show the results"),
+    "sample": ("common.sample", "write a synthetic, deterministic comic corpus (images, DataSpecs, list)"),
+    "init-checkpoint": ("common.init_checkpoint", "write an UNTRAINED checkpoint and a tokenizer beside it"),
+    "run": ("producer.run", "embed a list on this machine: Redis, workers and writer in one command"),
+    "enqueue": ("producer.enqueue", "register a list in the store and send its batches to the workers"),
+    "worker": ("consumers.worker", "start a Celery GPU worker that embeds batches"),
+    "writer": ("writer.service", "commit workers' results to the store, in order, with manifests"),
+    "status": ("producer.status", "committed, queued, in-flight and failed pages, rate and ETA"),
+    "summaries": ("common.tools.summaries", "print per-page norms and text of committed rows"),
+    "diagnose": ("common.tools.diagnose", "check a store for gaps, corruption and leftovers"),
+    "query": ("common.tools.query", "search a store by text, by page, or by keyword"),
+    "dataspec": ("common.tools.dataspec_from_coco", "make DataSpecs from COCO detections and VLM text"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="comix-embed", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    top, rest = parser.parse_known_args(argv)
+    if not top.command:
+        parser.print_help()
+        return 2
+    module_name, help_text = COMMANDS[top.command]
+    module = importlib.import_module(module_name)
+    cmd_parser = argparse.ArgumentParser(prog=f"comix-embed {top.command}", description=help_text)
+    module.add_arguments(cmd_parser)
+    # parse_known_args above stopped at the command; everything after it belongs to the command
+    cmd_args = cmd_parser.parse_args(argv[argv.index(top.command) + 1 :])
+    logging.basicConfig(
+        level=getattr(logging, str(top.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(module.run(cmd_args) or 0)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

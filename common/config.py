@@ -1,0 +1,58 @@
+"""Every setting of the system in one place.
+
+Constants describe the model and the store contract (spec/closure-lite.md, spec/store.md) and
+must not vary between processes. Deployment settings (broker URL, credentials, bounds) come from
+the environment, so that the same values reach the producer, the workers, the writer and Flower
+(research/celery-reliability.md: mismatched visibility timeouts on one Redis cause redeliveries).
+"""
+
+from __future__ import annotations
+
+import os
+
+# --- model and page inputs (spec/closure-lite.md) ---
+MAX_PANELS = 12
+IMAGE_SIZE = 224
+TEXT_MAX_TOKENS = 128
+TEXT_KEYS = ("dialogue", "narration", "sfx")
+TEXT_JOINER = " | "
+ATTENTION_TEMPERATURE = 0.1
+ENCODER_MODES = ("fused", "vision", "text", "comp")
+MODEL_NAME = "CLOSURE-Lite-Simple"
+# A page larger than this many pixels is refused as a decompression bomb (real scans are ~4-6 MP).
+MAX_IMAGE_PIXELS = int(os.environ.get("COMIX_MAX_IMAGE_PIXELS", 64_000_000))
+
+# --- store (spec/store.md) ---
+STORE_NAME = "combined_embeddings.zarr"
+MANIFEST_GROUP = "manifest"
+SCHEMA_VERSION = 1
+# Rows per chunk along page_id: a multiple of common batch sizes, so a batch rewrites at most one
+# partial chunk per array and a writer that is behind writes whole chunks (research/zarr-durability.md §4).
+CHUNK_ROWS = 64
+# Capacity grows in steps this large, all arrays back to back (readers see equal shapes).
+GROWTH_ROWS = 4096
+AUDIT_LOG_NAME = "audit.jsonl"
+JOBS_DIR_NAME = "jobs"
+# The writer's lock file in the output folder: one writer per store.
+WRITER_LOCK_NAME = "writer.lock"
+# fsync chunk files (and their folders) before a batch's manifest, so that a manifest never
+# outlives its rows on power loss. Process crashes need no fsync (rename is atomic either way).
+WRITER_FSYNC = os.environ.get("COMIX_WRITER_FSYNC", "1") not in ("0", "false", "no")
+# Non-dimension coordinates of the store, as the users' readers use them (spec/store.md).
+STORE_COORDINATES = ("manifest_path", "source", "series", "volume", "issue", "page_num")
+
+# --- broker and delivery (research/celery-reliability.md §0) ---
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+# Seconds before an unacknowledged task is handed to another worker. Far above a batch's runtime.
+VISIBILITY_TIMEOUT = int(os.environ.get("COMIX_VISIBILITY_TIMEOUT", 1800))
+# A task is killed before its lease can expire, so it never runs twice concurrently.
+TASK_TIME_LIMIT = int(os.environ.get("COMIX_TASK_TIME_LIMIT", 1200))
+TASK_SOFT_TIME_LIMIT = TASK_TIME_LIMIT - 60
+EMBED_QUEUE = "comix.embed"
+# Results waiting for the writer are bounded: a worker waits while this many are queued.
+MAX_PENDING_RESULTS = int(os.environ.get("COMIX_MAX_PENDING_RESULTS", 16))
+
+
+def broker_url(cli_value: str | None = None) -> str:
+    """The broker URL: the command-line value, else $COMIX_BROKER_URL, else local Redis."""
+    return cli_value or os.environ.get("COMIX_BROKER_URL") or DEFAULT_BROKER_URL

@@ -1,0 +1,260 @@
+"""Embedding a batch of pages: the function every worker calls.
+
+Stages, each timed: read the image bytes, decode and crop (a thread pool, ahead of the encoders:
+Pillow releases the GIL while decoding and resizing), tokenize, encode, pool. Only valid panels go
+through the encoders, in large batches across pages, texts padded to the longest of their
+sub-batch; on CUDA under bf16 autocast. One broken page fails alone, with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from common import config
+from common.checkpoint import LoadedModel
+from common.pages import PageTask
+from common.paths import ImageResolver, PathRefused
+from common.preprocess import PageImageError, PreparedPage, prepare_page, read_image_bytes
+from common.results import STATUS_FAILED, BatchResult
+from common.tokenizer import LoadedTokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbedSettings:
+    encoder_mode: str = "fused"
+    # decode JPEGs at reduced scale where every crop keeps >= 224 px (see common/preprocess.py)
+    fast_decode: bool = True
+    decode_threads: int = max(1, min(8, os.cpu_count() or 1))
+    # crops per encoder call: large batches keep a GPU busy; bounded to cap memory
+    encode_batch: int = 256
+    # bf16 autocast on CUDA (outputs checked against fp32 in benchmarks/throughput.py)
+    amp: bool = True
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` is the first visible GPU, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Embedder:
+    """A loaded model plus tokenizer on one device, turning PageTasks into store arrays."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        tokenizer: LoadedTokenizer,
+        resolver: ImageResolver,
+        device: torch.device | str = "cpu",
+        settings: EmbedSettings | None = None,
+    ) -> None:
+        self.settings = settings or EmbedSettings()
+        if self.settings.encoder_mode not in config.ENCODER_MODES:
+            raise ValueError(f"encoder mode must be one of {config.ENCODER_MODES}")
+        self.device = torch.device(device)
+        self.model = loaded.model.to(self.device).eval()
+        self.tokenizer = tokenizer.tokenizer
+        self.resolver = resolver
+        self.d = loaded.config.d
+        self.identity = {
+            "model_name": config.MODEL_NAME,
+            "embedding_dim": self.d,
+            "max_panels": config.MAX_PANELS,
+            "encoder_mode": self.settings.encoder_mode,
+            "checkpoint_sha256": loaded.sha256,
+            "tokenizer": tokenizer.identity,
+        }
+        self._pool = ThreadPoolExecutor(self.settings.decode_threads, thread_name_prefix="decode")
+
+    # ---- CPU side ----
+    def _prepare(self, task: PageTask) -> PreparedPage | str:
+        """Inputs of one page, or the reason it failed."""
+        if task.error:
+            return task.error
+        if task.spec is None:
+            return "no DataSpec content for this page"
+        t0 = time.perf_counter()
+        try:
+            path = self.resolver.open_path(task.root, task.image)
+            data = read_image_bytes(path)
+            t1 = time.perf_counter()
+            page = prepare_page(task.spec, data, task.image, self.settings.fast_decode)
+        except (PathRefused, PageImageError) as exc:
+            return str(exc)
+        except FileNotFoundError as exc:
+            return f"image not found: {task.image} ({exc.filename or exc})"
+        except OSError as exc:
+            return f"cannot read image {task.image}: {exc}"
+        page.timings = {"read": t1 - t0, "decode_crop": time.perf_counter() - t1}
+        return page
+
+    def _prepared_chunks(
+        self, tasks: list[PageTask], stats: dict[str, float]
+    ) -> Iterator[list[tuple[int, PreparedPage]]]:
+        """Prepared pages in groups of about `encode_batch` crops, decoded ahead by the pool."""
+        chunk: list[tuple[int, PreparedPage]] = []
+        crops = 0
+        wait0 = time.perf_counter()
+        for i, item in enumerate(self._pool.map(self._prepare, tasks)):
+            if isinstance(item, str):
+                stats.setdefault("failures", {})[i] = item  # type: ignore[index]
+                continue
+            stats["read"] += item.timings["read"]
+            stats["decode_crop"] += item.timings["decode_crop"]
+            chunk.append((i, item))
+            crops += len(item.crops)
+            if crops >= self.settings.encode_batch:
+                stats["decode_wait"] += time.perf_counter() - wait0
+                yield chunk
+                wait0 = time.perf_counter()
+                chunk, crops = [], 0
+        stats["decode_wait"] += time.perf_counter() - wait0
+        if chunk:
+            yield chunk
+
+    # ---- device side ----
+    def _autocast(self):
+        if self.device.type == "cuda" and self.settings.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _panel_vectors(self, pages: list[PreparedPage], stats: dict[str, float]) -> torch.Tensor:
+        """P for every valid panel of `pages`, flattened in page order: (sum n, d) float32."""
+        mode = self.settings.encoder_mode
+        step = self.settings.encode_batch
+        crops = np.concatenate([p.crops for p in pages])
+        comp = torch.from_numpy(np.concatenate([p.comp for p in pages])).to(self.device)
+        texts = [t for p in pages for t in p.texts]
+        t0 = time.perf_counter()
+        enc = None
+        if mode in ("fused", "text"):
+            enc = self.tokenizer(
+                texts, truncation=True, max_length=config.TEXT_MAX_TOKENS, padding=False
+            )["input_ids"]
+        stats["tokenize"] += time.perf_counter() - t0
+        out = torch.empty((len(texts), self.d), dtype=torch.float32, device=self.device)
+        # texts sorted by length so each sub-batch pads to a similar length
+        order = sorted(range(len(texts)), key=lambda i: len(enc[i])) if enc is not None else list(range(len(texts)))
+        for s in range(0, len(order), step):
+            idx = order[s : s + step]
+            images = ids = mask = None
+            if mode in ("fused", "vision"):
+                images = self._to_images(crops[idx])
+            if enc is not None:
+                ids, mask = self._pad([enc[i] for i in idx])
+            with self._autocast():
+                vec = self.model.panel_vectors(mode, images, ids, mask, comp[idx])
+            out[torch.as_tensor(idx, device=self.device)] = vec.float()
+        return out
+
+    def _to_images(self, crops: np.ndarray) -> torch.Tensor:
+        """uint8 NHWC on the host -> float [0, 1] NCHW on the device (a quarter of the copy)."""
+        t = torch.from_numpy(np.ascontiguousarray(crops))
+        if self.device.type == "cuda":
+            t = t.pin_memory().to(self.device, non_blocking=True)
+        return t.permute(0, 3, 1, 2).float().div_(255.0)
+
+    def _pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        longest = max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(seqs), longest), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), longest), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _encode_chunk(
+        self, chunk: list[tuple[int, PreparedPage]], arrays: dict[str, np.ndarray], stats: dict[str, float]
+    ) -> None:
+        pages = [p for _, p in chunk]
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            flat = self._panel_vectors(pages, stats)
+            counts = [len(p.crops) for p in pages]
+            padded = torch.zeros((len(pages), config.MAX_PANELS, self.d), device=self.device)
+            mask = torch.zeros((len(pages), config.MAX_PANELS), dtype=torch.bool, device=self.device)
+            start = 0
+            for j, n in enumerate(counts):
+                padded[j, :n] = flat[start : start + n]
+                mask[j, :n] = True
+                start += n
+            with self._autocast():
+                page, attention, order = self.model.pool(padded, mask)
+            page, attention = page.float(), attention.float()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        stats["encode"] += time.perf_counter() - t0
+        rows = np.array([i for i, _ in chunk])
+        arrays["page_embeddings"][rows] = page.cpu().numpy()
+        arrays["panel_embeddings"][rows] = padded.cpu().numpy()
+        arrays["panel_mask"][rows] = mask.cpu().numpy()
+        arrays["attention_weights"][rows] = attention.cpu().numpy()
+        arrays["reading_order"][rows] = order.cpu().numpy().astype(np.int16)
+        for (i, p), n in zip(chunk, counts):
+            arrays["panel_coordinates"][i, :n] = p.coords
+            arrays["text_content"][i, :n] = p.text_json
+            arrays["page_text"][i] = p.page_text
+            arrays["status"][i] = p.status
+
+    def empty_arrays(self, n: int) -> dict[str, np.ndarray]:
+        """Arrays for n pages, as failed/never-written rows look: zeros, empty strings, -1 order."""
+        p = config.MAX_PANELS
+        text = np.empty((n, p), dtype=object)
+        text[:] = ""
+        strings = {k: np.array([""] * n, dtype=object) for k in ("page_text", "image_path", "error")}
+        return {
+            "page_embeddings": np.zeros((n, self.d), np.float32),
+            "panel_embeddings": np.zeros((n, p, self.d), np.float32),
+            "panel_mask": np.zeros((n, p), bool),
+            "attention_weights": np.zeros((n, p), np.float32),
+            "reading_order": np.full((n, p), -1, np.int16),
+            "panel_coordinates": np.zeros((n, p, 4), np.float32),
+            "text_content": text,
+            "status": np.zeros(n, np.int8),
+            **strings,
+        }
+
+    def embed(self, tasks: list[PageTask]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """The store arrays for `tasks` (one row each, in order) and the time spent per stage."""
+        t0 = time.perf_counter()
+        stats: dict = {k: 0.0 for k in ("read", "decode_crop", "decode_wait", "tokenize", "encode")}
+        arrays = self.empty_arrays(len(tasks))
+        for chunk in self._prepared_chunks(tasks, stats):
+            self._encode_chunk(chunk, arrays, stats)
+        for i, reason in stats.pop("failures", {}).items():
+            arrays["status"][i] = STATUS_FAILED
+            arrays["error"][i] = reason
+            log.warning("page %s (row %d) failed: %s", tasks[i].page_id, tasks[i].row, reason)
+        for i, task in enumerate(tasks):
+            arrays["image_path"][i] = task.image
+        stats["total"] = time.perf_counter() - t0
+        return arrays, stats
+
+    def embed_batch(self, job: str, batch_id: int, tasks: list[PageTask]) -> BatchResult:
+        """`embed` packaged as the writer expects it."""
+        arrays, stats = self.embed(tasks)
+        return BatchResult(
+            job=job,
+            batch_id=batch_id,
+            start=tasks[0].row,
+            page_ids=[t.page_id for t in tasks],
+            arrays=arrays,
+            model=dict(self.identity),
+            timings=stats,
+        )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)

@@ -1,0 +1,86 @@
+"""Page inputs against hand-computed values (spec/closure-lite.md, "Turning a page into inputs")."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from common.pages import PageSpec, PanelSpec
+from common.preprocess import composition_features, crop_box, join_text, prepare_page, text_to_json
+
+
+def test_composition_features_without_characters() -> None:
+    # the spec's example panel: 322 x 318 on a 924 x 1280 page
+    feats = composition_features([50, 92, 322, 318], 924, 1280, [])
+    assert feats.dtype == np.float32
+    expected = [(322 + 1e-6) / (318 + 1e-6), 322 * 318 / (924 * 1280 + 1e-6), 0, 0, 0, 0.5, 0.5]
+    np.testing.assert_allclose(feats, expected, rtol=1e-6)
+    assert feats[1] == pytest.approx(0.0865767, abs=1e-7)
+
+
+def test_composition_features_with_characters() -> None:
+    # panel 100x200 at (10, 20); characters (cx, cy, cw, ch) = (10, 20, 50, 100) and (60, 120, 20, 40)
+    feats = composition_features([10, 20, 100, 200], 1000, 2000, [[10, 20, 50, 100], [60, 120, 20, 40]])
+    shots = [50 * 100 / 20000, 20 * 40 / 20000]
+    cx = [(10 + 25 - 10) / 100, (60 + 10 - 10) / 100]
+    cy = [(20 + 50 - 20) / 200, (120 + 20 - 20) / 200]
+    expected = [0.5, 20000 / 2_000_000, 2, np.mean(shots), max(shots), np.mean(cx), np.mean(cy)]
+    np.testing.assert_allclose(feats, expected, rtol=1e-5)
+
+
+def test_text_joining_order_and_empties() -> None:
+    text = {"sfx": ["BOOM"], "dialogue": ["  Hi there ", ""], "narration": ["Later...", "   "]}
+    assert join_text(text) == "Hi there | Later... | BOOM"
+    assert join_text({"dialogue": [], "narration": [], "sfx": []}) == ""
+    assert text_to_json(text) == '{"dialogue": ["  Hi there ", ""], "narration": ["Later...", "   "], "sfx": ["BOOM"]}'
+
+
+@pytest.mark.parametrize(
+    "box, expected",
+    [
+        ([10, 20, 30, 40], (10, 20, 40, 60)),  # inside
+        ([-5, -7, 30, 40], (0, 0, 30, 40)),  # negative origin clamped; w/h not shifted
+        ([90, 190, 50, 50], (90, 190, 100, 200)),  # clipped at the right and bottom edges
+        ([150, 250, 10, 10], (99, 199, 100, 200)),  # origin beyond the page: one pixel at the edge
+        ([10.9, 20.9, 0, -3], (10, 20, 11, 21)),  # int() truncation, w/h at least 1
+    ],
+)
+def test_crop_clamping(box: list[float], expected: tuple[int, int, int, int]) -> None:
+    assert crop_box(box, 100, 200) == expected
+
+
+def _jpeg(width: int, height: int, orientation: int | None = None) -> bytes:
+    img = Image.new("RGB", (width, height), (200, 30, 30))
+    img.paste((10, 200, 10), (0, 0, width // 2, height // 2))
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    if orientation:
+        exif[0x0112] = orientation
+    img.save(buf, format="JPEG", quality=95, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def test_crop_is_resized_without_normalisation() -> None:
+    spec = PageSpec(image="p.jpg", panels=[PanelSpec(box=[0, 0, 50, 40]), PanelSpec(box=[50, 40, 50, 40])])
+    page = prepare_page(spec, _jpeg(100, 80), "p.jpg")
+    assert page.crops.shape == (2, 224, 224, 3) and page.crops.dtype == np.uint8
+    # top-left quadrant is green, bottom-right red: the crops keep the raw colours (no mean/std)
+    assert page.crops[0, 112, 112, 1] > 180 and page.crops[1, 112, 112, 0] > 180
+    np.testing.assert_allclose(page.coords, [[0, 0, 50, 40], [50, 40, 50, 40]])
+
+
+def test_exif_rotation_swaps_width_and_height() -> None:
+    spec = PageSpec(image="p.jpg", panels=[])
+    page = prepare_page(spec, _jpeg(100, 80, orientation=6), "p.jpg")
+    assert page.size == (80, 100)
+    np.testing.assert_allclose(page.coords, [[0, 0, 80, 100]])
+
+
+def test_fraction_boxes_become_pixels() -> None:
+    spec = PageSpec(image="p.jpg", panels=[PanelSpec(box=[0.5, 0.25, 0.5, 0.5], fraction=True)])
+    page = prepare_page(spec, _jpeg(100, 80), "p.jpg")
+    np.testing.assert_allclose(page.coords, [[50, 20, 50, 40]])
+    np.testing.assert_allclose(page.comp[0, :2], [50 / 40, 2000 / 8000], rtol=1e-5)
