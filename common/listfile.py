@@ -1,0 +1,179 @@
+"""Reading the list file: one DataSpec path per line (spec/dataspec.md, "The list file").
+
+Lists are made on Windows as often as not and hold up to hundreds of thousands of lines, so this
+accepts BOMs, CRLF, backslashes and drive letters, and costs one `stat` per line. Nothing is
+dropped silently: a missing DataSpec stays an entry with its error (the producer records it as a
+failed page), and a duplicate line is reported with the line it repeats.
+
+Skipped lines: blank ones, and those whose first non-blank character is `#` (comments).
+A line's surrounding whitespace and one pair of surrounding double quotes (as Windows'
+"Copy as path" writes) are removed before it is read as a path.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.errors import UsageError
+from common.paths import PathMapper, PathMaps, is_windows_absolute
+
+
+@dataclass
+class ListEntry:
+    """One DataSpec line: where it is, its page id, and why it cannot be read ("" if it can)."""
+
+    line_no: int  # 1-based
+    raw: str  # the line exactly as written, without its newline (and BOM on line 1)
+    path: Path | None  # None only for a Windows path that no path map translates, on POSIX
+    page_id: str
+    error: str = ""
+
+
+@dataclass
+class Duplicate:
+    """A line naming a DataSpec an earlier line already named; it is dropped."""
+
+    line_no: int
+    first_line_no: int
+    raw: str
+
+    @property
+    def message(self) -> str:
+        return f"Duplicate DataSpec at list line {self.line_no} (same as line {self.first_line_no}): {self.raw}"
+
+
+@dataclass
+class ListReport:
+    """The entries of a list in line order, first occurrences only, and what was set aside."""
+
+    list_path: Path
+    entries: list[ListEntry] = field(default_factory=list)
+    duplicates: list[Duplicate] = field(default_factory=list)
+    skipped: int = 0  # blank and comment lines
+
+    @property
+    def missing(self) -> int:
+        """Entries whose DataSpec cannot be found (they stay entries: failed pages)."""
+        return sum(1 for e in self.entries if e.error)
+
+    def problems(self) -> list[str]:
+        """One message per missing DataSpec and per duplicate line, in line order."""
+        found = [(e.line_no, e.error) for e in self.entries if e.error]
+        found += [(d.line_no, d.message) for d in self.duplicates]
+        return [message for _, message in sorted(found)]
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.entries)} pages from {self.list_path}: {self.missing} DataSpec(s) not found, "
+            f"{len(self.duplicates)} duplicate line(s) dropped, {self.skipped} blank/comment line(s) skipped"
+        )
+
+
+def read_list(
+    list_path: Path, dataspec_root: Path | None = None, path_maps: PathMaps = ()
+) -> ListReport:
+    """Read a list file into entries; raise UsageError if it is missing or names no DataSpec.
+
+    Relative lines resolve against `dataspec_root` when given, else against the current
+    directory, then the list file's directory (the first where the file exists). Absolute
+    lines (drive-letter or POSIX) go through `path_maps` first.
+    """
+    list_path = Path(list_path)
+    try:
+        data = list_path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"List file not found: {list_path}") from None
+    except OSError as exc:
+        raise UsageError(f"Cannot read list file {list_path}: {exc.strerror or exc}") from None
+    root = Path(os.path.abspath(dataspec_root)) if dataspec_root is not None else None
+    if root is not None and not root.is_dir():
+        raise UsageError(f"DataSpec root not found: {dataspec_root}")
+    bases = [root] if root is not None else [Path.cwd(), Path(os.path.abspath(list_path.parent))]
+    resolver = _LineResolver(bases, root, PathMapper(path_maps))
+
+    report = ListReport(list_path=list_path)
+    first_line: dict[str, int] = {}
+    for line_no, raw in enumerate(_decode(data).split("\n"), start=1):
+        raw = raw.removesuffix("\r")
+        text = raw.strip()
+        if not text or text.startswith("#"):
+            report.skipped += 1
+            continue
+        if len(text) >= 2 and text[0] == text[-1] == '"':
+            text = text[1:-1].strip()
+        entry = resolver.entry(line_no, raw, text)
+        key = str(entry.path) if entry.path is not None else entry.page_id
+        if key in first_line:
+            report.duplicates.append(Duplicate(line_no, first_line[key], raw))
+            continue
+        first_line[key] = line_no
+        report.entries.append(entry)
+    if not report.entries:
+        raise UsageError(f"No pages to process: {list_path} has no DataSpec lines")
+    return report
+
+
+def _decode(data: bytes) -> str:
+    """UTF-8 (BOM removed); else cp1252, which Windows tools write; else latin-1 (any bytes).
+
+    cp1252 comes before latin-1 because a Windows list's curly quotes and dashes are cp1252.
+    """
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError:
+        pass
+    try:
+        return data.decode("cp1252")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+class _LineResolver:
+    """Turns one line's text into an entry; holds what is the same for every line."""
+
+    def __init__(self, bases: list[Path], root: Path | None, mapper: PathMapper) -> None:
+        self.bases = [str(base) for base in bases]
+        self.root_text = root.as_posix().rstrip("/") + "/" if root is not None else None
+        self.mapper = mapper
+
+    def entry(self, line_no: int, raw: str, text: str) -> ListEntry:
+        windows = is_windows_absolute(text)
+        if windows or text.startswith(("/", "\\")):
+            return self._absolute(line_no, raw, text, windows)
+        rel = posixpath.normpath(text.replace("\\", "/"))
+        candidates = [os.path.normpath(os.path.join(base, rel)) for base in self.bases]
+        found = next((c for c in candidates if _is_file(c)), None)
+        if found is not None:
+            return ListEntry(line_no, raw, Path(found), rel)
+        return ListEntry(line_no, raw, Path(candidates[0]), rel, _not_found(candidates[0], line_no))
+
+    def _absolute(self, line_no: int, raw: str, text: str, windows: bool) -> ListEntry:
+        norm = posixpath.normpath(text.replace("\\", "/"))
+        if windows and norm[1] == ":":
+            norm = norm[0].upper() + norm[1:]
+        mapped = self.mapper.map(text)
+        if mapped is None and windows and os.name != "nt":
+            hint = "; no --path-map matches this Windows path"
+            return ListEntry(line_no, raw, None, norm, _not_found(text, line_no, hint))
+        path = Path(posixpath.normpath(mapped if mapped is not None else norm))
+        page_id = norm
+        if self.root_text is not None and path.as_posix().startswith(self.root_text):
+            page_id = path.as_posix()[len(self.root_text) :]
+        if _is_file(path):
+            return ListEntry(line_no, raw, path, page_id)
+        return ListEntry(line_no, raw, path, page_id, _not_found(path, line_no))
+
+
+def _is_file(path: Path | str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def _not_found(path: Path | str, line_no: int, hint: str = "") -> str:
+    return f"DataSpec not found: {path} (list line {line_no}{hint})"
