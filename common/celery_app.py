@@ -1,0 +1,56 @@
+"""The one Celery app every process loads: producer, workers, Flower (`celery -A common.celery_app`).
+
+Settings give at-least-once delivery over Redis (research/celery-reliability.md §0): late
+acknowledgement, re-queue when a worker process dies, one task reserved per process, a hard time
+limit below the visibility timeout so a task never outlives its lease, JSON only (no pickle is
+accepted: whoever can write to Redis would run code on every worker), and task events on so
+Flower sees every task. The broker URL comes from $COMIX_BROKER_URL (the commands' `--broker`
+sets it); credentials belong in that URL, never in code.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from common import config
+
+app = Celery("comix", include=["consumers.tasks"])
+app.conf.update(
+    broker_url=config.broker_url(),
+    broker_transport_options={
+        "visibility_timeout": config.VISIBILITY_TIMEOUT,
+        "socket_keepalive": True,
+        "health_check_interval": 25,
+        "retry_on_timeout": True,
+    },
+    visibility_timeout=config.VISIBILITY_TIMEOUT,
+    broker_connection_retry_on_startup=True,
+    broker_connection_max_retries=None,
+    task_serializer="json",
+    accept_content=["json"],
+    result_serializer="json",
+    result_accept_content=["json"],
+    task_ignore_result=True,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    task_acks_on_failure_or_timeout=True,
+    task_time_limit=config.TASK_TIME_LIMIT,
+    task_soft_time_limit=config.TASK_SOFT_TIME_LIMIT,
+    task_default_queue=config.EMBED_QUEUE,
+    task_routes={"comix.embed_batch": {"queue": config.EMBED_QUEUE}},
+    worker_prefetch_multiplier=1,
+    worker_concurrency=1,
+    worker_cancel_long_running_tasks_on_connection_loss=True,
+    # the model loads in each pool process at start; give it time (default is 4 s)
+    worker_proc_alive_timeout=600,
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    task_track_started=True,
+    worker_hijack_root_logger=False,
+)
+
+
+def configure(broker: str | None) -> Celery:
+    """Point the app at `broker` (or the environment's) before anything connects."""
+    app.conf.broker_url = config.broker_url(broker)
+    return app
