@@ -9,10 +9,14 @@ loses everything, the producer's reconciliation sends the batches that have no m
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 from dataclasses import dataclass
 
 import redis
+
+from common.jobs import load_jobs
 
 GROUP = "writer"
 CONSUMER = "writer-1"  # one writer per store, so one consumer name: a restart inherits its pending
@@ -26,8 +30,21 @@ return false
 """
 
 
-def results_key(store_id: str) -> str:
-    return f"comix:results:{store_id}"
+def store_id(output_dir: str | os.PathLike[str]) -> str | None:
+    """The store's name on the broker, from its first job file (None before any job).
+
+    Producer and writer both read the job files, so they agree on it without talking, and two
+    stores sharing one Redis never mix their results.
+    """
+    jobs = load_jobs(output_dir)
+    if not jobs:
+        return None
+    first = jobs[0]
+    return hashlib.sha256(f"{first.list_sha256}:{first.created}".encode()).hexdigest()[:16]
+
+
+def results_key(store: str) -> str:
+    return f"comix:results:{store}"
 
 
 def connect(url: str) -> redis.Redis:
@@ -38,17 +55,17 @@ class ResultsFull(Exception):
     """The writer stayed too far behind for too long; the task gives its batch back to the queue."""
 
 
-def push(client: redis.Redis, store_id: str, batch_id: int, payload: bytes, bound: int, timeout: float) -> bytes:
+def push(client: redis.Redis, store: str, batch_id: int, payload: bytes, bound: int, timeout: float) -> bytes:
     """Add a result, waiting while the stream holds `bound` entries; ResultsFull after `timeout` s."""
     script = client.register_script(_BOUNDED_ADD)
     deadline = time.monotonic() + timeout
     delay = 0.05
     while True:
-        entry = script(keys=[results_key(store_id)], args=[bound, batch_id, payload])
+        entry = script(keys=[results_key(store)], args=[bound, batch_id, payload])
         if entry:
             return entry
         if time.monotonic() > deadline:
-            raise ResultsFull(f"results for store {store_id} stayed at {bound} entries for {timeout:.0f} s")
+            raise ResultsFull(f"results for store {store} stayed at {bound} entries for {timeout:.0f} s")
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
 
@@ -63,9 +80,10 @@ class Entry:
 class ResultsReader:
     """The writer's side of the stream."""
 
-    def __init__(self, client: redis.Redis, store_id: str) -> None:
+    def __init__(self, client: redis.Redis, store: str) -> None:
         self.client = client
-        self.key = results_key(store_id)
+        self.store = store
+        self.key = results_key(store)
         self._pending_first = True
 
     def ensure_group(self) -> None:

@@ -1,0 +1,47 @@
+"""Run by `comix-embed worker` in a throwaway process: can this worker load its model?
+
+Prints one JSON line (model identity, device, visible GPU count) or the error on stderr with exit
+status 2. Doing this outside the Celery parent keeps torch and CUDA out of the process that forks.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from common.errors import UsageError
+
+
+def main() -> int:
+    import torch
+
+    from common.checkpoint import load_model
+    from common.embed import resolve_device
+    from common.tokenizer import load_tokenizer
+    from consumers.settings import WorkerSettings
+
+    settings = WorkerSettings.from_env()
+    try:
+        device = resolve_device(settings.device)
+        loaded = load_model(settings.checkpoint, "cpu")
+        tokenizer = load_tokenizer(settings.tokenizer, settings.checkpoint)
+    except UsageError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    print(
+        json.dumps(
+            {
+                "checkpoint": settings.checkpoint,
+                "checkpoint_sha256": loaded.sha256,
+                "embedding_dim": loaded.config.d,
+                "tokenizer": tokenizer.identity,
+                "device": str(device),
+                "gpus": torch.cuda.device_count() if device.type == "cuda" else 0,
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""What a worker process needs to build its Embedder, passed through the environment.
+
+The `worker` command sets these before Celery forks its pool; each pool process reads them once
+when it starts. Passing them this way keeps torch (and CUDA) out of the Celery parent process,
+which must never initialise CUDA before forking.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+PREFIX = "COMIX_WORKER_"
+
+
+@dataclass
+class WorkerSettings:
+    checkpoint: str
+    tokenizer: str | None = None
+    device: str = "auto"
+    image_roots: list[str] = field(default_factory=list)
+    encoder_mode: str = "fused"
+    fast_decode: bool = True
+    decode_threads: int = 0  # 0: as many as the process's share of cores
+    torch_threads: int = 0  # 0: leave torch's default
+    encode_batch: int = 256
+
+    def to_env(self) -> dict[str, str]:
+        return {PREFIX + "SETTINGS": json.dumps(asdict(self))}
+
+    @classmethod
+    def from_env(cls) -> WorkerSettings:
+        raw = os.environ.get(PREFIX + "SETTINGS")
+        if not raw:
+            raise RuntimeError(f"{PREFIX}SETTINGS is not set: start workers with `comix-embed worker`")
+        return cls(**json.loads(raw))
+
+    def roots(self) -> list[Path]:
+        return [Path(r) for r in self.image_roots]

@@ -1,0 +1,99 @@
+"""The Celery task a GPU worker runs: embed one batch, hand its arrays to the writer.
+
+The model is loaded once per pool process, when the process starts (`worker_process_init`),
+never in the Celery parent. A batch's result goes to the bounded results stream; when the writer
+is far behind, the task waits, and if it would outlive its soft time limit it gives the batch back
+to the queue (another try later) rather than fail it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from celery.exceptions import Reject
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from common import config
+from common.celery_app import app
+
+log = logging.getLogger(__name__)
+_state: dict[str, Any] = {}
+
+
+@worker_process_init.connect
+def _load_model(**_: Any) -> None:
+    """Build this process's Embedder (torch is imported here, after the fork)."""
+    import torch
+
+    from common.checkpoint import load_model
+    from common.embed import EmbedSettings, Embedder, resolve_device
+    from common.paths import ImageResolver
+    from common.tokenizer import load_tokenizer
+    from consumers.settings import WorkerSettings
+
+    settings = WorkerSettings.from_env()
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    device = resolve_device(settings.device)
+    t0 = time.perf_counter()
+    loaded = load_model(settings.checkpoint, device)
+    tokenizer = load_tokenizer(settings.tokenizer, settings.checkpoint)
+    embed_settings = EmbedSettings(encoder_mode=settings.encoder_mode, fast_decode=settings.fast_decode, encode_batch=settings.encode_batch)
+    if settings.decode_threads:
+        embed_settings.decode_threads = settings.decode_threads
+    _state["roots"] = settings.roots()
+    _state["make"] = lambda roots: Embedder(loaded, tokenizer, ImageResolver(roots), device, embed_settings)
+    _state["embedder"] = _state["make"](_state["roots"]) if _state["roots"] else None
+    log.info(
+        "pid %d: model %s (d=%d, %s) on %s loaded in %.1f s",
+        os.getpid(), settings.checkpoint, loaded.config.d, settings.encoder_mode, device, time.perf_counter() - t0,
+    )
+
+
+@worker_process_shutdown.connect
+def _close(**_: Any) -> None:
+    if _state.get("embedder") is not None:
+        _state["embedder"].close()
+
+
+def _embedder(task_roots: list[str]):
+    """This process's Embedder; with no --image-root of its own, the producer's roots."""
+    if _state.get("embedder") is None:
+        from pathlib import Path
+
+        log.info("no --image-root on this worker: using the producer's %s", task_roots)
+        _state["embedder"] = _state["make"]([Path(r) for r in task_roots])
+    return _state["embedder"]
+
+
+@app.task(name="comix.embed_batch", bind=True)
+def embed_batch(self, payload: dict[str, Any]) -> dict[str, Any]:
+    """Embed the pages of one batch and push the packed result for the writer."""
+    from common.pages import PageTask
+    from common.results_channel import ResultsFull, connect, push
+
+    started = time.monotonic()
+    tasks = [PageTask.from_json(p) for p in payload["pages"]]
+    result = _embedder(payload.get("image_roots", [])).embed_batch(payload["job"], payload["batch_id"], tasks)
+    blob = result.to_bytes()
+    client = _state.get("redis")
+    if client is None:
+        client = _state["redis"] = connect(app.conf.broker_url)
+    budget = config.TASK_SOFT_TIME_LIMIT - (time.monotonic() - started) - 30
+    try:
+        push(client, payload["store_id"], payload["batch_id"], blob, config.MAX_PENDING_RESULTS, max(budget, 1))
+    except ResultsFull as exc:
+        log.warning("batch %d given back to the queue: %s", payload["batch_id"], exc)
+        raise Reject(str(exc), requeue=True) from exc
+    status = result.arrays["status"]
+    return {
+        "batch_id": payload["batch_id"],
+        "pages": len(tasks),
+        "failed": int((status == 2).sum()),
+        "seconds": round(time.monotonic() - started, 3),
+        "stages": {k: round(v, 3) for k, v in result.timings.items()},
+        "bytes": len(blob),
+    }

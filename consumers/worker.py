@@ -1,0 +1,135 @@
+"""`comix-embed worker`: a Celery worker that embeds batches, one process per device.
+
+The checkpoint and tokenizer are checked first in a short-lived process (a clear error and exit
+status 2 instead of a pool that keeps dying), then the Celery worker runs: prefork pool of one
+process, one task reserved at a time, task events on. `--device auto` with several visible GPUs
+starts one worker per GPU (each sees only its own through CUDA_VISIBLE_DEVICES).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from common import config
+from common.errors import UsageError
+from consumers.settings import WorkerSettings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--device", default="auto", help="auto (every visible GPU, else CPU), cpu, cuda, cuda:N")
+    parser.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: found beside the checkpoint)")
+    parser.add_argument(
+        "--image-root", type=Path, action="append", default=[],
+        help="image root(s), in the producer's order (default: the producer's, carried by each task)",
+    )
+    parser.add_argument("--broker", help="broker URL (default $COMIX_BROKER_URL, else redis://127.0.0.1:6379/0)")
+    parser.add_argument("--encoder-mode", choices=config.ENCODER_MODES, default="fused")
+    parser.add_argument("--name", help="worker node name (default comix-<device>-<pid>@<host>)")
+    parser.add_argument("--exact-decode", action="store_true", help="full-resolution JPEG decoding (slower)")
+    parser.add_argument("--decode-threads", type=int, default=0, help="image decoding threads per process")
+    parser.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads per process")
+    parser.add_argument("--encode-batch", type=int, default=256, help="panels per encoder call")
+    parser.add_argument("--loglevel", default="INFO")
+
+
+def preflight(settings: WorkerSettings) -> dict:
+    """Load checkpoint and tokenizer in a throwaway process; their identity and the GPU count."""
+    env = {**os.environ, **settings.to_env()}
+    proc = subprocess.run(
+        [sys.executable, "-m", "consumers.preflight"], env=env, capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        raise UsageError(lines[-1] if lines else f"worker preflight failed ({proc.returncode})")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def celery_argv(name: str, loglevel: str) -> list[str]:
+    return [
+        "worker",
+        "--pool=prefork",
+        "--concurrency=1",
+        "--prefetch-multiplier=1",
+        f"--queues={config.EMBED_QUEUE}",
+        f"--hostname={name}",
+        "--task-events",
+        f"--loglevel={loglevel}",
+        "--without-gossip",
+    ]
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.broker:
+        os.environ["COMIX_BROKER_URL"] = args.broker
+    settings = WorkerSettings(
+        checkpoint=str(args.checkpoint.resolve()),
+        tokenizer=str(args.tokenizer.resolve()) if args.tokenizer else None,
+        device=args.device,
+        image_roots=[str(r.resolve()) for r in args.image_root],
+        encoder_mode=args.encoder_mode,
+        fast_decode=not args.exact_decode,
+        decode_threads=args.decode_threads,
+        torch_threads=args.torch_threads,
+        encode_batch=args.encode_batch,
+    )
+    info = preflight(settings)
+    print(
+        f"model: {info['checkpoint']} sha256 {info['checkpoint_sha256'][:12]}, d={info['embedding_dim']}, "
+        f"tokenizer {info['tokenizer']}, device {info['device']}",
+        flush=True,
+    )
+    host = socket.gethostname()
+    if args.device == "auto" and info["gpus"] > 1:
+        return _one_worker_per_gpu(args, info["gpus"], host)
+    settings.device = info["device"]
+    os.environ.update(settings.to_env())
+    name = args.name or f"comix-{settings.device.replace(':', '')}-{os.getpid()}@{host}"
+    from common.celery_app import configure
+
+    configure(args.broker).worker_main(celery_argv(name, args.loglevel))
+    return 0
+
+
+def worker_command(args: argparse.Namespace, device: str, name: str | None) -> list[str]:
+    """The command line of one `comix-embed worker` process with `args`' settings on `device`."""
+    argv = [sys.executable, "-m", "common.cli", "worker", "--checkpoint", str(args.checkpoint), "--device", device]
+    if args.tokenizer:
+        argv += ["--tokenizer", str(args.tokenizer)]
+    for root in args.image_root:
+        argv += ["--image-root", str(root)]
+    if args.broker:
+        argv += ["--broker", args.broker]
+    if name:
+        argv += ["--name", name]
+    if args.exact_decode:
+        argv.append("--exact-decode")
+    argv += ["--encoder-mode", args.encoder_mode, "--encode-batch", str(args.encode_batch)]
+    argv += ["--decode-threads", str(args.decode_threads), "--torch-threads", str(args.torch_threads)]
+    return argv + ["--loglevel", args.loglevel]
+
+
+def _one_worker_per_gpu(args: argparse.Namespace, gpus: int, host: str) -> int:
+    """One child `worker` per GPU; signals are passed on to them."""
+    children = [
+        subprocess.Popen(
+            worker_command(args, "cuda:0", f"comix-gpu{gpu}-{os.getpid()}@{host}"),
+            env={**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)},
+        )
+        for gpu in range(gpus)
+    ]
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    return max(child.wait() for child in children)

@@ -1,0 +1,241 @@
+"""`comix-embed run`: the whole system on one machine, in one command.
+
+Starts a private Redis (unless `--broker` names one), the writer and the workers as child
+processes (their logs under `<output_dir>/logs/`), registers the list and sends its batches,
+shows a progress bar, re-sends whatever the broker lost, and stops everything when every batch
+of the job is committed, also on Ctrl-C or on a failure. Run again after a crash, it resumes:
+only the batches without a manifest are embedded.
+
+Exit status: 0 every page ok; 3 done, some pages failed (each recorded in the store and the audit
+log); 2 bad usage or configuration; 1 anything else (a child process failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from common import config
+from common.checkpoint import file_sha256
+from common.errors import UsageError
+from common.jobs import Job
+from common.results_channel import connect, results_key
+from common.store import read_attrs, store_path
+from consumers.worker import add_arguments as add_worker_arguments
+from consumers.worker import worker_command
+from producer.enqueue import EnqueueReport, add_source_arguments, plan, send_owed
+from producer.redis_server import PrivateRedis
+from writer.manifests import manifest_dir, read_manifests
+
+log = logging.getLogger("comix.run")
+EXIT_OK, EXIT_FAILED_PAGES, EXIT_ERROR = 0, 3, 1
+RECONCILE_EVERY_S = 10.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_source_arguments(parser)
+    worker = argparse.ArgumentParser(add_help=False)
+    add_worker_arguments(worker)
+    for action in worker._actions:  # the worker's model options, minus those `run` sets itself
+        if action.dest not in ("help", "broker", "image_root", "name", "loglevel"):
+            parser._add_action(action)
+    parser.add_argument("--workers", type=int, help="worker processes (default: one per GPU, else one per 2 cores)")
+    parser.add_argument("--verify-batches", "--verify_batches", dest="verify_batches", action="store_true")
+    parser.add_argument("--write-check", "--write_check", dest="write_check", action="store_true")
+    parser.add_argument("--verbose", action="store_true", help="one [PAGE] line per committed page")
+
+
+def _die_with_parent() -> None:
+    """Children get SIGTERM if `run` itself is killed, so no process is left behind."""
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+@dataclass
+class Children:
+    log_dir: Path
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        out = open(self.log_dir / f"{name}.log", "ab")
+        self.procs[name] = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )
+        out.close()
+
+    def failed(self) -> list[str]:
+        return [f"{n} (exit {p.returncode}, see {self.log_dir / (n + '.log')})" for n, p in self.procs.items() if p.poll() not in (None, 0)]
+
+    def alive(self, prefix: str) -> int:
+        return sum(1 for n, p in self.procs.items() if n.startswith(prefix) and p.poll() is None)
+
+    def stop(self, prefix: str, timeout: float) -> None:
+        """SIGTERM (a worker finishes its task, the writer its commit), then SIGKILL the group."""
+        chosen = {n: p for n, p in self.procs.items() if n.startswith(prefix)}
+        for p in chosen.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for p in chosen.values():
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(p.pid, signal.SIGKILL)  # pool processes included
+            except ProcessLookupError:
+                pass
+            p.wait()
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _check_model(args: argparse.Namespace) -> None:
+    """Refuse before starting anything when the store was made by another checkpoint or mode."""
+    if not args.checkpoint.is_file():
+        raise UsageError(f"checkpoint not found: {args.checkpoint}")
+    path = store_path(args.output_dir)
+    if not path.exists():
+        return
+    attrs = read_attrs(path)
+    sha = file_sha256(args.checkpoint)
+    if attrs.get("checkpoint_sha256") not in (None, sha):
+        raise UsageError(
+            f"{path} was made by checkpoint sha256 {attrs['checkpoint_sha256'][:12]}..., "
+            f"but {args.checkpoint} is {sha[:12]}...: one model per store (use another --output-dir)"
+        )
+    if attrs.get("encoder_mode") not in (None, args.encoder_mode):
+        raise UsageError(f"{path} holds {attrs['encoder_mode']} embeddings, not {args.encoder_mode}")
+
+
+def _worker_plan(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
+    """(device, extra environment) per worker process."""
+    gpus = _gpu_count() if args.device in ("auto", "cuda") or args.device.startswith("cuda") else 0
+    if args.device == "auto" and gpus:
+        n = args.workers or gpus
+        return [("cuda:0", {"CUDA_VISIBLE_DEVICES": str(i % gpus)}) for i in range(n)]
+    device = "cpu" if args.device == "auto" else args.device
+    n = args.workers or max(1, (os.cpu_count() or 2) // 2)
+    return [(device, {}) for _ in range(n)]
+
+
+def _job_progress(job: Job, output_dir: Path) -> int:
+    """Pages of the job whose batch has a manifest (cheap: file names only)."""
+    folder = manifest_dir(store_path(output_dir))
+    if not folder.is_dir():
+        return 0
+    done = {int(n[6:12]) for n in os.listdir(folder) if n.startswith("batch_") and n.endswith(".json")}
+    return sum(end - start for b, start, end in job.batches() if b in done)
+
+
+def _lost_work(client, report: EnqueueReport) -> bool:
+    """Nothing queued, nothing in flight, no result waiting: anything still owed was lost."""
+    return (
+        client.llen(config.EMBED_QUEUE) == 0
+        and client.hlen("unacked") == 0
+        and client.xlen(results_key(report.store)) == 0
+    )
+
+
+def _failed_pages(job: Job, output_dir: Path) -> int:
+    ids = {b for b, _, _ in job.batches()}
+    found = read_manifests(store_path(output_dir))
+    return sum(m.get("statuses", {}).get("failed", 0) for b, m in found.items() if b in ids)
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_model(args)
+    job, planned, report = plan(args)
+    for line in report.lines():
+        print(line, flush=True)
+    if job is None:
+        return EXIT_OK
+    total = len(job.pages)
+    if _job_progress(job, args.output_dir) == total:
+        print(f"{job.job_id} is already committed", flush=True)
+        return EXIT_FAILED_PAGES if _failed_pages(job, args.output_dir) else EXIT_OK
+    redis_server = None if args.broker else PrivateRedis().start()
+    args.broker = args.broker or redis_server.url
+    children = Children(args.output_dir / "logs")
+    try:
+        return _run_job(args, job, planned, report, children)
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping workers and writer (committed batches are kept; run again to resume)", flush=True)
+        return 130
+    finally:
+        children.stop("worker", timeout=15)
+        children.stop("writer", timeout=30)
+        if redis_server is not None:
+            redis_server.stop()
+
+
+def _run_job(args: argparse.Namespace, job: Job, planned, report: EnqueueReport, children: Children) -> int:
+    writer_argv = [sys.executable, "-m", "common.cli", "writer", "--output-dir", str(args.output_dir), "--broker", args.broker]
+    writer_argv += [flag for flag, on in (("--verify-batches", args.verify_batches), ("--write-check", args.write_check), ("--verbose", args.verbose)) if on]
+    children.start("writer", writer_argv)
+    plan_ = _worker_plan(args)
+    cores = os.cpu_count() or 2
+    per_worker = max(1, cores // len(plan_))
+    for i, (device, env) in enumerate(plan_):
+        wargs = argparse.Namespace(**vars(args))
+        wargs.image_root = args.image_root
+        wargs.loglevel = "INFO"
+        if device == "cpu":
+            wargs.torch_threads = args.torch_threads or per_worker
+            wargs.decode_threads = args.decode_threads or per_worker
+        children.start(f"worker-{i}", worker_command(wargs, device, f"comix-run{i}-{os.getpid()}@%h"), env)
+    send_owed(job, planned, args, report, resend=True)
+    client = connect(args.broker)
+    total = len(job.pages)
+    print(f"{len(plan_)} worker(s) on {plan_[0][0]}, logs in {children.log_dir}", flush=True)
+    bar = tqdm(total=total, unit="page", desc="committed", smoothing=0.1, dynamic_ncols=True)
+    done = _job_progress(job, args.output_dir)
+    bar.update(done)
+    last_change = time.monotonic()
+    while done < total:
+        time.sleep(0.5)
+        failed = children.failed()
+        if failed:
+            bar.close()
+            print("stopping: " + "; ".join(failed), file=sys.stderr, flush=True)
+            return EXIT_ERROR
+        if not children.alive("worker"):
+            bar.close()
+            print(f"stopping: every worker exited (see {children.log_dir})", file=sys.stderr, flush=True)
+            return EXIT_ERROR
+        now_done = _job_progress(job, args.output_dir)
+        if now_done != done:
+            bar.update(now_done - done)
+            done, last_change = now_done, time.monotonic()
+        elif time.monotonic() - last_change > RECONCILE_EVERY_S and _lost_work(client, report):
+            before = report.batches_sent
+            send_owed(job, planned, args, report, resend=True)
+            log.warning("re-sent %d batches the broker no longer held", report.batches_sent - before)
+            last_change = time.monotonic()
+    bar.close()
+    failed_pages = _failed_pages(job, args.output_dir)
+    print(
+        f"done: {total} pages committed to {store_path(args.output_dir)}"
+        + (f"; {failed_pages} failed (reasons in the store's `error` array and {args.output_dir / config.AUDIT_LOG_NAME})" if failed_pages else ""),
+        flush=True,
+    )
+    return EXIT_FAILED_PAGES if failed_pages else EXIT_OK
