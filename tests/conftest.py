@@ -1,16 +1,22 @@
-"""Shared fixtures: a tiny untrained checkpoint with its tokenizer, and a small sample corpus.
+"""Shared fixtures: a tiny untrained checkpoint with its tokenizer, sample corpora, and stores
+made by the pipeline (complete with failed pages, and interrupted mid-job).
 
-Both are made here by the project's own commands' code (nothing is downloaded), once per session.
+All are made here by the project's own commands' code (nothing is downloaded), once per session.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from common.init_checkpoint import init_checkpoint
 from common.sample import make_sample
+from common.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -25,4 +31,81 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """24 synthetic pages (with a 0-panel page and a >12-panel page among them)."""
     out = tmp_path_factory.mktemp("corpus")
     make_sample(out, pages=24, seed=1)
+    return out
+
+
+def run_cli(*argv: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`comix-embed ARGV...` in a child process, as a user would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "common.cli", *argv],
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+    )
+
+
+def add_broken_pages(corpus_dir: Path) -> int:
+    """Append to the corpus's list: a missing DataSpec, a truncated image, an image outside the root.
+
+    Returns how many of the list's pages must end as failed.
+    """
+    specs = corpus_dir / "dataspecs" / "Broken - Unknown"
+    specs.mkdir(parents=True)
+    images = corpus_dir / "images" / "Broken - Unknown"
+    images.mkdir(parents=True)
+    good = next(corpus_dir.glob("images/*/JPG4CBZ/0002.jpg"))
+    (images / "truncated.jpg").write_bytes(good.read_bytes()[:5000])
+    panel = {"panel_coords": [10, 10, 300, 300], "text": {"dialogue": ["HEY"], "narration": [], "sfx": []}}
+    (specs / "0001.json").write_text(json.dumps({"page_image_path": "Broken - Unknown/truncated.jpg", "panels": [panel]}))
+    (specs / "0002.json").write_text(json.dumps({"page_image_path": "../../etc/passwd", "panels": [panel]}))
+    with open(corpus_dir / "list.txt", "a", encoding="utf-8") as fh:
+        fh.write("dataspecs/Broken - Unknown/0001.json\n")
+        fh.write("dataspecs/Broken - Unknown/0002.json\n")
+        fh.write("dataspecs/Broken - Unknown/missing.json\n")
+    return 3
+
+
+@pytest.fixture(scope="session")
+def pipeline_store(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
+    """An output folder made by `comix-embed run`: 16 sample pages plus 3 that fail."""
+    corpus_dir = tmp_path_factory.mktemp("pipeline_corpus")
+    make_sample(corpus_dir, pages=16, seed=5)
+    add_broken_pages(corpus_dir)
+    out = tmp_path_factory.mktemp("pipeline_out")
+    proc = run_cli(
+        "run", "--checkpoint", str(tiny_checkpoint), "--list", str(corpus_dir / "list.txt"),
+        "--image-root", str(corpus_dir / "images"), "--output-dir", str(out), "--batch-size", "4", "--workers", "2",
+    )
+    assert proc.returncode == 3, proc.stdout + proc.stderr  # done, some pages failed
+    return out
+
+
+@pytest.fixture(scope="session")
+def interrupted_store(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, corpus: Path) -> Path:
+    """An output folder whose job was stopped mid-way: batches 0, 1 and 3 of 6 committed, no Redis."""
+    from common.checkpoint import load_model
+    from common.embed import EmbedSettings, Embedder
+    from common.jobs import JobPage, plan_job
+    from common.listfile import read_list
+    from common.paths import ImageResolver
+    from producer.plan import plan_pages
+    from writer.commit import StoreWriter
+
+    out = tmp_path_factory.mktemp("interrupted_out")
+    resolver = ImageResolver([corpus / "images"])
+    planned = plan_pages(read_list(corpus / "list.txt", corpus), resolver)
+    pages = [JobPage(page_id=p.task.page_id, manifest_path=p.manifest_path, panel_count=p.panel_count, **p.metadata) for p in planned]
+    job, _ = plan_job(out, corpus / "list.txt", pages, batch_size=4, incremental=False)
+    by_id = {p.task.page_id: p.task for p in planned}
+    embedder = Embedder(load_model(tiny_checkpoint), load_tokenizer(None, tiny_checkpoint), resolver, settings=EmbedSettings(decode_threads=2))
+    try:
+        with StoreWriter(out, fsync=False) as writer:
+            for batch_id, start, end in job.batches():
+                if batch_id in (0, 1, 3):
+                    tasks = []
+                    for row in range(start, end):
+                        task = by_id[job.page(row).page_id]
+                        task.row = row
+                        tasks.append(task)
+                    writer.commit([embedder.embed_batch(job.job_id, batch_id, tasks)])
+    finally:
+        embedder.close()
     return out
