@@ -50,6 +50,7 @@ class PrivateRedis:
         self.port = port or free_port()
         self.maxmemory = maxmemory
         self.proc: subprocess.Popen | None = None
+        self.binary = ""
         self._dir = tempfile.TemporaryDirectory(prefix="comix-redis-")
 
     @property
@@ -57,8 +58,9 @@ class PrivateRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> PrivateRedis:
+        self.binary = find_redis_server()
         args = [
-            find_redis_server(),
+            self.binary,
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",

