@@ -9,6 +9,7 @@ starts one worker per GPU (each sees only its own through CUDA_VISIBLE_DEVICES).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import signal
@@ -37,6 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decode-threads", type=int, default=0, help="image decoding threads per process")
     parser.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads per process")
     parser.add_argument("--encode-batch", type=int, default=256, help="panels per encoder call")
+    parser.add_argument(
+        "--gpu-claim-dir", type=Path,
+        help="folder shared by the workers of one host: each claims one free GPU there (docker compose --scale)",
+    )
     parser.add_argument("--loglevel", default="INFO")
 
 
@@ -87,7 +92,12 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     host = socket.gethostname()
-    if args.device == "auto" and info["gpus"] > 1:
+    if args.gpu_claim_dir and info["gpus"]:
+        gpu = claim_gpu(args.gpu_claim_dir, info["gpus"])
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        info["device"] = "cuda:0"
+        print(f"claimed GPU {gpu} of {info['gpus']} in {args.gpu_claim_dir}", flush=True)
+    elif args.device == "auto" and info["gpus"] > 1:
         return _one_worker_per_gpu(args, info["gpus"], host)
     settings.device = info["device"]
     os.environ.update(settings.to_env())
@@ -96,6 +106,28 @@ def run(args: argparse.Namespace) -> int:
 
     configure(args.broker).worker_main(celery_argv(name, args.loglevel))
     return 0
+
+
+_claims: list = []  # lock files held for the life of the process
+
+
+def claim_gpu(folder: Path, gpus: int) -> int:
+    """Lock the first free `gpu-N.lock` in `folder`; the kernel frees it when this process dies.
+
+    Replicas of one compose service all see every GPU of their host; sharing this folder (a
+    volume) lets each take a different one, and a restarted replica takes back a free one.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for gpu in range(gpus):
+        fh = open(folder / f"gpu-{gpu}.lock", "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            continue
+        _claims.append(fh)
+        return gpu
+    raise UsageError(f"all {gpus} GPUs of this host are claimed in {folder}: more worker replicas than GPUs")
 
 
 def worker_command(args: argparse.Namespace, device: str, name: str | None) -> list[str]:

@@ -277,3 +277,25 @@ def subprocess_lines(argv: list[str]) -> list[str]:
     import subprocess
 
     return [ln for ln in subprocess.run(argv, capture_output=True, text=True).stdout.splitlines() if "pgrep" not in ln]
+
+
+def test_gpu_claims_give_each_replica_its_own_gpu(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = "from pathlib import Path; from consumers.worker import claim_gpu; import time, sys; print(claim_gpu(Path(sys.argv[1]), 3), flush=True); time.sleep(30)"
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    try:
+        claimed = [int(p.stdout.readline()) for p in procs]
+        assert sorted(claimed) == [0, 1, 2]
+        fourth = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True)
+        assert fourth.returncode != 0 and "all 3 GPUs of this host are claimed" in fourth.stderr
+        procs[1].kill()
+        procs[1].wait()
+        again = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        procs.append(again)
+        assert int(again.stdout.readline()) == claimed[1]  # the dead replica's GPU is free again
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
