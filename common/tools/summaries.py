@@ -1,0 +1,178 @@
+"""`comix-embed summaries`: per-page norms and text of the committed rows, at once.
+
+The users' old `print_page_summaries.py` (research/comic-analysis.md §5.3) printed
+`idx page_l2 panel_mean_l2 text_preview` for the first rows of the store whether or not they were
+written, so on a shuffled, half-written store it showed zeros and people waited for a "flush"
+that never came (§6.3 item 1). This tool reads the committed part only (`open_committed`), says
+how many rows that is out of how many are registered, and gives each row's status, so a zero
+is never ambiguous: a failed page shows its error instead of text, and a row not yet committed
+is never printed.
+
+Only the rows printed are read (the slice is taken before anything is loaded), so the command
+answers at once whatever the size of the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from common import config
+from common.errors import UsageError
+from common.results import STATUS_FAILED, STATUS_PENDING
+from writer import audit
+
+STATUS_NAMES = {STATUS_PENDING: "pending", **audit.STATUS_NAMES}
+MANIFEST_NAME = re.compile(r"^batch_(\d{6,})\.json$")
+_SUMMARY_VARS = ("page_embeddings", "panel_embeddings", "panel_mask", "status", "error", "page_text")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--zarr", required=True, help="the store (.zarr) or the output folder holding it")
+    parser.add_argument(
+        "--max-pages", "--max_pages", dest="max_pages", type=int, default=16,
+        help="print at most this many committed rows, from row 0 (default 16)",
+    )
+    parser.add_argument(
+        "--text-len", "--text_len", dest="text_len", type=int, default=128,
+        help="cut text previews and errors to this many characters (default 128)",
+    )
+    parser.add_argument("--compact", action="store_true", help="one line per row, no column titles")
+
+
+def resolve_store(path: str | os.PathLike[str]) -> Path:
+    """The store itself, given either its `.zarr` path or the output folder that holds it.
+
+    Users pass both spellings (their old tools took the `.zarr`, our commands the output folder).
+    """
+    given = Path(path)
+    for candidate in (given, given / config.STORE_NAME):
+        if (candidate / "zarr.json").is_file():
+            return candidate
+    raise UsageError(f"no embeddings store at {given} (neither a Zarr store nor a folder holding {config.STORE_NAME})")
+
+
+def text_preview(page_text: str, limit: int) -> str:
+    """The page's text as one line: dialogue, narration and sfx strings joined, cut to `limit`."""
+    try:
+        value = json.loads(page_text) if page_text else {}
+    except ValueError:
+        return clip(page_text, limit)  # not JSON: show it as stored rather than hide it
+    if not isinstance(value, dict):
+        return clip(str(value), limit)
+    parts = [str(s) for key in config.TEXT_KEYS for s in value.get(key) or []]
+    return clip(config.TEXT_JOINER.join(parts), limit) if parts else "(no text)"
+
+
+def clip(text: str, limit: int) -> str:
+    """One line of at most `limit` characters; a cut is marked with an ellipsis."""
+    flat = " ".join(str(text).split())
+    if len(flat) <= limit:
+        return flat
+    return flat[: max(limit - 1, 0)].rstrip() + "…" if limit > 0 else ""
+
+
+def row_norms(page_emb: np.ndarray, panel_emb: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(page L2, mean L2 over valid panels) per row; 0 where a row has no valid panel."""
+    page_l2 = np.linalg.norm(page_emb.astype(np.float64), axis=-1)
+    panel_l2 = np.linalg.norm(panel_emb.astype(np.float64), axis=-1)
+    mask = mask.astype(bool)
+    counts = mask.sum(axis=1)
+    sums = np.where(mask, panel_l2, 0.0).sum(axis=1)
+    panel_mean = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+    return page_l2, panel_mean
+
+
+def out_of_order_note(store: Path) -> str:
+    """Batches with a manifest past the committed prefix: written, not yet readable.
+
+    Manifest names are listed, not read, except the few past the prefix (cheap on any store).
+    """
+    folder = store / config.MANIFEST_GROUP
+    names = os.listdir(folder) if folder.is_dir() else []
+    ids = sorted(int(m.group(1)) for name in names if (m := MANIFEST_NAME.match(name)))
+    present = set(ids)
+    waiting = next(i for i in range(len(ids) + 1) if i not in present)
+    later = [i for i in ids if i > waiting]
+    if not later:
+        return ""
+    rows = 0
+    for batch_id in later:
+        try:
+            with open(folder / f"batch_{batch_id:06d}.json", encoding="utf-8") as fh:
+                rows += int(json.load(fh)["num_pages"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a broken manifest is diagnose's business; here it only is not counted
+    shown = ", ".join(str(i) for i in later[:8]) + (", ..." if len(later) > 8 else "")
+    which = f"batch {shown}" if len(later) == 1 else f"batches {shown}"
+    return f"; {which} ({rows} rows) committed out of order, readable once batch {waiting} is committed"
+
+
+def header_line(store: Path, attrs: dict[str, Any], committed: int) -> str:
+    registered = int(attrs.get("registered_rows", committed))
+    state = "all committed" if committed == registered else f"{registered - committed} not committed yet"
+    return (
+        f"{store}: {committed} of {registered} registered rows committed ({state})"
+        f"{out_of_order_note(store)}"
+    )
+
+
+def load_rows(store: Path, count: int) -> tuple[dict[str, np.ndarray], dict[str, Any], int]:
+    """The first `count` committed rows of the arrays a summary needs, read and nothing more."""
+    from common.store import open_committed
+
+    ds = open_committed(store)
+    committed = int(ds.attrs["committed_rows"])
+    part = ds[list(_SUMMARY_VARS)].isel(page_id=slice(0, min(count, committed)))
+    arrays = {name: part[name].values for name in _SUMMARY_VARS}
+    arrays["page_id"] = part["page_id"].values
+    return arrays, dict(ds.attrs), committed
+
+
+def format_rows(arrays: dict[str, np.ndarray], text_len: int) -> list[tuple[int, float, float, str, str, str]]:
+    """(idx, page_l2, panel_mean_l2, status, preview, page_id) per row, in row order."""
+    page_l2, panel_mean = row_norms(arrays["page_embeddings"], arrays["panel_embeddings"], arrays["panel_mask"])
+    rows = []
+    for i in range(len(page_l2)):
+        status = int(arrays["status"][i])
+        if status == STATUS_FAILED:
+            preview = clip(f"error: {arrays['error'][i]}", text_len)
+        else:
+            preview = text_preview(str(arrays["page_text"][i]), text_len)
+        name = STATUS_NAMES.get(status, str(status))
+        rows.append((i, float(page_l2[i]), float(panel_mean[i]), name, preview, str(arrays["page_id"][i])))
+    return rows
+
+
+def print_summary(store: Path, max_pages: int, text_len: int, compact: bool, out: TextIO) -> None:
+    arrays, attrs, committed = load_rows(store, max_pages)
+    rows = format_rows(arrays, text_len)
+    out.write(header_line(store, attrs, committed) + "\n")
+    if not compact:
+        shown = f"rows 0-{len(rows) - 1}" if rows else "no rows"
+        model = f"{attrs.get('model_name')} ({attrs.get('encoder_mode')}, d={attrs.get('embedding_dim')})"
+        out.write(f"model {model}; showing {shown}\n")
+        out.write(f"{'idx':>6}  {'page_l2':>9}  {'panel_mean_l2':>13}  {'status':<9}  text_preview\n")
+        out.write(f"{'-' * 6}  {'-' * 9}  {'-' * 13}  {'-' * 9}  {'-' * 12}\n")
+    for idx, page_l2, panel_mean, status, preview, page_id in rows:
+        if compact:
+            out.write(f"{idx} {page_l2:.6f} {panel_mean:.6f} {status} {preview}\n")
+        else:
+            out.write(f"{idx:>6}  {page_l2:>9.6f}  {panel_mean:>13.6f}  {status:<9}  {preview}\n")
+            out.write(f"{'':>8}{page_id}\n")
+    if not compact and committed > len(rows):
+        out.write(f"... {committed - len(rows)} more committed rows (--max-pages)\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.max_pages < 0 or args.text_len < 0:
+        raise UsageError("--max-pages and --text-len must be 0 or more")
+    print_summary(resolve_store(args.zarr), args.max_pages, args.text_len, args.compact, sys.stdout)
+    return 0
