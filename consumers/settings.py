@@ -13,6 +13,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 PREFIX = "COMIX_WORKER_"
+READY_NAME_ENV = PREFIX + "NAME"  # the node name, under which a loaded pool process reports ready
+
+
+def ready_key(name: str) -> str:
+    """Redis key a worker sets once its model is loaded (`run` waits for it before timing)."""
+    return f"comix:ready:{name}"
 
 
 @dataclass

@@ -51,6 +51,11 @@ def _load_model(**_: Any) -> None:
         "pid %d: model %s (d=%d, %s) on %s loaded in %.1f s",
         os.getpid(), settings.checkpoint, loaded.config.d, settings.encoder_mode, device, time.perf_counter() - t0,
     )
+    from common.results_channel import connect
+    from consumers.settings import READY_NAME_ENV, ready_key
+
+    _state["redis"] = connect(app.conf.broker_url)
+    _state["redis"].set(ready_key(os.environ.get(READY_NAME_ENV, str(os.getpid()))), time.time(), ex=24 * 3600)
 
 
 @worker_process_shutdown.connect

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from common import config
 from common.errors import UsageError
-from consumers.settings import WorkerSettings
+from consumers.settings import READY_NAME_ENV, WorkerSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder shared by the workers of one host: each claims one free GPU there (docker compose --scale)",
     )
     parser.add_argument("--loglevel", default="INFO")
+    # `run` checks the model once itself and passes an explicit device
+    parser.add_argument("--checked", action="store_true", help=argparse.SUPPRESS)
 
 
 def preflight(settings: WorkerSettings) -> dict:
@@ -85,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
         torch_threads=args.torch_threads,
         encode_batch=args.encode_batch,
     )
+    if args.checked:
+        info = {"device": args.device, "gpus": 0}
+        return _start_celery(args, settings, info)
     info = preflight(settings)
     print(
         f"model: {info['checkpoint']} sha256 {info['checkpoint_sha256'][:12]}, d={info['embedding_dim']}, "
@@ -99,9 +104,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"claimed GPU {gpu} of {info['gpus']} in {args.gpu_claim_dir}", flush=True)
     elif args.device == "auto" and info["gpus"] > 1:
         return _one_worker_per_gpu(args, info["gpus"], host)
+    return _start_celery(args, settings, info)
+
+
+def _start_celery(args: argparse.Namespace, settings: WorkerSettings, info: dict) -> int:
+    """Become the Celery worker (this process is its parent; the pool forks from it)."""
+    host = socket.gethostname()
     settings.device = info["device"]
     os.environ.update(settings.to_env())
-    name = args.name or f"comix-{settings.device.replace(':', '')}-{os.getpid()}@{host}"
+    name = (args.name or f"comix-{settings.device.replace(':', '')}-{os.getpid()}@{host}").replace("%h", host)
+    os.environ[READY_NAME_ENV] = name
+    # Import torch and transformers once here, before the pool forks, so each pool process starts
+    # in a fraction of a second. Nothing here touches CUDA or runs a torch op (not fork-safe).
+    import common.embed  # noqa: F401
+
     from common.celery_app import configure
 
     configure(args.broker).worker_main(celery_argv(name, args.loglevel))

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,11 +28,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from common import config
-from common.checkpoint import file_sha256
+from common.checkpoint import load_model
 from common.errors import UsageError
 from common.jobs import Job
 from common.results_channel import connect, results_key
 from common.store import read_attrs, store_path
+from common.tokenizer import load_tokenizer
+from consumers.settings import ready_key
 from consumers.worker import add_arguments as add_worker_arguments
 from consumers.worker import worker_command
 from producer.enqueue import EnqueueReport, add_source_arguments, plan, send_owed
@@ -54,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verify-batches", "--verify_batches", dest="verify_batches", action="store_true")
     parser.add_argument("--write-check", "--write_check", dest="write_check", action="store_true")
     parser.add_argument("--verbose", action="store_true", help="one [PAGE] line per committed page")
+    parser.add_argument("--stats-json", type=Path, help="write the run's figures (pages, seconds, pages/s) to this file")
 
 
 def _die_with_parent() -> None:
@@ -84,12 +88,12 @@ class Children:
     def alive(self, prefix: str) -> int:
         return sum(1 for n, p in self.procs.items() if n.startswith(prefix) and p.poll() is None)
 
-    def stop(self, prefix: str, timeout: float) -> None:
-        """SIGTERM (a worker finishes its task, the writer its commit), then SIGKILL the group."""
+    def stop(self, prefix: str, timeout: float, sig: dict[str, int]) -> None:
+        """A signal to each process group (by name prefix), then SIGKILL what is left after `timeout`."""
         chosen = {n: p for n, p in self.procs.items() if n.startswith(prefix)}
-        for p in chosen.values():
+        for name, p in chosen.items():
             if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
+                os.killpg(p.pid, next(s for k, s in sig.items() if name.startswith(k)))
         deadline = time.monotonic() + timeout
         for p in chosen.values():
             try:
@@ -110,14 +114,15 @@ def _gpu_count() -> int:
 
 
 def _check_model(args: argparse.Namespace) -> None:
-    """Refuse before starting anything when the store was made by another checkpoint or mode."""
-    if not args.checkpoint.is_file():
-        raise UsageError(f"checkpoint not found: {args.checkpoint}")
+    """Load the checkpoint and tokenizer once (clear errors now, not in every worker), and refuse
+    before starting anything when the store was made by another checkpoint or encoder mode."""
+    loaded = load_model(args.checkpoint)
+    load_tokenizer(args.tokenizer, args.checkpoint)
     path = store_path(args.output_dir)
     if not path.exists():
         return
     attrs = read_attrs(path)
-    sha = file_sha256(args.checkpoint)
+    sha = loaded.sha256
     if attrs.get("checkpoint_sha256") not in (None, sha):
         raise UsageError(
             f"{path} was made by checkpoint sha256 {attrs['checkpoint_sha256'][:12]}..., "
@@ -136,6 +141,17 @@ def _worker_plan(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
     device = "cpu" if args.device == "auto" else args.device
     n = args.workers or max(1, (os.cpu_count() or 2) // 2)
     return [(device, {}) for _ in range(n)]
+
+
+def _wait_for_workers(client, names: list[str], children: Children, timeout: float = 600) -> None:
+    """Until every worker's pool process has loaded its model, so timing starts with real work."""
+    keys = [ready_key(n) for n in names]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if children.failed() or not children.alive("worker") or all(client.exists(k) for k in keys):
+            return  # a failure is reported by the main loop
+        time.sleep(0.2)
+    log.warning("not every worker was ready within %.0f s; going on", timeout)
 
 
 def _job_progress(job: Job, output_dir: Path) -> int:
@@ -184,8 +200,9 @@ def run(args: argparse.Namespace) -> int:
         print("\ninterrupted: stopping workers and writer (committed batches are kept; run again to resume)", flush=True)
         return 130
     finally:
-        children.stop("worker", timeout=15)
-        children.stop("writer", timeout=30)
+        # workers: a cold shutdown, since what they hold is either committed or owed (and re-sent
+        # by the next run); the writer: a clean stop after the commit at hand
+        children.stop("", timeout=30, sig={"worker": signal.SIGQUIT, "writer": signal.SIGTERM})
         if redis_server is not None:
             redis_server.stop()
 
@@ -197,6 +214,8 @@ def _run_job(args: argparse.Namespace, job: Job, planned, report: EnqueueReport,
     plan_ = _worker_plan(args)
     cores = os.cpu_count() or 2
     per_worker = max(1, cores // len(plan_))
+    host = socket.gethostname()
+    names = [f"comix-run{i}-{os.getpid()}@{host}" for i in range(len(plan_))]
     for i, (device, env) in enumerate(plan_):
         wargs = argparse.Namespace(**vars(args))
         wargs.image_root = args.image_root
@@ -204,13 +223,15 @@ def _run_job(args: argparse.Namespace, job: Job, planned, report: EnqueueReport,
         if device == "cpu":
             wargs.torch_threads = args.torch_threads or per_worker
             wargs.decode_threads = args.decode_threads or per_worker
-        children.start(f"worker-{i}", worker_command(wargs, device, f"comix-run{i}-{os.getpid()}@%h"), env)
-    send_owed(job, planned, args, report, resend=True)
-    client = connect(args.broker)
-    total = len(job.pages)
+        children.start(f"worker-{i}", worker_command(wargs, device, names[i]) + ["--checked"], env)
     print(f"{len(plan_)} worker(s) on {plan_[0][0]}, logs in {children.log_dir}", flush=True)
+    client = connect(args.broker)
+    _wait_for_workers(client, names, children)
+    started = time.monotonic()
+    send_owed(job, planned, args, report, resend=True)
+    total = len(job.pages)
     bar = tqdm(total=total, unit="page", desc="committed", smoothing=0.1, dynamic_ncols=True)
-    done = _job_progress(job, args.output_dir)
+    done = already_done = _job_progress(job, args.output_dir)
     bar.update(done)
     last_change = time.monotonic()
     while done < total:
@@ -234,6 +255,12 @@ def _run_job(args: argparse.Namespace, job: Job, planned, report: EnqueueReport,
             log.warning("re-sent %d batches the broker no longer held", report.batches_sent - before)
             last_change = time.monotonic()
     bar.close()
+    seconds = time.monotonic() - started
+    pending = total - already_done
+    if args.stats_json:
+        stats = {"pages": pending, "seconds": round(seconds, 3), "pages_per_s": round(pending / seconds, 3), "workers": len(plan_)}
+        args.stats_json.write_text(json.dumps(stats))
+    print(f"{pending} pages embedded and committed in {seconds:.1f} s ({pending / seconds:.2f} pages/s, workers ready)", flush=True)
     failed_pages = _failed_pages(job, args.output_dir)
     print(
         f"done: {total} pages committed to {store_path(args.output_dir)}"
