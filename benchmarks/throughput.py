@@ -188,6 +188,17 @@ def min_cosine(a: dict, b: dict) -> float:
                      cos(a["panel_embeddings"][mask], b["panel_embeddings"][mask]).min()))
 
 
+def decode_tolerance(corpus: Path, ckpt: Path, device: str, tasks: list[PageTask]) -> float:
+    """Min cosine between outputs from reduced-size and from full-size decoding, same pages."""
+    loaded, tok = load_model(ckpt, device), load_tokenizer(None, ckpt)
+    outputs = []
+    for fast in (True, False):
+        emb = Embedder(loaded, tok, ImageResolver([corpus / "images"]), device, EmbedSettings(fast_decode=fast, amp=False))
+        outputs.append(emb.embed(tasks)[0])
+        emb.close()
+    return min_cosine(*outputs)
+
+
 # ---- the old way ----
 
 def measure_baseline(corpus: Path, ckpt: Path, work: Path, tasks: list[PageTask]) -> dict:
@@ -254,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     resolved = str(resolve_device(devices[0]))
     model_only = measure_model_only(corpus, ckpt, resolved, prepared_pages(corpus, tasks, True), tasks)
     log(f"model_only {model_only['pages_per_s']:8.2f} pages/s")
+    tolerance = decode_tolerance(corpus, ckpt, resolved, tasks[:24])
+    log(f"reduced-size decoding vs full: min cosine {tolerance:.5f}")
     baseline = measure_baseline(corpus, ckpt, work, tasks[: args.baseline_pages])
     log(f"baseline   {baseline['pages_per_s']:8.2f} pages/s")
 
@@ -280,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             if "all_slots_pages_per_s" in model_only else None,
         },
         "bf16_vs_fp32_min_cosine": model_only.get("bf16_vs_fp32_min_cosine"),
+        "reduced_decoding_vs_full_min_cosine": round(tolerance, 6),
     }
     if args.json:
         print(json.dumps(figures))
@@ -291,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  speedup     {figures['speedup']:9.2f}x (pipeline / baseline)")
         print("  stages (ms per page, summed over threads): " + ", ".join(f"{k} {v}" for k, v in stages_ms.items()))
         print("  steps: " + ", ".join(f"{k} {v}x" for k, v in figures["steps"].items() if v))
+        print(f"  reduced-size decoding vs full-size: min cosine {tolerance:.5f}")
         if figures["bf16_vs_fp32_min_cosine"] is not None:
             print(f"  bf16 vs fp32: min cosine {figures['bf16_vs_fp32_min_cosine']:.5f}")
     return 0

@@ -28,6 +28,7 @@ from common.results import STATUS_FULL_PAGE, STATUS_OK
 Image.MAX_IMAGE_PIXELS = config.MAX_IMAGE_PIXELS
 EXIF_ORIENTATION = 0x0112
 DRAFT_SCALES = (8, 4, 2)
+REDUCING_GAP = 3.0
 
 
 class PageImageError(Exception):
@@ -172,10 +173,11 @@ def prepare_page(spec: PageSpec, data: bytes, name: str, fast_decode: bool = Fal
     size = (config.IMAGE_SIZE, config.IMAGE_SIZE)
     crops = np.empty((len(rects), config.IMAGE_SIZE, config.IMAGE_SIZE, 3), dtype=np.uint8)
     for i, (x, y, x2, y2) in enumerate(rects):
-        if scale == 1:
+        if not fast_decode:
             out = img.crop((x, y, x2, y2)).resize(size, Image.BILINEAR)
         else:
-            out = img.resize(size, Image.BILINEAR, box=(x * sx, y * sy, x2 * sx, y2 * sy))
+            # reducing_gap: shrink by an integer factor first (cheap box filter), then bilinear
+            out = img.resize(size, Image.BILINEAR, box=(x * sx, y * sy, x2 * sx, y2 * sy), reducing_gap=REDUCING_GAP)
         crops[i] = np.asarray(out)
     comp = np.stack(
         [

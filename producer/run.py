@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     worker = argparse.ArgumentParser(add_help=False)
     add_worker_arguments(worker)
     for action in worker._actions:  # the worker's model options, minus those `run` sets itself
-        if action.dest not in ("help", "broker", "image_root", "name", "loglevel"):
+        if action.dest not in ("help", "broker", "image_root", "name", "loglevel", "gpu_claim_dir", "checked"):
             parser._add_action(action)
     parser.add_argument("--workers", type=int, help="worker processes (default: one per GPU, else one per 2 cores)")
     parser.add_argument("--verify-batches", "--verify_batches", dest="verify_batches", action="store_true")
@@ -73,11 +73,12 @@ class Children:
     log_dir: Path
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None, show_stdout: bool = False) -> None:
+        """Start a child; its log goes to `<log_dir>/<name>.log` (stdout to the terminal if `show_stdout`)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         out = open(self.log_dir / f"{name}.log", "ab")
         self.procs[name] = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            argv, stdout=None if show_stdout else out, stderr=out, env={**os.environ, **(env or {})},
             start_new_session=True, preexec_fn=_die_with_parent,
         )
         out.close()
@@ -210,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_job(args: argparse.Namespace, job: Job, planned, report: EnqueueReport, children: Children) -> int:
     writer_argv = [sys.executable, "-m", "common.cli", "writer", "--output-dir", str(args.output_dir), "--broker", args.broker]
     writer_argv += [flag for flag, on in (("--verify-batches", args.verify_batches), ("--write-check", args.write_check), ("--verbose", args.verbose)) if on]
-    children.start("writer", writer_argv)
+    children.start("writer", writer_argv, show_stdout=args.verbose)  # [PAGE] lines to the terminal
     plan_ = _worker_plan(args)
     cores = os.cpu_count() or 2
     per_worker = max(1, cores // len(plan_))
