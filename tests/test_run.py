@@ -1,0 +1,57 @@
+"""`comix-embed run` as users call it: incremental jobs, refusals, usage errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from common.init_checkpoint import init_checkpoint
+from common.sample import make_sample
+from common.store import open_committed, store_path
+from tests.conftest import run_cli
+
+
+def _run(ckpt: Path, corpus: Path, out: Path, listfile: Path, *extra: str):
+    return run_cli(
+        "run", "--checkpoint", str(ckpt), "--list", str(listfile), "--image-root", str(corpus / "images"),
+        "--output-dir", str(out), "--batch-size", "4", *extra,
+    )
+
+
+def test_incremental_append_skips_stored_pages_and_refuses_another_model(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    make_sample(corpus, pages=12, seed=2)
+    lines = (corpus / "list.txt").read_text().splitlines()
+    first, second = tmp_path / "first.txt", tmp_path / "second.txt"
+    first.write_text("\n".join(lines[:8]) + "\n")
+    second.write_text("\n".join(lines[5:]) + "\n")  # 3 pages already stored, 4 new
+
+    missing = _run(tiny_checkpoint, corpus, out, second, "--incremental", "--dataspec-root", str(corpus))
+    assert missing.returncode == 2 and "Incremental mode requested but Zarr not found" in missing.stderr
+
+    done = _run(tiny_checkpoint, corpus, out, first, "--dataspec-root", str(corpus))
+    assert done.returncode == 0, done.stdout + done.stderr
+    refused = _run(tiny_checkpoint, corpus, out, second, "--dataspec-root", str(corpus))
+    assert refused.returncode == 2 and "--incremental" in refused.stderr
+
+    appended = _run(tiny_checkpoint, corpus, out, second, "--incremental", "--dataspec-root", str(corpus))
+    assert appended.returncode == 0, appended.stdout + appended.stderr
+    assert "pages skipped (not embedded again): 3" in appended.stdout
+    ds = open_committed(store_path(out))
+    expected = [ln.replace("\\", "/") for ln in lines]
+    assert ds.page_id.values.tolist() == expected
+    assert ds.attrs["committed_rows"] == 12
+
+    other = tmp_path / "other.pt"
+    init_checkpoint(other, size="tiny", seed=7)
+    third = tmp_path / "third.txt"
+    third.write_text(lines[0] + "\n")
+    mixed = _run(other, corpus, out, third, "--incremental", "--dataspec-root", str(corpus))
+    assert mixed.returncode == 2 and "one model per store" in mixed.stderr
+
+
+def test_empty_list_is_a_usage_error_and_creates_nothing(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "list.txt"
+    empty.write_text("\r\n# nothing here\r\n")
+    proc = _run(tiny_checkpoint, tmp_path, tmp_path / "out", empty)
+    assert proc.returncode == 2 and "No pages to process" in proc.stderr
+    assert not (tmp_path / "out").exists()
