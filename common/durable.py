@@ -1,0 +1,49 @@
+"""Whole-or-nothing small files: the job files, the manifests and the store's root metadata.
+
+A file is written to a temporary name, optionally fsynced, renamed onto its name, and its folder
+fsynced: a reader or a restarted process sees the old file or the new one, never a torn one, and
+with fsync the rename survives a power loss too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+TMP_SUFFIX = ".tmp"
+
+
+def fsync_dir(folder: str | os.PathLike[str]) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(
+    path: str | os.PathLike[str], data: Any, fsync: bool = True, tmp_dir: str | os.PathLike[str] | None = None
+) -> None:
+    """Write `data` as JSON to `path` atomically.
+
+    `tmp_dir` (same filesystem) keeps the temporary file out of a folder that others list;
+    temporary names start with a dot and end in TMP_SUFFIX so that recovery can find them.
+    """
+    path = Path(path)
+    folder = Path(tmp_dir) if tmp_dir is not None else path.parent
+    tmp = folder / f".{path.name}.{uuid.uuid4().hex}{TMP_SUFFIX}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, ensure_ascii=False)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if fsync:
+        fsync_dir(path.parent)

@@ -1,0 +1,221 @@
+"""Jobs: a list of pages given rows and batches, recorded in a job file before any work starts.
+
+The producer plans a job and writes `<output_dir>/jobs/job_NNNNNN.json` (temporary file, then
+rename); the writer later registers the job's rows in the store from that file. Rows and batch ids
+continue from one job to the next, so batch ids are global and consecutive: the manifests of all
+jobs never collide, and a contiguous prefix of batch ids is a contiguous prefix of rows.
+The job file is the single record of which page owns which row; nothing else assigns rows.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from common import config
+from common.durable import write_json_atomic
+from common.errors import UsageError
+
+_JOB_FILE = re.compile(r"^job_(\d{6})\.json$")
+
+
+@dataclass
+class JobPage:
+    """One page of a job, in list order. `panel_count` is -1 when the producer could not tell."""
+
+    page_id: str
+    manifest_path: str
+    source: str = ""
+    series: str = ""
+    volume: str = ""
+    issue: str = ""
+    page_num: str = ""
+    panel_count: int = -1
+
+
+@dataclass
+class Job:
+    """A registered list: its pages own rows [start_row, start_row + len(pages))."""
+
+    job_id: str
+    number: int
+    list_path: str
+    list_sha256: str
+    created: str
+    start_row: int
+    batch_size: int
+    first_batch: int
+    pages: list[JobPage] = field(default_factory=list)
+
+    @property
+    def end_row(self) -> int:
+        return self.start_row + len(self.pages)
+
+    def batches(self) -> list[tuple[int, int, int]]:
+        """(global batch id, start row, end row) of every batch, in order; the last may be short."""
+        out = []
+        for k, offset in enumerate(range(0, len(self.pages), self.batch_size)):
+            start = self.start_row + offset
+            out.append((self.first_batch + k, start, min(start + self.batch_size, self.end_row)))
+        return out
+
+    def batch(self, batch_id: int) -> tuple[int, int]:
+        """Row range of one of this job's batches; KeyError when the batch is not this job's."""
+        k = batch_id - self.first_batch
+        start = self.start_row + k * self.batch_size
+        if k < 0 or start >= self.end_row:
+            raise KeyError(f"batch {batch_id} is not part of {self.job_id}")
+        return start, min(start + self.batch_size, self.end_row)
+
+    def page(self, row: int) -> JobPage:
+        return self.pages[row - self.start_row]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Job:
+        fields = {k: v for k, v in data.items() if k != "pages"}
+        return cls(**fields, pages=[JobPage(**p) for p in data.get("pages", [])])
+
+
+def jobs_dir(output_dir: str | os.PathLike[str]) -> Path:
+    return Path(output_dir) / config.JOBS_DIR_NAME
+
+
+def job_id_of(number: int) -> str:
+    return f"job_{number:06d}"
+
+
+def write_job(output_dir: str | os.PathLike[str], job: Job) -> Path:
+    """Write the job file whole or not at all (temporary file, fsync, rename, directory fsync)."""
+    folder = jobs_dir(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{job.job_id}.json"
+    write_json_atomic(path, job.to_json())
+    return path
+
+
+def load_jobs(output_dir: str | os.PathLike[str]) -> list[Job]:
+    """Every job file of the output folder, in job-number order."""
+    folder = jobs_dir(output_dir)
+    if not folder.is_dir():
+        return []
+    jobs = []
+    for entry in sorted(folder.iterdir()):
+        if _JOB_FILE.match(entry.name):
+            with open(entry, encoding="utf-8") as fh:
+                jobs.append(Job.from_json(json.load(fh)))
+    jobs.sort(key=lambda j: j.number)
+    return jobs
+
+
+def next_job_layout(output_dir: str | os.PathLike[str]) -> tuple[int, int, int]:
+    """(number, start_row, first_batch) of the next job: right after the last job's rows and batches."""
+    jobs = load_jobs(output_dir)
+    if not jobs:
+        return 1, 0, 0
+    last = jobs[-1]
+    return last.number + 1, last.end_row, last.first_batch + len(last.batches())
+
+
+def registered_page_ids(output_dir: str | os.PathLike[str]) -> set[str]:
+    """page_ids of every job already planned: these pages are never embedded again."""
+    return {p.page_id for job in load_jobs(output_dir) for p in job.pages}
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def plan_job(
+    output_dir: str | os.PathLike[str],
+    list_path: str | os.PathLike[str],
+    pages: list[JobPage],
+    batch_size: int,
+    incremental: bool,
+) -> tuple[Job | None, list[tuple[JobPage, str]]]:
+    """Register a list as a job (writing its job file), or find the job it already is.
+
+    Returns the job and the pages skipped with the reason (already in the store, or repeated in
+    the list). The same list file planned again returns its existing job unchanged, whatever
+    batch size is asked, so that a re-run resumes instead of registering the pages twice. A
+    different list needs `incremental`; `incremental` with nothing to append to is refused, as
+    users know it. Returns (None, skipped) when every page is already stored.
+    """
+    if batch_size < 1:
+        raise UsageError(f"batch size must be at least 1, got {batch_size}")
+    output_dir = Path(output_dir)
+    store = output_dir / config.STORE_NAME
+    sha = file_sha256(list_path)
+    with _jobs_lock(output_dir):
+        jobs = load_jobs(output_dir)
+        for job in jobs:
+            if job.list_sha256 == sha:
+                return job, []
+        if incremental and not jobs and not store.exists():
+            raise UsageError(f"Incremental mode requested but Zarr not found: {store}")
+        if not incremental and jobs:
+            first = jobs[0]
+            raise UsageError(
+                f"{store} holds {first.job_id} from {first.list_path}; pass --incremental to append"
+            )
+        if not incremental and store.exists():
+            raise UsageError(f"{store} exists but {jobs_dir(output_dir)} has no job files")
+        known = {p.page_id for job in jobs for p in job.pages}
+        kept: list[JobPage] = []
+        skipped: list[tuple[JobPage, str]] = []
+        seen: set[str] = set()
+        for page in pages:
+            if page.page_id in known:
+                skipped.append((page, "already in the store"))
+            elif page.page_id in seen:
+                skipped.append((page, "repeated in the list"))
+            else:
+                seen.add(page.page_id)
+                kept.append(page)
+        if not kept:
+            return None, skipped
+        number, start_row, first_batch = next_job_layout(output_dir)
+        job = Job(
+            job_id=job_id_of(number),
+            number=number,
+            list_path=str(list_path),
+            list_sha256=sha,
+            created=utc_now(),
+            start_row=start_row,
+            batch_size=batch_size,
+            first_batch=first_batch,
+            pages=kept,
+        )
+        write_job(output_dir, job)
+        return job, skipped
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@contextmanager
+def _jobs_lock(output_dir: Path) -> Iterator[None]:
+    """Two producers planning at once would give two jobs the same rows: serialise them."""
+    folder = jobs_dir(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".plan.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -1,0 +1,242 @@
+"""The embeddings store (spec/store.md): its schema, creation, growth, job registration, readers.
+
+Only the writer process calls the functions that change the store; readers use
+`open_committed` or `read_committed_rows`, which never see more than the committed rows.
+
+Root attributes are rewritten by this module, not through zarr: zarr's atomic write leaves a
+`zarr.<hex>.partial` file beside the root `zarr.json` for an instant, and any foreign entry at
+the store's root makes `xarray.open_zarr` warn ("not recognized as a component of a Zarr
+hierarchy"). Our temporary file lives in the `manifest/` group instead, which readers never list,
+and is renamed onto the root `zarr.json` (same filesystem, so still atomic).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import zarr
+
+from common import config
+from common.durable import fsync_dir, write_json_atomic
+from common.errors import UsageError
+from common.jobs import Job, utc_now
+from common.results import RESULT_ARRAYS
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+# The model identity a store records; results made by another model are refused.
+MODEL_KEYS = ("model_name", "embedding_dim", "max_panels", "encoder_mode", "checkpoint_sha256", "tokenizer")
+# String columns written when a job is registered (everything else arrives with the batches).
+PAGE_COLUMNS = ("page_id", "manifest_path", "source", "series", "volume", "issue", "page_num")
+_DIM_NAMES = {"d": "embedding_dim", "P": "panel_id", "4": "coord_dim"}
+_FILLS = {"float32": 0.0, "bool": False, "int16": -1, "int8": 0, "str": ""}
+
+
+class ModelMismatch(UsageError):
+    """A result or a run uses another model than the one that made the store."""
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array along page_id: its other dimensions and its dtype ("str" for vlen-utf8)."""
+
+    name: str
+    dims: tuple[str, ...]
+    dtype: str
+
+    @property
+    def fill(self) -> Any:
+        return _FILLS[self.dtype]
+
+    def shape(self, rows: int, d: int, p: int) -> tuple[int, ...]:
+        sizes = {"embedding_dim": d, "panel_id": p, "coord_dim": 4}
+        return (rows, *(sizes[dim] for dim in self.dims))
+
+
+def row_arrays() -> dict[str, ArraySpec]:
+    """Every array that has page_id as its first dimension, result arrays first."""
+    specs = {
+        name: ArraySpec(name, tuple(_DIM_NAMES[d] for d in dims), dtype)
+        for name, (dims, dtype) in RESULT_ARRAYS.items()
+    }
+    for name in PAGE_COLUMNS:
+        specs[name] = ArraySpec(name, (), "str")
+    return specs
+
+
+def store_path(output_dir: str | os.PathLike[str]) -> Path:
+    return Path(output_dir) / config.STORE_NAME
+
+
+def model_identity(model: dict[str, Any]) -> dict[str, Any]:
+    """The identity keys of a `model` dict; one that lacks a key cannot be matched, so it is refused."""
+    missing = [k for k in MODEL_KEYS if k not in model]
+    if missing:
+        raise ModelMismatch(f"the model {model} lacks {', '.join(missing)}: cannot tell it is the store's")
+    identity = {k: model[k] for k in MODEL_KEYS}
+    identity["embedding_dim"] = int(identity["embedding_dim"])
+    identity["max_panels"] = int(identity["max_panels"])
+    return identity
+
+
+def check_model(attrs: dict[str, Any], model: dict[str, Any], what: str = "result") -> None:
+    """Refuse a model that differs from the store's, naming both checkpoints."""
+    theirs = model_identity(model)
+    ours = {k: attrs.get(k) for k in MODEL_KEYS}
+    diff = [k for k in MODEL_KEYS if ours[k] != theirs[k]]
+    if diff:
+        details = ", ".join(f"{k}: store {ours[k]!r} vs {theirs[k]!r}" for k in diff)
+        raise ModelMismatch(
+            f"the store was made with checkpoint {ours['checkpoint_sha256']} ({ours['encoder_mode']}), "
+            f"the {what} with checkpoint {theirs['checkpoint_sha256']} ({theirs['encoder_mode']}); "
+            f"one store holds one model's embeddings ({details})"
+        )
+
+
+def create_store(path: str | os.PathLike[str], model: dict[str, Any], capacity: int) -> None:
+    """Create the empty store with `capacity` pre-allocated rows.
+
+    Built under a temporary name and renamed into place, so that a crash while creating never
+    leaves a half-made store under the real name (a leftover temporary folder is deleted here).
+    """
+    path = Path(path)
+    identity = model_identity(model)
+    tmp = path.with_name(f".{path.name}.creating")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    attrs = {
+        **identity,
+        "created": utc_now(),
+        "schema_version": config.SCHEMA_VERSION,
+        "committed_rows": 0,
+        "registered_rows": 0,
+        "jobs": [],
+        "coordinates": " ".join(config.STORE_COORDINATES),
+    }
+    group = zarr.open_group(tmp, mode="w-", zarr_format=3, attributes=attrs)
+    d, p = identity["embedding_dim"], identity["max_panels"]
+    for spec in row_arrays().values():
+        shape = spec.shape(capacity, d, p)
+        group.create_array(
+            spec.name,
+            shape=shape,
+            chunks=(config.CHUNK_ROWS, *shape[1:]),
+            dtype=str if spec.dtype == "str" else spec.dtype,
+            fill_value=spec.fill,
+            # floats barely compress (~10%) and compression doubles write and read time
+            compressors=None if spec.dtype == "float32" else "auto",
+            dimension_names=("page_id", *spec.dims),
+        )
+    for name, size in (("panel_id", p), ("embedding_dim", d), ("coord_dim", 4)):
+        arr = group.create_array(name, shape=(size,), dtype="int32", dimension_names=(name,))
+        arr[:] = np.arange(size, dtype="int32")
+    group.create_group(config.MANIFEST_GROUP)
+    os.sync()  # once per store: its skeleton is durable before it appears under its name
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def read_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
+    with open(Path(path) / "zarr.json", encoding="utf-8") as fh:
+        return json.load(fh).get("attributes", {})
+
+
+def write_attrs(path: str | os.PathLike[str], updates: dict[str, Any], fsync: bool = True) -> dict[str, Any]:
+    """Update root attributes atomically; the temporary file lives outside the root (see above)."""
+    path = Path(path)
+    with open(path / "zarr.json", encoding="utf-8") as fh:
+        meta = json.load(fh)
+    meta.setdefault("attributes", {}).update(updates)
+    write_json_atomic(path / "zarr.json", meta, fsync, tmp_dir=path / config.MANIFEST_GROUP)
+    return meta["attributes"]
+
+
+def read_committed_rows(path: str | os.PathLike[str]) -> int:
+    """Rows [0, n) are committed: whole batches, in index order, never to change."""
+    return int(read_attrs(path).get("committed_rows", 0))
+
+
+def grow(group: zarr.Group, rows: int) -> int:
+    """Make every page_id array hold at least `rows` rows, in GROWTH_ROWS steps; returns capacity.
+
+    Arrays are resized back to back; after a crash in between, the next call evens them out.
+    """
+    names = list(row_arrays())
+    current = max(group[name].shape[0] for name in names)
+    steps = -(-rows // config.GROWTH_ROWS)
+    target = max(current, steps * config.GROWTH_ROWS)
+    for name in names:
+        arr = group[name]
+        if arr.shape[0] < target:
+            arr.resize((target, *arr.shape[1:]))
+    return target
+
+
+def register_job(path: str | os.PathLike[str], job: Job, fsync: bool = True) -> dict[str, Any]:
+    """Give a job its rows in the store: grow, write its page columns, record it in the attributes.
+
+    Idempotent: a crash before the attributes are updated is repaired by registering again.
+    Jobs must be registered in order: a job starts where the registered rows end.
+    """
+    path = Path(path)
+    attrs = read_attrs(path)
+    if any(j["job_id"] == job.job_id for j in attrs.get("jobs", [])):
+        return attrs
+    if job.start_row != attrs.get("registered_rows", 0):
+        raise UsageError(
+            f"{job.job_id} starts at row {job.start_row} but {path} has "
+            f"{attrs.get('registered_rows', 0)} registered rows"
+        )
+    group = zarr.open_group(path, mode="r+")
+    grow(group, job.end_row)
+    for name in PAGE_COLUMNS:
+        values = np.array([getattr(p, name) for p in job.pages], dtype=object)
+        if len(values):
+            group[name][job.start_row : job.end_row] = values
+    record = {
+        "job_id": job.job_id,
+        "list_path": job.list_path,
+        "list_sha256": job.list_sha256,
+        "created": job.created,
+        "start_row": job.start_row,
+        "end_row": job.end_row,
+        "batch_size": job.batch_size,
+        "first_batch": job.first_batch,
+        "num_batches": len(job.batches()),
+    }
+    return write_attrs(
+        path, {"jobs": [*attrs.get("jobs", []), record], "registered_rows": job.end_row}, fsync
+    )
+
+
+def open_committed(path: str | os.PathLike[str], timeout: float = 10.0) -> xr.Dataset:
+    """The store as an xarray Dataset of exactly its committed rows (lazy, read only).
+
+    `committed_rows` is read before the arrays are opened, and every array holds at least that
+    many rows, so the slice never reaches a row being written. While the writer grows the arrays
+    (rarely, back to back) their lengths differ for an instant and xarray refuses to open:
+    retried until `timeout`.
+    """
+    import xarray as xr  # readers only: the writer never pays for importing xarray
+
+    deadline = time.monotonic() + timeout
+    while True:
+        committed = read_committed_rows(path)
+        try:
+            ds = xr.open_zarr(path, consolidated=False)
+        except ValueError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+            continue
+        ds = ds.isel(page_id=slice(0, committed))
+        ds.attrs["committed_rows"] = committed
+        return ds

@@ -1,0 +1,160 @@
+"""The writer killed with SIGKILL at random instants, restarted each time, fed duplicated and
+out-of-order batches, while a reader process polls the store.
+
+The final store must equal, array by array, the store of a run without kills; every manifest
+must match its rows; the reader must never see a partial batch, a changed committed row or
+`committed_rows` going down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from common.jobs import load_jobs
+from common.results import BatchResult
+from common.store import read_attrs, store_path
+from writer import synthetic
+from writer.commit import StoreWriter
+from writer.manifests import manifest_rows, read_manifests
+
+ROOT = Path(__file__).resolve().parents[1]
+KILLS = 30
+D = 16
+
+
+def _prepare(tmp_path: Path) -> tuple[Path, Path, Path, list[list[str]]]:
+    """Two jobs (the second appended), their results on disk, and a shuffled, duplicated feed."""
+    kill_dir, clean_dir, results = tmp_path / "killed", tmp_path / "clean", tmp_path / "results"
+    results.mkdir()
+    model = synthetic.model_info(d=D)
+    pages = synthetic.make_pages(2600)
+    batch_ids: list[int] = []
+    for out in (kill_dir, clean_dir):
+        synthetic.plan(out, pages[:2000], 8)
+        synthetic.plan(out, pages[2000:], 8, incremental=True, name="list2.txt")
+    for job in load_jobs(kill_dir):
+        for b, _, _ in job.batches():
+            (results / f"b{b:06d}.bin").write_bytes(synthetic.make_result(job, b, model, seed=7).to_bytes())
+            batch_ids.append(b)
+    rng = random.Random(1234)
+    order = sorted(batch_ids, key=lambda b: b + rng.uniform(0, 12))  # out of order, locally
+    order += rng.sample(batch_ids, len(batch_ids) // 4)  # redeliveries, late
+    order = sorted(order, key=lambda b: b + rng.uniform(0, 40))
+    calls, i = [], 0
+    while i < len(order):
+        n = rng.randint(1, 4)
+        calls.append([str(results / f"b{b:06d}.bin") for b in order[i : i + n]])
+        i += n
+    return kill_dir, clean_dir, results, calls
+
+
+def _compare_stores(a: Path, b: Path) -> None:
+    ga, gb = zarr.open_group(a, mode="r"), zarr.open_group(b, mode="r")
+    names = sorted(k for k, _ in ga.arrays())
+    assert names == sorted(k for k, _ in gb.arrays())
+    for name in names:
+        va, vb = ga[name][...], gb[name][...]
+        assert va.shape == vb.shape, name
+        if va.dtype.kind in "OUT":
+            assert va.tolist() == vb.tolist(), name
+        else:
+            assert va.dtype == vb.dtype and va.tobytes() == vb.tobytes(), name
+    attrs_a, attrs_b = read_attrs(a), read_attrs(b)
+    for attrs in (attrs_a, attrs_b):  # the two runs differ only in when and where
+        attrs.pop("created")
+        for job in attrs["jobs"]:
+            job.pop("list_path")
+    assert attrs_a == attrs_b
+    ma, mb = read_manifests(a), read_manifests(b)
+    assert sorted(ma) == sorted(mb)
+    for bid in ma:
+        ma[bid].pop("timestamp"), mb[bid].pop("timestamp")
+        assert ma[bid] == mb[bid]
+
+
+def _check_manifests_match_rows(store: Path) -> None:
+    group = zarr.open_group(store, mode="r")
+    ids, status = group["page_id"][...], group["status"][...]
+    found = read_manifests(store)
+    jobs = {j.job_id: j for j in load_jobs(store.parent)}
+    assert sorted(found) == [b for j in jobs.values() for b, _, _ in j.batches()]
+    names = {1: "ok", 2: "failed", 3: "full_page"}
+    for bid, m in found.items():
+        start, end = manifest_rows(m)
+        assert (start, end) == jobs[m["job"]].batch(bid)
+        assert m["page_ids"] == ids[start:end].tolist()
+        values, counts = np.unique(status[start:end], return_counts=True)
+        assert m["statuses"] == {names[int(v)]: int(c) for v, c in zip(values, counts)}
+    assert read_attrs(store)["committed_rows"] == max(manifest_rows(m)[1] for m in found.values())
+
+
+def test_sigkill_at_random_instants(tmp_path: Path) -> None:
+    kill_dir, clean_dir, results, calls = _prepare(tmp_path)
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"calls": calls}))
+
+    with StoreWriter(clean_dir, fsync=False) as writer:
+        for files in calls:
+            writer.commit([BatchResult.from_bytes(Path(f).read_bytes()) for f in files])
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COMIX_WRITER_FSYNC": "1"}
+    stop, report = tmp_path / "stop", tmp_path / "reader.json"
+    store = store_path(kill_dir)
+    reader = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "crash_reader.py"), str(store), str(results), str(report), str(stop)],
+        env=env,
+    )
+    rng = random.Random(99)
+    kills = 0
+    try:
+        for _ in range(KILLS * 3):
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "writer.replay", str(kill_dir), str(plan)],
+                env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True,
+            )
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+            time.sleep(rng.uniform(0.0, 0.12))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                kills += 1
+            else:
+                assert proc.wait() == 0
+                break
+            if kills >= KILLS:
+                break
+        final = subprocess.run(
+            [sys.executable, "-m", "writer.replay", str(kill_dir), str(plan)],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )
+        assert final.returncode == 0, final.stderr
+        assert final.stdout.split() == ["ready", "done"]
+        time.sleep(0.3)  # the reader sees the final state too
+    finally:
+        stop.touch()
+        reader.wait(timeout=60)
+
+    print(f"kills {kills}, reader {report.read_text()[:300]}")
+    assert kills >= KILLS, f"only {kills} kills landed while committing"
+    seen = json.loads(report.read_text())
+    assert seen["violations"] == []
+    assert seen["errors"] == []
+    assert seen["polls"] > 150, seen
+    assert seen["last"] == 2600
+
+    leftovers = [p for p in store.rglob("*") if p.name.endswith((".partial", ".tmp"))]
+    assert leftovers == []
+    _compare_stores(store, store_path(clean_dir))
+    _check_manifests_match_rows(store)
+    _check_manifests_match_rows(store_path(clean_dir))

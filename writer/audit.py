@@ -1,0 +1,68 @@
+"""What happened to every page: the audit log and the `--verbose` lines.
+
+The audit log (`<output_dir>/audit.jsonl`, JSON lines) is appended and flushed after every
+commit, so a crash loses at most the lines of the batch being acknowledged (its manifest is the
+truth); the users' old tool wrote its audit only at the end and lost it on every crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from common.results import STATUS_FAILED, STATUS_FULL_PAGE, STATUS_OK
+
+STATUS_NAMES = {STATUS_OK: "ok", STATUS_FAILED: "failed", STATUS_FULL_PAGE: "full_page"}
+
+
+def page_records(
+    batch_id: int, job: str, start: int, page_ids: list[str], manifest_paths: list[str], arrays: dict[str, np.ndarray]
+) -> list[dict[str, Any]]:
+    """One audit record per page of a committed batch."""
+    now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    l2 = np.linalg.norm(arrays["page_embeddings"].astype(np.float64), axis=1)
+    masks = np.asarray(arrays["panel_mask"], dtype=bool).sum(axis=1)
+    return [
+        {
+            "row": start + i,
+            "page_id": page_id,
+            "json": manifest_paths[i],
+            "batch": batch_id,
+            "job": job,
+            "status": STATUS_NAMES.get(int(arrays["status"][i]), str(int(arrays["status"][i]))),
+            "error": str(arrays["error"][i]),
+            "mask_sum": int(masks[i]),
+            "emb_l2": round(float(l2[i]), 6),
+            "time": now,
+        }
+        for i, page_id in enumerate(page_ids)
+    ]
+
+
+def verbose_line(record: dict[str, Any]) -> str:
+    """The line users grep: `[PAGE] json=0022.json page_id=... idx=17019 mask_sum=6 emb_l2=2.439`."""
+    name = os.path.basename(record["json"].replace("\\", "/"))
+    return (
+        f"[PAGE] json={name} page_id={record['page_id']} idx={record['row']} "
+        f"mask_sum={record['mask_sum']} emb_l2={record['emb_l2']:.3f}"
+    )
+
+
+class AuditLog:
+    """Append-only JSON-lines log, flushed after every write."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._fh: TextIO = open(self.path, "a", encoding="utf-8")
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        self._fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()

@@ -1,0 +1,412 @@
+"""The store's single writer: ordered, idempotent, crash-safe commits of batch results.
+
+Protocol per `commit(results)` (results in any order, redeliveries included):
+1. drop batches that already have a manifest (a redelivery changes nothing);
+2. check every new result against its job file and the store's model; nothing is written when
+   one is wrong;
+3. record the batches in `manifest/inflight.json`, write the rows (contiguous batches merged, one
+   write per array per region, arrays written concurrently), fsync them (setting);
+4. write each batch's manifest, then advance `committed_rows` to the end of the contiguous prefix.
+On open it takes the output folder's lock, removes temporary files, zeroes the rows of batches
+that were being written without reaching their manifest, and repairs a lagging `committed_rows`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import zarr
+from zarr.core.sync import sync
+
+from common import config, store
+from common.errors import UsageError
+from common.jobs import Job, load_jobs
+from common.results import RESULT_ARRAYS, STATUS_FAILED, STATUS_FULL_PAGE, STATUS_OK, BatchResult
+from writer import audit, checks, manifests
+
+log = logging.getLogger(__name__)
+
+_VALID_STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_FULL_PAGE)
+
+
+class WriterLocked(UsageError):
+    """Another writer holds the store: one writer per store, always."""
+
+
+class InvalidResult(UsageError):
+    """A result that does not fit its job (rows, page ids, arrays): nothing of it is written."""
+
+
+@dataclass
+class CommitOutcome:
+    """What `commit` did with one batch. `committed` is False for a redelivered batch."""
+
+    batch_id: int
+    job: str
+    start: int
+    end: int
+    committed: bool
+    statuses: dict[str, int] = field(default_factory=dict)
+
+
+class StoreWriter:
+    """The only object that writes `<output_dir>/combined_embeddings.zarr`. Use as a context manager."""
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike[str],
+        verify_batches: bool = False,
+        write_check: bool = False,
+        verbose: bool = False,
+        fsync: bool = config.WRITER_FSYNC,
+        out: TextIO | None = None,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.path = store.store_path(self.output_dir)
+        self.verify_batches = verify_batches
+        self.write_check = write_check
+        self.verbose = verbose
+        self.fsync = fsync
+        self.out = out if out is not None else sys.stdout
+        self._lock_fh: Any = None
+        self._audit: audit.AuditLog | None = None
+        self._jobs: dict[str, Job] = {}  # registered in the store
+        self._batches: dict[int, tuple[int, int]] = {}  # batch id -> rows, for every manifest
+        self._next_batch = 0  # first batch id past the committed prefix
+        self._attrs: dict[str, Any] = {}
+        self._arrays: dict[str, zarr.Array] = {}
+        self._fsync_pool: ThreadPoolExecutor | None = None
+
+    # --- life cycle ---
+
+    def __enter__(self) -> StoreWriter:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self) -> StoreWriter:
+        """Lock the output folder, recover from any crash, register the jobs planned since."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            leftover = self.path.with_name(f".{self.path.name}.creating")
+            if leftover.exists():
+                shutil.rmtree(leftover)
+            if self.path.exists():
+                self._recover()
+                self._register_pending()
+            self._audit = audit.AuditLog(self.output_dir / config.AUDIT_LOG_NAME)
+            if self.fsync:
+                self._fsync_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        if self._audit is not None:
+            self._audit.close()
+            self._audit = None
+        if self._fsync_pool is not None:
+            self._fsync_pool.shutdown()
+            self._fsync_pool = None
+        if self._lock_fh is not None:
+            self._lock_fh.close()  # releases the flock
+            self._lock_fh = None
+
+    def _lock(self) -> None:
+        path = self.output_dir / config.WRITER_LOCK_NAME
+        fh = open(path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            fh.close()
+            raise WriterLocked(f"another writer (pid {holder}) holds {path}: one writer per store") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._lock_fh = fh
+
+    # --- state ---
+
+    @property
+    def committed_rows(self) -> int:
+        return int(self._attrs.get("committed_rows", 0))
+
+    def jobs(self) -> list[Job]:
+        """Jobs registered in the store, in order."""
+        return sorted(self._jobs.values(), key=lambda j: j.number)
+
+    def owed_batches(self, job: Job) -> list[int]:
+        """The job's batches that have no manifest yet."""
+        return [b for b, _, _ in job.batches() if b not in self._batches]
+
+    def owed(self) -> dict[str, list[int]]:
+        """Owed batches of every job planned in the output folder (registered or not yet)."""
+        return {job.job_id: self.owed_batches(job) for job in load_jobs(self.output_dir)}
+
+    # --- recovery and registration ---
+
+    def _recover(self) -> None:
+        removed = manifests.remove_leftovers(self.path)
+        if removed:
+            log.info("removed %d temporary files left by a previous writer", removed)
+        self._attrs = store.read_attrs(self.path)
+        self._open_arrays()
+        found = manifests.read_manifests(self.path)
+        self._batches = {b: manifests.manifest_rows(m) for b, m in found.items()}
+        unfinished = [r for r in manifests.read_inflight(self.path) if r[0] not in self._batches]
+        if unfinished:
+            log.info("clearing rows of %d batches a previous writer left without manifest", len(unfinished))
+            self._clear_rows(unfinished)
+        manifests.clear_inflight(self.path)
+        before = self.committed_rows
+        self._advance()
+        if self.committed_rows > before:
+            log.info("repaired committed_rows from %d to %d", before, self.committed_rows)
+        planned = {job.job_id: job for job in load_jobs(self.output_dir)}
+        registered = [j["job_id"] for j in self._attrs.get("jobs", [])]
+        missing = [j for j in registered if j not in planned]
+        if missing:
+            raise UsageError(f"{self.path} holds {', '.join(missing)} but their job files are gone")
+        self._jobs = {j: planned[j] for j in registered}
+
+    def _register_pending(self) -> None:
+        """Register, in order, the planned jobs the store does not hold yet."""
+        for job in load_jobs(self.output_dir):
+            if job.job_id not in self._jobs:
+                self._attrs = store.register_job(self.path, job, self.fsync)
+                self._jobs[job.job_id] = job
+                self._open_arrays()  # shapes may have grown
+
+    def _open_arrays(self) -> None:
+        group = zarr.open_group(self.path, mode="r+")
+        self._arrays = {name: group[name] for name in store.row_arrays()}
+
+    def _job_for(self, job_id: str) -> Job:
+        if job_id not in self._jobs and self.path.exists():
+            self._register_pending()
+        job = self._jobs.get(job_id) or next((j for j in load_jobs(self.output_dir) if j.job_id == job_id), None)
+        if job is None:
+            raise InvalidResult(f"result for unknown job {job_id}: no job file in {self.output_dir / config.JOBS_DIR_NAME}")
+        return job
+
+    # --- commit ---
+
+    def commit(self, results: list[BatchResult]) -> list[CommitOutcome]:
+        """Commit new batches, skip those already committed; one outcome per result, in order.
+
+        Raises ModelMismatch, InvalidResult or CheckFailed before writing anything of the call;
+        CheckFailed from --write-check after writing, in which case no manifest is written.
+        """
+        fresh: dict[int, BatchResult] = {}
+        for r in results:
+            if r.batch_id not in self._batches and r.batch_id not in fresh:
+                fresh[r.batch_id] = r
+        if fresh:
+            self._commit_new(sorted(fresh.values(), key=lambda r: r.start))
+        outcomes, seen = [], set()
+        for r in results:
+            written = r.batch_id in fresh and r.batch_id not in seen
+            seen.add(r.batch_id)
+            counts = _status_counts(r.arrays["status"]) if written else {}
+            outcomes.append(CommitOutcome(r.batch_id, r.job, r.start, r.end, written, counts))
+        return outcomes
+
+    def _commit_new(self, results: list[BatchResult]) -> None:
+        identity = self._check_models(results)
+        d, p = identity["embedding_dim"], identity["max_panels"]
+        jobs = {r.batch_id: self._job_for(r.job) for r in results}
+        for r in results:
+            self._validate(r, jobs[r.batch_id], d, p)
+        if self.verify_batches:
+            for r in results:
+                checks.verify_batch(r, jobs[r.batch_id], d, p)
+        if not self.path.exists():
+            self._create(results[0].model)
+        elif any(j.job_id not in self._jobs for j in jobs.values()):
+            self._register_pending()
+        data = {r.batch_id: _prepared(r.arrays) for r in results}
+        ranges = [(r.batch_id, r.start, r.end) for r in results]
+        # atomic, not fsynced: after a power loss, rows it would have named are past the manifests
+        # and rewritten when their batch comes again (the producer resends every owed batch)
+        manifests.write_inflight(self.path, ranges, fsync=False)
+        try:
+            self._write_rows(_regions(results, data))
+            if self.write_check:
+                for r in results:
+                    checks.write_check(self._arrays, r.batch_id, r.start, r.page_ids, data[r.batch_id])
+        except BaseException:
+            self._clear_rows(ranges)  # what was written past the manifests goes now, not at restart
+            manifests.clear_inflight(self.path)
+            raise
+        for r in results:
+            statuses = _status_counts(data[r.batch_id]["status"])
+            manifests.write_manifest(
+                self.path, manifests.make_manifest(r.batch_id, r.start, r.page_ids, r.job, statuses), self.fsync
+            )
+            self._batches[r.batch_id] = (r.start, r.end)
+        # inflight.json stays: its batches now have manifests, which recovery reads first
+        self._advance()
+        self._report(results, jobs, data)
+
+    def _check_models(self, results: list[BatchResult]) -> dict[str, Any]:
+        reference = self._attrs if self.path.exists() else store.model_identity(results[0].model)
+        for r in results:
+            store.check_model(reference, r.model, what=f"result of batch {r.batch_id}")
+        return {k: reference[k] for k in store.MODEL_KEYS}
+
+    def _validate(self, r: BatchResult, job: Job, d: int, p: int) -> None:
+        try:
+            start, end = job.batch(r.batch_id)
+        except KeyError as exc:
+            raise InvalidResult(f"batch {r.batch_id} ({r.job}): {exc.args[0]}") from None
+        if (r.start, r.end) != (start, end):
+            raise InvalidResult(f"batch {r.batch_id} ({r.job}) carries rows {r.start}:{r.end}, its job says {start}:{end}")
+        expected_ids = [job.page(row).page_id for row in range(start, end)]
+        if r.page_ids != expected_ids:
+            raise InvalidResult(f"batch {r.batch_id} ({r.job}): page ids differ from the job file's rows {start}:{end}")
+        problems = checks.shape_problems(r.arrays, end - start, d, p)
+        if problems:
+            raise InvalidResult(f"batch {r.batch_id} ({r.job}): {'; '.join(problems)}")
+        bad = sorted(set(np.unique(r.arrays["status"]).tolist()) - set(_VALID_STATUSES))
+        if bad:
+            raise InvalidResult(f"batch {r.batch_id} ({r.job}): status values {bad} are not ok/failed/full_page")
+
+    def _create(self, model: dict[str, Any]) -> None:
+        rows = max((j.end_row for j in load_jobs(self.output_dir)), default=0)
+        capacity = max(1, -(-rows // config.GROWTH_ROWS)) * config.GROWTH_ROWS
+        store.create_store(self.path, model, capacity)
+        self._attrs = store.read_attrs(self.path)
+        self._open_arrays()
+        self._register_pending()
+
+    def _write_rows(self, regions: list[tuple[int, int, dict[str, np.ndarray]]]) -> None:
+        """Write every region, arrays concurrently; regions of one array in turn (they may share a chunk)."""
+
+        async def one_array(name: str) -> None:
+            arr = self._arrays[name].async_array
+            for start, end, values in regions:
+                await arr.setitem(slice(start, end), values[name])
+
+        async def all_arrays() -> None:
+            await asyncio.gather(*(one_array(name) for name in RESULT_ARRAYS))
+
+        sync(all_arrays())
+        if self.fsync:
+            self._fsync_chunks(regions)
+
+    def _fsync_chunks(self, regions: list[tuple[int, int, dict[str, np.ndarray]]]) -> None:
+        """Make the chunk files of these rows durable before any manifest names them."""
+        files, folders = set(), set()
+        for name in RESULT_ARRAYS:
+            ndim = len(self._arrays[name].shape)
+            for start, end, _ in regions:
+                for chunk in range(start // config.CHUNK_ROWS, (end - 1) // config.CHUNK_ROWS + 1):
+                    path = self.path / name / "c" / str(chunk) / Path(*(["0"] * (ndim - 1)))
+                    files.add(path)
+                    folders.add(path.parent)
+        assert self._fsync_pool is not None
+        list(self._fsync_pool.map(_fsync_path, files | folders))  # one round: no order among them
+
+    def _clear_rows(self, ranges: list[tuple[int, int, int]]) -> None:
+        """Put fill values back in rows that have no manifest (zeros in float arrays, status 0)."""
+        specs = store.row_arrays()
+        for _, start, end in ranges:
+            for name in RESULT_ARRAYS:
+                arr = self._arrays[name]
+                arr[start:end] = np.full((end - start, *arr.shape[1:]), specs[name].fill, dtype=_np_dtype(specs[name]))
+
+    def _advance(self) -> None:
+        """Publish the contiguous prefix of manifests as `committed_rows` (only ever grows)."""
+        self._next_batch, rows = manifests.committed_prefix(self._batches)
+        if rows > int(self._attrs.get("committed_rows", 0)):
+            # not fsynced: the manifests are durable, and recovery repairs a lagging value
+            self._attrs = store.write_attrs(self.path, {"committed_rows": rows}, fsync=False)
+        elif rows < int(self._attrs.get("committed_rows", 0)):
+            log.error(
+                "manifests cover %d rows but committed_rows says %d: manifests were lost",
+                rows,
+                self._attrs.get("committed_rows"),
+            )
+
+    def _report(self, results: list[BatchResult], jobs: dict[int, Job], data: dict[int, dict[str, np.ndarray]]) -> None:
+        assert self._audit is not None
+        records = []
+        for r in results:
+            job = jobs[r.batch_id]
+            paths = [job.page(row).manifest_path for row in range(r.start, r.end)]
+            records += audit.page_records(r.batch_id, r.job, r.start, r.page_ids, paths, data[r.batch_id])
+        self._audit.write(records)
+        if self.verbose:
+            self.out.write("".join(audit.verbose_line(rec) + "\n" for rec in records))
+            self.out.flush()
+
+
+def _prepared(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays as they go to disk: failed pages hold zeros in every float array (spec/store.md)."""
+    failed = np.asarray(arrays["status"]) == STATUS_FAILED
+    out = {}
+    for name, (_, dtype) in RESULT_ARRAYS.items():
+        arr = arrays[name]
+        if dtype == "str":
+            arr = np.asarray(arr, dtype=object)
+        elif dtype == "float32" and failed.any():
+            arr = arr.copy()
+            arr[failed] = 0.0
+        out[name] = arr
+    return out
+
+
+def _regions(
+    results: list[BatchResult], data: dict[int, dict[str, np.ndarray]]
+) -> list[tuple[int, int, dict[str, np.ndarray]]]:
+    """Merge batches contiguous in rows (results sorted by start) into (start, end, arrays)."""
+    groups: list[list[BatchResult]] = []
+    for r in results:
+        if groups and groups[-1][-1].end == r.start:
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    regions = []
+    for group in groups:
+        if len(group) == 1:
+            merged = data[group[0].batch_id]
+        else:
+            merged = {name: np.concatenate([data[r.batch_id][name] for r in group]) for name in RESULT_ARRAYS}
+        regions.append((group[0].start, group[-1].end, merged))
+    return regions
+
+
+def _status_counts(status: np.ndarray) -> dict[str, int]:
+    values, counts = np.unique(np.asarray(status), return_counts=True)
+    return {audit.STATUS_NAMES.get(int(v), str(int(v))): int(c) for v, c in zip(values, counts)}
+
+
+def _np_dtype(spec: store.ArraySpec) -> Any:
+    return object if spec.dtype == "str" else spec.dtype
+
+
+def _fsync_path(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:  # an all-fill chunk is not stored at all
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
