@@ -18,14 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import zarr
-from zarr.codecs import BloscCodec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.old_way import OldPatternStore  # noqa: E402
 from common import config  # noqa: E402
-from common.results import RESULT_ARRAYS  # noqa: E402
 from writer import synthetic  # noqa: E402
 from writer.commit import StoreWriter  # noqa: E402
 
@@ -52,27 +49,16 @@ def bench_writer(root: Path, pages: int, batch_size: int, fsync: bool) -> float:
 
 def bench_old_pattern(root: Path, pages: int) -> float:
     """Pages per second of the old per-page zero-then-write into 1000-row zstd chunks."""
-    prefill, rows = 500, 1000
+    prefill = 500
     model = synthetic.model_info(d=D)
     job, _ = synthetic.plan(root / "old", synthetic.make_pages(prefill + pages), prefill + pages)
     assert job is not None
     data = synthetic.make_result(job, 0, model).arrays
-    group = zarr.open_group(root / "old" / "old.zarr", mode="w", zarr_format=3)
-    blosc = BloscCodec(cname="zstd", clevel=6, shuffle="bitshuffle")
-    arrays = {}
-    for name, (dims, dtype) in RESULT_ARRAYS.items():
-        shape = (rows, *({"d": D, "P": P, "4": 4}[x] for x in dims))
-        arrays[name] = group.create_array(
-            name, shape=shape, chunks=shape, dtype=str if dtype == "str" else dtype,
-            compressors=None if dtype == "str" else blosc,
-        )
-        arrays[name][:prefill] = np.asarray(data[name][:prefill], dtype=object if dtype == "str" else dtype)
+    store = OldPatternStore(root / "old" / "old.zarr", D)
+    store.fill(prefill, data)
     t0 = time.perf_counter()
     for row in range(prefill, prefill + pages):
-        for name, arr in arrays.items():
-            value = data[name][row]
-            arr[row] = np.zeros_like(value) if RESULT_ARRAYS[name][1] != "str" else ""
-            arr[row] = value
+        store.write_page(row, {name: values[row] for name, values in data.items()})
     return pages / (time.perf_counter() - t0)
 
 

@@ -39,7 +39,7 @@ from common import config
 from common.errors import UsageError
 from common.preprocess import join_text
 from common.results import STATUS_FULL_PAGE, STATUS_OK
-from common.store import read_attrs, read_committed_rows
+from common.store import read_attrs, read_committed_rows, resolve_store
 
 if TYPE_CHECKING:
     from common.checkpoint import LoadedModel
@@ -64,15 +64,6 @@ class Hit:
     row: int
     score: float
     panel: int | None = None
-
-
-def resolve_store(path: str | os.PathLike[str]) -> Path:
-    """The store itself, or the `combined_embeddings.zarr` inside an output folder."""
-    path = Path(path)
-    for candidate in (path, path / config.STORE_NAME):
-        if (candidate / "zarr.json").is_file():
-            return candidate
-    raise UsageError(f"{path}: no store here (neither a Zarr store nor an output folder holding {config.STORE_NAME})")
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:

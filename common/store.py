@@ -240,3 +240,15 @@ def open_committed(path: str | os.PathLike[str], timeout: float = 10.0) -> xr.Da
         ds = ds.isel(page_id=slice(0, committed))
         ds.attrs["committed_rows"] = committed
         return ds
+
+
+def resolve_store(path: str | os.PathLike[str]) -> Path:
+    """The store itself, given either its `.zarr` path or the output folder that holds it.
+
+    Users pass both spellings (their old tools took the `.zarr`, our commands the output folder).
+    """
+    given = Path(path)
+    for candidate in (given, given / config.STORE_NAME):
+        if (candidate / "zarr.json").is_file():
+            return candidate
+    raise UsageError(f"no embeddings store at {given} (neither a Zarr store nor a folder holding {config.STORE_NAME})")

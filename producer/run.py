@@ -39,7 +39,7 @@ from consumers.worker import add_arguments as add_worker_arguments
 from consumers.worker import worker_command
 from producer.enqueue import EnqueueReport, add_source_arguments, plan, send_owed
 from producer.redis_server import PrivateRedis
-from writer.manifests import manifest_dir, read_manifests
+from writer.manifests import manifest_ids, scan_manifests
 
 log = logging.getLogger("comix.run")
 EXIT_OK, EXIT_FAILED_PAGES, EXIT_ERROR = 0, 3, 1
@@ -157,10 +157,7 @@ def _wait_for_workers(client, names: list[str], children: Children, timeout: flo
 
 def _job_progress(job: Job, output_dir: Path) -> int:
     """Pages of the job whose batch has a manifest (cheap: file names only)."""
-    folder = manifest_dir(store_path(output_dir))
-    if not folder.is_dir():
-        return 0
-    done = {int(n[6:12]) for n in os.listdir(folder) if n.startswith("batch_") and n.endswith(".json")}
+    done = manifest_ids(store_path(output_dir))
     return sum(end - start for b, start, end in job.batches() if b in done)
 
 
@@ -175,7 +172,7 @@ def _lost_work(client, report: EnqueueReport) -> bool:
 
 def _failed_pages(job: Job, output_dir: Path) -> int:
     ids = {b for b, _, _ in job.batches()}
-    found = read_manifests(store_path(output_dir))
+    found, _ = scan_manifests(store_path(output_dir))
     return sum(m.get("statuses", {}).get("failed", 0) for b, m in found.items() if b in ids)
 
 

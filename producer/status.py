@@ -21,7 +21,7 @@ from common.errors import UsageError
 from common.jobs import load_jobs
 from common.results_channel import connect, results_key, store_id
 from common.store import read_attrs, store_path
-from writer.manifests import manifest_dir, read_manifests
+from writer.manifests import MANIFEST_PATTERN, manifest_dir, scan_manifests
 
 RATE_WINDOW = 50  # most recent manifests the rate is measured over
 
@@ -36,8 +36,8 @@ def _rate(folder: Path, sizes: dict[int, int]) -> float | None:
     """Pages per second over the last manifests, from their files' modification times."""
     stamps = []
     for entry in os.scandir(folder):
-        if entry.name.startswith("batch_") and entry.name.endswith(".json"):
-            stamps.append((entry.stat().st_mtime, sizes.get(int(entry.name[6:12]), 0)))
+        if match := MANIFEST_PATTERN.match(entry.name):
+            stamps.append((entry.stat().st_mtime, sizes.get(int(match.group(1)), 0)))
     stamps.sort()
     recent = stamps[-RATE_WINDOW:]
     if len(recent) < 2 or recent[-1][0] - recent[0][0] <= 0:
@@ -62,7 +62,7 @@ def collect(output_dir: Path, broker: str | None) -> dict:
     if not jobs:
         raise UsageError(f"no job in {output_dir / config.JOBS_DIR_NAME}: nothing was enqueued there")
     path = store_path(output_dir)
-    found = read_manifests(path) if path.exists() else {}
+    found, _ = scan_manifests(path)
     registered = sum(len(j.pages) for j in jobs)
     batch_pages = {b: end - start for j in jobs for b, start, end in j.batches()}
     done = sum(batch_pages.get(b, 0) for b in found)

@@ -21,7 +21,7 @@ from common.jobs import Job, utc_now
 
 log = logging.getLogger(__name__)
 
-_MANIFEST = re.compile(r"^batch_(\d{6,})\.json$")
+MANIFEST_PATTERN = re.compile(r"^batch_(\d{6,})\.json$")
 INFLIGHT_NAME = "inflight.json"
 
 
@@ -57,37 +57,53 @@ def write_manifest(store: str | os.PathLike[str], manifest: dict[str, Any], fsyn
     write_json_atomic(manifest_file(store, manifest["batch_id"]), manifest, fsync)
 
 
-def read_manifests(store: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
-    """Every valid manifest by batch id.
-
-    A manifest that does not parse or contradicts itself can only come from a power loss with
-    fsync off; it is moved aside (`.corrupt`) so that its batch is owed and committed again.
-    """
-    out: dict[int, dict[str, Any]] = {}
+def manifest_ids(store: str | os.PathLike[str]) -> set[int]:
+    """Batch ids that have a manifest file, from the file names alone (cheap, read-only)."""
     folder = manifest_dir(store)
     if not folder.is_dir():
-        return out
-    for entry in folder.iterdir():
-        match = _MANIFEST.match(entry.name)
+        return set()
+    return {int(m.group(1)) for name in os.listdir(folder) if (m := MANIFEST_PATTERN.match(name))}
+
+
+def scan_manifests(store: str | os.PathLike[str]) -> tuple[dict[int, dict[str, Any]], dict[Path, str]]:
+    """Valid manifests by batch id, and the invalid ones with what is wrong; reads only."""
+    found: dict[int, dict[str, Any]] = {}
+    bad: dict[Path, str] = {}
+    folder = manifest_dir(store)
+    for name in sorted(os.listdir(folder)) if folder.is_dir() else []:
+        match = MANIFEST_PATTERN.match(name)
         if not match:
             continue
         try:
-            with open(entry, encoding="utf-8") as fh:
+            with open(folder / name, encoding="utf-8") as fh:
                 manifest = json.load(fh)
             start, end = manifest_rows(manifest)
-            ok = (
+            consistent = (
                 manifest["batch_id"] == int(match.group(1))
                 and end - start == len(manifest["page_ids"]) > 0
                 and manifest["end_idx"] == end - 1
             )
-        except (OSError, ValueError, KeyError, TypeError):
-            ok = False
-        if not ok:
-            log.error("manifest %s is unreadable or inconsistent; its batch will be committed again", entry)
-            os.replace(entry, entry.with_name(entry.name + ".corrupt"))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            bad[folder / name] = f"{name} is unreadable ({type(exc).__name__}: {exc})"
             continue
-        out[manifest["batch_id"]] = manifest
-    return out
+        if not consistent:
+            bad[folder / name] = f"{name} contradicts itself (batch_id, start_idx, end_idx, num_pages, page_ids)"
+            continue
+        found[int(match.group(1))] = manifest
+    return found, bad
+
+
+def read_manifests(store: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
+    """Every valid manifest by batch id, for the writer.
+
+    A manifest that does not parse or contradicts itself can only come from a power loss with
+    fsync off; the writer moves it aside (`.corrupt`) so that its batch is owed and committed again.
+    """
+    found, bad = scan_manifests(store)
+    for path, reason in bad.items():
+        log.error("%s; its batch will be committed again", reason)
+        os.replace(path, path.with_name(path.name + ".corrupt"))
+    return found
 
 
 def committed_prefix(batches: dict[int, tuple[int, int]]) -> tuple[int, int]:
@@ -104,8 +120,7 @@ def committed_prefix(batches: dict[int, tuple[int, int]]) -> tuple[int, int]:
 
 def owed_batches(store: str | os.PathLike[str], job: Job) -> list[int]:
     """A job's batches that have no manifest: the producer sends these (again)."""
-    folder = manifest_dir(store)
-    present = {int(m.group(1)) for e in folder.iterdir() if (m := _MANIFEST.match(e.name))} if folder.is_dir() else set()
+    present = manifest_ids(store)
     return [batch_id for batch_id, _, _ in job.batches() if batch_id not in present]
 
 
@@ -129,12 +144,17 @@ def clear_inflight(store: str | os.PathLike[str]) -> None:
         fsync_dir(path.parent)
 
 
+def is_temporary(name: str) -> bool:
+    """A file a killed writer may leave: zarr's `*.partial`, our `.*.tmp`."""
+    return name.endswith(".partial") or (name.startswith(".") and name.endswith(TMP_SUFFIX))
+
+
 def remove_leftovers(store: str | os.PathLike[str]) -> int:
-    """Delete the temporary files a killed writer left (zarr's `*.partial`, our `.*.tmp`)."""
+    """Delete the temporary files a killed writer left."""
     removed = 0
     for folder, _, files in os.walk(store):
         for name in files:
-            if name.endswith(".partial") or (name.startswith(".") and name.endswith(TMP_SUFFIX)):
+            if is_temporary(name):
                 os.unlink(os.path.join(folder, name))
                 removed += 1
     return removed

@@ -58,13 +58,11 @@ import numpy as np
 import zarr
 
 from common import config
-from common.durable import TMP_SUFFIX
 from common.jobs import Job, load_jobs
 from common.results import STATUS_FAILED, STATUS_FULL_PAGE, STATUS_OK
-from common.store import read_attrs, row_arrays
-from common.tools.summaries import MANIFEST_NAME, resolve_store
+from common.store import read_attrs, resolve_store, row_arrays
 from writer.audit import STATUS_NAMES
-from writer.manifests import INFLIGHT_NAME, committed_prefix, manifest_rows
+from writer.manifests import INFLIGHT_NAME, committed_prefix, is_temporary, manifest_rows, scan_manifests
 
 FLOAT_ARRAYS = ("page_embeddings", "panel_embeddings", "attention_weights", "panel_coordinates")
 SCAN_ARRAYS = (*FLOAT_ARRAYS, "panel_mask", "error")
@@ -158,37 +156,6 @@ class Store:
         return None
 
 
-def read_manifests_readonly(store: Path) -> tuple[dict[int, dict[str, Any]], list[str]]:
-    """Valid manifests by batch id, and what is wrong with the others.
-
-    `writer.manifests.read_manifests` moves a bad manifest aside; a diagnosis must not.
-    """
-    found: dict[int, dict[str, Any]] = {}
-    problems: list[str] = []
-    folder = store / config.MANIFEST_GROUP
-    for name in sorted(os.listdir(folder)) if folder.is_dir() else []:
-        match = MANIFEST_NAME.match(name)
-        if not match:
-            continue
-        try:
-            with open(folder / name, encoding="utf-8") as fh:
-                manifest = json.load(fh)
-            start, end = manifest_rows(manifest)
-            consistent = (
-                manifest["batch_id"] == int(match.group(1))
-                and end - start == len(manifest["page_ids"]) > 0
-                and manifest["end_idx"] == end - 1
-            )
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            problems.append(f"{name} is unreadable ({type(exc).__name__}: {exc})")
-            continue
-        if not consistent:
-            problems.append(f"{name} contradicts itself (batch_id, start_idx, end_idx, num_pages, page_ids)")
-            continue
-        found[int(match.group(1))] = manifest
-    return found, problems
-
-
 def writer_running(output_dir: Path) -> bool:
     """Whether a process holds the writer's lock, read from /proc/locks without taking it.
 
@@ -223,7 +190,8 @@ def load_store(path: Path) -> Store:
     group = zarr.open_group(path, mode="r")
     lengths = [group[name].shape[0] for name in row_arrays() if name in group]
     capacity = min(lengths, default=0)
-    manifests, bad = read_manifests_readonly(path)
+    manifests, bad_files = scan_manifests(path)
+    bad = list(bad_files.values())
     claimed = max((manifest_rows(m)[1] for m in manifests.values()), default=0)
     attr_rows = max(int(attrs.get("registered_rows", 0)), int(attrs.get("committed_rows", 0)))
     rows = min(capacity, max(attr_rows, claimed))
@@ -659,12 +627,10 @@ def check_leftovers(s: Store) -> Check:
 
 
 def temporary_files(store: Path) -> list[str]:
-    """Files matching the patterns a writer's recovery deletes (writer.manifests.remove_leftovers)."""
+    """Files a writer's recovery would delete (writer.manifests.is_temporary)."""
     found = []
     for folder, _, files in os.walk(store):
-        for name in files:
-            if name.endswith(".partial") or (name.startswith(".") and name.endswith(TMP_SUFFIX)):
-                found.append(os.path.relpath(os.path.join(folder, name), store))
+        found += [os.path.relpath(os.path.join(folder, n), store) for n in files if is_temporary(n)]
     return sorted(found)
 
 

@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import UsageError
-from common.search import DEFAULT_PANEL_MEMORY, Hit, SearchIndex, resolve_store
+from common.search import DEFAULT_PANEL_MEMORY, Hit, SearchIndex
+from common.store import resolve_store
 from common.store import read_attrs
 
 log = logging.getLogger(__name__)

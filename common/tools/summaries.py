@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -27,10 +25,11 @@ import numpy as np
 from common import config
 from common.errors import UsageError
 from common.results import STATUS_FAILED, STATUS_PENDING
+from common.store import resolve_store
 from writer import audit
+from writer.manifests import manifest_ids
 
 STATUS_NAMES = {STATUS_PENDING: "pending", **audit.STATUS_NAMES}
-MANIFEST_NAME = re.compile(r"^batch_(\d{6,})\.json$")
 _SUMMARY_VARS = ("page_embeddings", "panel_embeddings", "panel_mask", "status", "error", "page_text")
 
 
@@ -45,18 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cut text previews and errors to this many characters (default 128)",
     )
     parser.add_argument("--compact", action="store_true", help="one line per row, no column titles")
-
-
-def resolve_store(path: str | os.PathLike[str]) -> Path:
-    """The store itself, given either its `.zarr` path or the output folder that holds it.
-
-    Users pass both spellings (their old tools took the `.zarr`, our commands the output folder).
-    """
-    given = Path(path)
-    for candidate in (given, given / config.STORE_NAME):
-        if (candidate / "zarr.json").is_file():
-            return candidate
-    raise UsageError(f"no embeddings store at {given} (neither a Zarr store nor a folder holding {config.STORE_NAME})")
 
 
 def text_preview(page_text: str, limit: int) -> str:
@@ -96,9 +83,8 @@ def out_of_order_note(store: Path) -> str:
     Manifest names are listed, not read, except the few past the prefix (cheap on any store).
     """
     folder = store / config.MANIFEST_GROUP
-    names = os.listdir(folder) if folder.is_dir() else []
-    ids = sorted(int(m.group(1)) for name in names if (m := MANIFEST_NAME.match(name)))
-    present = set(ids)
+    present = manifest_ids(store)
+    ids = sorted(present)
     waiting = next(i for i in range(len(ids) + 1) if i not in present)
     later = [i for i in ids if i > waiting]
     if not later:
