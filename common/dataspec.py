@@ -113,7 +113,7 @@ def _panel(item: Any) -> PanelSpec | None:
     if found is None:
         return None
     box, fraction = found
-    return PanelSpec(box=box, text=_text(item), fraction=fraction, characters=_characters(item))
+    return PanelSpec(box=box, text=panel_text(item), fraction=fraction, characters=_characters(item))
 
 
 def _numbers(value: Any) -> list[float] | None:
@@ -173,8 +173,11 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
-def _text(item: dict[str, Any]) -> dict[str, list[str]]:
-    """Panel text by kind, in file order: the `text` field first, then `speakers`."""
+def panel_text(item: dict[str, Any]) -> dict[str, list[str]]:
+    """Panel text by kind, in file order: the `text` field first, then `speakers`.
+
+    Shared with `comix-embed dataspec`, which folds VLM panels into DataSpec text the same way.
+    """
     out: dict[str, list[str]] = {"dialogue": [], "narration": [], "sfx": []}
     text = item.get("text")
     if isinstance(text, dict):

@@ -62,6 +62,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from common.config import TEXT_KEYS
+from common.dataspec import panel_text as read_panel_text
 from common.errors import UsageError
 from common.paths import is_windows_absolute
 
@@ -75,8 +76,6 @@ REASONS = (
     "bad_rel_path", "image_missing", "no_coco_entry", "vlm_missing", "vlm_unreadable",
     "no_panels", "count_mismatch", "duplicate_output",
 )
-_NARRATION = ("narrat", "caption")
-_SFX = ("sfx", "sound", "onomatopoeia", "effect")
 _INTEGRAL = re.compile(r"^-?\d+\.0*$")
 
 Box = list[float]
@@ -287,34 +286,14 @@ def _parts(path: str) -> list[str]:
 def panel_text(panel: dict[str, Any]) -> dict[str, list[str]]:
     """A VLM panel's text by kind, as the users' writer folded it (research §1.2 A).
 
-    `text` first (a dict by key, or a string or list as dialogue), then `speakers` by
-    `speech_type`, then the panel's `caption` and `description` as narration: the VLM's
-    descriptions are what most pages' narration holds in the embedded corpus.
+    `text` and `speakers` as the DataSpec reader reads them, then the panel's `caption` and
+    `description` as narration: the VLM's descriptions are what most pages' narration holds in
+    the embedded corpus. Empty strings are dropped.
     """
-    out: dict[str, list[str]] = {key: [] for key in TEXT_KEYS}
-    text = panel.get("text")
-    if isinstance(text, dict):
-        for key, value in text.items():
-            kind = {"narration": "narration", "caption": "narration", "sfx": "sfx"}.get(key, "dialogue")
-            out[kind].extend(_strings(value))
-    else:
-        out["dialogue"].extend(_strings(text))
-    speakers = panel.get("speakers")
-    for speaker in speakers if isinstance(speakers, list) else []:
-        if isinstance(speaker, dict):
-            said = speaker.get("dialogue")
-            said = said if said is not None else speaker.get("text")
-            out[_speech_kind(speaker.get("speech_type"))].extend(_strings(said))
+    out = read_panel_text(panel)
     for key in ("caption", "description"):
         out["narration"].extend(_strings(panel.get(key)))
-    return out
-
-
-def _speech_kind(speech_type: Any) -> str:
-    kind = str(speech_type or "").lower()
-    if any(word in kind for word in _NARRATION):
-        return "narration"
-    return "sfx" if any(word in kind for word in _SFX) else "dialogue"
+    return {key: [t for t in out.get(key, []) if t] for key in TEXT_KEYS}
 
 
 def _strings(value: Any) -> list[str]:
