@@ -1,4 +1,5 @@
-"""The users' old write pattern, kept only as a yardstick for the benchmarks.
+"""The users' old way, kept only as a yardstick for the benchmarks: their per-page input
+building and their write pattern.
 
 Their script wrote each page separately into arrays chunked 1000 pages deep and compressed with
 Blosc-zstd (level 6, bit shuffle): for every array, first zero the page's row, then write it
@@ -10,10 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 import zarr
+from PIL import Image, ImageOps
 from zarr.codecs import BloscCodec
 
 from common import config
+from common.pages import PageSpec, PanelSpec
+from common.preprocess import composition_features, crop_box, join_text, pixel_box
 from common.results import RESULT_ARRAYS
 
 CHUNK_PAGES = 1000
@@ -45,3 +50,35 @@ class OldPatternStore:
             value = page[name]
             arr[row] = "" if RESULT_ARRAYS[name][1] == "str" else np.zeros_like(value)
             arr[row] = value
+
+
+def old_page_inputs(spec: PageSpec, image_path: Path, tokenizer) -> dict[str, torch.Tensor]:
+    """One page's tensors as the users' Dataset built them in `__getitem__`.
+
+    Full decode, EXIF transpose and RGB conversion; every panel cropped and resized at full
+    resolution and turned into a float tensor on its own; the 12 slots filled with black images,
+    empty texts and zero features; the page's 12 texts tokenized and padded to 128 there and then.
+    """
+    img = ImageOps.exif_transpose(Image.open(image_path)).convert("RGB")
+    img.load()
+    width, height = img.size
+    slots = config.MAX_PANELS
+    images = torch.zeros((slots, 3, config.IMAGE_SIZE, config.IMAGE_SIZE))
+    comp = torch.zeros((slots, 7))
+    texts = [""] * slots
+    panels = spec.panels[:slots] or [PanelSpec(box=[0, 0, width, height])]
+    for i, panel in enumerate(panels):
+        box = pixel_box(panel.box, panel.fraction, width, height)
+        crop = img.crop(crop_box(box, width, height)).resize((config.IMAGE_SIZE, config.IMAGE_SIZE), Image.BILINEAR)
+        images[i] = torch.from_numpy(np.array(crop)).permute(2, 0, 1).float().div(255.0)
+        chars = [pixel_box(c, panel.fraction, width, height) for c in panel.characters]
+        comp[i] = torch.from_numpy(composition_features(box, width, height, chars))
+        texts[i] = join_text(panel.text)
+    tok = tokenizer(texts, padding="max_length", truncation=True, max_length=config.TEXT_MAX_TOKENS, return_tensors="pt")
+    mask = torch.zeros(slots, dtype=torch.bool)
+    mask[: len(panels)] = True
+    return {"images": images, "input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"], "comp": comp, "mask": mask}
+
+
+def old_collate(pages: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {key: torch.stack([p[key] for p in pages]) for key in pages[0]}

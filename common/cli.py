@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd_args = cmd_parser.parse_args(argv[argv.index(top.command) + 1 :])
     logging.basicConfig(
         level=getattr(logging, str(top.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
     try:

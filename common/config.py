@@ -37,6 +37,8 @@ JOBS_DIR_NAME = "jobs"
 WRITER_LOCK_NAME = "writer.lock"
 # fsync chunk files (and their folders) before a batch's manifest, so that a manifest never
 # outlives its rows on power loss. Process crashes need no fsync (rename is atomic either way).
+# The writer waits this long for a chunk's worth of results before committing what it has.
+WRITER_LINGER_S = float(os.environ.get("COMIX_WRITER_LINGER_S", 0.25))
 WRITER_FSYNC = os.environ.get("COMIX_WRITER_FSYNC", "1") not in ("0", "false", "no")
 # Non-dimension coordinates of the store, as the users' readers use them (spec/store.md).
 STORE_COORDINATES = ("manifest_path", "source", "series", "volume", "issue", "page_num")

@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from celery.exceptions import Reject
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
 
 from common import config
 from common.celery_app import app
@@ -46,16 +47,25 @@ def _load_model(**_: Any) -> None:
         embed_settings.decode_threads = settings.decode_threads
     _state["roots"] = settings.roots()
     _state["make"] = lambda roots: Embedder(loaded, tokenizer, ImageResolver(roots), device, embed_settings)
-    _state["embedder"] = _state["make"](_state["roots"]) if _state["roots"] else None
+    _state["embedder"] = _state["make"](_state["roots"] or [Path(".")])
+    _state["embedder"].warm_up()
+    if not _state["roots"]:
+        _state["embedder"] = None  # made with the producer's roots at the first task
     log.info(
         "pid %d: model %s (d=%d, %s) on %s loaded in %.1f s",
         os.getpid(), settings.checkpoint, loaded.config.d, settings.encoder_mode, device, time.perf_counter() - t0,
     )
+
+
+@worker_ready.connect
+def _announce_ready(**_: Any) -> None:
+    """In the worker's main process, once its pool (models loaded) consumes: `run` waits for this."""
     from common.results_channel import connect
     from consumers.settings import READY_NAME_ENV, ready_key
 
-    _state["redis"] = connect(app.conf.broker_url)
-    _state["redis"].set(ready_key(os.environ.get(READY_NAME_ENV, str(os.getpid()))), time.time(), ex=24 * 3600)
+    name = os.environ.get(READY_NAME_ENV)
+    if name:
+        connect(app.conf.broker_url).set(ready_key(name), time.time(), ex=24 * 3600)
 
 
 @worker_process_shutdown.connect
@@ -67,8 +77,6 @@ def _close(**_: Any) -> None:
 def _embedder(task_roots: list[str]):
     """This process's Embedder; with no --image-root of its own, the producer's roots."""
     if _state.get("embedder") is None:
-        from pathlib import Path
-
         log.info("no --image-root on this worker: using the producer's %s", task_roots)
         _state["embedder"] = _state["make"]([Path(r) for r in task_roots])
     return _state["embedder"]

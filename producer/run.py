@@ -39,7 +39,7 @@ from consumers.worker import add_arguments as add_worker_arguments
 from consumers.worker import worker_command
 from producer.enqueue import EnqueueReport, add_source_arguments, plan, send_owed
 from producer.redis_server import PrivateRedis
-from writer.manifests import manifest_ids, scan_manifests
+from writer.manifests import manifest_file, manifest_ids, scan_manifests
 
 log = logging.getLogger("comix.run")
 EXIT_OK, EXIT_FAILED_PAGES, EXIT_ERROR = 0, 3, 1
@@ -170,6 +170,12 @@ def _lost_work(client, report: EnqueueReport) -> bool:
     )
 
 
+def _last_commit(output_dir: Path) -> float:
+    """When the newest manifest was written (wall-clock seconds)."""
+    store = store_path(output_dir)
+    return max(os.stat(manifest_file(store, b)).st_mtime for b in manifest_ids(store))
+
+
 def _failed_pages(job: Job, output_dir: Path) -> int:
     ids = {b for b, _, _ in job.batches()}
     found, _ = scan_manifests(store_path(output_dir))
@@ -225,7 +231,7 @@ def _run_job(args: argparse.Namespace, job: Job, planned, report: EnqueueReport,
     print(f"{len(plan_)} worker(s) on {plan_[0][0]}, logs in {children.log_dir}", flush=True)
     client = connect(args.broker)
     _wait_for_workers(client, names, children)
-    started = time.monotonic()
+    started = time.time()
     send_owed(job, planned, args, report, resend=True)
     total = len(job.pages)
     bar = tqdm(total=total, unit="page", desc="committed", smoothing=0.1, dynamic_ncols=True)
@@ -233,7 +239,7 @@ def _run_job(args: argparse.Namespace, job: Job, planned, report: EnqueueReport,
     bar.update(done)
     last_change = time.monotonic()
     while done < total:
-        time.sleep(0.5)
+        time.sleep(0.2)
         failed = children.failed()
         if failed:
             bar.close()
@@ -253,7 +259,7 @@ def _run_job(args: argparse.Namespace, job: Job, planned, report: EnqueueReport,
             log.warning("re-sent %d batches the broker no longer held", report.batches_sent - before)
             last_change = time.monotonic()
     bar.close()
-    seconds = time.monotonic() - started
+    seconds = _last_commit(args.output_dir) - started
     pending = total - already_done
     if args.stats_json:
         stats = {"pages": pending, "seconds": round(seconds, 3), "pages_per_s": round(pending / seconds, 3), "workers": len(plan_)}

@@ -1,7 +1,7 @@
 """`comix-embed writer`: the store's single writer, fed from the results stream in Redis.
 
 Reads up to `--read` results at a time (its own unacknowledged ones first, after a crash),
-commits them (rows, then manifests, then `committed_rows`) and only then acknowledges them in
+waiting up to a short linger for a whole chunk's worth, commits them (rows, then manifests, then `committed_rows`) and only then acknowledges them in
 Redis. A result that does not fit its job or comes from another model is set aside in a
 dead-letter stream with its reason, and the others go on; a failing --verify-batches or
 --write-check stops the writer (exit status 1) naming the batch and page.
@@ -49,6 +49,7 @@ class WriterService:
         self.read = read
         self.stopping = False
         self.reader: ResultsReader | None = None
+        self._owed: set[int] | None = None  # batch ids the jobs still owe, kept as commits go
 
     def stop(self, *_: object) -> None:
         self.stopping = True
@@ -73,21 +74,43 @@ class WriterService:
                 time.sleep(0.5)
                 continue
             try:
-                entries = reader.read(self.read, block_ms=500)
+                group = self._gather(reader)
             except redis.ConnectionError as exc:
                 log.warning("broker unreachable (%s); retrying", exc)
                 time.sleep(1.0)
                 continue
-            if entries:
-                self.commit(reader, entries)
+            if group:
+                self.commit(reader, [e for e, _ in group], [r for _, r in group])
 
-    def commit(self, reader: ResultsReader, entries: list[Entry]) -> None:
-        results = [BatchResult.from_bytes(e.data) for e in entries]
+    def _gather(self, reader: ResultsReader) -> list[tuple[Entry, BatchResult]]:
+        """Results to commit together: a chunk's worth of rows if they come within the linger
+        time, so that a writer that keeps up still writes whole chunks instead of rewriting one
+        chunk per small batch; at once when they are all that the jobs still owe."""
+        group = [(e, BatchResult.from_bytes(e.data)) for e in reader.read(self.read, block_ms=500)]
+        deadline = time.monotonic() + config.WRITER_LINGER_S
+        while group and len(group) < self.read and not self.stopping and not self._enough(group):
+            left_ms = int(1000 * (deadline - time.monotonic()))
+            if left_ms <= 0:
+                break
+            group += [(e, BatchResult.from_bytes(e.data)) for e in reader.read(self.read - len(group), block_ms=left_ms)]
+        return group
+
+    def _enough(self, group: list[tuple[Entry, BatchResult]]) -> bool:
+        if sum(len(r.page_ids) for _, r in group) >= config.CHUNK_ROWS:
+            return True
+        ids = {r.batch_id for _, r in group}
+        if self._owed is None or not ids <= self._owed:
+            self._owed = {b for batches in self.writer.owed().values() for b in batches}
+        return self._owed <= ids
+
+    def commit(self, reader: ResultsReader, entries: list[Entry], results: list[BatchResult]) -> None:
         try:
             outcomes = self.writer.commit(results)
         except (InvalidResult, ModelMismatch):
             outcomes = self._one_by_one(reader, entries, results)
         reader.done(entries)
+        if self._owed is not None:
+            self._owed -= {o.batch_id for o in outcomes}
         new = [o for o in outcomes if o.committed]
         if new:
             pages = sum(o.end - o.start for o in new)
