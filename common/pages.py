@@ -8,7 +8,7 @@ or the reason it already failed. Both are plain JSON so that no pickle ever cros
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 Box = list[float]  # [x, y, w, h]
@@ -38,7 +38,14 @@ class PageSpec:
     panels: list[PanelSpec] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # built by hand: dataclasses.asdict deep-copies, and a large job sends many pages
+        return {
+            "image": self.image,
+            "panels": [
+                {"box": p.box, "text": p.text, "fraction": p.fraction, "characters": p.characters}
+                for p in self.panels
+            ],
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PageSpec:
@@ -62,9 +69,14 @@ class PageTask:
     error: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["spec"] = self.spec.to_json() if self.spec is not None else None
-        return data
+        return {
+            "row": self.row,
+            "page_id": self.page_id,
+            "image": self.image,
+            "root": self.root,
+            "spec": self.spec.to_json() if self.spec is not None else None,
+            "error": self.error,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PageTask:

@@ -140,6 +140,7 @@ def send_owed(
     sent = {int(k): float(v) for k, v in client.hgetall(sent_key).items()}
     now = time.time()
     payloads = batch_payloads(job, planned, report.store, args.image_root)
+    sent_now = {}
     with app.producer_or_acquire() as producer:
         for batch_id in owed:
             if not resend and now - sent.get(batch_id, 0.0) < config.VISIBILITY_TIMEOUT:
@@ -149,8 +150,12 @@ def send_owed(
                 "comix.embed_batch", args=[payloads[batch_id]], queue=config.EMBED_QUEUE, producer=producer,
                 retry=True, retry_policy={"max_retries": 10, "interval_start": 0.5, "interval_step": 1},
             )
-            client.hset(sent_key, batch_id, now)
-            report.batches_sent += 1
+            sent_now[batch_id] = now
+            if len(sent_now) % 1000 == 0:  # large jobs: record as it goes
+                client.hset(sent_key, mapping=sent_now)
+    if sent_now:
+        client.hset(sent_key, mapping=sent_now)
+    report.batches_sent += len(sent_now)
 
 
 def enqueue(args: argparse.Namespace, resend: bool = False) -> EnqueueReport:

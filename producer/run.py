@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for action in worker._actions:  # the worker's model options, minus those `run` sets itself
         if action.dest not in ("help", "broker", "image_root", "name", "loglevel", "gpu_claim_dir", "checked"):
             parser._add_action(action)
-    parser.add_argument("--workers", type=int, help="worker processes (default: one per GPU, else one per 2 cores)")
+    parser.add_argument("--workers", type=int, help="worker processes (default: one per GPU, else one per core)")
     parser.add_argument("--verify-batches", "--verify_batches", dest="verify_batches", action="store_true")
     parser.add_argument("--write-check", "--write_check", dest="write_check", action="store_true")
     parser.add_argument("--verbose", action="store_true", help="one [PAGE] line per committed page")
@@ -140,7 +140,7 @@ def _worker_plan(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
         n = args.workers or gpus
         return [("cuda:0", {"CUDA_VISIBLE_DEVICES": str(i % gpus)}) for i in range(n)]
     device = "cpu" if args.device == "auto" else args.device
-    n = args.workers or max(1, (os.cpu_count() or 2) // 2)
+    n = args.workers or max(1, os.cpu_count() or 1)  # one single-threaded process per core
     return [(device, {}) for _ in range(n)]
 
 
