@@ -64,8 +64,13 @@ def worker(checkpoint: Path, broker: str, log_dir: Path, name: str, env: dict[st
     )
 
 
-def writer(out: Path, broker: str, log_dir: Path, name: str = "writer", *extra: str) -> Proc:
-    return Proc(name, ["writer", "--output-dir", str(out), "--broker", broker, *extra], log_dir)
+def writer(out: Path, broker: str, log_dir: Path, name: str = "writer", *extra: str, env: dict[str, str] | None = None) -> Proc:
+    return Proc(name, ["writer", "--output-dir", str(out), "--broker", broker, *extra], log_dir, env)
+
+
+def slow_writer(out: Path, broker: str, log_dir: Path, name: str) -> Proc:
+    """A writer that commits one batch at a time, without waiting to group them: kills land mid-job."""
+    return writer(out, broker, log_dir, name, "--read", "1", env={"COMIX_WRITER_LINGER_S": "0"})
 
 
 def enqueue_argv(corpus: Path, out: Path, broker: str, batch_size: int = 4) -> list[str]:
@@ -86,6 +91,19 @@ def wait_committed(out: Path, rows: int, timeout: float, procs: list[Proc] = ())
         time.sleep(0.2)
     logs = "\n".join(f"--- {p.log.name}\n{p.text()[-2000:]}" for p in procs)
     raise AssertionError(f"committed_rows did not reach {rows} in {timeout} s\n{logs}")
+
+
+def wait_manifests(out: Path, count: int, timeout: float) -> int:
+    """Until at least `count` batches have a manifest (polled every 5 ms); returns how many."""
+    from writer.manifests import manifest_ids
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = len(manifest_ids(store_path(out)))
+        if found >= count:
+            return found
+        time.sleep(0.005)
+    raise AssertionError(f"fewer than {count} manifests after {timeout} s")
 
 
 def store_arrays(out: Path) -> dict[str, np.ndarray]:

@@ -23,7 +23,8 @@ from common.tokenizer import load_tokenizer
 from producer.plan import assign_rows, plan_pages
 from producer.redis_server import PrivateRedis
 from tests.conftest import add_broken_pages, run_cli
-from tests.harness import assert_same_store, enqueue_argv, store_arrays, wait_committed, worker, writer
+from tests.harness import assert_same_store, enqueue_argv, slow_writer, store_arrays, wait_committed, wait_manifests, worker, writer
+from writer.manifests import manifest_ids
 
 PAGES = 18  # + 3 broken pages
 
@@ -119,39 +120,54 @@ def test_worker_killed_mid_batch_is_redelivered(clean_store: Path, job_corpus: P
 def test_writer_killed_mid_job_and_restarted(clean_store: Path, job_corpus: Path, tiny_checkpoint: Path, tmp_path: Path, broker: PrivateRedis) -> None:
     out, logs = tmp_path / "out", tmp_path / "logs"
     workers = [worker(tiny_checkpoint, broker.url, logs, f"w{i}") for i in range(2)]
-    wr = writer(out, broker.url, logs, "writer1")
+    client = redis.Redis.from_url(broker.url)
     try:
         assert run_cli(*enqueue_argv(job_corpus, out, broker.url)).returncode == 0
-        wait_committed(out, 4, 90, [wr])
+        key = results_key(store_id(out))
+        deadline = time.monotonic() + 90
+        while client.xlen(key) < 4:  # results are waiting: the writer will have work when killed
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        wr = slow_writer(out, broker.url, logs, "writer1")
+        wait_manifests(out, 2, 60)
         wr.kill()
-        committed = read_attrs(store_path(out))["committed_rows"]
-        assert committed < PAGES + 3
+        committed = len(manifest_ids(store_path(out)))
+        assert committed < 6, "the writer was not killed mid-job"
         wr = writer(out, broker.url, logs, "writer2")
         wait_committed(out, PAGES + 3, 120, [wr])
     finally:
-        for p in (*workers, wr):
+        for p in workers:
             p.stop()
+        if "wr" in locals():
+            wr.stop()
     assert_same_store(out, clean_store)
 
 
 def test_redis_flushed_mid_job_then_enqueue_again(clean_store: Path, job_corpus: Path, tiny_checkpoint: Path, tmp_path: Path, broker: PrivateRedis) -> None:
     out, logs = tmp_path / "out", tmp_path / "logs"
     workers = [worker(tiny_checkpoint, broker.url, logs, f"w{i}") for i in range(2)]
-    wr = writer(out, broker.url, logs)
     client = redis.Redis.from_url(broker.url)
     try:
         assert run_cli(*enqueue_argv(job_corpus, out, broker.url)).returncode == 0
-        wait_committed(out, 4, 90, [wr])
-        client.flushall()
-        before = read_attrs(store_path(out))["committed_rows"]
+        key = results_key(store_id(out))
+        deadline = time.monotonic() + 90
+        while client.xlen(key) < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        wr = slow_writer(out, broker.url, logs, "writer")
+        wait_manifests(out, 1, 60)
+        client.flushall()  # queued tasks, results waiting for the writer, the sent-batches record: gone
+        before = len(manifest_ids(store_path(out)))
+        assert before < 6, "Redis was not flushed mid-job"
         again = run_cli(*enqueue_argv(job_corpus, out, broker.url))
         assert again.returncode == 0, again.stderr
         assert "sent now" in again.stdout
         wait_committed(out, PAGES + 3, 120, [wr])
-        assert before < PAGES + 3
     finally:
-        for p in (*workers, wr):
+        for p in workers:
             p.stop()
+        if "wr" in locals():
+            wr.stop()
     assert_same_store(out, clean_store)
     rows = [json.loads(line)["row"] for line in (out / config.AUDIT_LOG_NAME).read_text().splitlines()]
     assert sorted(rows) == list(range(PAGES + 3)), "a page was committed twice or never"
