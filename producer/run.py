@@ -38,6 +38,7 @@ from consumers.settings import ready_key
 from consumers.worker import add_arguments as add_worker_arguments
 from consumers.worker import worker_command
 from producer.enqueue import EnqueueReport, add_source_arguments, plan, send_owed
+from producer.plan import PlannedPage
 from producer.redis_server import PrivateRedis
 from writer.manifests import manifest_file, manifest_ids, scan_manifests
 
@@ -134,14 +135,13 @@ def _check_model(args: argparse.Namespace) -> None:
 
 
 def _worker_plan(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
-    """(device, extra environment) per worker process."""
-    gpus = _gpu_count() if args.device in ("auto", "cuda") or args.device.startswith("cuda") else 0
-    if args.device == "auto" and gpus:
-        n = args.workers or gpus
-        return [("cuda:0", {"CUDA_VISIBLE_DEVICES": str(i % gpus)}) for i in range(n)]
-    device = "cpu" if args.device == "auto" else args.device
-    n = args.workers or max(1, os.cpu_count() or 1)  # one single-threaded process per core
-    return [(device, {}) for _ in range(n)]
+    """(device, extra environment) per worker process: one per GPU, else one per core."""
+    if args.device == "auto" and _gpu_count():
+        gpus = _gpu_count()
+        return [("cuda:0", {"CUDA_VISIBLE_DEVICES": str(i % gpus)}) for i in range(args.workers or gpus)]
+    if args.device.startswith("cuda"):
+        return [(args.device, {})] * (args.workers or 1)
+    return [("cpu", {})] * (args.workers or max(1, os.cpu_count() or 1))
 
 
 def _wait_for_workers(client, names: list[str], children: Children, timeout: float = 600) -> None:
@@ -211,24 +211,27 @@ def run(args: argparse.Namespace) -> int:
             redis_server.stop()
 
 
-def _run_job(args: argparse.Namespace, job: Job, planned, report: EnqueueReport, children: Children) -> int:
+def _start_children(args: argparse.Namespace, children: Children) -> list[str]:
+    """The writer and the workers; returns the workers' node names."""
     writer_argv = [sys.executable, "-m", "common.cli", "writer", "--output-dir", str(args.output_dir), "--broker", args.broker]
     writer_argv += [flag for flag, on in (("--verify-batches", args.verify_batches), ("--write-check", args.write_check), ("--verbose", args.verbose)) if on]
     children.start("writer", writer_argv, show_stdout=args.verbose)  # [PAGE] lines to the terminal
     plan_ = _worker_plan(args)
-    cores = os.cpu_count() or 2
-    per_worker = max(1, cores // len(plan_))
+    per_worker = max(1, (os.cpu_count() or 1) // len(plan_))  # CPU threads, so workers do not oversubscribe
     host = socket.gethostname()
     names = [f"comix-run{i}-{os.getpid()}@{host}" for i in range(len(plan_))]
     for i, (device, env) in enumerate(plan_):
-        wargs = argparse.Namespace(**vars(args))
-        wargs.image_root = args.image_root
-        wargs.loglevel = "INFO"
+        wargs = argparse.Namespace(**vars(args), loglevel="INFO")
         if device == "cpu":
             wargs.torch_threads = args.torch_threads or per_worker
             wargs.decode_threads = args.decode_threads or per_worker
         children.start(f"worker-{i}", worker_command(wargs, device, names[i]) + ["--checked"], env)
     print(f"{len(plan_)} worker(s) on {plan_[0][0]}, logs in {children.log_dir}", flush=True)
+    return names
+
+
+def _run_job(args: argparse.Namespace, job: Job, planned: list[PlannedPage], report: EnqueueReport, children: Children) -> int:
+    names = _start_children(args, children)
     client = connect(args.broker)
     _wait_for_workers(client, names, children)
     started = time.time()
@@ -240,14 +243,10 @@ def _run_job(args: argparse.Namespace, job: Job, planned, report: EnqueueReport,
     last_change = time.monotonic()
     while done < total:
         time.sleep(0.2)
-        failed = children.failed()
-        if failed:
+        problem = "; ".join(children.failed()) or ("" if children.alive("worker") else f"every worker exited (see {children.log_dir})")
+        if problem:
             bar.close()
-            print("stopping: " + "; ".join(failed), file=sys.stderr, flush=True)
-            return EXIT_ERROR
-        if not children.alive("worker"):
-            bar.close()
-            print(f"stopping: every worker exited (see {children.log_dir})", file=sys.stderr, flush=True)
+            print(f"stopping: {problem}", file=sys.stderr, flush=True)
             return EXIT_ERROR
         now_done = _job_progress(job, args.output_dir)
         if now_done != done:
@@ -262,7 +261,7 @@ def _run_job(args: argparse.Namespace, job: Job, planned, report: EnqueueReport,
     seconds = _last_commit(args.output_dir) - started
     pending = total - already_done
     if args.stats_json:
-        stats = {"pages": pending, "seconds": round(seconds, 3), "pages_per_s": round(pending / seconds, 3), "workers": len(plan_)}
+        stats = {"pages": pending, "seconds": round(seconds, 3), "pages_per_s": round(pending / seconds, 3), "workers": len(names)}
         args.stats_json.write_text(json.dumps(stats))
     print(f"{pending} pages embedded and committed in {seconds:.1f} s ({pending / seconds:.2f} pages/s, workers ready)", flush=True)
     failed_pages = _failed_pages(job, args.output_dir)
