@@ -93,6 +93,21 @@ def wait_committed(out: Path, rows: int, timeout: float, procs: list[Proc] = ())
     raise AssertionError(f"committed_rows did not reach {rows} in {timeout} s\n{logs}")
 
 
+def wait_results(broker: str, out: Path, count: int, timeout: float) -> None:
+    """Until at least `count` batch results wait for the writer in Redis."""
+    import redis
+
+    from common.results_channel import results_key, store_id
+
+    client = redis.Redis.from_url(broker)
+    key = results_key(store_id(out))
+    deadline = time.monotonic() + timeout
+    while client.xlen(key) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"fewer than {count} results waiting after {timeout} s")
+        time.sleep(0.05)
+
+
 def wait_manifests(out: Path, count: int, timeout: float) -> int:
     """Until at least `count` batches have a manifest (polled every 5 ms); returns how many."""
     from writer.manifests import manifest_ids
