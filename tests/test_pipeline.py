@@ -308,3 +308,30 @@ def test_gpu_claims_give_each_replica_its_own_gpu(tmp_path: Path) -> None:
         for p in procs:
             p.kill()
             p.wait()
+
+
+def test_writer_sets_aside_a_result_from_another_model_and_commits_the_rest(tmp_path: Path, broker: PrivateRedis) -> None:
+    from common.results_channel import connect, push
+    from writer import synthetic
+    from writer.service import DEAD_KEY
+
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    job, _ = synthetic.plan(out, synthetic.make_pages(24), 8)
+    store = store_id(out)
+    client = connect(broker.url)
+    good, other = synthetic.model_info(), synthetic.model_info(checkpoint=synthetic.CHECKPOINT_B)
+    for batch_id, model in ((0, good), (1, other), (2, good)):
+        push(client, store, batch_id, synthetic.make_result(job, batch_id, model).to_bytes(), bound=16, timeout=10)
+    wr = writer(out, broker.url, logs)
+    try:
+        wait_manifests(out, 2, 60)
+        deadline = time.monotonic() + 30
+        while not client.xlen(DEAD_KEY.format(store=store)):
+            assert time.monotonic() < deadline, wr.text()
+            time.sleep(0.1)
+    finally:
+        wr.stop()
+    assert manifest_ids(store_path(out)) == {0, 2}
+    (_, fields), = client.xrange(DEAD_KEY.format(store=store))
+    assert fields[b"batch"] == b"1" and synthetic.CHECKPOINT_B[:12].encode() in fields[b"reason"]
+    assert client.xlen(results_key(store)) == 0  # all three acknowledged: nothing is retried forever
