@@ -260,7 +260,12 @@ class Embedder:
 
     def embed_batch(self, job: str, batch_id: int, tasks: list[PageTask]) -> BatchResult:
         """`embed` packaged as the writer expects it."""
-        arrays, stats = self.embed(tasks)
+        return self.result(job, batch_id, tasks, *self.embed(tasks))
+
+    def result(
+        self, job: str, batch_id: int, tasks: list[PageTask], arrays: dict[str, np.ndarray], timings: dict[str, float]
+    ) -> BatchResult:
+        """A batch's arrays with this model's identity, as the writer expects them."""
         return BatchResult(
             job=job,
             batch_id=batch_id,
@@ -268,7 +273,7 @@ class Embedder:
             page_ids=[t.page_id for t in tasks],
             arrays=arrays,
             model=dict(self.identity),
-            timings=stats,
+            timings=timings,
         )
 
     def close(self) -> None:

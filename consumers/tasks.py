@@ -82,31 +82,75 @@ def _embedder(task_roots: list[str]):
     return _state["embedder"]
 
 
+ATTEMPTS_KEY = "comix:attempts:{store}:{batch}"  # deliveries of a batch that reached a worker
+EMBEDDING_KEY = "comix:embedding:{store}:{row}"  # set while a page is embedded alone
+CRASHED_PAGE = (
+    "the worker process died while embedding this page (a crash in a decoder, or out of memory); "
+    "recorded as failed so that the rest of its batch goes on"
+)
+
+
 @app.task(name="comix.embed_batch", bind=True)
 def embed_batch(self, payload: dict[str, Any]) -> dict[str, Any]:
-    """Embed the pages of one batch and push the packed result for the writer."""
+    """Embed the pages of one batch and push the packed result for the writer.
+
+    A batch delivered again after its worker process died is embedded page by page, each page
+    marked in Redis while it is embedded: a page whose mark outlives another death fails alone
+    on the next delivery, instead of killing workers forever.
+    """
     from common.pages import PageTask
     from common.results_channel import ResultsFull, connect, push
 
     started = time.monotonic()
-    tasks = [PageTask.from_json(p) for p in payload["pages"]]
-    result = _embedder(payload.get("image_roots", [])).embed_batch(payload["job"], payload["batch_id"], tasks)
-    blob = result.to_bytes()
     client = _state.get("redis")
     if client is None:
         client = _state["redis"] = connect(app.conf.broker_url)
+    store, batch_id = payload["store_id"], payload["batch_id"]
+    attempts_key = ATTEMPTS_KEY.format(store=store, batch=batch_id)
+    attempt = client.incr(attempts_key)
+    client.expire(attempts_key, 4 * config.VISIBILITY_TIMEOUT)
+    tasks = [PageTask.from_json(p) for p in payload["pages"]]
+    embedder = _embedder(payload.get("image_roots", []))
+    if attempt == 1:
+        result = embedder.embed_batch(payload["job"], batch_id, tasks)
+    else:
+        log.warning("batch %d delivered again (attempt %d): embedding its pages one by one", batch_id, attempt)
+        result = embedder.result(payload["job"], batch_id, tasks, *_embed_carefully(embedder, client, store, tasks))
+    blob = result.to_bytes()
     budget = config.TASK_SOFT_TIME_LIMIT - (time.monotonic() - started) - 30
     try:
-        push(client, payload["store_id"], payload["batch_id"], blob, config.MAX_PENDING_RESULTS, max(budget, 1))
+        push(client, store, batch_id, blob, config.MAX_PENDING_RESULTS, max(budget, 1))
     except ResultsFull as exc:
-        log.warning("batch %d given back to the queue: %s", payload["batch_id"], exc)
+        log.warning("batch %d given back to the queue: %s", batch_id, exc)
         raise Reject(str(exc), requeue=True) from exc
     status = result.arrays["status"]
     return {
-        "batch_id": payload["batch_id"],
+        "batch_id": batch_id,
+        "attempt": attempt,
         "pages": len(tasks),
         "failed": int((status == 2).sum()),
         "seconds": round(time.monotonic() - started, 3),
         "stages": {k: round(v, 3) for k, v in result.timings.items()},
         "bytes": len(blob),
     }
+
+
+def _embed_carefully(embedder, client, store: str, tasks: list) -> tuple[dict, dict[str, float]]:
+    """Each page alone, marked while it is embedded; a page still marked from before fails."""
+    import numpy as np
+
+    parts, timings = [], {}
+    for task in tasks:
+        key = EMBEDDING_KEY.format(store=store, row=task.row)
+        if client.exists(key):
+            log.error("page %s (row %d) was being embedded when a worker died: recorded as failed", task.page_id, task.row)
+            task.error = CRASHED_PAGE
+            arrays, stats = embedder.embed([task])
+        else:
+            client.set(key, os.getpid(), ex=4 * config.VISIBILITY_TIMEOUT)
+            arrays, stats = embedder.embed([task])
+            client.delete(key)
+        parts.append(arrays)
+        for name, seconds in stats.items():
+            timings[name] = timings.get(name, 0.0) + seconds
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}, timings

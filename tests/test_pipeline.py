@@ -335,3 +335,50 @@ def test_writer_sets_aside_a_result_from_another_model_and_commits_the_rest(tmp_
     (_, fields), = client.xrange(DEAD_KEY.format(store=store))
     assert fields[b"batch"] == b"1" and synthetic.CHECKPOINT_B[:12].encode() in fields[b"reason"]
     assert client.xlen(results_key(store)) == 0  # all three acknowledged: nothing is retried forever
+
+
+def _kill_pool(proc) -> None:
+    import os
+    import signal
+
+    for pid in proc.children():
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_a_page_that_keeps_killing_its_worker_fails_alone(clean_store: Path, job_corpus: Path, tiny_checkpoint: Path, tmp_path: Path, broker: PrivateRedis) -> None:
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    w = worker(tiny_checkpoint, broker.url, logs, "victim")
+    wr = writer(out, broker.url, logs)
+    client = redis.Redis.from_url(broker.url)
+    try:
+        assert run_cli(*enqueue_argv(job_corpus, out, broker.url)).returncode == 0
+        deadline = time.monotonic() + 60
+        while not (client.hlen("unacked") and w.children() and "received" in w.text()):
+            assert time.monotonic() < deadline, w.text()
+            time.sleep(0.01)
+        _kill_pool(w)  # first death, mid-batch: the batch comes back and is embedded page by page
+        crashed: list[int] = []
+        for _ in range(3):  # second death while one page is embedded alone (kill it again if it slipped between pages)
+            deadline = time.monotonic() + 60
+            while not client.keys("comix:embedding:*"):
+                assert time.monotonic() < deadline, w.text()
+                time.sleep(0.002)
+            _kill_pool(w)
+            crashed = [int(k.rsplit(b":", 1)[1]) for k in client.keys("comix:embedding:*")]
+            if crashed:
+                break
+        assert len(crashed) == 1
+        wait_committed(out, PAGES + 3, 120, [w, wr])
+    finally:
+        w.stop()
+        wr.stop()
+    stored, clean = store_arrays(out), store_arrays(clean_store)
+    row = crashed[0]
+    assert stored["status"][row] == 2 and "worker process died while embedding this page" in stored["error"][row]
+    assert not stored["page_embeddings"][row].any()
+    others = [i for i in range(PAGES + 3) if i != row]
+    assert stored["status"][others].tolist() == clean["status"][others].tolist()
+    assert stored["page_id"].tolist() == clean["page_id"].tolist()
+    for name in ("page_embeddings", "panel_embeddings", "attention_weights"):
+        # the crashed batch's other pages were embedded one by one: the same numbers to float noise
+        np.testing.assert_allclose(stored[name][others], clean[name][others], atol=1e-5, err_msg=name)
