@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -103,13 +103,17 @@ class Embedder:
         return page
 
     def _prepared_chunks(
-        self, tasks: list[PageTask], stats: dict[str, float]
+        self, tasks: list[PageTask], stats: dict[str, float], guard: Callable[[PageTask], Any] | None = None
     ) -> Iterator[list[tuple[int, PreparedPage]]]:
         """Prepared pages in groups of about `encode_batch` crops, decoded ahead by the pool."""
         chunk: list[tuple[int, PreparedPage]] = []
         crops = 0
         wait0 = time.perf_counter()
-        for i, item in enumerate(self._pool.map(self._prepare, tasks)):
+        if guard is None:
+            prepared = self._pool.map(self._prepare, tasks)
+        else:  # one page at a time, each inside its guard
+            prepared = (guard(t)(self._prepare)(t) for t in tasks)
+        for i, item in enumerate(prepared):
             if isinstance(item, str):
                 stats.setdefault("failures", {})[i] = item  # type: ignore[index]
                 continue
@@ -242,12 +246,18 @@ class Embedder:
             **strings,
         }
 
-    def embed(self, tasks: list[PageTask]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-        """The store arrays for `tasks` (one row each, in order) and the time spent per stage."""
+    def embed(
+        self, tasks: list[PageTask], guard: Callable[[PageTask], Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """The store arrays for `tasks` (one row each, in order) and the time spent per stage.
+
+        With `guard`, pages are read and decoded one at a time, each call wrapped by
+        `guard(task)` (a decorator); encoding is unchanged, so the numbers are too.
+        """
         t0 = time.perf_counter()
         stats: dict = {k: 0.0 for k in ("read", "decode_crop", "decode_wait", "tokenize", "encode")}
         arrays = self.empty_arrays(len(tasks))
-        for chunk in self._prepared_chunks(tasks, stats):
+        for chunk in self._prepared_chunks(tasks, stats, guard):
             self._encode_chunk(chunk, arrays, stats)
         for i, reason in stats.pop("failures", {}).items():
             arrays["status"][i] = STATUS_FAILED
@@ -258,9 +268,11 @@ class Embedder:
         stats["total"] = time.perf_counter() - t0
         return arrays, stats
 
-    def embed_batch(self, job: str, batch_id: int, tasks: list[PageTask]) -> BatchResult:
+    def embed_batch(
+        self, job: str, batch_id: int, tasks: list[PageTask], guard: Callable[[PageTask], Any] | None = None
+    ) -> BatchResult:
         """`embed` packaged as the writer expects it."""
-        return self.result(job, batch_id, tasks, *self.embed(tasks))
+        return self.result(job, batch_id, tasks, *self.embed(tasks, guard))
 
     def result(
         self, job: str, batch_id: int, tasks: list[PageTask], arrays: dict[str, np.ndarray], timings: dict[str, float]

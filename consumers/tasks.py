@@ -83,7 +83,7 @@ def _embedder(task_roots: list[str]):
 
 
 ATTEMPTS_KEY = "comix:attempts:{store}:{batch}"  # deliveries of a batch that reached a worker
-EMBEDDING_KEY = "comix:embedding:{store}:{row}"  # set while a page is embedded alone
+EMBEDDING_KEY = "comix:embedding:{store}:{row}"  # set while a page is decoded alone
 CRASHED_PAGE = (
     "the worker process died while embedding this page (a crash in a decoder, or out of memory); "
     "recorded as failed so that the rest of its batch goes on"
@@ -94,9 +94,9 @@ CRASHED_PAGE = (
 def embed_batch(self, payload: dict[str, Any]) -> dict[str, Any]:
     """Embed the pages of one batch and push the packed result for the writer.
 
-    A batch delivered again after its worker process died is embedded page by page, each page
-    marked in Redis while it is embedded: a page whose mark outlives another death fails alone
-    on the next delivery, instead of killing workers forever.
+    A batch delivered again after its worker process died has its pages read and decoded one by
+    one, each marked in Redis meanwhile: a page whose mark outlives another death fails alone on
+    the next delivery, instead of killing workers forever.
     """
     from common.pages import PageTask
     from common.results_channel import ResultsFull, connect, push
@@ -111,11 +111,11 @@ def embed_batch(self, payload: dict[str, Any]) -> dict[str, Any]:
     client.expire(attempts_key, 4 * config.VISIBILITY_TIMEOUT)
     tasks = [PageTask.from_json(p) for p in payload["pages"]]
     embedder = _embedder(payload.get("image_roots", []))
-    if attempt == 1:
-        result = embedder.embed_batch(payload["job"], batch_id, tasks)
-    else:
-        log.warning("batch %d delivered again (attempt %d): embedding its pages one by one", batch_id, attempt)
-        result = embedder.result(payload["job"], batch_id, tasks, *_embed_carefully(embedder, client, store, tasks))
+    guard = None
+    if attempt > 1:
+        log.warning("batch %d delivered again (attempt %d): decoding its pages one by one", batch_id, attempt)
+        guard = _crash_guard(client, store)
+    result = embedder.embed_batch(payload["job"], batch_id, tasks, guard)
     blob = result.to_bytes()
     budget = config.TASK_SOFT_TIME_LIMIT - (time.monotonic() - started) - 30
     try:
@@ -135,22 +135,25 @@ def embed_batch(self, payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _embed_carefully(embedder, client, store: str, tasks: list) -> tuple[dict, dict[str, float]]:
-    """Each page alone, marked while it is embedded; a page still marked from before fails."""
-    import numpy as np
+def _crash_guard(client, store: str):
+    """Wraps the reading and decoding of each page: marked in Redis while it runs; a page still
+    marked from a worker that died fails alone. Encoding is unchanged, so the numbers are too."""
 
-    parts, timings = [], {}
-    for task in tasks:
+    def guard(task):
         key = EMBEDDING_KEY.format(store=store, row=task.row)
-        if client.exists(key):
-            log.error("page %s (row %d) was being embedded when a worker died: recorded as failed", task.page_id, task.row)
-            task.error = CRASHED_PAGE
-            arrays, stats = embedder.embed([task])
-        else:
-            client.set(key, os.getpid(), ex=4 * config.VISIBILITY_TIMEOUT)
-            arrays, stats = embedder.embed([task])
-            client.delete(key)
-        parts.append(arrays)
-        for name, seconds in stats.items():
-            timings[name] = timings.get(name, 0.0) + seconds
-    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}, timings
+
+        def run(prepare):
+            def call(t):
+                if client.exists(key):
+                    log.error("page %s (row %d) was being decoded when a worker died: recorded as failed", t.page_id, t.row)
+                    return CRASHED_PAGE
+                client.set(key, os.getpid(), ex=4 * config.VISIBILITY_TIMEOUT)
+                out = prepare(t)
+                client.delete(key)
+                return out
+
+            return call
+
+        return run
+
+    return guard

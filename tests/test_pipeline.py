@@ -377,8 +377,5 @@ def test_a_page_that_keeps_killing_its_worker_fails_alone(clean_store: Path, job
     assert stored["status"][row] == 2 and "worker process died while embedding this page" in stored["error"][row]
     assert not stored["page_embeddings"][row].any()
     others = [i for i in range(PAGES + 3) if i != row]
-    assert stored["status"][others].tolist() == clean["status"][others].tolist()
-    assert stored["page_id"].tolist() == clean["page_id"].tolist()
-    for name in ("page_embeddings", "panel_embeddings", "attention_weights"):
-        # the crashed batch's other pages were embedded one by one: the same numbers to float noise
-        np.testing.assert_allclose(stored[name][others], clean[name][others], atol=1e-5, err_msg=name)
+    for name in ("page_embeddings", "panel_embeddings", "attention_weights", "status", "page_id"):
+        assert stored[name][others].tolist() == clean[name][others].tolist(), name
