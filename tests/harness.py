@@ -35,6 +35,23 @@ class Proc:
         out = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True).stdout
         return [int(p) for p in out.split()]
 
+    def kill_pool(self) -> None:
+        """SIGKILL the worker's pool process (the one running a task); the worker itself lives on."""
+        for pid in self.children():
+            os.kill(pid, signal.SIGKILL)
+
+    def kill_pool_mid_batch(self, broker: str, timeout: float = 60) -> None:
+        """Once this worker runs a batch (received, not yet acknowledged), kill its pool process."""
+        import redis
+
+        client = redis.Redis.from_url(broker)
+        deadline = time.monotonic() + timeout
+        while not (client.hlen("unacked") and self.children() and "received" in self.text()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no batch reached {self.log.name} in {timeout} s:\n{self.text()[-2000:]}")
+            time.sleep(0.01)
+        self.kill_pool()
+
     def kill(self) -> None:
         try:
             os.killpg(self.pid, signal.SIGKILL)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 import time
 from pathlib import Path
 
@@ -95,19 +94,9 @@ def test_worker_killed_mid_batch_is_redelivered(clean_store: Path, job_corpus: P
     out, logs = tmp_path / "out", tmp_path / "logs"
     first = worker(tiny_checkpoint, broker.url, logs, "victim")
     wr = writer(out, broker.url, logs)
-    client = redis.Redis.from_url(broker.url)
     try:
         assert run_cli(*enqueue_argv(job_corpus, out, broker.url)).returncode == 0
-        deadline = time.monotonic() + 60
-        while not (client.hlen("unacked") and first.children() and "received" in first.text()):
-            assert time.monotonic() < deadline, first.text()
-            time.sleep(0.05)
-        time.sleep(random.uniform(0.05, 0.3))
-        for pid in first.children():  # the pool process, mid-batch
-            import os
-            import signal
-
-            os.kill(pid, signal.SIGKILL)
+        first.kill_pool_mid_batch(broker.url)
         second = worker(tiny_checkpoint, broker.url, logs, "rescuer")
         wait_committed(out, PAGES + 3, 120, [wr, second])
         assert "signal 9 (SIGKILL)" in first.text() and "WorkerLostError" in first.text()
@@ -337,14 +326,6 @@ def test_writer_sets_aside_a_result_from_another_model_and_commits_the_rest(tmp_
     assert client.xlen(results_key(store)) == 0  # all three acknowledged: nothing is retried forever
 
 
-def _kill_pool(proc) -> None:
-    import os
-    import signal
-
-    for pid in proc.children():
-        os.kill(pid, signal.SIGKILL)
-
-
 def test_a_page_that_keeps_killing_its_worker_fails_alone(clean_store: Path, job_corpus: Path, tiny_checkpoint: Path, tmp_path: Path, broker: PrivateRedis) -> None:
     out, logs = tmp_path / "out", tmp_path / "logs"
     w = worker(tiny_checkpoint, broker.url, logs, "victim")
@@ -352,18 +333,14 @@ def test_a_page_that_keeps_killing_its_worker_fails_alone(clean_store: Path, job
     client = redis.Redis.from_url(broker.url)
     try:
         assert run_cli(*enqueue_argv(job_corpus, out, broker.url)).returncode == 0
-        deadline = time.monotonic() + 60
-        while not (client.hlen("unacked") and w.children() and "received" in w.text()):
-            assert time.monotonic() < deadline, w.text()
-            time.sleep(0.01)
-        _kill_pool(w)  # first death, mid-batch: the batch comes back and is embedded page by page
+        w.kill_pool_mid_batch(broker.url)  # first death: the batch comes back and is decoded page by page
         crashed: list[int] = []
         for _ in range(3):  # second death while one page is embedded alone (kill it again if it slipped between pages)
             deadline = time.monotonic() + 60
             while not client.keys("comix:embedding:*"):
                 assert time.monotonic() < deadline, w.text()
                 time.sleep(0.002)
-            _kill_pool(w)
+            w.kill_pool()
             crashed = [int(k.rsplit(b":", 1)[1]) for k in client.keys("comix:embedding:*")]
             if crashed:
                 break
