@@ -5,7 +5,8 @@
 Every poll reads `committed_rows`, opens the committed rows with `open_committed`, and compares
 them with the results the writer was fed. It records a violation when `committed_rows` goes down,
 is not at a batch boundary, or when any committed row differs from its batch (a partial batch, a
-row that changed). Any warning is an error. It stops when STOP_FILE appears and writes its report.
+row that changed). Any warning is an error. Once STOP_FILE appears it polls one last time (the
+final state) and writes its report.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ def main() -> int:
     page_ids = [pid for r in found for pid in r.page_ids]
     expected = {name: np.concatenate([r.arrays[name] for r in found]) for name in CHECKED}
     polls, last, violations, errors = 0, 0, [], []
-    while not stop.exists():
+    final = False
+    while not final:
+        final = stop.exists()
         if not (store / "zarr.json").exists():
             time.sleep(0.005)
             continue

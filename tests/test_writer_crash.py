@@ -115,42 +115,40 @@ def test_sigkill_at_random_instants(tmp_path: Path) -> None:
         env=env,
     )
     rng = random.Random(99)
-    kills = 0
+    # Kill j lands during call `targets[j]` (announced by the writer's `commit N` line) after a
+    # random delay: the kills spread over the whole feed, and their number is a setting.
+    span = len(calls) // KILLS
+    targets = [j * span + rng.randrange(span) for j in range(KILLS)]
     try:
-        for _ in range(KILLS * 3):
+        for target in targets:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "writer.replay", str(kill_dir), str(plan)],
                 env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True,
             )
             assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "ready"
-            time.sleep(rng.uniform(0.0, 0.12))
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                kills += 1
+            for line in proc.stdout:
+                if line.strip() == f"commit {target}":
+                    break
             else:
-                assert proc.wait() == 0
-                break
-            if kills >= KILLS:
-                break
+                raise AssertionError(f"the writer ended before call {target}: exit {proc.wait()}")
+            time.sleep(rng.uniform(0.0, 0.02))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
         final = subprocess.run(
             [sys.executable, "-m", "writer.replay", str(kill_dir), str(plan)],
-            env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
         )
         assert final.returncode == 0, final.stderr
-        assert final.stdout.split() == ["ready", "done"]
-        time.sleep(0.3)  # the reader sees the final state too
+        lines = final.stdout.split("\n")
+        assert lines[0] == "ready" and lines[-2] == "done", final.stdout[-500:]
     finally:
-        stop.touch()
-        reader.wait(timeout=60)
+        stop.touch()  # the reader polls once more (the final state), then reports
+        reader.wait(timeout=120)
 
-    print(f"kills {kills}, reader {report.read_text()[:300]}")
-    assert kills >= KILLS, f"only {kills} kills landed while committing"
+    print(f"reader {report.read_text()[:300]}")
     seen = json.loads(report.read_text())
     assert seen["violations"] == []
     assert seen["errors"] == []
-    assert seen["polls"] > 150, seen
     assert seen["last"] == 2600
 
     leftovers = [p for p in store.rglob("*") if p.name.endswith((".partial", ".tmp"))]

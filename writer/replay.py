@@ -4,7 +4,8 @@
 
 PLAN.json is `{"calls": [[result_file, ...], ...]}`: each inner list is one `commit` call of
 results serialised with `BatchResult.to_bytes`. It prints `ready` once the writer has opened
-(and recovered), `done` at the end, so a test knows when a kill lands during commits.
+(and recovered), `commit N` before the N-th call, and `done` at the end, so that a test can choose
+the call during which its kill lands.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
         calls = json.load(fh)["calls"]
     with StoreWriter(output_dir, verify_batches=True) as writer:
         print("ready", flush=True)
-        for files in calls:
+        for n, files in enumerate(calls):
+            print(f"commit {n}", flush=True)
             writer.commit([BatchResult.from_bytes(Path(f).read_bytes()) for f in files])
     print("done", flush=True)
     return 0
