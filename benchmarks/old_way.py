@@ -16,10 +16,10 @@ import zarr
 from PIL import Image, ImageOps
 from zarr.codecs import BloscCodec
 
-from common import config
-from common.pages import PageSpec, PanelSpec
-from common.preprocess import composition_features, crop_box, join_text, pixel_box
-from common.results import RESULT_ARRAYS
+from comix_embed.common import config
+from comix_embed.common.pages import PageSpec, PanelSpec
+from comix_embed.common.preprocess import composition_features, crop_box, join_text, pixel_box
+from comix_embed.common.results import RESULT_ARRAYS
 
 CHUNK_PAGES = 1000
 
@@ -35,7 +35,10 @@ class OldPatternStore:
         for name, (shape_dims, dtype) in RESULT_ARRAYS.items():
             shape = (rows, *(dims[x] for x in shape_dims))
             self.arrays[name] = group.create_array(
-                name, shape=shape, chunks=(CHUNK_PAGES, *shape[1:]), dtype=str if dtype == "str" else dtype,
+                name,
+                shape=shape,
+                chunks=(CHUNK_PAGES, *shape[1:]),
+                dtype=str if dtype == "str" else dtype,
                 compressors=None if dtype == "str" else blosc,
             )
 
@@ -74,10 +77,18 @@ def old_page_inputs(spec: PageSpec, image_path: Path, tokenizer) -> dict[str, to
         chars = [pixel_box(c, panel.fraction, width, height) for c in panel.characters]
         comp[i] = torch.from_numpy(composition_features(box, width, height, chars))
         texts[i] = join_text(panel.text)
-    tok = tokenizer(texts, padding="max_length", truncation=True, max_length=config.TEXT_MAX_TOKENS, return_tensors="pt")
+    tok = tokenizer(
+        texts, padding="max_length", truncation=True, max_length=config.TEXT_MAX_TOKENS, return_tensors="pt"
+    )
     mask = torch.zeros(slots, dtype=torch.bool)
     mask[: len(panels)] = True
-    return {"images": images, "input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"], "comp": comp, "mask": mask}
+    return {
+        "images": images,
+        "input_ids": tok["input_ids"],
+        "attention_mask": tok["attention_mask"],
+        "comp": comp,
+        "mask": mask,
+    }
 
 
 def old_collate(pages: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

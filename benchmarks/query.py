@@ -30,18 +30,22 @@ import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import config, sample_text  # noqa: E402
-from common.preprocess import text_to_json  # noqa: E402
-from common.results import STATUS_FAILED, STATUS_OK  # noqa: E402
-from common.search import SearchIndex  # noqa: E402
-from common.store import create_store, read_committed_rows, store_path, write_attrs  # noqa: E402
+from comix_embed.common import config, sample_text  # noqa: E402
+from comix_embed.common.preprocess import text_to_json  # noqa: E402
+from comix_embed.common.results import STATUS_FAILED, STATUS_OK  # noqa: E402
+from comix_embed.common.store import create_store, read_committed_rows, store_path, write_attrs  # noqa: E402
+from comix_embed.tools.search import SearchIndex  # noqa: E402
 
 D = 384
 P = config.MAX_PANELS
 SLICE = 8192
 MODEL = {
-    "model_name": config.MODEL_NAME, "embedding_dim": D, "max_panels": P, "encoder_mode": "fused",
-    "checkpoint_sha256": "0" * 64, "tokenizer": "synthetic",
+    "model_name": config.MODEL_NAME,
+    "embedding_dim": D,
+    "max_panels": P,
+    "encoder_mode": "fused",
+    "checkpoint_sha256": "0" * 64,
+    "tokenizer": "synthetic",
 }
 
 
@@ -66,8 +70,12 @@ def synthetic_slice(start: int, stop: int, seed: int) -> dict[str, np.ndarray]:
         "series": np.array([f"Series {r % 97:02d}" for r in rows], dtype=object),
         "page_num": np.array([str(r % 1000) for r in rows], dtype=object),
         "status": np.where(failed, STATUS_FAILED, STATUS_OK).astype(np.int8),
-        "page_embeddings": np.where(failed[:, None], 0.0, rng.standard_normal((n, D), dtype=np.float32)).astype(np.float32),
-        "panel_embeddings": np.where(mask[:, :, None], rng.standard_normal((n, P, D), dtype=np.float32), 0.0).astype(np.float32),
+        "page_embeddings": np.where(failed[:, None], 0.0, rng.standard_normal((n, D), dtype=np.float32)).astype(
+            np.float32
+        ),
+        "panel_embeddings": np.where(mask[:, :, None], rng.standard_normal((n, P, D), dtype=np.float32), 0.0).astype(
+            np.float32
+        ),
         "panel_mask": mask,
         "text_content": panel_text,
         "page_text": page_text,
@@ -166,14 +174,20 @@ def main() -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"store: {result['pages']} pages ({result['searchable_pages']} searchable, "
-          f"{result['valid_panels']} valid panels), d={D}; built or opened in {result['build_s']} s")
-    print(f"load: page matrix {result['load_pages_s']} s, text index {result['load_text_s']} s, "
-          f"panel matrix {result['load_panels_s']} s, "
-          f"peak RSS {result['max_rss_mb']} MB")
+    print(
+        f"store: {result['pages']} pages ({result['searchable_pages']} searchable, "
+        f"{result['valid_panels']} valid panels), d={D}; built or opened in {result['build_s']} s"
+    )
+    print(
+        f"load: page matrix {result['load_pages_s']} s, text index {result['load_text_s']} s, "
+        f"panel matrix {result['load_panels_s']} s, "
+        f"peak RSS {result['max_rss_mb']} MB"
+    )
     for name, target in (("like", 50), ("keyword", 50), ("panel", 200)):
-        print(f"{name:8s} p50 {result[f'{name}_ms_p50']:8.2f} ms   p95 {result[f'{name}_ms_p95']:8.2f} ms   "
-              f"(target p50 < {target} ms, {result['queries']} queries)")
+        print(
+            f"{name:8s} p50 {result[f'{name}_ms_p50']:8.2f} ms   p95 {result[f'{name}_ms_p95']:8.2f} ms   "
+            f"(target p50 < {target} ms, {result['queries']} queries)"
+        )
     return 0
 
 

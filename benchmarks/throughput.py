@@ -34,17 +34,18 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.old_way import OldPatternStore, old_collate, old_page_inputs  # noqa: E402
-from common.checkpoint import load_model  # noqa: E402
-from common.embed import EmbedSettings, Embedder, resolve_device  # noqa: E402
-from common.init_checkpoint import init_checkpoint  # noqa: E402
-from common.listfile import read_list  # noqa: E402
-from common.pages import PageTask  # noqa: E402
-from common.paths import ImageResolver  # noqa: E402
-from common.preprocess import prepare_page, read_image_bytes  # noqa: E402
-from common.reference import reference_embed  # noqa: E402
-from common.sample import make_sample  # noqa: E402
-from common.tokenizer import load_tokenizer  # noqa: E402
-from producer.plan import assign_rows, plan_pages  # noqa: E402
+from comix_embed.common.checkpoint import load_model  # noqa: E402
+from comix_embed.common.child import cli_argv  # noqa: E402
+from comix_embed.common.embed import Embedder, EmbedSettings, resolve_device  # noqa: E402
+from comix_embed.common.listfile import read_list  # noqa: E402
+from comix_embed.common.pages import PageTask  # noqa: E402
+from comix_embed.common.paths import ImageResolver  # noqa: E402
+from comix_embed.common.preprocess import prepare_page, read_image_bytes  # noqa: E402
+from comix_embed.common.tokenizer import load_tokenizer  # noqa: E402
+from comix_embed.producer.plan import assign_rows, plan_pages  # noqa: E402
+from comix_embed.tools.init_checkpoint import init_checkpoint  # noqa: E402
+from comix_embed.tools.sample import make_sample  # noqa: E402
+from tests.reference import reference_embed  # noqa: E402
 
 
 def prepare_inputs(work: Path, size: str, pages: int) -> tuple[Path, Path]:
@@ -73,12 +74,29 @@ def worker_layout(device: str, workers: int | None) -> tuple[list[str], int]:
 
 # ---- pipeline ----
 
+
 def measure_pipeline(corpus: Path, ckpt: Path, work: Path, workers: int, device: str, batch: int) -> dict:
     out = Path(tempfile.mkdtemp(prefix="pipeline-", dir=work))
     stats = out / "stats.json"
-    argv = [sys.executable, "-m", "common.cli", "run", "--checkpoint", str(ckpt), "--list", str(corpus / "list.txt"),
-            "--image-root", str(corpus / "images"), "--output-dir", str(out / "store"), "--batch-size", str(batch),
-            "--workers", str(workers), "--device", device, "--stats-json", str(stats)]
+    argv = cli_argv(
+        "run",
+        "--checkpoint",
+        str(ckpt),
+        "--list",
+        str(corpus / "list.txt"),
+        "--image-root",
+        str(corpus / "images"),
+        "--output-dir",
+        str(out / "store"),
+        "--batch-size",
+        str(batch),
+        "--workers",
+        str(workers),
+        "--device",
+        device,
+        "--stats-json",
+        str(stats),
+    )
     proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode not in (0, 3):
         raise RuntimeError(f"run failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
@@ -87,13 +105,19 @@ def measure_pipeline(corpus: Path, ckpt: Path, work: Path, workers: int, device:
 
 # ---- direct ----
 
+
 def _direct_process(ckpt: str, root: str, device: str, threads: int, fast: bool, batches: list, barrier, queue) -> None:
     import torch
 
     torch.set_num_threads(threads)
     tasks = [[PageTask.from_json(t) for t in b] for b in batches]
-    emb = Embedder(load_model(Path(ckpt), device), load_tokenizer(None, Path(ckpt)), ImageResolver([Path(root)]),
-                   device, EmbedSettings(fast_decode=fast, decode_threads=threads))
+    emb = Embedder(
+        load_model(Path(ckpt), device),
+        load_tokenizer(None, Path(ckpt)),
+        ImageResolver([Path(root)]),
+        device,
+        EmbedSettings(fast_decode=fast, decode_threads=threads),
+    )
     emb.warm_up()  # as a worker does before it takes tasks
     barrier.wait()
     t0 = time.time()
@@ -112,8 +136,10 @@ def measure_direct(corpus: Path, ckpt: Path, devices: list[str], threads: int, b
     ctx = mp.get_context("spawn")
     barrier, queue = ctx.Barrier(len(devices)), ctx.Queue()
     procs = [
-        ctx.Process(target=_direct_process, args=(str(ckpt), str(corpus / "images"), dev, threads, fast,
-                                                  batches[i :: len(devices)], barrier, queue))
+        ctx.Process(
+            target=_direct_process,
+            args=(str(ckpt), str(corpus / "images"), dev, threads, fast, batches[i :: len(devices)], barrier, queue),
+        )
         for i, dev in enumerate(devices)
     ]
     for p in procs:
@@ -131,6 +157,7 @@ def measure_direct(corpus: Path, ckpt: Path, devices: list[str], threads: int, b
 
 
 # ---- model only ----
+
 
 def prepared_pages(corpus: Path, tasks: list[PageTask], fast: bool) -> list:
     return [prepare_page(t.spec, read_image_bytes(corpus / "images" / t.image), t.image, fast) for t in tasks if t.spec]
@@ -184,8 +211,12 @@ def min_cosine(a: dict, b: dict) -> float:
         return (x * y).sum(-1)[keep] / (nx * ny)[keep]
 
     mask = a["panel_mask"]
-    return float(min(cos(a["page_embeddings"], b["page_embeddings"]).min(),
-                     cos(a["panel_embeddings"][mask], b["panel_embeddings"][mask]).min()))
+    return float(
+        min(
+            cos(a["page_embeddings"], b["page_embeddings"]).min(),
+            cos(a["panel_embeddings"][mask], b["panel_embeddings"][mask]).min(),
+        )
+    )
 
 
 def decode_tolerance(corpus: Path, ckpt: Path, device: str, tasks: list[PageTask]) -> float:
@@ -193,13 +224,16 @@ def decode_tolerance(corpus: Path, ckpt: Path, device: str, tasks: list[PageTask
     loaded, tok = load_model(ckpt, device), load_tokenizer(None, ckpt)
     outputs = []
     for fast in (True, False):
-        emb = Embedder(loaded, tok, ImageResolver([corpus / "images"]), device, EmbedSettings(fast_decode=fast, amp=False))
+        emb = Embedder(
+            loaded, tok, ImageResolver([corpus / "images"]), device, EmbedSettings(fast_decode=fast, amp=False)
+        )
         outputs.append(emb.embed(tasks)[0])
         emb.close()
     return min_cosine(*outputs)
 
 
 # ---- the old way ----
+
 
 def measure_baseline(corpus: Path, ckpt: Path, work: Path, tasks: list[PageTask]) -> dict:
     """The users' old way, stage by stage: page inputs built one by one (full decode, 12 slots,
@@ -228,11 +262,16 @@ def measure_baseline(corpus: Path, ckpt: Path, work: Path, tasks: list[PageTask]
         t3 = time.perf_counter()
         for j in range(len(batch)):
             row_arrays = {k: v[0] for k, v in emb.empty_arrays(1).items()}
-            row_arrays.update({
-                "panel_embeddings": panels[j].numpy(), "page_embeddings": page[j].numpy(),
-                "attention_weights": attention[j].numpy(), "reading_order": order[j].numpy().astype(np.int16),
-                "panel_mask": inputs["mask"][j].numpy(), "status": np.int8(1),
-            })
+            row_arrays.update(
+                {
+                    "panel_embeddings": panels[j].numpy(),
+                    "page_embeddings": page[j].numpy(),
+                    "attention_weights": attention[j].numpy(),
+                    "reading_order": order[j].numpy().astype(np.int16),
+                    "panel_mask": inputs["mask"][j].numpy(),
+                    "status": np.int8(1),
+                }
+            )
             store.write_page(row, row_arrays)
             row += 1
         stages["decode_crop"] += t2 - t1
@@ -241,8 +280,12 @@ def measure_baseline(corpus: Path, ckpt: Path, work: Path, tasks: list[PageTask]
     seconds = time.perf_counter() - t0
     emb.close()
     pages_done = row - 500
-    return {"pages": pages_done, "seconds": seconds, "pages_per_s": pages_done / seconds,
-            "stages_ms": {k: round(1000 * v / pages_done, 2) for k, v in stages.items()}}
+    return {
+        "pages": pages_done,
+        "seconds": seconds,
+        "pages_per_s": pages_done / seconds,
+        "stages_ms": {k: round(1000 * v / pages_done, 2) for k, v in stages.items()},
+    }
 
 
 def device_name(device: str) -> str:
@@ -261,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--baseline-pages", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=2, help="pipeline/direct measured alternately this many times (best kept)")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="pipeline/direct measured alternately this many times (best kept)"
+    )
     parser.add_argument("--keep", type=Path, help="work folder to keep (corpus and checkpoint reused)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -272,11 +317,17 @@ def main(argv: list[str] | None = None) -> int:
     tasks = page_tasks(corpus)
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else print
 
-    log(f"corpus: {args.pages} pages in {corpus}; model: {args.size}; workers: {len(devices)} x {devices[0]}, {threads} threads each")
+    log(
+        f"corpus: {args.pages} pages in {corpus}; model: {args.size}; workers: {len(devices)} x {devices[0]}, {threads} threads each"
+    )
     # pipeline and direct alternate, best of --rounds each: the machine is shared and noisy
     pipeline_runs, direct_runs = [], []
     for _ in range(args.rounds):
-        pipeline_runs.append(measure_pipeline(corpus, ckpt, work, len(devices), devices[0] if devices[0] == "cpu" else "auto", args.batch_size))
+        pipeline_runs.append(
+            measure_pipeline(
+                corpus, ckpt, work, len(devices), devices[0] if devices[0] == "cpu" else "auto", args.batch_size
+            )
+        )
         log(f"pipeline   {pipeline_runs[-1]['pages_per_s']:8.2f} pages/s")
         direct_runs.append(measure_direct(corpus, ckpt, devices, threads, args.batch_size))
         log(f"direct     {direct_runs[-1]['pages_per_s']:8.2f} pages/s")
@@ -293,7 +344,11 @@ def main(argv: list[str] | None = None) -> int:
     log(f"baseline   {baseline['pages_per_s']:8.2f} pages/s")
 
     n = direct["pages"]
-    stages_ms = {k: round(1000 * v / n, 2) for k, v in direct["stages"].items() if k in ("read", "decode_crop", "tokenize", "encode")}
+    stages_ms = {
+        k: round(1000 * v / n, 2)
+        for k, v in direct["stages"].items()
+        if k in ("read", "decode_crop", "tokenize", "encode")
+    }
     stages_ms["write"] = round(1000 / writer_pages_per_s(work, ckpt), 3)
     figures = {
         "device": device_name(args.device),
@@ -302,7 +357,10 @@ def main(argv: list[str] | None = None) -> int:
         "workers": len(devices),
         "threads_per_worker": threads,
         "batch_size": args.batch_size,
-        "rounds": {"pipeline": [round(r["pages_per_s"], 2) for r in pipeline_runs], "direct": [round(r["pages_per_s"], 2) for r in direct_runs]},
+        "rounds": {
+            "pipeline": [round(r["pages_per_s"], 2) for r in pipeline_runs],
+            "direct": [round(r["pages_per_s"], 2) for r in direct_runs],
+        },
         "pipeline_pages_per_s": round(pipeline["pages_per_s"], 3),
         "direct_pages_per_s": round(direct["pages_per_s"], 3),
         "model_only_pages_per_s": round(model_only["pages_per_s"], 3),
@@ -314,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         "steps": {
             "reduced_size_decoding_gain": round(direct["pages_per_s"] / direct_exact["pages_per_s"], 3),
             "skip_padded_slots_gain": round(model_only["pages_per_s"] / model_only["all_slots_pages_per_s"], 3)
-            if "all_slots_pages_per_s" in model_only else None,
+            if "all_slots_pages_per_s" in model_only
+            else None,
         },
         "bf16_vs_fp32_min_cosine": model_only.get("bf16_vs_fp32_min_cosine"),
         "reduced_decoding_vs_full_min_cosine": round(tolerance, 6),
@@ -338,8 +397,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def writer_pages_per_s(work: Path, ckpt: Path) -> float:
     """The writer's cost per page for this model's d, batch 8 (synthetic results, like benchmarks/writer.py)."""
-    from writer import synthetic
-    from writer.commit import StoreWriter
+    from comix_embed.writer.commit import StoreWriter
+    from tests import synthetic
 
     d = load_model(ckpt).config.d
     out = Path(tempfile.mkdtemp(prefix="writer-", dir=work))

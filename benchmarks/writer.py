@@ -18,13 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.old_way import OldPatternStore  # noqa: E402
-from common import config  # noqa: E402
-from writer import synthetic  # noqa: E402
-from writer.commit import StoreWriter  # noqa: E402
+from comix_embed.common import config  # noqa: E402
+from comix_embed.writer.commit import StoreWriter  # noqa: E402
+from tests import synthetic  # noqa: E402
 
 D = 384
 P = config.MAX_PANELS
@@ -85,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"writer, d={D}, {P} panels, fsync={'on' if fsync else 'off'}")
         print(f"  batch 8:     {figures['batch8_pages_per_s']:>10.1f} pages/s")
         print(f"  batch 64:    {figures['batch64_pages_per_s']:>10.1f} pages/s")
-        print(f"  old pattern: {figures['old_pattern_pages_per_s']:>10.1f} pages/s (zero then write per page, 1000-row zstd chunks)")
+        print(
+            f"  old pattern: {figures['old_pattern_pages_per_s']:>10.1f} pages/s (zero then write per page, 1000-row zstd chunks)"
+        )
         print(f"  batch 64 / old pattern: {figures['ratio_vs_old']:.1f}x")
     return 0
 

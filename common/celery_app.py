@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from celery import Celery
 
-from common import config
+from comix_embed.common import config
 
-app = Celery("comix", include=["consumers.tasks"])
+app = Celery("comix", include=["comix_embed.consumers.tasks"])
 app.conf.update(
     broker_url=config.broker_url(),
     broker_transport_options={

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from common.errors import UsageError
-from common.model import ClosureLite, ModelConfig
+from comix_embed.common.errors import UsageError
+from comix_embed.common.model import ClosureLite, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +148,7 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
     unknown = [
         k
         for k in state
-        if k not in expected
-        and not k.startswith(TRAINING_ONLY_PREFIXES)
-        and not k.endswith(IGNORABLE_SUFFIXES)
+        if k not in expected and not k.startswith(TRAINING_ONLY_PREFIXES) and not k.endswith(IGNORABLE_SUFFIXES)
     ]
     if unknown:
         log.warning("%s: ignoring %d keys the model does not use, e.g. %s", path, len(unknown), unknown[0])
@@ -158,8 +156,7 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
     for key, tensor in usable.items():
         if tensor.shape != expected[key].shape:
             raise CheckpointError(
-                f"checkpoint {path}: {key} has shape {tuple(tensor.shape)}, "
-                f"expected {tuple(expected[key].shape)}"
+                f"checkpoint {path}: {key} has shape {tuple(tensor.shape)}, expected {tuple(expected[key].shape)}"
             )
     model.load_state_dict(usable, strict=False)
     model.eval().to(device)

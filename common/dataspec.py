@@ -15,12 +15,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.pages import Box, PanelSpec, PageSpec
+from comix_embed.common.pages import Box, PageSpec, PanelSpec
 
 IMAGE_KEYS = ("page_image_path", "image_path", "image", "IMAGE_PATH")
 PANEL_LIST_KEYS = (
-    "panels", "VLM_panels", "vlm_panels", "panels_vlm", "panel_detections", "rcnn_panels",
-    "panel_boxes", "panel_list", "detections", "boxes", "segments", "annotations",
+    "panels",
+    "VLM_panels",
+    "vlm_panels",
+    "panels_vlm",
+    "panel_detections",
+    "rcnn_panels",
+    "panel_boxes",
+    "panel_list",
+    "detections",
+    "boxes",
+    "segments",
+    "annotations",
 )
 # The original tried utf-8, utf-8-sig, cp1252, latin-1, then utf-8 with replacement. utf-8-sig
 # succeeds exactly when utf-8 does (we strip a BOM ourselves), and latin-1 decodes any bytes,
@@ -83,9 +93,7 @@ def parse_dataspec(data: Any, name: str) -> DataSpecRead:
         data = data[0]
     if not isinstance(data, dict):
         raise DataSpecError(f"DataSpec {name}: expected a JSON object (or a list of them), got {type(data).__name__}")
-    image = next(
-        (v.strip() for k in IMAGE_KEYS if isinstance(v := data.get(k), str) and v.strip()), None
-    )
+    image = next((v.strip() for k in IMAGE_KEYS if isinstance(v := data.get(k), str) and v.strip()), None)
     if image is None:
         raise DataSpecError(f"DataSpec {name}: no image path (tried keys {', '.join(IMAGE_KEYS)})")
     raw_panels = _panel_list(data)

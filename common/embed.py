@@ -12,22 +12,23 @@ import io
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from common import config
-from common.checkpoint import LoadedModel
-from common.pages import PageSpec, PageTask, PanelSpec
-from common.paths import ImageResolver, PathRefused
-from common.preprocess import PageImageError, PreparedPage, prepare_page, read_image_bytes
-from common.results import STATUS_FAILED, BatchResult
-from common.tokenizer import LoadedTokenizer
+from comix_embed.common import config
+from comix_embed.common.checkpoint import LoadedModel
+from comix_embed.common.pages import PageSpec, PageTask, PanelSpec
+from comix_embed.common.paths import ImageResolver, PathRefused
+from comix_embed.common.preprocess import PageImageError, PreparedPage, prepare_page, read_image_bytes
+from comix_embed.common.results import STATUS_FAILED, BatchResult
+from comix_embed.common.tokenizer import LoadedTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +147,7 @@ class Embedder:
         t0 = time.perf_counter()
         enc = None
         if mode in ("fused", "text"):
-            enc = self.tokenizer(
-                texts, truncation=True, max_length=config.TEXT_MAX_TOKENS, padding=False
-            )["input_ids"]
+            enc = self.tokenizer(texts, truncation=True, max_length=config.TEXT_MAX_TOKENS, padding=False)["input_ids"]
         stats["tokenize"] += time.perf_counter() - t0
         out = torch.empty((len(texts), self.d), dtype=torch.float32, device=self.device)
         # texts sorted by length so each sub-batch pads to a similar length
@@ -220,10 +219,13 @@ class Embedder:
         (thread pools, kernels, allocator, tokenizer caches)."""
         buf = io.BytesIO()
         Image.new("RGB", (1200, 1800), (200, 180, 150)).save(buf, format="JPEG")
-        spec = PageSpec(image="warm-up.jpg", panels=[
-            PanelSpec(box=[40, 40, 1120, 800], text={"dialogue": ["Warming up!"], "narration": [], "sfx": []}),
-            PanelSpec(box=[40, 900, 540, 860]),
-        ])
+        spec = PageSpec(
+            image="warm-up.jpg",
+            panels=[
+                PanelSpec(box=[40, 40, 1120, 800], text={"dialogue": ["Warming up!"], "narration": [], "sfx": []}),
+                PanelSpec(box=[40, 900, 540, 860]),
+            ],
+        )
         page = prepare_page(spec, buf.getvalue(), spec.image, self.settings.fast_decode)
         stats = {k: 0.0 for k in ("tokenize", "encode")}
         self._encode_chunk([(0, page)], self.empty_arrays(1), stats)

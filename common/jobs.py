@@ -14,15 +14,16 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from common import config
-from common.durable import write_json_atomic
-from common.errors import UsageError
+from comix_embed.common import config
+from comix_embed.common.durable import write_json_atomic
+from comix_embed.common.errors import UsageError
 
 _JOB_FILE = re.compile(r"^job_(\d{6})\.json$")
 
@@ -169,9 +170,7 @@ def plan_job(
             raise UsageError(f"Incremental mode requested but Zarr not found: {store}")
         if not incremental and jobs:
             first = jobs[0]
-            raise UsageError(
-                f"{store} holds {first.job_id} from {first.list_path}; pass --incremental to append"
-            )
+            raise UsageError(f"{store} holds {first.job_id} from {first.list_path}; pass --incremental to append")
         if not incremental and store.exists():
             raise UsageError(f"{store} exists but {jobs_dir(output_dir)} has no job files")
         known = {p.page_id for job in jobs for p in job.pages}
@@ -205,7 +204,7 @@ def plan_job(
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @contextmanager

@@ -18,8 +18,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.errors import UsageError
-from common.paths import PathMapper, PathMaps, is_windows_absolute
+from comix_embed.common.errors import UsageError
+from comix_embed.common.paths import PathMapper, PathMaps, is_windows_absolute
 
 
 @dataclass
@@ -73,9 +73,7 @@ class ListReport:
         )
 
 
-def read_list(
-    list_path: Path, dataspec_root: Path | None = None, path_maps: PathMaps = ()
-) -> ListReport:
+def read_list(list_path: Path, dataspec_root: Path | None = None, path_maps: PathMaps = ()) -> ListReport:
     """Read a list file into entries; raise UsageError if it is missing or names no DataSpec.
 
     Relative lines resolve against `dataspec_root` when given, else against the current

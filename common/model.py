@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from transformers import RobertaConfig, RobertaModel, ViTConfig, ViTModel
 
-from common import config
+from comix_embed.common import config
 
 
 @dataclass
@@ -218,9 +218,7 @@ class ClosureLite(nn.Module):
         t = self.atom.text(input_ids, attention_mask)
         return self.atom.fuse(v, t, self.atom.comp(comp))
 
-    def pool(
-        self, panels: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def pool(self, panels: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Padded panels (B, N, d) -> page (B, d), attention (B, N), reading order (B, N).
 
         Reading order is the argmax over valid slots only, -1 in padded slots.

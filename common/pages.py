@@ -23,9 +23,7 @@ class PanelSpec:
     """
 
     box: Box
-    text: dict[str, list[str]] = field(
-        default_factory=lambda: {"dialogue": [], "narration": [], "sfx": []}
-    )
+    text: dict[str, list[str]] = field(default_factory=lambda: {"dialogue": [], "narration": [], "sfx": []})
     fraction: bool = False
     characters: list[Box] = field(default_factory=list)
 
@@ -42,8 +40,7 @@ class PageSpec:
         return {
             "image": self.image,
             "panels": [
-                {"box": p.box, "text": p.text, "fraction": p.fraction, "characters": p.characters}
-                for p in self.panels
+                {"box": p.box, "text": p.text, "fraction": p.fraction, "characters": p.characters} for p in self.panels
             ],
         }
 

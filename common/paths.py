@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 
-from common.errors import UsageError
+from comix_embed.common.errors import UsageError
 
 PathMaps = Sequence[tuple[str, str]]  # (prefix as written in DataSpecs, local directory)
 
@@ -51,9 +51,7 @@ def parse_path_map(text: str) -> tuple[str, str]:
     if not sep or not prefix or not target:
         raise UsageError(f"Bad --path-map {text!r}: expected PREFIX=LOCAL_DIR, e.g. E:\\comics=/data/comics")
     if not (is_windows_absolute(prefix) or prefix.startswith("/")):
-        raise UsageError(
-            f"Bad --path-map {text!r}: the prefix {prefix!r} must be an absolute path (E:\\... or /...)"
-        )
+        raise UsageError(f"Bad --path-map {text!r}: the prefix {prefix!r} must be an absolute path (E:\\... or /...)")
     return prefix, os.path.abspath(target)
 
 
@@ -140,8 +138,7 @@ class ImageResolver:
             if mapped is None and windows and os.name != "nt":
                 parent = text.replace("/", "\\").rsplit("\\", 1)[0]
                 raise PathRefused(
-                    f"image path {image_path} is outside every image root "
-                    f"(add --path-map {parent}=/local/dir){where}"
+                    f"image path {image_path} is outside every image root (add --path-map {parent}=/local/dir){where}"
                 )
             local = _normalise_absolute(mapped if mapped is not None else text)
             for index, root in enumerate(self._root_texts):
@@ -172,8 +169,7 @@ class ImageResolver:
         """
         if not 0 <= root_index < len(self.roots):
             raise PathRefused(
-                f"image path {rel} names image root #{root_index}, but this machine has "
-                f"{len(self.roots)} image root(s)"
+                f"image path {rel} names image root #{root_index}, but this machine has {len(self.roots)} image root(s)"
             )
         norm = posixpath.normpath(rel.replace("\\", "/")) if rel else "."
         if norm in (".", "..") or norm.startswith(("../", "/")) or is_windows_absolute(rel):
@@ -181,9 +177,7 @@ class ImageResolver:
         root = self._real_roots[root_index]
         real = Path(os.path.realpath(root / norm))
         if real != root and root not in real.parents:
-            raise PathRefused(
-                f"image path {rel} resolves outside the image root via a symbolic link: {real}"
-            )
+            raise PathRefused(f"image path {rel} resolves outside the image root via a symbolic link: {real}")
         if not real.is_file():
             raise FileNotFoundError(f"image not found: {self.roots[root_index] / norm}")
         return real

@@ -21,9 +21,9 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps
 
-from common import config
-from common.pages import PageSpec, PanelSpec
-from common.results import STATUS_FULL_PAGE, STATUS_OK
+from comix_embed.common import config
+from comix_embed.common.pages import PageSpec, PanelSpec
+from comix_embed.common.results import STATUS_FULL_PAGE, STATUS_OK
 
 # We check the pixel count ourselves (below) with a clear message; Pillow's own guard stays as a
 # second line of defence at the same bound.
@@ -86,9 +86,7 @@ def pixel_box(box: list[float], fraction: bool, width: int, height: int) -> list
     return [box[0] * width, box[1] * height, box[2] * width, box[3] * height]
 
 
-def composition_features(
-    box: list[float], width: int, height: int, characters: list[list[float]]
-) -> np.ndarray:
+def composition_features(box: list[float], width: int, height: int, characters: list[list[float]]) -> np.ndarray:
     """[aspect, size_ratio, char_count, shot_mean, shot_max, mean_cx, mean_cy] from the unclamped box."""
     x, y, w, h = box
     aspect = (w + 1e-6) / (h + 1e-6)
@@ -131,8 +129,10 @@ def _decode(img: Image.Image, data: bytes, orientation: int, smallest_crop: int,
         factor = min(1.0, config.IMAGE_SIZE / max(1, smallest_crop))
         try:
             pixels = simplejpeg.decode_jpeg(
-                data, colorspace="RGB",
-                min_width=math.ceil(img.size[0] * factor), min_height=math.ceil(img.size[1] * factor),
+                data,
+                colorspace="RGB",
+                min_width=math.ceil(img.size[0] * factor),
+                min_height=math.ceil(img.size[1] * factor),
             )
         except ValueError:
             pass  # CMYK, odd or damaged JPEGs: Pillow decodes them or says why not
@@ -202,9 +202,7 @@ def prepare_page(spec: PageSpec, data: bytes, name: str, fast_decode: bool = Fal
         crops[i] = np.asarray(out)
     comp = np.stack(
         [
-            composition_features(
-                b, width, height, [pixel_box(c, p.fraction, width, height) for c in p.characters]
-            )
+            composition_features(b, width, height, [pixel_box(c, p.fraction, width, height) for c in p.characters])
             for b, p in zip(boxes, panels)
         ]
     )

@@ -34,6 +34,8 @@ STATUS_PENDING = 0
 STATUS_OK = 1
 STATUS_FAILED = 2
 STATUS_FULL_PAGE = 3
+# How manifests, the audit log and the tools name the committed statuses.
+STATUS_NAMES = {STATUS_OK: "ok", STATUS_FAILED: "failed", STATUS_FULL_PAGE: "full_page"}
 
 
 @dataclass

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import redis
 
-from common.jobs import load_jobs
+from comix_embed.common.jobs import load_jobs
 
 GROUP = "writer"
 CONSUMER = "writer-1"  # one writer per store, so one consumer name: a restart inherits its pending

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
-from common import config
-from common.durable import fsync_dir, write_json_atomic
-from common.errors import UsageError
-from common.jobs import Job, utc_now
-from common.results import RESULT_ARRAYS
+from comix_embed.common import config
+from comix_embed.common.durable import fsync_dir, write_json_atomic
+from comix_embed.common.errors import UsageError
+from comix_embed.common.jobs import Job, utc_now
+from comix_embed.common.results import RESULT_ARRAYS
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -212,9 +212,7 @@ def register_job(path: str | os.PathLike[str], job: Job, fsync: bool = True) -> 
         "first_batch": job.first_batch,
         "num_batches": len(job.batches()),
     }
-    return write_attrs(
-        path, {"jobs": [*attrs.get("jobs", []), record], "registered_rows": job.end_row}, fsync
-    )
+    return write_attrs(path, {"jobs": [*attrs.get("jobs", []), record], "registered_rows": job.end_row}, fsync)
 
 
 def open_committed(path: str | os.PathLike[str], timeout: float = 10.0) -> xr.Dataset:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast, RobertaTokenizerFast
 
-from common.errors import UsageError
+from comix_embed.common.errors import UsageError
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
 
@@ -41,9 +41,7 @@ def _identity(name: str, directory: Path) -> str:
 
 def _from_dir(directory: Path, name: str) -> LoadedTokenizer:
     if not any((directory / f).is_file() for f in ("tokenizer.json", "vocab.json")):
-        raise UsageError(
-            f"tokenizer directory {directory} has neither tokenizer.json nor vocab.json + merges.txt"
-        )
+        raise UsageError(f"tokenizer directory {directory} has neither tokenizer.json nor vocab.json + merges.txt")
     tok = RobertaTokenizerFast.from_pretrained(str(directory), local_files_only=True)
     return LoadedTokenizer(tok, _identity(name, directory))
 

@@ -9,16 +9,16 @@ from __future__ import annotations
 import json
 import sys
 
-from common.errors import UsageError
+from comix_embed.common.errors import UsageError
 
 
 def main() -> int:
     import torch
 
-    from common.checkpoint import load_model
-    from common.embed import resolve_device
-    from common.tokenizer import load_tokenizer
-    from consumers.settings import WorkerSettings
+    from comix_embed.common.checkpoint import load_model
+    from comix_embed.common.embed import resolve_device
+    from comix_embed.common.tokenizer import load_tokenizer
+    from comix_embed.consumers.settings import WorkerSettings
 
     settings = WorkerSettings.from_env()
     try:

@@ -17,8 +17,8 @@ from typing import Any
 from celery.exceptions import Reject
 from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
 
-from common import config
-from common.celery_app import app
+from comix_embed.common import config
+from comix_embed.common.celery_app import app
 
 log = logging.getLogger(__name__)
 _state: dict[str, Any] = {}
@@ -29,11 +29,11 @@ def _load_model(**_: Any) -> None:
     """Build this process's Embedder (torch is imported here, after the fork)."""
     import torch
 
-    from common.checkpoint import load_model
-    from common.embed import EmbedSettings, Embedder, resolve_device
-    from common.paths import ImageResolver
-    from common.tokenizer import load_tokenizer
-    from consumers.settings import WorkerSettings
+    from comix_embed.common.checkpoint import load_model
+    from comix_embed.common.embed import Embedder, EmbedSettings, resolve_device
+    from comix_embed.common.paths import ImageResolver
+    from comix_embed.common.tokenizer import load_tokenizer
+    from comix_embed.consumers.settings import WorkerSettings
 
     settings = WorkerSettings.from_env()
     if settings.torch_threads:
@@ -42,7 +42,9 @@ def _load_model(**_: Any) -> None:
     t0 = time.perf_counter()
     loaded = load_model(settings.checkpoint, device)
     tokenizer = load_tokenizer(settings.tokenizer, settings.checkpoint)
-    embed_settings = EmbedSettings(encoder_mode=settings.encoder_mode, fast_decode=settings.fast_decode, encode_batch=settings.encode_batch)
+    embed_settings = EmbedSettings(
+        encoder_mode=settings.encoder_mode, fast_decode=settings.fast_decode, encode_batch=settings.encode_batch
+    )
     if settings.decode_threads:
         embed_settings.decode_threads = settings.decode_threads
     _state["roots"] = settings.roots()
@@ -53,15 +55,20 @@ def _load_model(**_: Any) -> None:
         _state["embedder"] = None  # made with the producer's roots at the first task
     log.info(
         "pid %d: model %s (d=%d, %s) on %s loaded in %.1f s",
-        os.getpid(), settings.checkpoint, loaded.config.d, settings.encoder_mode, device, time.perf_counter() - t0,
+        os.getpid(),
+        settings.checkpoint,
+        loaded.config.d,
+        settings.encoder_mode,
+        device,
+        time.perf_counter() - t0,
     )
 
 
 @worker_ready.connect
 def _announce_ready(**_: Any) -> None:
     """In the worker's main process, once its pool (models loaded) consumes: `run` waits for this."""
-    from common.results_channel import connect
-    from consumers.settings import READY_NAME_ENV, ready_key
+    from comix_embed.common.results_channel import connect
+    from comix_embed.consumers.settings import READY_NAME_ENV, ready_key
 
     name = os.environ.get(READY_NAME_ENV)
     if name:
@@ -98,8 +105,8 @@ def embed_batch(self, payload: dict[str, Any]) -> dict[str, Any]:
     one, each marked in Redis meanwhile: a page whose mark outlives another death fails alone on
     the next delivery, instead of killing workers forever.
     """
-    from common.pages import PageTask
-    from common.results_channel import ResultsFull, connect, push
+    from comix_embed.common.pages import PageTask
+    from comix_embed.common.results_channel import ResultsFull, connect, push
 
     started = time.monotonic()
     client = _state.get("redis")
@@ -145,7 +152,9 @@ def _crash_guard(client, store: str):
         def run(prepare):
             def call(t):
                 if client.exists(key):
-                    log.error("page %s (row %d) was being decoded when a worker died: recorded as failed", t.page_id, t.row)
+                    log.error(
+                        "page %s (row %d) was being decoded when a worker died: recorded as failed", t.page_id, t.row
+                    )
                     return CRASHED_PAGE
                 client.set(key, os.getpid(), ex=4 * config.VISIBILITY_TIMEOUT)
                 out = prepare(t)

@@ -15,12 +15,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
-from common import config
-from common.errors import UsageError
-from consumers.settings import READY_NAME_ENV, WorkerSettings
+from comix_embed.common import config
+from comix_embed.common.child import cli_argv, module_argv
+from comix_embed.common.errors import UsageError
+from comix_embed.consumers.settings import READY_NAME_ENV, WorkerSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (every visible GPU, else CPU), cpu, cuda, cuda:N")
     parser.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: found beside the checkpoint)")
     parser.add_argument(
-        "--image-root", type=Path, action="append", default=[],
+        "--image-root",
+        type=Path,
+        action="append",
+        default=[],
         help="image root(s), in the producer's order (default: the producer's, carried by each task)",
     )
     parser.add_argument("--broker", help="broker URL (default $COMIX_BROKER_URL, else redis://127.0.0.1:6379/0)")
@@ -39,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads per process")
     parser.add_argument("--encode-batch", type=int, default=256, help="panels per encoder call")
     parser.add_argument(
-        "--gpu-claim-dir", type=Path,
+        "--gpu-claim-dir",
+        type=Path,
         help="folder shared by the workers of one host: each claims one free GPU there (docker compose --scale)",
     )
     parser.add_argument("--loglevel", default="INFO")
@@ -50,9 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def preflight(settings: WorkerSettings) -> dict:
     """Load checkpoint and tokenizer in a throwaway process; their identity and the GPU count."""
     env = {**os.environ, **settings.to_env()}
-    proc = subprocess.run(
-        [sys.executable, "-m", "consumers.preflight"], env=env, capture_output=True, text=True
-    )
+    proc = subprocess.run(module_argv("comix_embed.consumers.preflight"), env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
         raise UsageError(lines[-1] if lines else f"worker preflight failed ({proc.returncode})")
@@ -116,9 +118,8 @@ def _start_celery(args: argparse.Namespace, settings: WorkerSettings, info: dict
     os.environ[READY_NAME_ENV] = name
     # Import torch and transformers once here, before the pool forks, so each pool process starts
     # in a fraction of a second. Nothing here touches CUDA or runs a torch op (not fork-safe).
-    import common.embed  # noqa: F401
-
-    from common.celery_app import configure
+    import comix_embed.common.embed  # noqa: F401
+    from comix_embed.common.celery_app import configure
 
     configure(args.broker).worker_main(celery_argv(name, args.loglevel))
     return 0
@@ -148,7 +149,7 @@ def claim_gpu(folder: Path, gpus: int) -> int:
 
 def worker_command(args: argparse.Namespace, device: str, name: str | None) -> list[str]:
     """The command line of one `comix-embed worker` process with `args`' settings on `device`."""
-    argv = [sys.executable, "-m", "common.cli", "worker", "--checkpoint", str(args.checkpoint), "--device", device]
+    argv = cli_argv("worker", "--checkpoint", str(args.checkpoint), "--device", device)
     if args.tokenizer:
         argv += ["--tokenizer", str(args.tokenizer)]
     for root in args.image_root:

@@ -13,15 +13,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import config
-from common.celery_app import configure
-from common.jobs import Job, JobPage, plan_job
-from common.listfile import read_list
-from common.paths import ImageResolver, parse_path_map
-from common.results_channel import connect, store_id
-from common.store import store_path
-from producer.plan import PlannedPage, plan_pages
-from writer.manifests import owed_batches
+from comix_embed.common import config
+from comix_embed.common.celery_app import configure
+from comix_embed.common.jobs import Job, JobPage, plan_job
+from comix_embed.common.listfile import read_list
+from comix_embed.common.manifests import owed_batches
+from comix_embed.common.paths import ImageResolver, parse_path_map
+from comix_embed.common.results_channel import connect, store_id
+from comix_embed.common.store import store_path
+from comix_embed.producer.plan import PlannedPage, plan_pages
 
 log = logging.getLogger(__name__)
 SENT_KEY = "comix:sent:{store}"  # hash: batch id -> time sent, forgotten with Redis itself
@@ -65,20 +65,31 @@ class EnqueueReport:
                 if len(items) > limit:
                     out.append(f"  ... and {len(items) - limit} more")
         if self.dropped_panels:
-            out.append(f"panels beyond {config.MAX_PANELS} per page or without a usable box: {self.dropped_panels} (not embedded)")
+            out.append(
+                f"panels beyond {config.MAX_PANELS} per page or without a usable box: {self.dropped_panels} (not embedded)"
+            )
         return out
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that say what to embed and where it goes (shared with `run`)."""
-    parser.add_argument("--list", "--amazon_json_list", dest="list", type=Path, required=True, help="list file of DataSpec paths")
     parser.add_argument(
-        "--image-root", "--amazon_image_root", dest="image_root", type=Path, action="append", required=True,
+        "--list", "--amazon_json_list", dest="list", type=Path, required=True, help="list file of DataSpec paths"
+    )
+    parser.add_argument(
+        "--image-root",
+        "--amazon_image_root",
+        dest="image_root",
+        type=Path,
+        action="append",
+        required=True,
         help="directory the page images lie under (repeatable)",
     )
     parser.add_argument("--output-dir", "--output_dir", dest="output_dir", type=Path, required=True)
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8)
-    parser.add_argument("--path-map", action="append", default=[], help=r"PREFIX=DIR, e.g. E:\CalibreComics_extracted=/data/comics")
+    parser.add_argument(
+        "--path-map", action="append", default=[], help=r"PREFIX=DIR, e.g. E:\CalibreComics_extracted=/data/comics"
+    )
     parser.add_argument("--dataspec-root", type=Path, help="directory relative list lines resolve against")
     parser.add_argument("--incremental", action="store_true", help="append a new list to an existing store")
     parser.add_argument("--broker", help="broker URL (default $COMIX_BROKER_URL, else redis://127.0.0.1:6379/0)")
@@ -147,8 +158,12 @@ def send_owed(
                 report.batches_in_flight += 1
                 continue
             app.send_task(
-                "comix.embed_batch", args=[payloads[batch_id]], queue=config.EMBED_QUEUE, producer=producer,
-                retry=True, retry_policy={"max_retries": 10, "interval_start": 0.5, "interval_step": 1},
+                "comix.embed_batch",
+                args=[payloads[batch_id]],
+                queue=config.EMBED_QUEUE,
+                producer=producer,
+                retry=True,
+                retry_policy={"max_retries": 10, "interval_start": 0.5, "interval_step": 1},
             )
             sent_now[batch_id] = now
             if len(sent_now) % 1000 == 0:  # large jobs: record as it goes

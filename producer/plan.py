@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from common import config
-from common.dataspec import DataSpecError, load_dataspec
-from common.listfile import ListEntry, ListReport
-from common.pages import PageTask
-from common.paths import ImageResolver, PathRefused, page_metadata
+from comix_embed.common import config
+from comix_embed.common.dataspec import DataSpecError, load_dataspec
+from comix_embed.common.listfile import ListEntry, ListReport
+from comix_embed.common.pages import PageTask
+from comix_embed.common.paths import ImageResolver, PathRefused, page_metadata
 
 
 @dataclass

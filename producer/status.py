@@ -15,13 +15,13 @@ from pathlib import Path
 
 import redis
 
-from common import config
-from common.celery_app import configure
-from common.errors import UsageError
-from common.jobs import load_jobs
-from common.results_channel import connect, results_key, store_id
-from common.store import read_attrs, store_path
-from writer.manifests import MANIFEST_PATTERN, manifest_dir, scan_manifests
+from comix_embed.common import config
+from comix_embed.common.celery_app import configure
+from comix_embed.common.errors import UsageError
+from comix_embed.common.jobs import load_jobs
+from comix_embed.common.manifests import MANIFEST_PATTERN, manifest_dir, scan_manifests
+from comix_embed.common.results_channel import connect, results_key, store_id
+from comix_embed.common.store import read_attrs, store_path
 
 RATE_WINDOW = 50  # most recent manifests the rate is measured over
 
@@ -99,7 +99,12 @@ def _lines(s: dict) -> list[str]:
     if s["pages_per_s"]:
         eta = time.strftime("%H:%M:%S", time.gmtime(s["eta_s"])) if s["eta_s"] else "done"
         out.append(f"rate: {s['pages_per_s']} pages/s, ETA {eta}")
-    if s["owed_batches"] and not s.get("queued_batches") and not s.get("in_flight_batches") and not s.get("awaiting_writer_batches"):
+    if (
+        s["owed_batches"]
+        and not s.get("queued_batches")
+        and not s.get("in_flight_batches")
+        and not s.get("awaiting_writer_batches")
+    ):
         out.append("nothing is queued for the owed batches: run `comix-embed enqueue` again to re-send them")
     return out
 

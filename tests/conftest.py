@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from common.init_checkpoint import init_checkpoint
-from common.sample import make_sample
-from common.tokenizer import load_tokenizer
+from comix_embed.common.child import cli_argv
+from comix_embed.common.tokenizer import load_tokenizer
+from comix_embed.tools.init_checkpoint import init_checkpoint
+from comix_embed.tools.sample import make_sample
 
 
 @pytest.fixture(scope="session")
@@ -37,8 +37,11 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_cli(*argv: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`comix-embed ARGV...` in a child process, as a user would run it."""
     return subprocess.run(
-        [sys.executable, "-m", "common.cli", *argv],
-        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+        cli_argv(*argv),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -54,7 +57,9 @@ def add_broken_pages(corpus_dir: Path) -> int:
     good = next(corpus_dir.glob("images/*/JPG4CBZ/0002.jpg"))
     (images / "truncated.jpg").write_bytes(good.read_bytes()[:5000])
     panel = {"panel_coords": [10, 10, 300, 300], "text": {"dialogue": ["HEY"], "narration": [], "sfx": []}}
-    (specs / "0001.json").write_text(json.dumps({"page_image_path": "Broken - Unknown/truncated.jpg", "panels": [panel]}))
+    (specs / "0001.json").write_text(
+        json.dumps({"page_image_path": "Broken - Unknown/truncated.jpg", "panels": [panel]})
+    )
     (specs / "0002.json").write_text(json.dumps({"page_image_path": "../../etc/passwd", "panels": [panel]}))
     with open(corpus_dir / "list.txt", "a", encoding="utf-8") as fh:
         fh.write("dataspecs/Broken - Unknown/0001.json\n")
@@ -71,8 +76,19 @@ def pipeline_store(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Pa
     add_broken_pages(corpus_dir)
     out = tmp_path_factory.mktemp("pipeline_out")
     proc = run_cli(
-        "run", "--checkpoint", str(tiny_checkpoint), "--list", str(corpus_dir / "list.txt"),
-        "--image-root", str(corpus_dir / "images"), "--output-dir", str(out), "--batch-size", "4", "--workers", "2",
+        "run",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--list",
+        str(corpus_dir / "list.txt"),
+        "--image-root",
+        str(corpus_dir / "images"),
+        "--output-dir",
+        str(out),
+        "--batch-size",
+        "4",
+        "--workers",
+        "2",
     )
     assert proc.returncode == 3, proc.stdout + proc.stderr  # done, some pages failed
     return out
@@ -81,21 +97,29 @@ def pipeline_store(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Pa
 @pytest.fixture(scope="session")
 def interrupted_store(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, corpus: Path) -> Path:
     """An output folder whose job was stopped mid-way: batches 0, 1 and 3 of 6 committed, no Redis."""
-    from common.checkpoint import load_model
-    from common.embed import EmbedSettings, Embedder
-    from common.jobs import JobPage, plan_job
-    from common.listfile import read_list
-    from common.paths import ImageResolver
-    from producer.plan import plan_pages
-    from writer.commit import StoreWriter
+    from comix_embed.common.checkpoint import load_model
+    from comix_embed.common.embed import Embedder, EmbedSettings
+    from comix_embed.common.jobs import JobPage, plan_job
+    from comix_embed.common.listfile import read_list
+    from comix_embed.common.paths import ImageResolver
+    from comix_embed.producer.plan import plan_pages
+    from comix_embed.writer.commit import StoreWriter
 
     out = tmp_path_factory.mktemp("interrupted_out")
     resolver = ImageResolver([corpus / "images"])
     planned = plan_pages(read_list(corpus / "list.txt", corpus), resolver)
-    pages = [JobPage(page_id=p.task.page_id, manifest_path=p.manifest_path, panel_count=p.panel_count, **p.metadata) for p in planned]
+    pages = [
+        JobPage(page_id=p.task.page_id, manifest_path=p.manifest_path, panel_count=p.panel_count, **p.metadata)
+        for p in planned
+    ]
     job, _ = plan_job(out, corpus / "list.txt", pages, batch_size=4, incremental=False)
     by_id = {p.task.page_id: p.task for p in planned}
-    embedder = Embedder(load_model(tiny_checkpoint), load_tokenizer(None, tiny_checkpoint), resolver, settings=EmbedSettings(decode_threads=2))
+    embedder = Embedder(
+        load_model(tiny_checkpoint),
+        load_tokenizer(None, tiny_checkpoint),
+        resolver,
+        settings=EmbedSettings(decode_threads=2),
+    )
     try:
         with StoreWriter(out, fsync=False) as writer:
             for batch_id, start, end in job.batches():

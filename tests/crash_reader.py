@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common.results import BatchResult
-from common.store import open_committed, read_committed_rows
+from comix_embed.common.results import BatchResult
+from comix_embed.common.store import open_committed, read_committed_rows
 
 CHECKED = ("page_embeddings", "panel_embeddings", "status", "text_content", "panel_mask")
 
@@ -44,7 +44,9 @@ def main() -> int:
             ds = open_committed(store)
             committed = ds.attrs["committed_rows"]
             if ds.sizes["page_id"] != committed or committed < before:
-                violations.append(f"open_committed gave {ds.sizes['page_id']} rows, committed_rows {before}, {committed}")
+                violations.append(
+                    f"open_committed gave {ds.sizes['page_id']} rows, committed_rows {before}, {committed}"
+                )
             if committed < last:
                 violations.append(f"committed_rows went down: {last} -> {committed}")
             if committed not in ends:
@@ -60,7 +62,9 @@ def main() -> int:
         except Exception as exc:  # a reader must never fail on a consistent store
             errors.append(f"{type(exc).__name__}: {exc}")
         polls += 1
-    Path(report).write_text(json.dumps({"polls": polls, "last": last, "violations": violations[:50], "errors": errors[:50]}))
+    Path(report).write_text(
+        json.dumps({"polls": polls, "last": last, "violations": violations[:50], "errors": errors[:50]})
+    )
     return 0
 
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from common.store import open_committed, read_attrs, store_path
+from comix_embed.common.child import cli_argv
+from comix_embed.common.store import open_committed, read_attrs, store_path
 
 
 class Proc:
@@ -22,8 +23,11 @@ class Proc:
         self.log = log_dir / f"{name}.log"
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "common.cli", *argv],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})},
+                cli_argv(*argv),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, **(env or {})},
             )
 
     @property
@@ -53,19 +57,15 @@ class Proc:
         self.kill_pool()
 
     def kill(self) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait()
 
     def stop(self, timeout: float = 20) -> None:
         if self.proc.poll() is None:
             os.killpg(self.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
         self.kill()
 
     def text(self) -> str:
@@ -75,13 +75,29 @@ class Proc:
 def worker(checkpoint: Path, broker: str, log_dir: Path, name: str, env: dict[str, str] | None = None) -> Proc:
     return Proc(
         name,
-        ["worker", "--checkpoint", str(checkpoint), "--device", "cpu", "--broker", broker,
-         "--torch-threads", "1", "--decode-threads", "1", "--name", f"{name}@%h"],
-        log_dir, env,
+        [
+            "worker",
+            "--checkpoint",
+            str(checkpoint),
+            "--device",
+            "cpu",
+            "--broker",
+            broker,
+            "--torch-threads",
+            "1",
+            "--decode-threads",
+            "1",
+            "--name",
+            f"{name}@%h",
+        ],
+        log_dir,
+        env,
     )
 
 
-def writer(out: Path, broker: str, log_dir: Path, name: str = "writer", *extra: str, env: dict[str, str] | None = None) -> Proc:
+def writer(
+    out: Path, broker: str, log_dir: Path, name: str = "writer", *extra: str, env: dict[str, str] | None = None
+) -> Proc:
     return Proc(name, ["writer", "--output-dir", str(out), "--broker", broker, *extra], log_dir, env)
 
 
@@ -91,8 +107,19 @@ def slow_writer(out: Path, broker: str, log_dir: Path, name: str) -> Proc:
 
 
 def enqueue_argv(corpus: Path, out: Path, broker: str, batch_size: int = 4) -> list[str]:
-    return ["enqueue", "--list", str(corpus / "list.txt"), "--image-root", str(corpus / "images"),
-            "--output-dir", str(out), "--batch-size", str(batch_size), "--broker", broker]
+    return [
+        "enqueue",
+        "--list",
+        str(corpus / "list.txt"),
+        "--image-root",
+        str(corpus / "images"),
+        "--output-dir",
+        str(out),
+        "--batch-size",
+        str(batch_size),
+        "--broker",
+        broker,
+    ]
 
 
 def wait_committed(out: Path, rows: int, timeout: float, procs: list[Proc] = ()) -> None:
@@ -114,7 +141,7 @@ def wait_results(broker: str, out: Path, count: int, timeout: float) -> None:
     """Until at least `count` batch results wait for the writer in Redis."""
     import redis
 
-    from common.results_channel import results_key, store_id
+    from comix_embed.common.results_channel import results_key, store_id
 
     client = redis.Redis.from_url(broker)
     key = results_key(store_id(out))
@@ -127,7 +154,7 @@ def wait_results(broker: str, out: Path, count: int, timeout: float) -> None:
 
 def wait_manifests(out: Path, count: int, timeout: float) -> int:
     """Until at least `count` batches have a manifest (polled every 5 ms); returns how many."""
-    from writer.manifests import manifest_ids
+    from comix_embed.common.manifests import manifest_ids
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.checkpoint import CheckpointError, load_model
-from common.model import ClosureLite, ModelConfig
+from comix_embed.common.checkpoint import CheckpointError, load_model
+from comix_embed.common.model import ClosureLite, ModelConfig
 
 
 def users_model(seed: int = 3) -> ClosureLite:
@@ -29,7 +29,12 @@ def save_users_format(model: ClosureLite, path: Path, extra: dict[str, torch.Ten
     state = dict(model.state_dict())
     state.update(extra or {})
     torch.save(
-        {"epoch": 4, "model_state_dict": state, "optimizer_state_dict": {"state": {}, "param_groups": []}, "loss": 0.32},
+        {
+            "epoch": 4,
+            "model_state_dict": state,
+            "optimizer_state_dict": {"state": {}, "param_groups": []},
+            "loss": 0.32,
+        },
         path,
     )
 

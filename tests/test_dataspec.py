@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from common.dataspec import DataSpecError, load_dataspec, read_dataspec
-from common.pages import PanelSpec, PageSpec
+from comix_embed.common.dataspec import DataSpecError, load_dataspec, read_dataspec
+from comix_embed.common.pages import PageSpec, PanelSpec
 
 EMPTY = {"dialogue": [], "narration": [], "sfx": []}
 
@@ -19,15 +19,23 @@ def write_json(path: Path, data: object) -> Path:
 
 
 def test_minimal_form(tmp_path: Path) -> None:
-    path = write_json(tmp_path / "0123.json", {
-        "page_image_path": "E:\\CalibreComics_extracted\\Judge Dredd Oz - Unknown\\JPG4CBZ\\0123.jpg",
-        "page_id": "ignored",
-        "panels": [
-            {"panel_coords": [50, 92, 322, 318],
-             "text": {"dialogue": ["NO ACTION."], "narration": ["A robot."], "sfx": []}},
-            {"panel_coords": [385.7, 92, 493, 318], "text": {"dialogue": ["  GO...  "], "narration": [], "sfx": []}},
-        ],
-    })
+    path = write_json(
+        tmp_path / "0123.json",
+        {
+            "page_image_path": "E:\\CalibreComics_extracted\\Judge Dredd Oz - Unknown\\JPG4CBZ\\0123.jpg",
+            "page_id": "ignored",
+            "panels": [
+                {
+                    "panel_coords": [50, 92, 322, 318],
+                    "text": {"dialogue": ["NO ACTION."], "narration": ["A robot."], "sfx": []},
+                },
+                {
+                    "panel_coords": [385.7, 92, 493, 318],
+                    "text": {"dialogue": ["  GO...  "], "narration": [], "sfx": []},
+                },
+            ],
+        },
+    )
     spec = read_dataspec(path)
     assert spec == PageSpec(
         image="E:\\CalibreComics_extracted\\Judge Dredd Oz - Unknown\\JPG4CBZ\\0123.jpg",
@@ -39,10 +47,13 @@ def test_minimal_form(tmp_path: Path) -> None:
 
 
 def test_list_at_top_level_and_image_path_key(tmp_path: Path) -> None:
-    path = write_json(tmp_path / "p.json", [
-        {"image_path": "book/p1.jpg", "panels": [{"panel_coords": [1, 2, 3, 4]}]},
-        {"image_path": "book/p2.jpg", "panels": []},
-    ])
+    path = write_json(
+        tmp_path / "p.json",
+        [
+            {"image_path": "book/p1.jpg", "panels": [{"panel_coords": [1, 2, 3, 4]}]},
+            {"image_path": "book/p2.jpg", "panels": []},
+        ],
+    )
     assert read_dataspec(path) == PageSpec(image="book/p1.jpg", panels=[PanelSpec(box=[1, 2, 3, 4])])
 
 
@@ -53,8 +64,10 @@ def test_other_image_keys(tmp_path: Path, key: str) -> None:
 
 
 def test_cp1252_text(tmp_path: Path) -> None:
-    page = '{"page_image_path": "caf\u00e9/1.jpg", "panels": [{"panel_coords": [0, 0, 10, 10], ' \
-           '"text": {"dialogue": ["\u201cCaf\u00e9?\u201d she said \u2014 twice."]}}]}'
+    page = (
+        '{"page_image_path": "caf\u00e9/1.jpg", "panels": [{"panel_coords": [0, 0, 10, 10], '
+        '"text": {"dialogue": ["\u201cCaf\u00e9?\u201d she said \u2014 twice."]}}]}'
+    )
     path = tmp_path / "p.json"
     path.write_bytes(page.encode("cp1252"))
     spec = read_dataspec(path)
@@ -73,19 +86,22 @@ def test_utf8_bom_and_latin1(tmp_path: Path) -> None:
 
 
 def test_alternative_panel_keys_and_bbox_forms(tmp_path: Path) -> None:
-    path = write_json(tmp_path / "p.json", {
-        "page_image_path": "p.jpg",
-        "panels": [],  # empty: the next key with panels is used
-        "VLM_panels": [
-            {"bbox": [0.1, 0.2, 0.5, 0.25]},  # fractions
-            {"bbox": [10.9, 20, 300, 400]},  # COCO xywh pixels, never read as xyxy
-            {"polygon": [[10, 20], [110, 25], [105, 220], [12, 200]]},
-            {"segmentation": [[5, 6, 50, 6, 50, 60, 5, 60]]},  # COCO polygon list
-            {"polygon": [0.1, 0.1, 0.9, 0.1, 0.9, 0.5]},  # flat, fractions
-            {"box": [1, 2, 30, 40]},
-        ],
-        "detections": [{"panel_coords": [9, 9, 9, 9]}],
-    })
+    path = write_json(
+        tmp_path / "p.json",
+        {
+            "page_image_path": "p.jpg",
+            "panels": [],  # empty: the next key with panels is used
+            "VLM_panels": [
+                {"bbox": [0.1, 0.2, 0.5, 0.25]},  # fractions
+                {"bbox": [10.9, 20, 300, 400]},  # COCO xywh pixels, never read as xyxy
+                {"polygon": [[10, 20], [110, 25], [105, 220], [12, 200]]},
+                {"segmentation": [[5, 6, 50, 6, 50, 60, 5, 60]]},  # COCO polygon list
+                {"polygon": [0.1, 0.1, 0.9, 0.1, 0.9, 0.5]},  # flat, fractions
+                {"box": [1, 2, 30, 40]},
+            ],
+            "detections": [{"panel_coords": [9, 9, 9, 9]}],
+        },
+    )
     spec = read_dataspec(path)
     assert [(p.box, p.fraction) for p in spec.panels] == [
         ([0.1, 0.2, 0.5, 0.25], True),
@@ -97,40 +113,71 @@ def test_alternative_panel_keys_and_bbox_forms(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.parametrize("key", ["vlm_panels", "panels_vlm", "panel_detections", "rcnn_panels",
-                                 "panel_boxes", "panel_list", "detections", "boxes", "segments",
-                                 "annotations"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "vlm_panels",
+        "panels_vlm",
+        "panel_detections",
+        "rcnn_panels",
+        "panel_boxes",
+        "panel_list",
+        "detections",
+        "boxes",
+        "segments",
+        "annotations",
+    ],
+)
 def test_each_panel_list_key(tmp_path: Path, key: str) -> None:
     path = write_json(tmp_path / "p.json", {"image": "p.jpg", key: [{"panel_coords": [1, 2, 3, 4]}]})
     assert read_dataspec(path).panels == [PanelSpec(box=[1, 2, 3, 4])]
 
 
 def test_panel_coords_preferred_and_unusable_boxes_dropped(tmp_path: Path) -> None:
-    path = write_json(tmp_path / "p.json", {"image": "p.jpg", "panels": [
-        {"panel_coords": [1, 2, 3, 4], "bbox": [0.1, 0.1, 0.1, 0.1], "polygon": [0, 0, 9, 9]},
-        {"text": "no box at all"},
-        {"panel_coords": [1, 2, 3]},
-        {"bbox": [1, 2, -3, 4]},
-        {"bbox": ["1", 2, 3, 4]},
-        {"polygon": [1, 2, 3]},
-        {"segmentation": {"counts": "RLE", "size": [10, 10]}},
-        "not an object",
-        {"panel_coords": [5, 6, 7, 8]},
-    ]})
+    path = write_json(
+        tmp_path / "p.json",
+        {
+            "image": "p.jpg",
+            "panels": [
+                {"panel_coords": [1, 2, 3, 4], "bbox": [0.1, 0.1, 0.1, 0.1], "polygon": [0, 0, 9, 9]},
+                {"text": "no box at all"},
+                {"panel_coords": [1, 2, 3]},
+                {"bbox": [1, 2, -3, 4]},
+                {"bbox": ["1", 2, 3, 4]},
+                {"polygon": [1, 2, 3]},
+                {"segmentation": {"counts": "RLE", "size": [10, 10]}},
+                "not an object",
+                {"panel_coords": [5, 6, 7, 8]},
+            ],
+        },
+    )
     read = load_dataspec(path)
     assert [p.box for p in read.spec.panels] == [[1, 2, 3, 4], [5, 6, 7, 8]]
     assert read.dropped_panels == 7
 
 
 def test_text_forms(tmp_path: Path) -> None:
-    path = write_json(tmp_path / "p.json", {"image": "p.jpg", "panels": [
-        {"panel_coords": [0, 0, 1, 1], "text": {
-            "dialogue": "Hi", "caption": ["Meanwhile"], "narration": [" Later ", None, 3, ""],
-            "sfx": ["BOOM"], "ocr": ["EXIT"]}},
-        {"panel_coords": [0, 0, 1, 1], "text": ["one", "two", None]},
-        {"panel_coords": [0, 0, 1, 1], "text": " plain "},
-        {"panel_coords": [0, 0, 1, 1], "text": None},
-    ]})
+    path = write_json(
+        tmp_path / "p.json",
+        {
+            "image": "p.jpg",
+            "panels": [
+                {
+                    "panel_coords": [0, 0, 1, 1],
+                    "text": {
+                        "dialogue": "Hi",
+                        "caption": ["Meanwhile"],
+                        "narration": [" Later ", None, 3, ""],
+                        "sfx": ["BOOM"],
+                        "ocr": ["EXIT"],
+                    },
+                },
+                {"panel_coords": [0, 0, 1, 1], "text": ["one", "two", None]},
+                {"panel_coords": [0, 0, 1, 1], "text": " plain "},
+                {"panel_coords": [0, 0, 1, 1], "text": None},
+            ],
+        },
+    )
     assert [p.text for p in read_dataspec(path).panels] == [
         {"dialogue": ["Hi", "EXIT"], "narration": ["Meanwhile", "Later", ""], "sfx": ["BOOM"]},
         {"dialogue": ["one", "two"], "narration": [], "sfx": []},
@@ -140,21 +187,31 @@ def test_text_forms(tmp_path: Path) -> None:
 
 
 def test_speakers(tmp_path: Path) -> None:
-    path = write_json(tmp_path / "p.json", {"image": "p.jpg", "panels": [
-        {"panel_coords": [0, 0, 1, 1], "text": {"dialogue": ["first"]}, "speakers": [
-            {"character": "A", "dialogue": "I think", "speech_type": "thought"},
-            {"text": "Long ago", "speech_type": "Narration"},
-            {"dialogue": "Later that day", "speech_type": "caption box"},
-            {"dialogue": "Says the narrator", "speech_type": "narrator"},
-            {"dialogue": "KRAK", "speech_type": "sound effect"},
-            {"dialogue": "BLAM", "speech_type": "SFX"},
-            {"dialogue": "Boing", "speech_type": "onomatopoeia"},
-            {"dialogue": "Whoosh", "speech_type": "effect"},
-            {"dialogue": "Hey", "speech_type": None},
-            {"speech_type": "speech"},
-            "junk",
-        ]},
-    ]})
+    path = write_json(
+        tmp_path / "p.json",
+        {
+            "image": "p.jpg",
+            "panels": [
+                {
+                    "panel_coords": [0, 0, 1, 1],
+                    "text": {"dialogue": ["first"]},
+                    "speakers": [
+                        {"character": "A", "dialogue": "I think", "speech_type": "thought"},
+                        {"text": "Long ago", "speech_type": "Narration"},
+                        {"dialogue": "Later that day", "speech_type": "caption box"},
+                        {"dialogue": "Says the narrator", "speech_type": "narrator"},
+                        {"dialogue": "KRAK", "speech_type": "sound effect"},
+                        {"dialogue": "BLAM", "speech_type": "SFX"},
+                        {"dialogue": "Boing", "speech_type": "onomatopoeia"},
+                        {"dialogue": "Whoosh", "speech_type": "effect"},
+                        {"dialogue": "Hey", "speech_type": None},
+                        {"speech_type": "speech"},
+                        "junk",
+                    ],
+                },
+            ],
+        },
+    )
     assert read_dataspec(path).panels[0].text == {
         "dialogue": ["first", "I think", "Hey"],
         "narration": ["Long ago", "Later that day", "Says the narrator"],
@@ -163,12 +220,20 @@ def test_speakers(tmp_path: Path) -> None:
 
 
 def test_characters_and_faces(tmp_path: Path) -> None:
-    path = write_json(tmp_path / "p.json", {"image": "p.jpg", "panels": [
-        {"panel_coords": [0, 0, 100, 100],
-         "characters": [{"bbox": [10, 20, 30, 40]}, {"box": [1.5, 2, 3, 4]}, {"bbox": [1, 2]}, "x"]},
-        {"panel_coords": [0, 0, 100, 100], "characters": [], "faces": [{"bbox": [5, 5, 5, 5]}]},
-        {"panel_coords": [0, 0, 100, 100], "character_coords": [[1, 2, 3, 4]]},
-    ]})
+    path = write_json(
+        tmp_path / "p.json",
+        {
+            "image": "p.jpg",
+            "panels": [
+                {
+                    "panel_coords": [0, 0, 100, 100],
+                    "characters": [{"bbox": [10, 20, 30, 40]}, {"box": [1.5, 2, 3, 4]}, {"bbox": [1, 2]}, "x"],
+                },
+                {"panel_coords": [0, 0, 100, 100], "characters": [], "faces": [{"bbox": [5, 5, 5, 5]}]},
+                {"panel_coords": [0, 0, 100, 100], "character_coords": [[1, 2, 3, 4]]},
+            ],
+        },
+    )
     assert [p.characters for p in read_dataspec(path).panels] == [
         [[10.0, 20.0, 30.0, 40.0], [1.5, 2.0, 3.0, 4.0]],
         [[5.0, 5.0, 5.0, 5.0]],
@@ -196,10 +261,15 @@ def test_errors_name_the_file_and_reason(tmp_path: Path) -> None:
         read_dataspec(bad)
     assert str(exc.value) == f"DataSpec {bad}: invalid JSON at line 3 column 14: Expecting value"
 
-    for data, reason in [([], "top-level list is empty"), (7, "expected a JSON object (or a list of them), got int"),
-                         ([3], "expected a JSON object (or a list of them), got int")]:
+    for data, reason in [
+        ([], "top-level list is empty"),
+        (7, "expected a JSON object (or a list of them), got int"),
+        ([3], "expected a JSON object (or a list of them), got int"),
+    ]:
         path = write_json(tmp_path / "odd.json", data)
-        with pytest.raises(DataSpecError, match="^DataSpec .*odd.json: " + reason.replace("(", r"\(").replace(")", r"\)")):
+        with pytest.raises(
+            DataSpecError, match="^DataSpec .*odd.json: " + reason.replace("(", r"\(").replace(")", r"\)")
+        ):
             read_dataspec(path)
 
     missing = tmp_path / "missing.json"

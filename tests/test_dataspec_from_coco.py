@@ -6,21 +6,24 @@ import argparse
 import csv
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from common.dataspec import read_dataspec
-from common.errors import UsageError
-from common.pages import PanelSpec, PageSpec
-from common.tools import dataspec_from_coco as tool
+from comix_embed.common.child import cli_argv
+from comix_embed.common.dataspec import read_dataspec
+from comix_embed.common.errors import UsageError
+from comix_embed.common.pages import PageSpec, PanelSpec
+from comix_embed.tools import dataspec_from_coco as tool
 
 REPO = Path(__file__).resolve().parents[1]
 
 PAGE1_TEXT = [
-    {"dialogue": ["Hello.", "hmm", "Hi!"], "narration": ["Meanwhile...", "A street.", "Two people meet."],
-     "sfx": ["BANG"]},
+    {
+        "dialogue": ["Hello.", "hmm", "Hi!"],
+        "narration": ["Meanwhile...", "A street.", "Two people meet."],
+        "sfx": ["BANG"],
+    },
     {"dialogue": ["Look out!", "I think..."], "narration": ["Later that day"], "sfx": ["KRAK"]},
     {"dialogue": ["a", "b"], "narration": [], "sfx": []},
     {"dialogue": [], "narration": [], "sfx": []},
@@ -53,38 +56,56 @@ def inputs(tmp_path: Path) -> Path:
         path = base / "images" / "series" / f"{name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"not decoded here")
-    write_json(base / "coco.json", {
-        "images": [{"id": i, "file_name": f"{i:03d}.png", "width": 800, "height": 1200} for i in (1, 2, 3, 4, 5, 7)],
-        "annotations": [
-            ann(1, [400.7, 20.2, 300.9, 250.5], 0.9),  # top right
-            ann(1, [10, 300, 690, 200], 0.8),  # middle row
-            ann(1, [10.9, 20.2, 380, 250], 0.95),  # top left: same top as top right, so x decides
-            ann(1, [5, 5, 50, 50], 0.3),  # below the score
-            ann(1, [0, 0, 10, 10], 0.99, category=2),  # a character: never a panel
-            ann(1, [20, 600, 0.4, 30], 0.5),  # exactly the score; width truncates to 0, written as 1
-            ann(2, [0, 200, 100, 100], 0.9),
-            ann(2, [0, 0, 100, 100], 0.9),
-            ann(3, [0, 0, 100, 100], 0.1),
-            ann(4, [0, 0, 100, 100], 0.9),
-            ann(5, [0, 0, 100, 100], 0.9),
-            ann(7, [0, 0, 100, 100], 0.2),
-            ann(7, [0, 200, 100, 100], 0.49),
-        ],
-    })
-    write_json(base / "vlm" / "001.json", {"panels": [
-        {"panel_number": 1,
-         "text": {"dialogue": ["Hello."], "caption": "Meanwhile...", "sfx": ["BANG"], "thought": "hmm"},
-         "speakers": [{"character": "A", "dialogue": "Hi!", "speech_type": "speech"}],
-         "caption": "A street.", "description": "Two people meet."},
-        {"text": "  Look out!  ", "speakers": [
-            {"text": "Later that day", "speech_type": "Narrator box"},
-            {"dialogue": "KRAK", "speech_type": "sound effect"},
-            {"dialogue": "I think...", "speech_type": "thought"}]},
-        {"text": ["a", "", "b"]},
-        {},
-    ]})
-    write_json(base / "vlm" / "002.json",
-               {"VLM_panels": [{"text": {"dialogue": [w]}} for w in ("one", "two", "three")]})
+    write_json(
+        base / "coco.json",
+        {
+            "images": [
+                {"id": i, "file_name": f"{i:03d}.png", "width": 800, "height": 1200} for i in (1, 2, 3, 4, 5, 7)
+            ],
+            "annotations": [
+                ann(1, [400.7, 20.2, 300.9, 250.5], 0.9),  # top right
+                ann(1, [10, 300, 690, 200], 0.8),  # middle row
+                ann(1, [10.9, 20.2, 380, 250], 0.95),  # top left: same top as top right, so x decides
+                ann(1, [5, 5, 50, 50], 0.3),  # below the score
+                ann(1, [0, 0, 10, 10], 0.99, category=2),  # a character: never a panel
+                ann(1, [20, 600, 0.4, 30], 0.5),  # exactly the score; width truncates to 0, written as 1
+                ann(2, [0, 200, 100, 100], 0.9),
+                ann(2, [0, 0, 100, 100], 0.9),
+                ann(3, [0, 0, 100, 100], 0.1),
+                ann(4, [0, 0, 100, 100], 0.9),
+                ann(5, [0, 0, 100, 100], 0.9),
+                ann(7, [0, 0, 100, 100], 0.2),
+                ann(7, [0, 200, 100, 100], 0.49),
+            ],
+        },
+    )
+    write_json(
+        base / "vlm" / "001.json",
+        {
+            "panels": [
+                {
+                    "panel_number": 1,
+                    "text": {"dialogue": ["Hello."], "caption": "Meanwhile...", "sfx": ["BANG"], "thought": "hmm"},
+                    "speakers": [{"character": "A", "dialogue": "Hi!", "speech_type": "speech"}],
+                    "caption": "A street.",
+                    "description": "Two people meet.",
+                },
+                {
+                    "text": "  Look out!  ",
+                    "speakers": [
+                        {"text": "Later that day", "speech_type": "Narrator box"},
+                        {"dialogue": "KRAK", "speech_type": "sound effect"},
+                        {"dialogue": "I think...", "speech_type": "thought"},
+                    ],
+                },
+                {"text": ["a", "", "b"]},
+                {},
+            ]
+        },
+    )
+    write_json(
+        base / "vlm" / "002.json", {"VLM_panels": [{"text": {"dialogue": [w]}} for w in ("one", "two", "three")]}
+    )
     write_json(base / "vlm" / "003.json", {"panels": [{}]})
     (base / "vlm" / "005.json").write_text('{"panels": [', encoding="utf-8")
     write_json(base / "vlm" / "006.json", {"panels": [{}]})
@@ -104,8 +125,16 @@ def inputs(tmp_path: Path) -> Path:
 def run_tool(mapping: Path, out: Path, subset: str = "perfect", **options: object) -> int:
     parser = argparse.ArgumentParser()
     tool.add_arguments(parser)
-    argv = ["--coco", str(mapping.parent / "coco.json"), "--mapping", str(mapping), "--out", str(out),
-            "--subset", subset]
+    argv = [
+        "--coco",
+        str(mapping.parent / "coco.json"),
+        "--mapping",
+        str(mapping),
+        "--out",
+        str(out),
+        "--subset",
+        subset,
+    ]
     for key, value in options.items():
         argv += [f"--{key.replace('_', '-')}", str(value)]
     return tool.run(parser.parse_args(argv))
@@ -125,26 +154,41 @@ def test_perfect_subset(inputs: Path, tmp_path: Path) -> None:
         panels=[PanelSpec(box=[float(v) for v in box], text=text) for box, text in zip(PAGE1_BOXES, PAGE1_TEXT)],
     )
     raw = json.loads((out / "a" / "001.json").read_text(encoding="utf-8"))
-    assert raw == {"page_image_path": "images/series/a/001.png",
-                   "panels": [{"panel_coords": b, "text": t} for b, t in zip(PAGE1_BOXES, PAGE1_TEXT)]}
+    assert raw == {
+        "page_image_path": "images/series/a/001.png",
+        "panels": [{"panel_coords": b, "text": t} for b, t in zip(PAGE1_BOXES, PAGE1_TEXT)],
+    }
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.json")) == ["a/001.json", "report.json"]
     assert (tmp_path / "dataspecs_perfect_list.txt").read_text(encoding="utf-8") == "dataspecs/a/001.json\n"
 
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert (report["pages_in_mapping"], report["kept"], report["dropped"], report["panels_written"]) == (7, 1, 6, 4)
     assert report["dropped_by_reason"] == {
-        "bad_rel_path": 0, "image_missing": 1, "no_coco_entry": 1, "vlm_missing": 1, "vlm_unreadable": 1,
-        "no_panels": 1, "count_mismatch": 1, "duplicate_output": 0,
+        "bad_rel_path": 0,
+        "image_missing": 1,
+        "no_coco_entry": 1,
+        "vlm_missing": 1,
+        "vlm_unreadable": 1,
+        "no_panels": 1,
+        "count_mismatch": 1,
+        "duplicate_output": 0,
     }
-    assert reasons(report) == [(3, "count_mismatch"), (4, "image_missing"), (5, "vlm_missing"),
-                               (6, "vlm_unreadable"), (7, "no_coco_entry"), (8, "no_panels")]
+    assert reasons(report) == [
+        (3, "count_mismatch"),
+        (4, "image_missing"),
+        (5, "vlm_missing"),
+        (6, "vlm_unreadable"),
+        (7, "no_coco_entry"),
+        (8, "no_panels"),
+    ]
     details = {d["reason"]: d["detail"] for d in report["dropped_pages"]}
     base = inputs.parent
     assert details["count_mismatch"] == "2 detected panels, 3 VLM panels"
     assert details["image_missing"] == f"image not found: {base / 'images/series/b/003.png'}"
     assert details["vlm_missing"] == f"VLM JSON not found: {base / 'vlm/004.json'}"
     assert details["vlm_unreadable"] == (
-        f"VLM JSON {base / 'vlm/005.json'}: invalid JSON at line 1 column 13: Expecting value")
+        f"VLM JSON {base / 'vlm/005.json'}: invalid JSON at line 1 column 13: Expecting value"
+    )
     assert details["no_coco_entry"] == "image id '99' not in the predictions"
     assert details["no_panels"] == "0 panel boxes with score >= 0.5, 1 VLM panels"
     # pages 1 (one box) and 7 (two); page 3's box is not counted: its image is missing
@@ -159,17 +203,22 @@ def test_all_subset_writes_min_count(inputs: Path, tmp_path: Path) -> None:
 
     assert read_dataspec(out / "a" / "002.json") == PageSpec(
         image="images/series/a/002.png",
-        panels=[PanelSpec(box=[0.0, 0.0, 100.0, 100.0], text=PAGE2_TEXT[0]),
-                PanelSpec(box=[0.0, 200.0, 100.0, 100.0], text=PAGE2_TEXT[1])],
+        panels=[
+            PanelSpec(box=[0.0, 0.0, 100.0, 100.0], text=PAGE2_TEXT[0]),
+            PanelSpec(box=[0.0, 200.0, 100.0, 100.0], text=PAGE2_TEXT[1]),
+        ],
     )
     # the list is not above the DataSpecs: absolute lines, in mapping order
     assert list_out.read_text(encoding="utf-8").splitlines() == [
-        (out / "a" / "001.json").as_posix(), (out / "a" / "002.json").as_posix()]
+        (out / "a" / "001.json").as_posix(),
+        (out / "a" / "002.json").as_posix(),
+    ]
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert (report["kept"], report["dropped"], report["panels_written"]) == (2, 5, 6)
     assert report["dropped_by_reason"]["count_mismatch"] == 0
     assert report["kept_with_count_mismatch"] == [
-        {"row": 3, "image_path": "images/series/a/002.png", "detected": 2, "vlm": 3}]
+        {"row": 3, "image_path": "images/series/a/002.png", "detected": 2, "vlm": 3}
+    ]
 
 
 def test_min_score_option(inputs: Path, tmp_path: Path) -> None:
@@ -186,8 +235,9 @@ def test_bare_list_rel_paths_and_duplicates(tmp_path: Path) -> None:
     """A detectron-style list, an image_rel_path column, Windows paths, clashing outputs."""
     for name in ("p1.png", "p1.jpg"):
         (tmp_path / name).write_bytes(b"x")
-    write_json(tmp_path / "coco.json",
-               [ann(10, [5, 5, 20, 20], 0.7), ann(11, [0, 0, 9, 9], 0.7), ann(12, [1, 1, 2, 2], 0.9)])
+    write_json(
+        tmp_path / "coco.json", [ann(10, [5, 5, 20, 20], 0.7), ann(11, [0, 0, 9, 9], 0.7), ann(12, [1, 1, 2, 2], 0.9)]
+    )
     write_json(tmp_path / "v.json", {"vlm_panels": [{"description": "d"}]})
     rows = [
         [r"E:\Comics\Book\p1.png", "10", "v.json", r"Book\p1.png"],  # not checkable here: written
@@ -203,7 +253,8 @@ def test_bare_list_rel_paths_and_duplicates(tmp_path: Path) -> None:
 
     assert read_dataspec(out / "Book" / "p1.json") == PageSpec(
         image=r"E:\Comics\Book\p1.png",
-        panels=[PanelSpec(box=[5.0, 5.0, 20.0, 20.0], text={"dialogue": [], "narration": ["d"], "sfx": []})])
+        panels=[PanelSpec(box=[5.0, 5.0, 20.0, 20.0], text={"dialogue": [], "narration": ["d"], "sfx": []})],
+    )
     assert (tmp_path / "ds_perfect_list.txt").read_text(encoding="utf-8") == "ds/Book/p1.json\nds/Other/p1.json\n"
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert reasons(report) == [(3, "duplicate_output"), (4, "bad_rel_path"), (5, "bad_rel_path")]
@@ -217,7 +268,9 @@ def test_bare_list_rel_paths_and_duplicates(tmp_path: Path) -> None:
 
 def test_rel_paths_below_common_folder() -> None:
     assert tool.derived_rel_paths([r"E:\c\Book A\01.jpg", r"E:\c\Book B\x\02.jpg"]) == [
-        "Book A/01.jpg", "Book B/x/02.jpg"]
+        "Book A/01.jpg",
+        "Book B/x/02.jpg",
+    ]
     assert tool.derived_rel_paths(["/data/one.png"]) == ["one.png"]
     assert tool.derived_rel_paths([r"E:\a\1.png", "/mnt/b/2.png"]) == ["a/1.png", "mnt/b/2.png"]
 
@@ -237,8 +290,9 @@ def test_unusable_inputs_are_usage_errors(inputs: Path, tmp_path: Path) -> None:
 
 def test_cli(inputs: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli_out"
-    command = [sys.executable, "-m", "common.cli", "dataspec", "--coco", str(inputs.parent / "coco.json"),
-               "--mapping", str(inputs), "--out", str(out)]
+    command = cli_argv(
+        "dataspec", "--coco", str(inputs.parent / "coco.json"), "--mapping", str(inputs), "--out", str(out)
+    )
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -252,13 +306,18 @@ def test_cli(inputs: Path, tmp_path: Path) -> None:
     assert "  row 3: count_mismatch: images/series/a/002.png: 2 detected panels, 3 VLM panels" in lines
 
     # nothing kept: the report still comes, the list is empty, the status is 3
-    done = subprocess.run(command[:-2] + ["--out", str(tmp_path / "none"), "--min-score", "2"],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        command[:-2] + ["--out", str(tmp_path / "none"), "--min-score", "2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 3, done.stderr
     assert done.stdout.startswith(f"7 pages in {inputs}: 0 kept (0 panels), 7 dropped")
     assert (tmp_path / "none_perfect_list.txt").read_text(encoding="utf-8") == ""
 
-    absent = command[:4] + ["--coco", str(tmp_path / "absent.json"), "--mapping", str(inputs), "--out", str(out)]
+    absent = command[:5] + ["--coco", str(tmp_path / "absent.json"), "--mapping", str(inputs), "--out", str(out)]
     done = subprocess.run(absent, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr == f"error: Predictions file not found: {tmp_path / 'absent.json'}\n"

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import zarr
 
-from common.cli import main
-from common.store import store_path
-from writer.manifests import manifest_file
+from comix_embed.cli import main
+from comix_embed.common.manifests import manifest_file
+from comix_embed.common.store import store_path
 from tests.conftest import run_cli
 
 
@@ -94,7 +94,9 @@ def test_nan_row_is_named(pipeline_store: Path, tmp_path: Path, capsys: pytest.C
     assert checks["values"].startswith("FAIL") and "NaN or Inf in page_embeddings of rows 6" in checks["values"]
 
 
-def test_stray_temporary_file_fails_without_writer(pipeline_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_stray_temporary_file_fails_without_writer(
+    pipeline_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = copy_of(pipeline_store, tmp_path)
     stray = store_path(out) / "page_embeddings" / "c" / "0" / "0.4f2a.partial"
     stray.write_bytes(b"half a chunk")
@@ -117,7 +119,9 @@ def test_temporary_file_while_a_writer_holds_the_lock_is_a_warning(
     assert verdict == "verdict: OK with warnings (leftovers)"
 
 
-def test_broken_manifest_is_reported_and_left_alone(pipeline_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_broken_manifest_is_reported_and_left_alone(
+    pipeline_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = copy_of(pipeline_store, tmp_path)
     manifest_file(store_path(out), 2).write_text("{not json")
     before = tree_digest(out)

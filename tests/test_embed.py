@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.checkpoint import load_model
-from common.embed import EmbedSettings, Embedder
-from common.listfile import read_list
-from common.pages import PageSpec, PageTask, PanelSpec
-from common.paths import ImageResolver
-from common.preprocess import prepare_page
-from common.reference import reference_embed
-from common.results import STATUS_FAILED, STATUS_FULL_PAGE, STATUS_OK
-from common.tokenizer import load_tokenizer
-from producer.plan import assign_rows, plan_pages
+from comix_embed.common.checkpoint import load_model
+from comix_embed.common.embed import Embedder, EmbedSettings
+from comix_embed.common.listfile import read_list
+from comix_embed.common.pages import PageSpec, PageTask, PanelSpec
+from comix_embed.common.paths import ImageResolver
+from comix_embed.common.preprocess import prepare_page
+from comix_embed.common.results import STATUS_FAILED, STATUS_FULL_PAGE, STATUS_OK
+from comix_embed.common.tokenizer import load_tokenizer
+from comix_embed.producer.plan import assign_rows, plan_pages
+from tests.reference import reference_embed
 
 
 def make_embedder(checkpoint: Path, roots: list[Path], fast_decode: bool = False, mode: str = "fused") -> Embedder:
@@ -48,9 +48,7 @@ def test_skipping_padded_slots_matches_all_slots(embedder: Embedder, corpus: Pat
     tasks = corpus_tasks(corpus)[:10]
     arrays, _ = embedder.embed(tasks)
     assert np.isin(arrays["status"], [STATUS_OK, STATUS_FULL_PAGE]).all()
-    prepared = [
-        prepare_page(t.spec, (corpus / "images" / t.image).read_bytes(), t.image) for t in tasks
-    ]
+    prepared = [prepare_page(t.spec, (corpus / "images" / t.image).read_bytes(), t.image) for t in tasks]
     ref = reference_embed(embedder.model, embedder.tokenizer, prepared)
     mask = arrays["panel_mask"]
     assert mask.sum(1).tolist() == [len(p.crops) for p in prepared]
@@ -81,7 +79,10 @@ def test_page_without_panels_is_one_full_page_panel(embedder: Embedder, corpus: 
 
 def test_more_than_twelve_panels_keeps_the_first_twelve(embedder: Embedder, corpus: Path) -> None:
     task = corpus_tasks(corpus)[0]
-    panels = [PanelSpec(box=[10 * i, 10 * i, 300, 300], text={"dialogue": [f"panel {i}"], "narration": [], "sfx": []}) for i in range(14)]
+    panels = [
+        PanelSpec(box=[10 * i, 10 * i, 300, 300], text={"dialogue": [f"panel {i}"], "narration": [], "sfx": []})
+        for i in range(14)
+    ]
     task.spec = PageSpec(image=task.spec.image, panels=panels)
     arrays, _ = embedder.embed([task])
     assert arrays["panel_mask"][0].all()

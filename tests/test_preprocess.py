@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.pages import PageSpec, PanelSpec
-from common.preprocess import composition_features, crop_box, join_text, prepare_page, text_to_json
+from comix_embed.common.pages import PageSpec, PanelSpec
+from comix_embed.common.preprocess import composition_features, crop_box, join_text, prepare_page, text_to_json
 
 
 def test_composition_features_without_characters() -> None:

@@ -12,14 +12,14 @@ import pytest
 import torch
 import zarr
 
-from common.checkpoint import load_model
-from common.cli import main
-from common.init_checkpoint import init_checkpoint
-from common.preprocess import join_text
-from common.results import STATUS_FAILED
-from common.search import SearchIndex, TextIndex, top_k
-from common.store import open_committed, store_path
-from common.tokenizer import load_tokenizer
+from comix_embed.cli import main
+from comix_embed.common.checkpoint import load_model
+from comix_embed.common.preprocess import join_text
+from comix_embed.common.results import STATUS_FAILED
+from comix_embed.common.store import open_committed, store_path
+from comix_embed.common.tokenizer import load_tokenizer
+from comix_embed.tools.init_checkpoint import init_checkpoint
+from comix_embed.tools.search import SearchIndex, TextIndex, top_k
 from tests.conftest import run_cli
 
 
@@ -63,7 +63,9 @@ def failed_ids(pages: dict[str, np.ndarray]) -> set[str]:
     return {str(p) for p, s in zip(pages["page_id"], pages["status"]) if s == STATUS_FAILED}
 
 
-def test_like_finds_the_page_itself_first(pipeline_store: Path, pages: dict, capsys: pytest.CaptureFixture[str]) -> None:
+def test_like_finds_the_page_itself_first(
+    pipeline_store: Path, pages: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
     target = ok_ids(pages)[5]
     proc = run_cli("query", "--zarr", str(pipeline_store), "--like", target, "--top-k", "3")
     assert proc.returncode == 0, proc.stderr
@@ -78,14 +80,18 @@ def test_like_finds_the_page_itself_first(pipeline_store: Path, pages: dict, cap
     assert scores == sorted(scores, reverse=True)
 
 
-def test_like_accepts_a_pasted_windows_path(pipeline_store: Path, pages: dict, capsys: pytest.CaptureFixture[str]) -> None:
+def test_like_accepts_a_pasted_windows_path(
+    pipeline_store: Path, pages: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
     target = ok_ids(pages)[2]
     pasted = "E:\\Comics\\" + target.upper().replace("/", "\\")
     report = query_json(capsys, "--zarr", str(pipeline_store), "--like", pasted, "--top-k", "1")
     assert report["results"][0]["page_id"] == target
 
 
-def test_like_refuses_unknown_ambiguous_and_failed_pages(pipeline_store: Path, pages: dict, capsys: pytest.CaptureFixture[str]) -> None:
+def test_like_refuses_unknown_ambiguous_and_failed_pages(
+    pipeline_store: Path, pages: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
     store = str(pipeline_store)
     assert query(capsys, "--zarr", store, "--like", "no/such/page.json")[0] == 2
     code, _, err = query(capsys, "--zarr", store, "--like", "0001.json")
@@ -94,7 +100,9 @@ def test_like_refuses_unknown_ambiguous_and_failed_pages(pipeline_store: Path, p
     assert code == 2 and "no embedding" in err
 
 
-def test_keyword_finds_a_page_by_a_word_of_its_text(pipeline_store: Path, pages: dict, capsys: pytest.CaptureFixture[str]) -> None:
+def test_keyword_finds_a_page_by_a_word_of_its_text(
+    pipeline_store: Path, pages: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
     row = next(i for i, s in enumerate(pages["status"]) if s != STATUS_FAILED and longest_word(pages["page_text"][i]))
     word = longest_word(pages["page_text"][row]).lower()
     report = query_json(capsys, "--zarr", str(pipeline_store), "--keyword", word, "--top-k", "100")
@@ -107,9 +115,13 @@ def test_keyword_finds_a_page_by_a_word_of_its_text(pipeline_store: Path, pages:
     assert not failed_ids(pages) & set(found)
 
 
-def test_text_query_ranks_as_by_hand(pipeline_store: Path, tiny_checkpoint: Path, pages: dict, capsys: pytest.CaptureFixture[str]) -> None:
+def test_text_query_ranks_as_by_hand(
+    pipeline_store: Path, tiny_checkpoint: Path, pages: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
     text = "superhero fighting villain"
-    report = query_json(capsys, "--zarr", str(pipeline_store), "--text", text, "--checkpoint", str(tiny_checkpoint), "--top-k", "5")
+    report = query_json(
+        capsys, "--zarr", str(pipeline_store), "--text", text, "--checkpoint", str(tiny_checkpoint), "--top-k", "5"
+    )
     results = report["results"]
     assert len(results) == 5 and all(-1.0 <= r["score"] <= 1.0 for r in results)
     # by hand: the query as one panel (zero image and composition), cosine with valid panels
@@ -117,7 +129,9 @@ def test_text_query_ranks_as_by_hand(pipeline_store: Path, tiny_checkpoint: Path
     enc = load_tokenizer(None, tiny_checkpoint).tokenizer([text], truncation=True, max_length=128, return_tensors="pt")
     size = loaded.config.vit["image_size"]
     with torch.no_grad():
-        q = loaded.model.panel_vectors("fused", torch.zeros(1, 3, size, size), enc["input_ids"], enc["attention_mask"], torch.zeros(1, 7))
+        q = loaded.model.panel_vectors(
+            "fused", torch.zeros(1, 3, size, size), enc["input_ids"], enc["attention_mask"], torch.zeros(1, 7)
+        )
     q = q[0].double().numpy()
     emb = pages["panel_embeddings"].astype(np.float64)
     cos = emb @ q / (np.linalg.norm(emb, axis=-1) * np.linalg.norm(q) + 1e-30)
@@ -129,16 +143,30 @@ def test_text_query_ranks_as_by_hand(pipeline_store: Path, tiny_checkpoint: Path
     assert [r["panel"] for r in results] == [int(np.argmax(np.where(valid[i], cos[i], -np.inf))) for i in order]
 
 
-def test_text_query_with_old_spellings_and_panels(pipeline_store: Path, tiny_checkpoint: Path, pages: dict, capsys: pytest.CaptureFixture[str]) -> None:
-    report = query_json(capsys, "--zarr_path", str(pipeline_store), "--query", "the vault", "--checkpoint",
-                        str(tiny_checkpoint), "--top_k", "30", "--panels")
+def test_text_query_with_old_spellings_and_panels(
+    pipeline_store: Path, tiny_checkpoint: Path, pages: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = query_json(
+        capsys,
+        "--zarr_path",
+        str(pipeline_store),
+        "--query",
+        "the vault",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--top_k",
+        "30",
+        "--panels",
+    )
     assert len(report["results"]) == 30 and report["panels"]
     assert not failed_ids(pages) & {r["page_id"] for r in report["results"]}
     for r in report["results"]:
         assert pages["panel_mask"][r["row"], r["panel"]]
 
 
-def test_text_query_needs_the_stores_checkpoint(pipeline_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_text_query_needs_the_stores_checkpoint(
+    pipeline_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, _, err = query(capsys, "--zarr", str(pipeline_store), "--text", "hello")
     assert code == 2 and "--checkpoint" in err
     other = tmp_path / "other.pt"
@@ -147,7 +175,9 @@ def test_text_query_needs_the_stores_checkpoint(pipeline_store: Path, tmp_path: 
     assert code == 2 and "did not make this store" in err
 
 
-def test_interrupted_store_searches_committed_rows_only(interrupted_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_interrupted_store_searches_committed_rows_only(
+    interrupted_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     store = store_path(interrupted_store)
     ds = open_committed(store)
     committed = [str(p) for p in ds["page_id"].values]
@@ -160,7 +190,15 @@ def test_interrupted_store_searches_committed_rows_only(interrupted_store: Path,
     assert report["results"][0]["page_id"] == committed[0]
     assert {r["page_id"] for r in report["results"]} <= set(committed)
     row = next(i for i, t in enumerate(ds["page_text"].values) if longest_word(t))
-    report = query_json(capsys, "--zarr", str(interrupted_store), "--keyword", longest_word(ds["page_text"].values[row]), "--top-k", "100")
+    report = query_json(
+        capsys,
+        "--zarr",
+        str(interrupted_store),
+        "--keyword",
+        longest_word(ds["page_text"].values[row]),
+        "--top-k",
+        "100",
+    )
     assert committed[row] in {r["page_id"] for r in report["results"]}
     assert {r["page_id"] for r in report["results"]} <= set(committed)
 

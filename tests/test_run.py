@@ -4,16 +4,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.init_checkpoint import init_checkpoint
-from common.sample import make_sample
-from common.store import open_committed, store_path
+from comix_embed.common.store import open_committed, store_path
+from comix_embed.tools.init_checkpoint import init_checkpoint
+from comix_embed.tools.sample import make_sample
 from tests.conftest import run_cli
 
 
 def _run(ckpt: Path, corpus: Path, out: Path, listfile: Path, *extra: str):
     return run_cli(
-        "run", "--checkpoint", str(ckpt), "--list", str(listfile), "--image-root", str(corpus / "images"),
-        "--output-dir", str(out), "--batch-size", "4", *extra,
+        "run",
+        "--checkpoint",
+        str(ckpt),
+        "--list",
+        str(listfile),
+        "--image-root",
+        str(corpus / "images"),
+        "--output-dir",
+        str(out),
+        "--batch-size",
+        "4",
+        *extra,
     )
 
 

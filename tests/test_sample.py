@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from common import sample, sample_text
-from common.config import MAX_PANELS, TEXT_KEYS
-from common.errors import UsageError
+from comix_embed.common.child import cli_argv
+from comix_embed.common.config import MAX_PANELS, TEXT_KEYS
+from comix_embed.common.errors import UsageError
+from comix_embed.tools import sample, sample_text
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_windows_paths_are_absolute_and_the_path_map_is_printed(
 def test_cli_writes_a_corpus_and_says_how_to_use_it(tmp_path: Path) -> None:
     out = tmp_path / "cli"
     proc = subprocess.run(
-        [sys.executable, "-m", "common.cli", "sample", "--out", str(out), "--pages", "5"],
+        cli_argv("sample", "--out", str(out), "--pages", "5"),
         capture_output=True,
         text=True,
         timeout=120,

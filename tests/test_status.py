@@ -7,8 +7,8 @@ from pathlib import Path
 
 import redis
 
-from common import config
-from producer.redis_server import PrivateRedis
+from comix_embed.common import config
+from comix_embed.private_redis import PrivateRedis
 from tests.conftest import run_cli
 
 

@@ -11,13 +11,13 @@ import pytest
 import xarray as xr
 import zarr
 
-from common import config
-from common.errors import UsageError
-from common.jobs import load_jobs, next_job_layout, plan_job, registered_page_ids
-from common.results import RESULT_ARRAYS
-from common.store import open_committed, read_attrs, read_committed_rows, store_path
-from writer import synthetic
-from writer.commit import StoreWriter
+from comix_embed.common import config
+from comix_embed.common.errors import UsageError
+from comix_embed.common.jobs import load_jobs, next_job_layout, plan_job, registered_page_ids
+from comix_embed.common.results import RESULT_ARRAYS
+from comix_embed.common.store import open_committed, read_attrs, read_committed_rows, store_path
+from comix_embed.writer.commit import StoreWriter
+from tests import synthetic
 
 
 def _commit(out: Path, job, batch_ids, d=16, model=None):
@@ -111,7 +111,10 @@ def test_incremental_growth_keeps_arrays_equal(tmp_path: Path) -> None:
         assert writer.committed_rows == 20 + 128
     path = store_path(tmp_path)
     attrs = read_attrs(path)
-    assert attrs["registered_rows"] == len(pages) and [j["job_id"] for j in attrs["jobs"]] == ["job_000001", "job_000002"]
+    assert attrs["registered_rows"] == len(pages) and [j["job_id"] for j in attrs["jobs"]] == [
+        "job_000001",
+        "job_000002",
+    ]
     group = zarr.open_group(path, mode="r")
     lengths = {arr.shape[0] for name, arr in group.arrays() if arr.metadata.dimension_names[0] == "page_id"}
     assert lengths == {2 * config.GROWTH_ROWS}

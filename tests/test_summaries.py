@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.cli import main
-from common.store import open_committed, store_path
+from comix_embed.cli import main
+from comix_embed.common.store import open_committed, store_path
 from tests.conftest import run_cli
 
 ROW = re.compile(r"^(\d+) (\d+\.\d{6}) (\d+\.\d{6}) (\S+) (.*)$")
@@ -58,7 +58,9 @@ def test_complete_store_with_failed_pages(pipeline_store: Path) -> None:
     assert all(r[1] > 0 for r in rows if r[3] in ("ok", "full_page"))
 
 
-def test_interrupted_store_prints_only_committed_rows(interrupted_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_interrupted_store_prints_only_committed_rows(
+    interrupted_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, lines = summaries(capsys, "--zarr", str(interrupted_store), "--max-pages", "100", "--compact")
     assert code == 0
     assert "8 of 24 registered rows committed" in lines[0]

@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 import zarr
 
-from common import config
-from common.store import ModelMismatch, read_attrs, store_path, write_attrs
-from writer import synthetic
-from writer.checks import CheckFailed, write_check
-from writer.commit import InvalidResult, StoreWriter
-from writer.manifests import manifest_file, read_manifests, write_inflight
+from comix_embed.common import config
+from comix_embed.common.manifests import manifest_file
+from comix_embed.common.store import ModelMismatch, read_attrs, store_path, write_attrs
+from comix_embed.writer.checks import CheckFailed, write_check
+from comix_embed.writer.commit import InvalidResult, StoreWriter
+from comix_embed.writer.manifests import read_manifests, write_inflight
+from tests import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +53,12 @@ def test_out_of_order_and_duplicates(tmp_path: Path) -> None:
         assert writer.committed_rows == 45 and writer.owed() == {"job_000001": []}
     manifest = json.loads(manifest_file(store_path(tmp_path), 5).read_text())
     assert {k: manifest[k] for k in ("batch_id", "start_idx", "end_idx", "num_pages", "job")} == {
-        "batch_id": 5, "start_idx": 40, "end_idx": 44, "num_pages": 5, "job": "job_000001"}
+        "batch_id": 5,
+        "start_idx": 40,
+        "end_idx": 44,
+        "num_pages": 5,
+        "job": "job_000001",
+    }
     assert manifest["page_ids"] == [p.page_id for p in job.pages[40:45]]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", manifest["timestamp"])
 
@@ -128,7 +134,10 @@ def test_refuses_results_that_do_not_fit_their_job(tmp_path: Path) -> None:
     [
         (lambda a: a["page_embeddings"].__setitem__(3, 0.0), "page embedding L2 norm is 0.0"),
         (lambda a: a["panel_mask"].__setitem__((3, 11), True), "panel_mask sum is"),
-        (lambda a: a["text_content"].__setitem__((3, 0), "{'dialogue': []}"), "text_content of panel 0 is not valid JSON"),
+        (
+            lambda a: a["text_content"].__setitem__((3, 0), "{'dialogue': []}"),
+            "text_content of panel 0 is not valid JSON",
+        ),
         (lambda a: a["page_text"].__setitem__(3, "dialogue"), "page_text is not valid JSON"),
     ],
 )
@@ -159,7 +168,10 @@ def test_write_check_reads_back_from_disk(tmp_path: Path) -> None:
     raw[offset : offset + 4] = np.float32(123.0).tobytes()
     chunk.write_bytes(bytes(raw))
     arrays = {name: zarr.open_array(path / name, mode="r") for name in result.arrays}
-    with pytest.raises(CheckFailed, match=rf"--write-check: batch 1, page {re.escape(job.pages[10].page_id)} \(row 10\): page_embeddings"):
+    with pytest.raises(
+        CheckFailed,
+        match=rf"--write-check: batch 1, page {re.escape(job.pages[10].page_id)} \(row 10\): page_embeddings",
+    ):
         write_check(arrays, 1, 8, result.page_ids, result.arrays)
 
 
@@ -178,9 +190,17 @@ def test_verbose_lines_and_audit_log(tmp_path: Path) -> None:
     result = synthetic.make_result(job, 1, model)
     l2 = float(np.linalg.norm(result.arrays["page_embeddings"][2].astype(np.float64)))
     mask_sum = int(result.arrays["panel_mask"][2].sum())
-    assert lines[10] == f"[PAGE] json=00010.json page_id={job.pages[10].page_id} idx=10 mask_sum={mask_sum} emb_l2={l2:.3f}"
+    assert (
+        lines[10]
+        == f"[PAGE] json=00010.json page_id={job.pages[10].page_id} idx=10 mask_sum={mask_sum} emb_l2={l2:.3f}"
+    )
     records = [json.loads(line) for line in audit_path.read_text().splitlines()]
     assert len(records) == 16
     failed = records[5]
-    assert (failed["status"], failed["error"], failed["emb_l2"], failed["batch"]) == ("failed", "image not found", 0.0, 0)
+    assert (failed["status"], failed["error"], failed["emb_l2"], failed["batch"]) == (
+        "failed",
+        "image not found",
+        0.0,
+        0,
+    )
     assert {r["status"] for r in records} <= {"ok", "failed", "full_page"}

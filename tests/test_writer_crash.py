@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from common.jobs import load_jobs
-from common.results import BatchResult
-from common.store import read_attrs, store_path
-from writer import synthetic
-from writer.commit import StoreWriter
-from writer.manifests import manifest_rows, read_manifests
+from comix_embed.common.jobs import load_jobs
+from comix_embed.common.manifests import manifest_rows
+from comix_embed.common.results import BatchResult
+from comix_embed.common.store import read_attrs, store_path
+from comix_embed.writer.commit import StoreWriter
+from comix_embed.writer.manifests import read_manifests
+from tests import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 KILLS = 30
@@ -74,6 +75,7 @@ def _compare_stores(a: Path, b: Path) -> None:
         attrs.pop("created")
         for job in attrs["jobs"]:
             job.pop("list_path")
+            job.pop("created")
     assert attrs_a == attrs_b
     ma, mb = read_manifests(a), read_manifests(b)
     assert sorted(ma) == sorted(mb)
@@ -122,8 +124,11 @@ def test_sigkill_at_random_instants(tmp_path: Path) -> None:
     try:
         for target in targets:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "writer.replay", str(kill_dir), str(plan)],
-                env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                [sys.executable, "-m", "tests.replay", str(kill_dir), str(plan)],
+                env=env,
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                text=True,
             )
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -135,8 +140,12 @@ def test_sigkill_at_random_instants(tmp_path: Path) -> None:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         final = subprocess.run(
-            [sys.executable, "-m", "writer.replay", str(kill_dir), str(plan)],
-            env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
+            [sys.executable, "-m", "tests.replay", str(kill_dir), str(plan)],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert final.returncode == 0, final.stderr
         lines = final.stdout.split("\n")

@@ -9,22 +9,20 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
-from common.results import STATUS_FAILED, STATUS_FULL_PAGE, STATUS_OK
-
-STATUS_NAMES = {STATUS_OK: "ok", STATUS_FAILED: "failed", STATUS_FULL_PAGE: "full_page"}
+from comix_embed.common.results import STATUS_NAMES
 
 
 def page_records(
     batch_id: int, job: str, start: int, page_ids: list[str], manifest_paths: list[str], arrays: dict[str, np.ndarray]
 ) -> list[dict[str, Any]]:
     """One audit record per page of a committed batch."""
-    now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     l2 = np.linalg.norm(arrays["page_embeddings"].astype(np.float64), axis=1)
     masks = np.asarray(arrays["panel_mask"], dtype=bool).sum(axis=1)
     return [

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from common.jobs import Job
-from common.results import RESULT_ARRAYS, STATUS_FULL_PAGE, STATUS_OK, BatchResult
+from comix_embed.common.jobs import Job
+from comix_embed.common.results import RESULT_ARRAYS, STATUS_FULL_PAGE, STATUS_OK, BatchResult
 
 EMBEDDED = (STATUS_OK, STATUS_FULL_PAGE)
 
@@ -61,7 +61,7 @@ def verify_batch(result: BatchResult, job: Job, d: int, p: int) -> None:
         row = result.start + i
         status = int(a["status"][i])
 
-        def fail(why: str) -> None:
+        def fail(why: str, page_id: str = page_id, row: int = row) -> None:
             raise CheckFailed(f"--verify-batches: batch {result.batch_id}, page {page_id} (row {row}): {why}")
 
         if status not in EMBEDDED:

@@ -28,11 +28,12 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-from common import config, store
-from common.errors import UsageError
-from common.jobs import Job, load_jobs
-from common.results import RESULT_ARRAYS, STATUS_FAILED, STATUS_FULL_PAGE, STATUS_OK, BatchResult
-from writer import audit, checks, manifests
+from comix_embed.common import config, store
+from comix_embed.common.errors import UsageError
+from comix_embed.common.jobs import Job, load_jobs
+from comix_embed.common.manifests import committed_prefix, make_manifest, manifest_rows, read_inflight
+from comix_embed.common.results import RESULT_ARRAYS, STATUS_FAILED, STATUS_FULL_PAGE, STATUS_OK, BatchResult
+from comix_embed.writer import audit, checks, manifests
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +169,8 @@ class StoreWriter:
         self._attrs = store.read_attrs(self.path)
         self._open_arrays()
         found = manifests.read_manifests(self.path)
-        self._batches = {b: manifests.manifest_rows(m) for b, m in found.items()}
-        unfinished = [r for r in manifests.read_inflight(self.path) if r[0] not in self._batches]
+        self._batches = {b: manifest_rows(m) for b, m in found.items()}
+        unfinished = [r for r in read_inflight(self.path) if r[0] not in self._batches]
         if unfinished:
             log.info("clearing rows of %d batches a previous writer left without manifest", len(unfinished))
             self._clear_rows(unfinished)
@@ -202,7 +203,9 @@ class StoreWriter:
             self._register_pending()
         job = self._jobs.get(job_id) or next((j for j in load_jobs(self.output_dir) if j.job_id == job_id), None)
         if job is None:
-            raise InvalidResult(f"result for unknown job {job_id}: no job file in {self.output_dir / config.JOBS_DIR_NAME}")
+            raise InvalidResult(
+                f"result for unknown job {job_id}: no job file in {self.output_dir / config.JOBS_DIR_NAME}"
+            )
         return job
 
     # --- commit ---
@@ -257,7 +260,7 @@ class StoreWriter:
         for r in results:
             statuses = _status_counts(data[r.batch_id]["status"])
             manifests.write_manifest(
-                self.path, manifests.make_manifest(r.batch_id, r.start, r.page_ids, r.job, statuses), self.fsync
+                self.path, make_manifest(r.batch_id, r.start, r.page_ids, r.job, statuses), self.fsync
             )
             self._batches[r.batch_id] = (r.start, r.end)
         # inflight.json stays: its batches now have manifests, which recovery reads first
@@ -276,7 +279,9 @@ class StoreWriter:
         except KeyError as exc:
             raise InvalidResult(f"batch {r.batch_id} ({r.job}): {exc.args[0]}") from None
         if (r.start, r.end) != (start, end):
-            raise InvalidResult(f"batch {r.batch_id} ({r.job}) carries rows {r.start}:{r.end}, its job says {start}:{end}")
+            raise InvalidResult(
+                f"batch {r.batch_id} ({r.job}) carries rows {r.start}:{r.end}, its job says {start}:{end}"
+            )
         expected_ids = [job.page(row).page_id for row in range(start, end)]
         if r.page_ids != expected_ids:
             raise InvalidResult(f"batch {r.batch_id} ({r.job}): page ids differ from the job file's rows {start}:{end}")
@@ -333,7 +338,7 @@ class StoreWriter:
 
     def _advance(self) -> None:
         """Publish the contiguous prefix of manifests as `committed_rows` (only ever grows)."""
-        self._next_batch, rows = manifests.committed_prefix(self._batches)
+        self._next_batch, rows = committed_prefix(self._batches)
         if rows > int(self._attrs.get("committed_rows", 0)):
             # not fsynced: the manifests are durable, and recovery repairs a lagging value
             self._attrs = store.write_attrs(self.path, {"committed_rows": rows}, fsync=False)

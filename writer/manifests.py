@@ -1,96 +1,22 @@
-"""Batch manifests: the acknowledgement that a batch's rows are in the store (spec/store.md).
+"""Writing the manifests and the in-flight record; the writer alone calls these.
 
-A manifest is written whole (temporary file then rename) after its rows, and never removed.
-The contiguous prefix of manifests from batch 0 is what `committed_rows` publishes. Besides the
-manifests, `manifest/inflight.json` names the batches whose rows are being written right now,
-so that a restart can clear what a killed writer left past the manifests.
+Their format and the reading side are in `common/manifests.py`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
-from pathlib import Path
 from typing import Any
 
-from common import config
-from common.durable import TMP_SUFFIX, fsync_dir, write_json_atomic
-from common.jobs import Job, utc_now
+from comix_embed.common.durable import fsync_dir, write_json_atomic
+from comix_embed.common.manifests import INFLIGHT_NAME, is_temporary, manifest_dir, manifest_file, scan_manifests
 
 log = logging.getLogger(__name__)
-
-MANIFEST_PATTERN = re.compile(r"^batch_(\d{6,})\.json$")
-INFLIGHT_NAME = "inflight.json"
-
-
-def manifest_dir(store: str | os.PathLike[str]) -> Path:
-    return Path(store) / config.MANIFEST_GROUP
-
-
-def manifest_file(store: str | os.PathLike[str], batch_id: int) -> Path:
-    return manifest_dir(store) / f"batch_{batch_id:06d}.json"
-
-
-def make_manifest(
-    batch_id: int, start: int, page_ids: list[str], job: str, statuses: dict[str, int]
-) -> dict[str, Any]:
-    return {
-        "batch_id": batch_id,
-        "start_idx": start,
-        "end_idx": start + len(page_ids) - 1,
-        "num_pages": len(page_ids),
-        "timestamp": utc_now(),
-        "page_ids": list(page_ids),
-        "job": job,
-        "statuses": statuses,
-    }
-
-
-def manifest_rows(manifest: dict[str, Any]) -> tuple[int, int]:
-    """[start, end) rows of a manifest (its `end_idx` is inclusive, as users know it)."""
-    return int(manifest["start_idx"]), int(manifest["start_idx"]) + int(manifest["num_pages"])
 
 
 def write_manifest(store: str | os.PathLike[str], manifest: dict[str, Any], fsync: bool = True) -> None:
     write_json_atomic(manifest_file(store, manifest["batch_id"]), manifest, fsync)
-
-
-def manifest_ids(store: str | os.PathLike[str]) -> set[int]:
-    """Batch ids that have a manifest file, from the file names alone (cheap, read-only)."""
-    folder = manifest_dir(store)
-    if not folder.is_dir():
-        return set()
-    return {int(m.group(1)) for name in os.listdir(folder) if (m := MANIFEST_PATTERN.match(name))}
-
-
-def scan_manifests(store: str | os.PathLike[str]) -> tuple[dict[int, dict[str, Any]], dict[Path, str]]:
-    """Valid manifests by batch id, and the invalid ones with what is wrong; reads only."""
-    found: dict[int, dict[str, Any]] = {}
-    bad: dict[Path, str] = {}
-    folder = manifest_dir(store)
-    for name in sorted(os.listdir(folder)) if folder.is_dir() else []:
-        match = MANIFEST_PATTERN.match(name)
-        if not match:
-            continue
-        try:
-            with open(folder / name, encoding="utf-8") as fh:
-                manifest = json.load(fh)
-            start, end = manifest_rows(manifest)
-            consistent = (
-                manifest["batch_id"] == int(match.group(1))
-                and end - start == len(manifest["page_ids"]) > 0
-                and manifest["end_idx"] == end - 1
-            )
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            bad[folder / name] = f"{name} is unreadable ({type(exc).__name__}: {exc})"
-            continue
-        if not consistent:
-            bad[folder / name] = f"{name} contradicts itself (batch_id, start_idx, end_idx, num_pages, page_ids)"
-            continue
-        found[int(match.group(1))] = manifest
-    return found, bad
 
 
 def read_manifests(store: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
@@ -106,35 +32,9 @@ def read_manifests(store: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
     return found
 
 
-def committed_prefix(batches: dict[int, tuple[int, int]]) -> tuple[int, int]:
-    """(next batch id, committed rows) of the contiguous prefix of batches 0, 1, 2, ...
-
-    Batch ids and rows both continue across jobs, so the prefix of ids is a prefix of rows.
-    """
-    batch_id, rows = 0, 0
-    while batch_id in batches and batches[batch_id][0] == rows:
-        rows = batches[batch_id][1]
-        batch_id += 1
-    return batch_id, rows
-
-
-def owed_batches(store: str | os.PathLike[str], job: Job) -> list[int]:
-    """A job's batches that have no manifest: the producer sends these (again)."""
-    present = manifest_ids(store)
-    return [batch_id for batch_id, _, _ in job.batches() if batch_id not in present]
-
-
 def write_inflight(store: str | os.PathLike[str], ranges: list[tuple[int, int, int]], fsync: bool = True) -> None:
     """Record (batch_id, start, end) of the batches about to be written, before any row is."""
     write_json_atomic(manifest_dir(store) / INFLIGHT_NAME, {"batches": [list(r) for r in ranges]}, fsync)
-
-
-def read_inflight(store: str | os.PathLike[str]) -> list[tuple[int, int, int]]:
-    path = manifest_dir(store) / INFLIGHT_NAME
-    if not path.exists():
-        return []
-    with open(path, encoding="utf-8") as fh:
-        return [tuple(r) for r in json.load(fh)["batches"]]  # type: ignore[misc]
 
 
 def clear_inflight(store: str | os.PathLike[str]) -> None:
@@ -142,11 +42,6 @@ def clear_inflight(store: str | os.PathLike[str]) -> None:
     if path.exists():
         path.unlink()
         fsync_dir(path.parent)
-
-
-def is_temporary(name: str) -> bool:
-    """A file a killed writer may leave: zarr's `*.partial`, our `.*.tmp`."""
-    return name.endswith(".partial") or (name.startswith(".") and name.endswith(TMP_SUFFIX))
 
 
 def remove_leftovers(store: str | os.PathLike[str]) -> int:

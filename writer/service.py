@@ -17,14 +17,14 @@ from pathlib import Path
 
 import redis
 
-from common import config
-from common.celery_app import configure
-from common.errors import UsageError
-from common.results import BatchResult
-from common.results_channel import Entry, ResultsReader, connect, store_id
-from common.store import ModelMismatch
-from writer.checks import CheckFailed
-from writer.commit import InvalidResult, StoreWriter
+from comix_embed.common import config
+from comix_embed.common.celery_app import configure
+from comix_embed.common.errors import UsageError
+from comix_embed.common.results import BatchResult
+from comix_embed.common.results_channel import Entry, ResultsReader, connect, store_id
+from comix_embed.common.store import ModelMismatch
+from comix_embed.writer.checks import CheckFailed
+from comix_embed.writer.commit import InvalidResult, StoreWriter
 
 log = logging.getLogger("comix.writer")
 DEAD_KEY = "comix:dead:{store}"
@@ -92,7 +92,9 @@ class WriterService:
             left_ms = int(1000 * (deadline - time.monotonic()))
             if left_ms <= 0:
                 break
-            group += [(e, BatchResult.from_bytes(e.data)) for e in reader.read(self.read - len(group), block_ms=left_ms)]
+            group += [
+                (e, BatchResult.from_bytes(e.data)) for e in reader.read(self.read - len(group), block_ms=left_ms)
+            ]
         return group
 
     def _enough(self, group: list[tuple[Entry, BatchResult]]) -> bool:
@@ -116,13 +118,15 @@ class WriterService:
             pages = sum(o.end - o.start for o in new)
             log.info(
                 "committed %d batches (%d pages); committed_rows=%d",
-                len(new), pages, self.writer.committed_rows,
+                len(new),
+                pages,
+                self.writer.committed_rows,
             )
 
     def _one_by_one(self, reader: ResultsReader, entries: list[Entry], results: list[BatchResult]) -> list:
         """Commit each result alone, so that one bad result is set aside and the others go on."""
         outcomes = []
-        for entry, result in zip(entries, results):
+        for _entry, result in zip(entries, results):
             try:
                 outcomes += self.writer.commit([result])
             except (InvalidResult, ModelMismatch) as exc:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from common import config
-from common.model import ClosureLite
-from common.preprocess import PreparedPage
+from comix_embed.common import config
+from comix_embed.common.model import ClosureLite
+from comix_embed.common.preprocess import PreparedPage
 
 
 def padded_inputs(

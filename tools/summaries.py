@@ -22,25 +22,32 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from common import config
-from common.errors import UsageError
-from common.results import STATUS_FAILED, STATUS_PENDING
-from common.store import resolve_store
-from writer import audit
-from writer.manifests import manifest_ids
+from comix_embed.common import config
+from comix_embed.common.errors import UsageError
+from comix_embed.common.manifests import manifest_ids
+from comix_embed.common.results import STATUS_FAILED, STATUS_NAMES, STATUS_PENDING
+from comix_embed.common.store import resolve_store
 
-STATUS_NAMES = {STATUS_PENDING: "pending", **audit.STATUS_NAMES}
+SHOWN_STATUS = {STATUS_PENDING: "pending", **STATUS_NAMES}
 _SUMMARY_VARS = ("page_embeddings", "panel_embeddings", "panel_mask", "status", "error", "page_text")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--zarr", required=True, help="the store (.zarr) or the output folder holding it")
     parser.add_argument(
-        "--max-pages", "--max_pages", dest="max_pages", type=int, default=16,
+        "--max-pages",
+        "--max_pages",
+        dest="max_pages",
+        type=int,
+        default=16,
         help="print at most this many committed rows, from row 0 (default 16)",
     )
     parser.add_argument(
-        "--text-len", "--text_len", dest="text_len", type=int, default=128,
+        "--text-len",
+        "--text_len",
+        dest="text_len",
+        type=int,
+        default=128,
         help="cut text previews and errors to this many characters (default 128)",
     )
     parser.add_argument("--compact", action="store_true", help="one line per row, no column titles")
@@ -104,15 +111,12 @@ def out_of_order_note(store: Path) -> str:
 def header_line(store: Path, attrs: dict[str, Any], committed: int) -> str:
     registered = int(attrs.get("registered_rows", committed))
     state = "all committed" if committed == registered else f"{registered - committed} not committed yet"
-    return (
-        f"{store}: {committed} of {registered} registered rows committed ({state})"
-        f"{out_of_order_note(store)}"
-    )
+    return f"{store}: {committed} of {registered} registered rows committed ({state}){out_of_order_note(store)}"
 
 
 def load_rows(store: Path, count: int) -> tuple[dict[str, np.ndarray], dict[str, Any], int]:
     """The first `count` committed rows of the arrays a summary needs, read and nothing more."""
-    from common.store import open_committed
+    from comix_embed.common.store import open_committed
 
     ds = open_committed(store)
     committed = int(ds.attrs["committed_rows"])
@@ -132,7 +136,7 @@ def format_rows(arrays: dict[str, np.ndarray], text_len: int) -> list[tuple[int,
             preview = clip(f"error: {arrays['error'][i]}", text_len)
         else:
             preview = text_preview(str(arrays["page_text"][i]), text_len)
-        name = STATUS_NAMES.get(status, str(status))
+        name = SHOWN_STATUS.get(status, str(status))
         rows.append((i, float(page_l2[i]), float(panel_mean[i]), name, preview, str(arrays["page_id"][i])))
     return rows
 

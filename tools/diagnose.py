@@ -50,19 +50,19 @@ import argparse
 import json
 import os
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import zarr
 
-from common import config
-from common.jobs import Job, load_jobs
-from common.results import STATUS_FAILED, STATUS_FULL_PAGE, STATUS_OK
-from common.store import read_attrs, resolve_store, row_arrays
-from writer.audit import STATUS_NAMES
-from writer.manifests import INFLIGHT_NAME, committed_prefix, is_temporary, manifest_rows, scan_manifests
+from comix_embed.common import config
+from comix_embed.common.jobs import Job, load_jobs
+from comix_embed.common.manifests import INFLIGHT_NAME, committed_prefix, is_temporary, manifest_rows, scan_manifests
+from comix_embed.common.results import STATUS_FAILED, STATUS_FULL_PAGE, STATUS_NAMES, STATUS_OK
+from comix_embed.common.store import read_attrs, resolve_store, row_arrays
 
 FLOAT_ARRAYS = ("page_embeddings", "panel_embeddings", "attention_weights", "panel_coordinates")
 SCAN_ARRAYS = (*FLOAT_ARRAYS, "panel_mask", "error")
@@ -143,7 +143,7 @@ class Store:
         mask = np.zeros(self.rows, dtype=bool)
         for manifest in self.manifests.values():
             start, end = manifest_rows(manifest)
-            mask[start:min(end, self.rows)] = True
+            mask[start : min(end, self.rows)] = True
         return mask
 
     def batch_of(self, batch_id: int) -> tuple[Job, tuple[int, int]] | None:
@@ -293,7 +293,9 @@ def block_facts(block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return facts
 
 
-def compare_block(s: Store, ds: Any, block: dict[str, np.ndarray], start: int, end: int, diff: dict[str, list[int]]) -> None:
+def compare_block(
+    s: Store, ds: Any, block: dict[str, np.ndarray], start: int, end: int, diff: dict[str, list[int]]
+) -> None:
     """Rows [start, end) (committed) as xarray reads them against zarr's, bit for bit."""
     n = end - start
     ours = {
@@ -416,7 +418,9 @@ def check_manifests(s: Store) -> Check:
             f"{gap_reason(s, next_batch, rows)}"
         )
     elif rows > s.committed:
-        problem = f"committed_rows {s.committed} lags the manifests' prefix ({rows} rows); a writer's next start repairs it"
+        problem = (
+            f"committed_rows {s.committed} lags the manifests' prefix ({rows} rows); a writer's next start repairs it"
+        )
         (check.notes if s.writer_running else check.warns).append(problem)
     later = sorted(b for b in s.manifests if b > next_batch)
     if later and rows >= s.committed:
@@ -455,7 +459,9 @@ def manifest_job_problems(s: Store) -> list[str]:
                 f"its job file says {expected} of {job.job_id}"
             )
         elif list(manifest["page_ids"]) != [job.page(r).page_id for r in range(*expected)]:
-            problems.append(f"batch {batch_id}'s page ids differ from {job.job_id}'s rows {expected[0]}-{expected[1] - 1}")
+            problems.append(
+                f"batch {batch_id}'s page ids differ from {job.job_id}'s rows {expected[0]}-{expected[1] - 1}"
+            )
     return problems
 
 
@@ -463,7 +469,7 @@ def overlap_problems(manifests: dict[int, dict[str, Any]]) -> list[str]:
     """Two manifests claiming the same rows."""
     spans = sorted((*manifest_rows(m), b) for b, m in manifests.items())
     problems = []
-    for (s1, e1, b1), (s2, e2, b2) in zip(spans, spans[1:]):
+    for (_s1, e1, b1), (s2, e2, b2) in zip(spans, spans[1:]):
         if s2 < e1:
             problems.append(f"batches {b1} and {b2} both claim rows {s2}-{min(e1, e2) - 1}")
     return problems
@@ -482,7 +488,9 @@ def check_manifest_rows(s: Store) -> Check:
             check.fails.append(f"batch {batch_id}: page_id of rows {listed(wrong)} differs from its manifest")
         counts = dict(Counter(STATUS_NAMES.get(int(v), str(int(v))) for v in s.status[start:end]))
         if counts != dict(manifest.get("statuses", {})):
-            check.fails.append(f"batch {batch_id}: statuses in the store {counts}, in its manifest {manifest.get('statuses')}")
+            check.fails.append(
+                f"batch {batch_id}: statuses in the store {counts}, in its manifest {manifest.get('statuses')}"
+            )
     if not check.fails:
         check.notes.append(f"page ids and status counts of {len(s.manifests)} manifests match the store's rows")
     return check
@@ -516,7 +524,9 @@ def job_row_problems(s: Store, registered: list[str]) -> list[str]:
         if job is None:
             problems.append(f"{record['job_id']} is registered but its job file is gone")
             continue
-        wrong = [r for r in range(job.start_row, job.end_row) if r >= len(registered) or registered[r] != job.page(r).page_id]
+        wrong = [
+            r for r in range(job.start_row, job.end_row) if r >= len(registered) or registered[r] != job.page(r).page_id
+        ]
         if wrong:
             problems.append(f"rows {listed(wrong)} do not hold the page {job.job_id} gave them")
     return problems
@@ -555,7 +565,8 @@ def check_values(s: Store, facts: RowFacts | None) -> Check:
     if not check.fails:
         counts = Counter(STATUS_NAMES.get(int(v), str(int(v))) for v in status)
         check.notes.insert(
-            0, f"{len(facts.rows)} rows checked ({dict(counts)}): no NaN/Inf, embedded rows non-zero, failed rows zero with an error"
+            0,
+            f"{len(facts.rows)} rows checked ({dict(counts)}): no NaN/Inf, embedded rows non-zero, failed rows zero with an error",
         )
     return check
 
@@ -575,7 +586,9 @@ def check_masks(s: Store, facts: RowFacts | None) -> Check:
     known = embedded & (expected >= 0)
     wrong = known & (facts.mask_sum != expected)
     for i in np.flatnonzero(wrong)[:LISTED]:
-        check.fails.append(f"row {facts.rows[i]}: panel_mask sum {facts.mask_sum[i]}, the job file says {expected[i]} panels")
+        check.fails.append(
+            f"row {facts.rows[i]}: panel_mask sum {facts.mask_sum[i]}, the job file says {expected[i]} panels"
+        )
     if wrong.sum() > LISTED:
         check.fails.append(f"{int(wrong.sum()) - LISTED} more rows whose mask sum differs")
     unknown = embedded & ~known
@@ -609,7 +622,9 @@ def check_leftovers(s: Store) -> Check:
         if s.writer_running:
             check.warns.append(problem + " (a writer is running: may be its writes in progress)")
         else:
-            check.fails.append(problem + " left by a killed process; no writer is running (a writer's start removes them)")
+            check.fails.append(
+                problem + " left by a killed process; no writer is running (a writer's start removes them)"
+            )
     folder = s.path / config.MANIFEST_GROUP
     corrupt = sorted(p.name for p in folder.glob("*.corrupt")) if folder.is_dir() else []
     if corrupt:
@@ -627,7 +642,7 @@ def check_leftovers(s: Store) -> Check:
 
 
 def temporary_files(store: Path) -> list[str]:
-    """Files a writer's recovery would delete (writer.manifests.is_temporary)."""
+    """Files a writer's recovery would delete (common.manifests.is_temporary)."""
     found = []
     for folder, _, files in os.walk(store):
         found += [os.path.relpath(os.path.join(folder, n), store) for n in files if is_temporary(n)]
@@ -658,7 +673,9 @@ def check_audit(s: Store, facts: RowFacts | None) -> Check:
         check.fails.append(f"the audit log says rows {listed(stray)} were committed but no manifest covers them")
     repeated = sorted(r for r, recs in records.items() if len(recs) > 1)
     if repeated:
-        check.warns.append(f"rows {listed(repeated)} have several audit records (batch committed again); the last is compared")
+        check.warns.append(
+            f"rows {listed(repeated)} have several audit records (batch committed again); the last is compared"
+        )
     if facts is not None:
         check.fails += audit_mismatches(s, facts, records)
     missing = [int(r) for r in np.flatnonzero(covered) if int(r) not in records]
@@ -667,7 +684,9 @@ def check_audit(s: Store, facts: RowFacts | None) -> Check:
             f"committed rows {listed(missing)} have no audit record (lost by a writer killed after their manifest)"
         )
     if not check.fails and not check.warns:
-        check.notes.append(f"{len(records)} records, one per committed row, same page, status, L2 and mask sum as the store")
+        check.notes.append(
+            f"{len(records)} records, one per committed row, same page, status, L2 and mask sum as the store"
+        )
     return check
 
 

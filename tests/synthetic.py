@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from common.jobs import Job, JobPage, plan_job
-from common.results import STATUS_FAILED, STATUS_FULL_PAGE, STATUS_OK, BatchResult
+from comix_embed.common.jobs import Job, JobPage, plan_job
+from comix_embed.common.results import STATUS_FAILED, STATUS_FULL_PAGE, STATUS_OK, BatchResult
 
 CHECKPOINT_A = "a" * 64
 CHECKPOINT_B = "b" * 64
@@ -93,15 +93,15 @@ def make_result(job: Job, batch_id: int, model: dict[str, Any], seed: int = 0) -
     arrays = {
         # np.where, not multiplication: padded and failed slots hold +0.0, never -0.0
         "page_embeddings": np.where(ok, rng.standard_normal((n, d), dtype=np.float32), 0.0).astype(np.float32),
-        "panel_embeddings": np.where(
-            mask[:, :, None], rng.standard_normal((n, p, d), dtype=np.float32), 0.0
-        ).astype(np.float32),
+        "panel_embeddings": np.where(mask[:, :, None], rng.standard_normal((n, p, d), dtype=np.float32), 0.0).astype(
+            np.float32
+        ),
         "panel_mask": mask,
         "attention_weights": weights.astype(np.float32),
         "reading_order": np.where(mask, np.arange(1, p + 1, dtype=np.int16), -1).astype(np.int16),
-        "panel_coordinates": np.where(
-            mask[:, :, None], rng.random((n, p, 4), dtype=np.float32) * 1000, 0.0
-        ).astype(np.float32),
+        "panel_coordinates": np.where(mask[:, :, None], rng.random((n, p, 4), dtype=np.float32) * 1000, 0.0).astype(
+            np.float32
+        ),
         "text_content": text,
         "page_text": page_text,
         "image_path": np.array([job.page(start + i).page_id.replace(".json", ".jpg") for i in range(n)], dtype=object),
@@ -109,4 +109,6 @@ def make_result(job: Job, batch_id: int, model: dict[str, Any], seed: int = 0) -
         "error": error,
     }
     page_ids = [job.page(row).page_id for row in range(start, end)]
-    return BatchResult(job=job.job_id, batch_id=batch_id, start=start, page_ids=page_ids, arrays=arrays, model=dict(model))
+    return BatchResult(
+        job=job.job_id, batch_id=batch_id, start=start, page_ids=page_ids, arrays=arrays, model=dict(model)
+    )

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from common import sample_text
-from common.config import MAX_PANELS
-from common.errors import UsageError
+from comix_embed.common.config import MAX_PANELS
+from comix_embed.common.errors import UsageError
+from comix_embed.tools import sample_text
 
 Box = tuple[int, int, int, int]  # x, y, w, h
 RGB = tuple[int, int, int]
@@ -226,9 +226,7 @@ def gradient(size: tuple[int, int], top: RGB, bottom: RGB) -> Image.Image:
     return strip.resize(size, Image.Resampling.NEAREST)
 
 
-def draw_figure(
-    draw: ImageDraw.ImageDraw, rng: random.Random, x: int, ground: int, tall: int, hue: float
-) -> None:
+def draw_figure(draw: ImageDraw.ImageDraw, rng: random.Random, x: int, ground: int, tall: int, hue: float) -> None:
     """A simple standing figure: head, tapered torso, legs, in ink outlines."""
     head = max(6, tall // 8)
     body_top = ground - tall + 2 * head
@@ -451,10 +449,7 @@ def make_page(job: PageJob) -> PageResult:
     out = Path(job.out)
     image_rel = relative_parts(job, ".jpg")
     page.save(out.joinpath("images", *image_rel), "JPEG", quality=JPEG_QUALITY)
-    if job.windows_paths:
-        image_path = "\\".join([WINDOWS_ROOT, *image_rel])
-    else:
-        image_path = "/".join(image_rel)
+    image_path = "\\".join([WINDOWS_ROOT, *image_rel]) if job.windows_paths else "/".join(image_rel)
     spec = {"page_image_path": image_path, "panels": panels}
     spec_rel = relative_parts(job, ".json")
     spec_text = json.dumps(spec, indent=2, ensure_ascii=False) + "\n"

@@ -11,7 +11,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from common.errors import UsageError
+from comix_embed.common.errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _step(argv: list[str]) -> int:
-    from common.cli import main
+    from comix_embed.cli import main
 
     print(f"\n$ comix-embed {shlex.join(argv)}", flush=True)
     return main(argv)
@@ -35,8 +35,18 @@ def run(args: argparse.Namespace) -> int:
     steps = [
         ["sample", "--out", str(corpus), "--pages", str(args.pages)],
         ["init-checkpoint", "--out", str(ckpt), "--size", "tiny"],
-        ["run", "--checkpoint", str(ckpt), "--list", str(corpus / "list.txt"), "--image-root", str(corpus / "images"),
-         "--output-dir", str(store_dir)] + (["--workers", str(args.workers)] if args.workers else []),
+        [
+            "run",
+            "--checkpoint",
+            str(ckpt),
+            "--list",
+            str(corpus / "list.txt"),
+            "--image-root",
+            str(corpus / "images"),
+            "--output-dir",
+            str(store_dir),
+        ]
+        + (["--workers", str(args.workers)] if args.workers else []),
         ["summaries", "--zarr", str(store_dir), "--max-pages", "8", "--text-len", "60"],
         ["query", "--zarr", str(store_dir), "--keyword", "robot", "--top-k", "5"],
         ["diagnose", str(store_dir)],

@@ -16,10 +16,10 @@ import torch
 from tokenizers import ByteLevelBPETokenizer
 from transformers import RobertaTokenizerFast
 
-from common.checkpoint import save_checkpoint
-from common.model import ClosureLite, ModelConfig
-from common.sample_text import corpus_sentences
-from common.tokenizer import tokenizer_dir_beside
+from comix_embed.common.checkpoint import save_checkpoint
+from comix_embed.common.model import ClosureLite, ModelConfig
+from comix_embed.common.tokenizer import tokenizer_dir_beside
+from comix_embed.tools.sample_text import corpus_sentences
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's ids 0..4
 UNTRAINED_NOTE = "UNTRAINED: random weights written by comix-embed init-checkpoint; embeddings carry no meaning"
@@ -45,7 +45,10 @@ def train_tokenizer(out_dir: Path, vocab_size: int, seed: int) -> RobertaTokeniz
     """A byte-level BPE with RoBERTa's special tokens, saved in both file layouts."""
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(
-        corpus_sentences(20000, seed), vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL_TOKENS,
+        corpus_sentences(20000, seed),
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=SPECIAL_TOKENS,
         show_progress=False,
     )
     out_dir.mkdir(parents=True, exist_ok=True)

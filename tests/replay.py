@@ -1,6 +1,6 @@
 """Commit results read from files: a StoreWriter without a broker, for tests and benchmarks.
 
-    python -m writer.replay OUTPUT_DIR PLAN.json
+    python -m tests.replay OUTPUT_DIR PLAN.json
 
 PLAN.json is `{"calls": [[result_file, ...], ...]}`: each inner list is one `commit` call of
 results serialised with `BatchResult.to_bytes`. It prints `ready` once the writer has opened
@@ -14,8 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from common.results import BatchResult
-from writer.commit import StoreWriter
+from comix_embed.common.results import BatchResult
+from comix_embed.writer.commit import StoreWriter
 
 
 def main(argv: list[str] | None = None) -> int:

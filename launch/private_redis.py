@@ -18,7 +18,7 @@ from pathlib import Path
 
 import redis
 
-from common.errors import UsageError
+from comix_embed.common.errors import UsageError
 
 
 def find_redis_server() -> str:
@@ -61,18 +61,22 @@ class PrivateRedis:
         self.binary = find_redis_server()
         args = [
             self.binary,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--maxmemory-policy", "noeviction",
-            "--dir", self._dir.name,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--maxmemory-policy",
+            "noeviction",
+            "--dir",
+            self._dir.name,
         ]
         if self.maxmemory:
             args += ["--maxmemory", self.maxmemory]
-        self.proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         client = redis.Redis(port=self.port)
         deadline = time.monotonic() + 20
         while True:

@@ -38,17 +38,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common.errors import UsageError
-from common.search import DEFAULT_PANEL_MEMORY, Hit, SearchIndex
-from common.store import resolve_store
-from common.store import read_attrs
+from comix_embed.common.errors import UsageError
+from comix_embed.common.store import read_attrs, resolve_store
+from comix_embed.tools.search import DEFAULT_PANEL_MEMORY, Hit, SearchIndex
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--zarr", "--zarr_path", "--zarr-path", dest="zarr", required=True,
-                        help="the store, or the output folder holding combined_embeddings.zarr")
+    parser.add_argument(
+        "--zarr",
+        "--zarr_path",
+        "--zarr-path",
+        dest="zarr",
+        required=True,
+        help="the store, or the output folder holding combined_embeddings.zarr",
+    )
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--text", "--query", dest="text", help="semantic search for this text (needs --checkpoint)")
     mode.add_argument("--like", "--query_page_id", dest="like", metavar="PAGE_ID", help="pages similar to this page")
@@ -58,8 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--checkpoint", type=Path, help="the store's checkpoint (for --text)")
     parser.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: beside the checkpoint)")
-    parser.add_argument("--panel-memory-mb", type=int, default=DEFAULT_PANEL_MEMORY >> 20,
-                        help="largest panel matrix held in memory; above it panel searches stream the store (default 4096)")
+    parser.add_argument(
+        "--panel-memory-mb",
+        type=int,
+        default=DEFAULT_PANEL_MEMORY >> 20,
+        help="largest panel matrix held in memory; above it panel searches stream the store (default 4096)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,8 +95,8 @@ def _text_encoder(args: argparse.Namespace, store: Path) -> tuple[Any, Any, str]
     """(model, tokenizer, encoder mode) for --text, refused unless the store was made by it."""
     if args.checkpoint is None:
         raise UsageError("--text encodes the query with the model: pass --checkpoint (the store's checkpoint)")
-    from common.checkpoint import load_model
-    from common.tokenizer import load_tokenizer
+    from comix_embed.common.checkpoint import load_model
+    from comix_embed.common.tokenizer import load_tokenizer
 
     attrs = read_attrs(store)
     loaded = load_model(args.checkpoint)
@@ -106,10 +115,12 @@ def _vocab_hash(identity: str) -> str:
     return identity.rpartition("sha256:")[2]
 
 
-def _search(index: SearchIndex, args: argparse.Namespace, encoder: tuple[Any, Any, str] | None) -> tuple[str, list[Hit]]:
+def _search(
+    index: SearchIndex, args: argparse.Namespace, encoder: tuple[Any, Any, str] | None
+) -> tuple[str, list[Hit]]:
     k = args.top_k
     if encoder is not None:
-        from common.search import text_vector
+        from comix_embed.tools.search import text_vector
 
         vector = text_vector(*encoder[:2], args.text, encoder[2])
         return "text", index.panels(vector, k, per_page=not args.panels)
@@ -133,15 +144,24 @@ def _report(index: SearchIndex, query: str, mode: str, panels: bool, results: li
 
 def _print_table(index: SearchIndex, query: str, mode: str, panels: bool, results: list[dict[str, Any]]) -> None:
     unit = "panels" if panels else "pages"
-    print(f"{mode} {query!r}: top {len(results)} {unit} of {len(index.rows)} searchable pages "
-          f"({index.committed} committed) in {index.path}")
+    print(
+        f"{mode} {query!r}: top {len(results)} {unit} of {len(index.rows)} searchable pages "
+        f"({index.committed} committed) in {index.path}"
+    )
     if not results:
         print("no results")
         return
     columns = ["rank", "score", "page_id", "series", "page", "panel", "text"]
     rows = [
-        [str(r["rank"]), _score(r["score"], mode), r["page_id"], r["series"], r["page_num"],
-         "" if r["panel"] is None else str(r["panel"]), r["snippet"]]
+        [
+            str(r["rank"]),
+            _score(r["score"], mode),
+            r["page_id"],
+            r["series"],
+            r["page_num"],
+            "" if r["panel"] is None else str(r["panel"]),
+            r["snippet"],
+        ]
         for r in results
     ]
     if all(not row[5] for row in rows):

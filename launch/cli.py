@@ -12,22 +12,22 @@ import importlib
 import logging
 import sys
 
-from common.errors import UsageError
+from comix_embed.common.errors import UsageError
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("common.demo", "make sample data and a tiny checkpoint, embed it all, show the results"),
-    "sample": ("common.sample", "write a synthetic, deterministic comic corpus (images, DataSpecs, list)"),
-    "init-checkpoint": ("common.init_checkpoint", "write an UNTRAINED checkpoint and a tokenizer beside it"),
-    "run": ("producer.run", "embed a list on this machine: Redis, workers and writer in one command"),
-    "enqueue": ("producer.enqueue", "register a list in the store and send its batches to the workers"),
-    "worker": ("consumers.worker", "start a Celery GPU worker that embeds batches"),
-    "writer": ("writer.service", "commit workers' results to the store, in order, with manifests"),
-    "status": ("producer.status", "committed, queued, in-flight and failed pages, rate and ETA"),
-    "summaries": ("common.tools.summaries", "print per-page norms and text of committed rows"),
-    "diagnose": ("common.tools.diagnose", "check a store for gaps, corruption and leftovers"),
-    "query": ("common.tools.query", "search a store by text, by page, or by keyword"),
-    "dataspec": ("common.tools.dataspec_from_coco", "make DataSpecs from COCO detections and VLM text"),
+    "demo": ("comix_embed.demo", "make sample data and a tiny checkpoint, embed it all, show the results"),
+    "sample": ("comix_embed.tools.sample", "write a synthetic, deterministic comic corpus (images, DataSpecs, list)"),
+    "init-checkpoint": ("comix_embed.tools.init_checkpoint", "write an UNTRAINED checkpoint and a tokenizer beside it"),
+    "run": ("comix_embed.run", "embed a list on this machine: Redis, workers and writer in one command"),
+    "enqueue": ("comix_embed.producer.enqueue", "register a list in the store and send its batches to the workers"),
+    "worker": ("comix_embed.consumers.worker", "start a Celery GPU worker that embeds batches"),
+    "writer": ("comix_embed.writer.service", "commit workers' results to the store, in order, with manifests"),
+    "status": ("comix_embed.producer.status", "committed, queued, in-flight and failed pages, rate and ETA"),
+    "summaries": ("comix_embed.tools.summaries", "print per-page norms and text of committed rows"),
+    "diagnose": ("comix_embed.tools.diagnose", "check a store for gaps, corruption and leftovers"),
+    "query": ("comix_embed.tools.query", "search a store by text, by page, or by keyword"),
+    "dataspec": ("comix_embed.tools.dataspec_from_coco", "make DataSpecs from COCO detections and VLM text"),
 }
 
 
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="comix-embed", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
+    for name, (_module_name, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
 

@@ -61,10 +61,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from common.config import TEXT_KEYS
-from common.dataspec import panel_text as read_panel_text
-from common.errors import UsageError
-from common.paths import is_windows_absolute
+from comix_embed.common.config import TEXT_KEYS
+from comix_embed.common.dataspec import panel_text as read_panel_text
+from comix_embed.common.errors import UsageError
+from comix_embed.common.paths import is_windows_absolute
 
 PANEL_CATEGORY = 1
 VLM_PANEL_KEYS = ("panels", "VLM_panels", "vlm_panels")
@@ -73,8 +73,14 @@ REPORT_NAME = "report.json"
 PRINT_LIMIT = 20
 SUBSETS = ("perfect", "all")
 REASONS = (
-    "bad_rel_path", "image_missing", "no_coco_entry", "vlm_missing", "vlm_unreadable",
-    "no_panels", "count_mismatch", "duplicate_output",
+    "bad_rel_path",
+    "image_missing",
+    "no_coco_entry",
+    "vlm_missing",
+    "vlm_unreadable",
+    "no_panels",
+    "count_mismatch",
+    "duplicate_output",
 )
 _INTEGRAL = re.compile(r"^-?\d+\.0*$")
 
@@ -82,19 +88,32 @@ Box = list[float]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--coco", required=True, type=Path,
-                        help="COCO predictions JSON (or a bare list of annotations)")
-    parser.add_argument("--mapping", required=True, type=Path,
-                        help="CSV: image_path, coco_image_id|predictions_json_id, vlm_json_path[, image_rel_path]")
-    parser.add_argument("--out", required=True, type=Path,
-                        help="folder for the DataSpecs (keeping the image folder tree) and report.json")
-    parser.add_argument("--subset", choices=SUBSETS, default="perfect",
-                        help="perfect: only pages whose detected and VLM panel counts are equal (default); "
-                             "all: every page, min(detected, VLM) panels")
-    parser.add_argument("--min-score", type=float, default=0.5,
-                        help="lowest panel detection score kept (default 0.5)")
-    parser.add_argument("--list-out", type=Path, default=None,
-                        help="list file to write (default: <OUT>_<subset>_list.txt beside OUT)")
+    parser.add_argument(
+        "--coco", required=True, type=Path, help="COCO predictions JSON (or a bare list of annotations)"
+    )
+    parser.add_argument(
+        "--mapping",
+        required=True,
+        type=Path,
+        help="CSV: image_path, coco_image_id|predictions_json_id, vlm_json_path[, image_rel_path]",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="folder for the DataSpecs (keeping the image folder tree) and report.json",
+    )
+    parser.add_argument(
+        "--subset",
+        choices=SUBSETS,
+        default="perfect",
+        help="perfect: only pages whose detected and VLM panel counts are equal (default); "
+        "all: every page, min(detected, VLM) panels",
+    )
+    parser.add_argument("--min-score", type=float, default=0.5, help="lowest panel detection score kept (default 0.5)")
+    parser.add_argument(
+        "--list-out", type=Path, default=None, help="list file to write (default: <OUT>_<subset>_list.txt beside OUT)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,8 +126,13 @@ def run(args: argparse.Namespace) -> int:
     predictions = read_predictions(Path(args.coco))
     rows = read_mapping(Path(args.mapping))
     report = Report(
-        coco=str(args.coco), mapping=str(args.mapping), out=str(out), list_file=str(list_path),
-        subset=args.subset, min_score=args.min_score, pages=len(rows),
+        coco=str(args.coco),
+        mapping=str(args.mapping),
+        out=str(out),
+        list_file=str(list_path),
+        subset=args.subset,
+        min_score=args.min_score,
+        pages=len(rows),
         unusable_annotations=predictions.unusable,
     )
     builder = _PageBuilder(predictions, Path(os.path.abspath(args.mapping)).parent, args.subset, args.min_score, report)
@@ -120,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 # --- predictions -------------------------------------------------------------------------------
+
 
 @dataclass
 class Predictions:
@@ -138,7 +163,8 @@ def read_predictions(path: Path) -> Predictions:
         images, annotations = data.get("images") or [], data["annotations"]
     else:
         raise UsageError(
-            f"Predictions file {path}: expected an object with an 'annotations' list, or a list of annotations")
+            f"Predictions file {path}: expected an object with an 'annotations' list, or a list of annotations"
+        )
     found = Predictions(panels={})
     for image in images if isinstance(images, list) else []:
         if isinstance(image, dict) and image.get("id") is not None:
@@ -188,10 +214,12 @@ def _read_json_input(path: Path, what: str) -> Any:
         raise UsageError(f"{what.capitalize()} {path} is not UTF-8 (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise UsageError(
-            f"{what.capitalize()} {path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+            f"{what.capitalize()} {path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
 
 
 # --- mapping -----------------------------------------------------------------------------------
+
 
 @dataclass
 class MappingRow:
@@ -252,8 +280,9 @@ def _mapping_row(cells: list[str], columns: dict[str, int], line: int) -> Mappin
         return cells[i].strip() if i is not None and i < len(cells) else ""
 
     image_id = next((cell(name) for name in ID_COLUMNS if cell(name)), "")
-    return MappingRow(line, cell("image_path"), _id_key(image_id) if image_id else "",
-                      cell("vlm_json_path"), cell("image_rel_path"))
+    return MappingRow(
+        line, cell("image_path"), _id_key(image_id) if image_id else "", cell("vlm_json_path"), cell("image_rel_path")
+    )
 
 
 def derived_rel_paths(image_paths: list[str]) -> list[str]:
@@ -266,7 +295,7 @@ def derived_rel_paths(image_paths: list[str]) -> list[str]:
     common = os.path.commonprefix([p[:-1] for p in parts if p]) if any(parts) else []
     rels = []
     for p in parts:
-        tail = p[len(common):]
+        tail = p[len(common) :]
         while tail and (tail[0] == "/" or re.fullmatch(r"[A-Za-z]:", tail[0])):
             tail = tail[1:]
         rels.append("/".join(tail))
@@ -282,6 +311,7 @@ def _parts(path: str) -> list[str]:
 
 
 # --- VLM text ----------------------------------------------------------------------------------
+
 
 def panel_text(panel: dict[str, Any]) -> dict[str, list[str]]:
     """A VLM panel's text by kind, as the users' writer folded it (research §1.2 A).
@@ -303,6 +333,7 @@ def _strings(value: Any) -> list[str]:
 
 
 # --- pages -------------------------------------------------------------------------------------
+
 
 class _Drop(Exception):
     """Why one page is not written: a reason from REASONS and a detail for the report."""
@@ -337,10 +368,17 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "coco": self.coco, "mapping": self.mapping, "out": self.out, "list_file": self.list_file,
-            "subset": self.subset, "min_score": self.min_score,
-            "pages_in_mapping": self.pages, "kept": self.kept, "dropped": len(self.dropped),
-            "dropped_by_reason": self.by_reason(), "panels_written": self.panels,
+            "coco": self.coco,
+            "mapping": self.mapping,
+            "out": self.out,
+            "list_file": self.list_file,
+            "subset": self.subset,
+            "min_score": self.min_score,
+            "pages_in_mapping": self.pages,
+            "kept": self.kept,
+            "dropped": len(self.dropped),
+            "dropped_by_reason": self.by_reason(),
+            "panels_written": self.panels,
             "boxes_below_min_score": self.boxes_below_min_score,
             "unusable_annotations": self.unusable_annotations,
             "images_not_checked": self.images_not_checked,
@@ -356,8 +394,10 @@ class Report:
         reasons = ", ".join(f"{r} {n}" for r, n in self.by_reason().items() if n)
         if reasons:
             lines.append(f"dropped: {reasons}")
-        lines.append(f"panel boxes below min score: {self.boxes_below_min_score}; "
-                     f"unusable annotations: {self.unusable_annotations}")
+        lines.append(
+            f"panel boxes below min score: {self.boxes_below_min_score}; "
+            f"unusable annotations: {self.unusable_annotations}"
+        )
         if self.images_not_checked:
             lines.append(f"images not checked (paths of another OS): {self.images_not_checked}")
         if self.kept_with_count_mismatch:
@@ -398,11 +438,13 @@ class _PageBuilder:
                     raise _Drop("duplicate_output", f"{rel} already written for row {first}")
             except _Drop as drop:
                 self.report.dropped.append(
-                    {"row": row.row, "image_path": row.image_path, "reason": drop.reason, "detail": drop.detail})
+                    {"row": row.row, "image_path": row.image_path, "reason": drop.reason, "detail": drop.detail}
+                )
                 continue
             if detected != vlm:
                 self.report.kept_with_count_mismatch.append(
-                    {"row": row.row, "image_path": row.image_path, "detected": detected, "vlm": vlm})
+                    {"row": row.row, "image_path": row.image_path, "detected": detected, "vlm": vlm}
+                )
             path = out / rel
             _write_json(path, spec)
             written.append(path)

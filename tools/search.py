@@ -35,15 +35,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
-from common import config
-from common.errors import UsageError
-from common.preprocess import join_text
-from common.results import STATUS_FULL_PAGE, STATUS_OK
-from common.store import read_attrs, read_committed_rows, resolve_store
+from comix_embed.common import config
+from comix_embed.common.errors import UsageError
+from comix_embed.common.preprocess import join_text
+from comix_embed.common.results import STATUS_FULL_PAGE, STATUS_OK
+from comix_embed.common.store import read_attrs, read_committed_rows, resolve_store
 
 if TYPE_CHECKING:
-    from common.checkpoint import LoadedModel
-    from common.tokenizer import LoadedTokenizer
+    from comix_embed.common.checkpoint import LoadedModel
+    from comix_embed.common.tokenizer import LoadedTokenizer
 
 # What the users' tools count as an embedded row (spec/store.md: zero rows are unwritten or failed).
 NORM_EPS = 1e-6
@@ -321,7 +321,9 @@ class SearchIndex:
 
     def require_searchable(self, row: int) -> None:
         if not self.searchable(row):
-            raise UsageError(f"page {self._cells('page_id', [row])[0]!r} has no embedding (status {int(self.status[row])}: failed)")
+            raise UsageError(
+                f"page {self._cells('page_id', [row])[0]!r} has no embedding (status {int(self.status[row])}: failed)"
+            )
 
     def page_panels(self, row: int) -> np.ndarray:
         """The normalised valid panel vectors of one page, read from the store."""

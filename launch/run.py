@@ -13,6 +13,7 @@ log); 2 bad usage or configuration; 1 anything else (a child process failed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import logging
@@ -27,20 +28,21 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from common import config
-from common.checkpoint import load_model
-from common.errors import UsageError
-from common.jobs import Job
-from common.results_channel import connect, results_key
-from common.store import read_attrs, store_path
-from common.tokenizer import load_tokenizer
-from consumers.settings import ready_key
-from consumers.worker import add_arguments as add_worker_arguments
-from consumers.worker import worker_command
-from producer.enqueue import EnqueueReport, add_source_arguments, plan, send_owed
-from producer.plan import PlannedPage
-from producer.redis_server import PrivateRedis
-from writer.manifests import manifest_file, manifest_ids, scan_manifests
+from comix_embed.common import config
+from comix_embed.common.checkpoint import load_model
+from comix_embed.common.child import cli_argv
+from comix_embed.common.errors import UsageError
+from comix_embed.common.jobs import Job
+from comix_embed.common.manifests import manifest_file, manifest_ids, scan_manifests
+from comix_embed.common.results_channel import connect, results_key
+from comix_embed.common.store import read_attrs, store_path
+from comix_embed.common.tokenizer import load_tokenizer
+from comix_embed.consumers.settings import ready_key
+from comix_embed.consumers.worker import add_arguments as add_worker_arguments
+from comix_embed.consumers.worker import worker_command
+from comix_embed.private_redis import PrivateRedis
+from comix_embed.producer.enqueue import EnqueueReport, add_source_arguments, plan, send_owed
+from comix_embed.producer.plan import PlannedPage
 
 log = logging.getLogger("comix.run")
 EXIT_OK, EXIT_FAILED_PAGES, EXIT_ERROR = 0, 3, 1
@@ -58,15 +60,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verify-batches", "--verify_batches", dest="verify_batches", action="store_true")
     parser.add_argument("--write-check", "--write_check", dest="write_check", action="store_true")
     parser.add_argument("--verbose", action="store_true", help="one [PAGE] line per committed page")
-    parser.add_argument("--stats-json", type=Path, help="write the run's figures (pages, seconds, pages/s) to this file")
+    parser.add_argument(
+        "--stats-json", type=Path, help="write the run's figures (pages, seconds, pages/s) to this file"
+    )
 
 
 def _die_with_parent() -> None:
     """Children get SIGTERM if `run` itself is killed, so no process is left behind."""
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 @dataclass
@@ -79,13 +81,21 @@ class Children:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         out = open(self.log_dir / f"{name}.log", "ab")
         self.procs[name] = subprocess.Popen(
-            argv, stdout=None if show_stdout else out, stderr=out, env={**os.environ, **(env or {})},
-            start_new_session=True, preexec_fn=_die_with_parent,
+            argv,
+            stdout=None if show_stdout else out,
+            stderr=out,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         out.close()
 
     def failed(self) -> list[str]:
-        return [f"{n} (exit {p.returncode}, see {self.log_dir / (n + '.log')})" for n, p in self.procs.items() if p.poll() not in (None, 0)]
+        return [
+            f"{n} (exit {p.returncode}, see {self.log_dir / (n + '.log')})"
+            for n, p in self.procs.items()
+            if p.poll() not in (None, 0)
+        ]
 
     def alive(self, prefix: str) -> int:
         return sum(1 for n, p in self.procs.items() if n.startswith(prefix) and p.poll() is None)
@@ -98,14 +108,10 @@ class Children:
                 os.killpg(p.pid, next(s for k, s in sig.items() if name.startswith(k)))
         deadline = time.monotonic() + timeout
         for p in chosen.values():
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)  # pool processes included
-            except ProcessLookupError:
-                pass
             p.wait()
 
 
@@ -201,7 +207,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _run_job(args, job, planned, report, children)
     except KeyboardInterrupt:
-        print("\ninterrupted: stopping workers and writer (committed batches are kept; run again to resume)", flush=True)
+        print(
+            "\ninterrupted: stopping workers and writer (committed batches are kept; run again to resume)", flush=True
+        )
         return 130
     finally:
         # workers: a cold shutdown, since what they hold is either committed or owed (and re-sent
@@ -213,8 +221,16 @@ def run(args: argparse.Namespace) -> int:
 
 def _start_children(args: argparse.Namespace, children: Children) -> list[str]:
     """The writer and the workers; returns the workers' node names."""
-    writer_argv = [sys.executable, "-m", "common.cli", "writer", "--output-dir", str(args.output_dir), "--broker", args.broker]
-    writer_argv += [flag for flag, on in (("--verify-batches", args.verify_batches), ("--write-check", args.write_check), ("--verbose", args.verbose)) if on]
+    writer_argv = cli_argv("writer", "--output-dir", str(args.output_dir), "--broker", args.broker)
+    writer_argv += [
+        flag
+        for flag, on in (
+            ("--verify-batches", args.verify_batches),
+            ("--write-check", args.write_check),
+            ("--verbose", args.verbose),
+        )
+        if on
+    ]
     children.start("writer", writer_argv, show_stdout=args.verbose)  # [PAGE] lines to the terminal
     plan_ = _worker_plan(args)
     per_worker = max(1, (os.cpu_count() or 1) // len(plan_))  # CPU threads, so workers do not oversubscribe
@@ -230,7 +246,9 @@ def _start_children(args: argparse.Namespace, children: Children) -> list[str]:
     return names
 
 
-def _run_job(args: argparse.Namespace, job: Job, planned: list[PlannedPage], report: EnqueueReport, children: Children) -> int:
+def _run_job(
+    args: argparse.Namespace, job: Job, planned: list[PlannedPage], report: EnqueueReport, children: Children
+) -> int:
     names = _start_children(args, children)
     client = connect(args.broker)
     _wait_for_workers(client, names, children)
@@ -243,7 +261,9 @@ def _run_job(args: argparse.Namespace, job: Job, planned: list[PlannedPage], rep
     last_change = time.monotonic()
     while done < total:
         time.sleep(0.2)
-        problem = "; ".join(children.failed()) or ("" if children.alive("worker") else f"every worker exited (see {children.log_dir})")
+        problem = "; ".join(children.failed()) or (
+            "" if children.alive("worker") else f"every worker exited (see {children.log_dir})"
+        )
         if problem:
             bar.close()
             print(f"stopping: {problem}", file=sys.stderr, flush=True)
@@ -261,13 +281,25 @@ def _run_job(args: argparse.Namespace, job: Job, planned: list[PlannedPage], rep
     seconds = _last_commit(args.output_dir) - started
     pending = total - already_done
     if args.stats_json:
-        stats = {"pages": pending, "seconds": round(seconds, 3), "pages_per_s": round(pending / seconds, 3), "workers": len(names)}
+        stats = {
+            "pages": pending,
+            "seconds": round(seconds, 3),
+            "pages_per_s": round(pending / seconds, 3),
+            "workers": len(names),
+        }
         args.stats_json.write_text(json.dumps(stats))
-    print(f"{pending} pages embedded and committed in {seconds:.1f} s ({pending / seconds:.2f} pages/s, workers ready)", flush=True)
+    print(
+        f"{pending} pages embedded and committed in {seconds:.1f} s ({pending / seconds:.2f} pages/s, workers ready)",
+        flush=True,
+    )
     failed_pages = _failed_pages(job, args.output_dir)
     print(
         f"done: {total} pages committed to {store_path(args.output_dir)}"
-        + (f"; {failed_pages} failed (reasons in the store's `error` array and {args.output_dir / config.AUDIT_LOG_NAME})" if failed_pages else ""),
+        + (
+            f"; {failed_pages} failed (reasons in the store's `error` array and {args.output_dir / config.AUDIT_LOG_NAME})"
+            if failed_pages
+            else ""
+        ),
         flush=True,
     )
     return EXIT_FAILED_PAGES if failed_pages else EXIT_OK
