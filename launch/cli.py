@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "writer": ("comix_embed.writer.service", "commit workers' results to the store, in order, with manifests"),
     "status": ("comix_embed.producer.status", "committed, queued, in-flight and failed pages, rate and ETA"),
     "summaries": ("comix_embed.tools.summaries", "print per-page norms and text of committed rows"),
-    "diagnose": ("comix_embed.tools.diagnose", "check a store for gaps, corruption and leftovers"),
+    "diagnose": ("comix_embed.tools.diagnose.command", "check a store for gaps, corruption and leftovers"),
     "query": ("comix_embed.tools.query", "search a store by text, by page, or by keyword"),
     "dataspec": ("comix_embed.tools.dataspec_from_coco", "make DataSpecs from COCO detections and VLM text"),
 }

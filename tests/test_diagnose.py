@@ -16,7 +16,7 @@ import pytest
 import zarr
 
 from comix_embed.cli import main
-from comix_embed.common.manifests import manifest_file
+from comix_embed.common.manifests import INFLIGHT_NAME, manifest_dir, manifest_file
 from comix_embed.common.store import store_path
 from tests.conftest import run_cli
 
@@ -129,6 +129,26 @@ def test_broken_manifest_is_reported_and_left_alone(
     assert code == 1
     assert "batch_000002.json is unreadable" in checks["manifests"]
     assert tree_digest(out) == before  # the writer's reader would have moved it aside; diagnose must not
+
+
+def test_inflight_record_is_read_and_an_unreadable_one_fails(
+    pipeline_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = copy_of(pipeline_store, tmp_path)
+    inflight = manifest_dir(store_path(out)) / INFLIGHT_NAME
+    inflight.write_text('{"batches": [[1, 4, 8], [7, 28, 32]]}')  # batch 1 has its manifest, batch 7 none
+    code, checks, verdict = diagnose(capsys, out)
+    assert code == 0
+    assert (
+        checks["leftovers"].startswith("WARN")
+        and "inflight.json names batches 7 without manifest" in checks["leftovers"]
+    )
+    assert verdict == "verdict: OK with warnings (leftovers)"
+
+    inflight.write_text('{"batches": [[7, 28')  # torn: the writer's recovery could not read it either
+    code, checks, verdict = diagnose(capsys, out)
+    assert code == 1
+    assert checks["leftovers"].startswith("FAIL") and "inflight.json cannot be read" in checks["leftovers"]
 
 
 def test_missing_store_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

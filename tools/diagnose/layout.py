@@ -1,0 +1,88 @@
+"""The layout and zarr-vs-xarray checks: the arrays against the schema, and as xarray sees them.
+
+- layout: every array of the schema, its shape, dtype and dimension names; the dimension
+  coordinates; committed_rows <= registered_rows <= capacity.
+- zarr-vs-xarray: the store opened with `zarr.open_group(mode="r")` and with
+  `xarray.open_zarr(consolidated=False)` has the same variables, shapes and dtypes, and exactly
+  the same committed `page_embeddings`, `status` and `page_id` values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import zarr
+
+from comix_embed.common import config
+from comix_embed.common.store import row_arrays
+from comix_embed.tools.diagnose.facts import COMPARED, RowFacts, dtype_label
+from comix_embed.tools.diagnose.load import Store
+from comix_embed.tools.diagnose.report import Check, listed
+
+
+def check_layout(s: Store) -> Check:
+    check = Check("layout")
+    d, p = int(s.attrs.get("embedding_dim", 0)), int(s.attrs.get("max_panels", 0))
+    lengths = set()
+    for name, spec in row_arrays().items():
+        if name not in s.arrays:
+            check.fails.append(f"array {name} is missing")
+            continue
+        arr = s.arrays[name]
+        lengths.add(arr.shape[0])
+        check.fails += array_problems(name, arr, spec.shape(arr.shape[0], d, p), spec.dtype, ("page_id", *spec.dims))
+    if len(lengths) > 1:
+        problem = f"page_id arrays have different lengths {sorted(lengths)} (grown one after another)"
+        (check.warns if s.writer_running else check.fails).append(problem)
+    for name, size in (("panel_id", p), ("embedding_dim", d), ("coord_dim", 4)):
+        if name not in s.arrays or not np.array_equal(s.read(name), np.arange(size)):
+            check.fails.append(f"dimension coordinate {name} is not 0..{size - 1}")
+    if not 0 <= s.committed <= s.registered <= s.capacity:
+        check.fails.append(
+            f"committed_rows {s.committed} <= registered_rows {s.registered} <= capacity {s.capacity} does not hold"
+        )
+    if s.attrs.get("schema_version") != config.SCHEMA_VERSION:
+        check.warns.append(f"schema_version {s.attrs.get('schema_version')!r}, this tool knows {config.SCHEMA_VERSION}")
+    if not check.fails:
+        check.notes.append(
+            f"{len(row_arrays())} page arrays of {s.capacity} rows, d={d}, {p} panel slots, dtypes and shapes as specified"
+        )
+    return check
+
+
+def array_problems(name: str, arr: zarr.Array, shape: tuple[int, ...], dtype: str, dims: tuple[str, ...]) -> list[str]:
+    problems = []
+    if tuple(arr.shape) != shape:
+        problems.append(f"{name} has shape {tuple(arr.shape)}, expected {shape}")
+    if dtype_label(arr.dtype) != dtype:
+        problems.append(f"{name} has dtype {arr.dtype}, expected {dtype}")
+    # zarr v2 metadata has no dimension names: such an array has none
+    names = getattr(arr.metadata, "dimension_names", None)
+    if tuple(names or ()) != dims:
+        problems.append(f"{name} has dimension names {names}, expected {dims}")
+    return problems
+
+
+def check_xarray(s: Store, ds: Any, error: str, facts: RowFacts | None) -> Check:
+    check = Check("zarr-vs-xarray")
+    if ds is None:
+        check.fails.append(f"xarray.open_zarr(consolidated=False) fails: {error}")
+        return check
+    ours = set(s.arrays)
+    theirs = set(ds.variables)
+    if ours != theirs:
+        check.fails.append(f"variables only in zarr: {sorted(ours - theirs)}, only in xarray: {sorted(theirs - ours)}")
+    for name in sorted(ours & theirs):
+        arr, var = s.arrays[name], ds.variables[name]
+        if tuple(arr.shape) != tuple(var.shape) or dtype_label(arr.dtype) != dtype_label(var.dtype):
+            check.fails.append(f"{name}: zarr {tuple(arr.shape)} {arr.dtype}, xarray {tuple(var.shape)} {var.dtype}")
+    for name, rows in (facts.xarray_diff if facts else {}).items():
+        if rows:
+            check.fails.append(f"{name} differs between zarr and xarray in rows {listed(rows)}")
+    if not check.fails:
+        check.notes.append(
+            f"{len(ours)} variables, same shapes and dtypes; "
+            f"committed {', '.join(COMPARED)} identical ({min(s.committed, s.rows)} rows)"
+        )
+    return check
