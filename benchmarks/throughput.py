@@ -44,7 +44,7 @@ from comix_embed.common.preprocess import prepare_page, read_image_bytes  # noqa
 from comix_embed.common.tokenizer import load_tokenizer  # noqa: E402
 from comix_embed.producer.plan import assign_rows, plan_pages  # noqa: E402
 from comix_embed.tools.init_checkpoint import init_checkpoint  # noqa: E402
-from comix_embed.tools.sample import make_sample  # noqa: E402
+from comix_embed.tools.sample.corpus import make_sample  # noqa: E402
 from tests.reference import reference_embed  # noqa: E402
 
 

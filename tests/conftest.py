@@ -16,7 +16,7 @@ import pytest
 from comix_embed.common.child import cli_argv
 from comix_embed.common.tokenizer import load_tokenizer
 from comix_embed.tools.init_checkpoint import init_checkpoint
-from comix_embed.tools.sample import make_sample
+from comix_embed.tools.sample.corpus import make_sample
 
 
 @pytest.fixture(scope="session")

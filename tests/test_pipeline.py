@@ -21,7 +21,7 @@ from comix_embed.common.store import read_attrs, store_path
 from comix_embed.common.tokenizer import load_tokenizer
 from comix_embed.private_redis import PrivateRedis
 from comix_embed.producer.plan import assign_rows, plan_pages
-from comix_embed.tools.sample import make_sample
+from comix_embed.tools.sample.corpus import make_sample
 from tests.conftest import add_broken_pages, run_cli
 from tests.harness import (
     assert_same_store,

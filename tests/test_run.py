@@ -6,7 +6,7 @@ from pathlib import Path
 
 from comix_embed.common.store import open_committed, store_path
 from comix_embed.tools.init_checkpoint import init_checkpoint
-from comix_embed.tools.sample import make_sample
+from comix_embed.tools.sample.corpus import make_sample
 from tests.conftest import run_cli
 
 

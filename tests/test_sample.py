@@ -13,12 +13,15 @@ from PIL import Image
 from comix_embed.common.child import cli_argv
 from comix_embed.common.config import MAX_PANELS, TEXT_KEYS
 from comix_embed.common.errors import UsageError
-from comix_embed.tools import sample, sample_text
+from comix_embed.tools.sample import command, text
+from comix_embed.tools.sample.corpus import SampleSummary, make_sample, page_jobs, plan_books
+from comix_embed.tools.sample.layout import DENSE_AT
+from comix_embed.tools.sample.page import CONTAINER, make_page, relative_parts
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> sample.SampleSummary:
-    return sample.make_sample(tmp_path_factory.mktemp("corpus"), 60, seed=0)
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> SampleSummary:
+    return make_sample(tmp_path_factory.mktemp("corpus"), 60, seed=0)
 
 
 def list_lines(out: Path) -> list[str]:
@@ -33,7 +36,7 @@ def all_files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_every_line_has_a_dataspec_and_a_jpeg_of_comic_size(corpus: sample.SampleSummary) -> None:
+def test_every_line_has_a_dataspec_and_a_jpeg_of_comic_size(corpus: SampleSummary) -> None:
     lines = list_lines(corpus.out)
     assert len(lines) == 60 == corpus.pages
     assert len(set(lines)) == 60
@@ -57,17 +60,17 @@ def test_every_line_has_a_dataspec_and_a_jpeg_of_comic_size(corpus: sample.Sampl
                 assert isinstance(texts, list) and all(isinstance(t, str) and t for t in texts)
 
 
-def test_panels_are_in_reading_order(corpus: sample.SampleSummary) -> None:
+def test_panels_are_in_reading_order(corpus: SampleSummary) -> None:
     for line in list_lines(corpus.out):
         boxes = [p["panel_coords"] for p in load_spec(corpus.out, line)["panels"]]
         assert boxes == sorted(boxes, key=lambda b: (b[1], b[0]))
 
 
-def test_layouts_cover_empty_pages_and_the_panel_cap(corpus: sample.SampleSummary) -> None:
+def test_layouts_cover_empty_pages_and_the_panel_cap(corpus: SampleSummary) -> None:
     specs = [load_spec(corpus.out, line) for line in list_lines(corpus.out)]
     counts = [len(s["panels"]) for s in specs]
     assert counts[0] == 0  # a book opens with its cover
-    assert counts[sample.DENSE_AT] > MAX_PANELS
+    assert counts[DENSE_AT] > MAX_PANELS
     assert corpus.zero_panel_pages == counts.count(0) >= 1
     assert corpus.over_cap_pages == sum(c > MAX_PANELS for c in counts) >= 1
     assert corpus.panels == sum(counts)
@@ -79,28 +82,28 @@ def test_layouts_cover_empty_pages_and_the_panel_cap(corpus: sample.SampleSummar
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
-    first = sample.make_sample(tmp_path / "a", 20, seed=3)  # > 16 pages: drawn by a process pool
-    second = sample.make_sample(tmp_path / "b", 20, seed=3)
+    first = make_sample(tmp_path / "a", 20, seed=3)  # > 16 pages: drawn by a process pool
+    second = make_sample(tmp_path / "b", 20, seed=3)
     files = all_files(first.out)
     assert files == all_files(second.out)
     assert len(files) == 41  # list + 20 DataSpecs + 20 JPEGs
 
-    other = sample.make_sample(tmp_path / "c", 20, seed=4)
+    other = make_sample(tmp_path / "c", 20, seed=4)
     assert other.list_path.read_bytes() != first.list_path.read_bytes()
     first_line, other_line = list_lines(first.out)[1], list_lines(other.out)[1]
     assert load_spec(first.out, first_line) != load_spec(other.out, other_line)
 
 
 def test_a_page_does_not_depend_on_the_process_that_drew_it(tmp_path: Path) -> None:
-    pooled = sample.make_sample(tmp_path / "pool", 20, seed=5)
-    books = sample.plan_books(20, 5)
-    job = sample.page_jobs(tmp_path / "alone", books, 5, False)[17]
+    pooled = make_sample(tmp_path / "pool", 20, seed=5)
+    books = plan_books(20, 5)
+    job = page_jobs(tmp_path / "alone", books, 5, False)[17]
     for kind in ("images", "dataspecs"):
-        (tmp_path / "alone" / kind / job.book / sample.CONTAINER).mkdir(parents=True)
-    result = sample.make_page(job)
+        (tmp_path / "alone" / kind / job.book / CONTAINER).mkdir(parents=True)
+    result = make_page(job)
     assert result.line == list_lines(pooled.out)[17]
     for kind, suffix in (("images", ".jpg"), ("dataspecs", ".json")):
-        rel = Path(kind, *sample.relative_parts(job, suffix))
+        rel = Path(kind, *relative_parts(job, suffix))
         assert (tmp_path / "alone" / rel).read_bytes() == (pooled.out / rel).read_bytes()
 
 
@@ -108,9 +111,9 @@ def test_windows_paths_are_absolute_and_the_path_map_is_printed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     parser = argparse.ArgumentParser()
-    sample.add_arguments(parser)
+    command.add_arguments(parser)
     args = parser.parse_args(["--out", str(tmp_path), "--pages", "3", "--windows-paths"])
-    assert sample.run(args) == 0
+    assert command.run(args) == 0
     out = capsys.readouterr().out
     path_map = f'--path-map "E:\\CalibreComics_extracted={tmp_path.resolve() / "images"}"'
     assert path_map in out
@@ -138,13 +141,13 @@ def test_cli_writes_a_corpus_and_says_how_to_use_it(tmp_path: Path) -> None:
 
 def test_zero_pages_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError):
-        sample.make_sample(tmp_path, 0)
+        make_sample(tmp_path, 0)
 
 
 def test_corpus_sentences_are_deterministic_varied_ascii() -> None:
-    sentences = sample_text.corpus_sentences(2000, seed=1)
-    assert sentences == sample_text.corpus_sentences(2000, seed=1)
-    assert sentences != sample_text.corpus_sentences(2000, seed=2)
+    sentences = text.corpus_sentences(2000, seed=1)
+    assert sentences == text.corpus_sentences(2000, seed=1)
+    assert sentences != text.corpus_sentences(2000, seed=2)
     assert len(sentences) == 2000 and len(set(sentences)) > 500
     assert all(s and s.isascii() for s in sentences)
     assert any(s.isupper() for s in sentences) and any(s.endswith(".") and not s.isupper() for s in sentences)

@@ -19,7 +19,7 @@ from transformers import RobertaTokenizerFast
 from comix_embed.common.checkpoint import save_checkpoint
 from comix_embed.common.model import ClosureLite, ModelConfig
 from comix_embed.common.tokenizer import tokenizer_dir_beside
-from comix_embed.tools.sample_text import corpus_sentences
+from comix_embed.tools.sample.text import corpus_sentences
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's ids 0..4
 UNTRAINED_NOTE = "UNTRAINED: random weights written by comix-embed init-checkpoint; embeddings carry no meaning"
