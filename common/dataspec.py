@@ -172,7 +172,7 @@ def _flatten(value: Any) -> list[float] | None:
     return _numbers(flat)
 
 
-def _strings(value: Any) -> list[str]:
+def strings(value: Any) -> list[str]:
     """Stripped strings of a string or a list; None and non-strings are dropped, empties kept."""
     if isinstance(value, str):
         return [value.strip()]
@@ -191,9 +191,9 @@ def panel_text(item: dict[str, Any]) -> dict[str, list[str]]:
     if isinstance(text, dict):
         for key, value in text.items():
             kind = {"narration": "narration", "caption": "narration", "sfx": "sfx"}.get(key, "dialogue")
-            out[kind].extend(_strings(value))
+            out[kind].extend(strings(value))
     else:
-        out["dialogue"].extend(_strings(text))
+        out["dialogue"].extend(strings(text))
     speakers = item.get("speakers")
     for speaker in speakers if isinstance(speakers, list) else []:
         if not isinstance(speaker, dict):
@@ -208,7 +208,7 @@ def panel_text(item: dict[str, Any]) -> dict[str, list[str]]:
             bucket = "sfx"
         else:
             bucket = "dialogue"
-        out[bucket].extend(_strings(said))
+        out[bucket].extend(strings(said))
     return out
 
 

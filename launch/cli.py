@@ -17,7 +17,10 @@ from comix_embed.common.errors import UsageError
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("comix_embed.demo", "make sample data and a tiny checkpoint, embed it all, show the results"),
-    "sample": ("comix_embed.tools.sample.command", "write a synthetic, deterministic comic corpus (images, DataSpecs, list)"),
+    "sample": (
+        "comix_embed.tools.sample.command",
+        "write a synthetic, deterministic comic corpus (images, DataSpecs, list)",
+    ),
     "init-checkpoint": ("comix_embed.tools.init_checkpoint", "write an UNTRAINED checkpoint and a tokenizer beside it"),
     "run": ("comix_embed.run", "embed a list on this machine: Redis, workers and writer in one command"),
     "enqueue": ("comix_embed.producer.enqueue", "register a list in the store and send its batches to the workers"),
@@ -27,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "summaries": ("comix_embed.tools.summaries", "print per-page norms and text of committed rows"),
     "diagnose": ("comix_embed.tools.diagnose.command", "check a store for gaps, corruption and leftovers"),
     "query": ("comix_embed.tools.query", "search a store by text, by page, or by keyword"),
-    "dataspec": ("comix_embed.tools.dataspec_from_coco", "make DataSpecs from COCO detections and VLM text"),
+    "dataspec": ("comix_embed.tools.dataspec_builder.command", "make DataSpecs from COCO detections and VLM text"),
 }
 
 

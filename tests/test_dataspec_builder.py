@@ -14,7 +14,8 @@ from comix_embed.common.child import cli_argv
 from comix_embed.common.dataspec import read_dataspec
 from comix_embed.common.errors import UsageError
 from comix_embed.common.pages import PageSpec, PanelSpec
-from comix_embed.tools import dataspec_from_coco as tool
+from comix_embed.tools.dataspec_builder import command
+from comix_embed.tools.dataspec_builder.mapping import derived_rel_paths
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -124,7 +125,7 @@ def inputs(tmp_path: Path) -> Path:
 
 def run_tool(mapping: Path, out: Path, subset: str = "perfect", **options: object) -> int:
     parser = argparse.ArgumentParser()
-    tool.add_arguments(parser)
+    command.add_arguments(parser)
     argv = [
         "--coco",
         str(mapping.parent / "coco.json"),
@@ -137,7 +138,7 @@ def run_tool(mapping: Path, out: Path, subset: str = "perfect", **options: objec
     ]
     for key, value in options.items():
         argv += [f"--{key.replace('_', '-')}", str(value)]
-    return tool.run(parser.parse_args(argv))
+    return command.run(parser.parse_args(argv))
 
 
 def reasons(report: dict) -> list[tuple[int, str]]:
@@ -267,12 +268,12 @@ def test_bare_list_rel_paths_and_duplicates(tmp_path: Path) -> None:
 
 
 def test_rel_paths_below_common_folder() -> None:
-    assert tool.derived_rel_paths([r"E:\c\Book A\01.jpg", r"E:\c\Book B\x\02.jpg"]) == [
+    assert derived_rel_paths([r"E:\c\Book A\01.jpg", r"E:\c\Book B\x\02.jpg"]) == [
         "Book A/01.jpg",
         "Book B/x/02.jpg",
     ]
-    assert tool.derived_rel_paths(["/data/one.png"]) == ["one.png"]
-    assert tool.derived_rel_paths([r"E:\a\1.png", "/mnt/b/2.png"]) == ["a/1.png", "mnt/b/2.png"]
+    assert derived_rel_paths(["/data/one.png"]) == ["one.png"]
+    assert derived_rel_paths([r"E:\a\1.png", "/mnt/b/2.png"]) == ["a/1.png", "mnt/b/2.png"]
 
 
 def test_unusable_inputs_are_usage_errors(inputs: Path, tmp_path: Path) -> None:

@@ -1,0 +1,76 @@
+"""The `comix-embed dataspec` command: its options, and a run from the inputs to the report.
+
+What it reads and writes, and why a page is dropped, are described in the package's docstring
+(`comix_embed.tools.dataspec_builder`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+
+from comix_embed.common.errors import UsageError
+from comix_embed.tools.dataspec_builder.build import PageBuilder, write_json, write_list
+from comix_embed.tools.dataspec_builder.coco import read_predictions
+from comix_embed.tools.dataspec_builder.mapping import read_mapping
+from comix_embed.tools.dataspec_builder.report import REPORT_NAME, Report
+
+SUBSETS = ("perfect", "all")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--coco", required=True, type=Path, help="COCO predictions JSON (or a bare list of annotations)"
+    )
+    parser.add_argument(
+        "--mapping",
+        required=True,
+        type=Path,
+        help="CSV: image_path, coco_image_id|predictions_json_id, vlm_json_path[, image_rel_path]",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="folder for the DataSpecs (keeping the image folder tree) and report.json",
+    )
+    parser.add_argument(
+        "--subset",
+        choices=SUBSETS,
+        default="perfect",
+        help="perfect: only pages whose detected and VLM panel counts are equal (default); "
+        "all: every page, min(detected, VLM) panels",
+    )
+    parser.add_argument("--min-score", type=float, default=0.5, help="lowest panel detection score kept (default 0.5)")
+    parser.add_argument(
+        "--list-out", type=Path, default=None, help="list file to write (default: <OUT>_<subset>_list.txt beside OUT)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if not math.isfinite(args.min_score):
+        raise UsageError(f"--min-score must be a number, got {args.min_score}")
+    out = Path(os.path.abspath(args.out))
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out} exists and is not a folder")
+    list_path = Path(os.path.abspath(args.list_out or out.parent / f"{out.name}_{args.subset}_list.txt"))
+    predictions = read_predictions(Path(args.coco))
+    rows = read_mapping(Path(args.mapping))
+    report = Report(
+        coco=str(args.coco),
+        mapping=str(args.mapping),
+        out=str(out),
+        list_file=str(list_path),
+        subset=args.subset,
+        min_score=args.min_score,
+        pages=len(rows),
+        unusable_annotations=predictions.unusable,
+    )
+    builder = PageBuilder(predictions, Path(os.path.abspath(args.mapping)).parent, args.subset, args.min_score, report)
+    written = builder.write_all(rows, out)
+    write_list(list_path, written)
+    write_json(out / REPORT_NAME, report.to_json())
+    print(report.text())
+    return 0 if report.kept else 3

@@ -1,0 +1,103 @@
+"""What a run kept and dropped, and why: printed, and written as OUT/report.json.
+
+Every page of the mapping is either kept or dropped with the first reason that applies (REASONS,
+in the order they are tested), so that nothing leaves the run unaccounted for.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPORT_NAME = "report.json"
+PRINT_LIMIT = 20
+# why a page is dropped, in the order the reasons are tested
+REASONS = (
+    "bad_rel_path",
+    "image_missing",
+    "no_coco_entry",
+    "vlm_missing",
+    "vlm_unreadable",
+    "no_panels",
+    "count_mismatch",
+    "duplicate_output",
+)
+
+
+class Drop(Exception):
+    """Why one page is not written: a reason from REASONS and a detail for the report."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+@dataclass
+class Report:
+    """What a run kept and dropped; printed, and written as OUT/report.json."""
+
+    coco: str
+    mapping: str
+    out: str
+    list_file: str
+    subset: str
+    min_score: float
+    pages: int
+    unusable_annotations: int
+    kept: int = 0
+    panels: int = 0
+    boxes_below_min_score: int = 0  # panel boxes under the score, on pages whose VLM JSON was read
+    images_not_checked: int = 0  # image paths of another OS (Windows on POSIX), kept unchecked
+    dropped: list[dict[str, Any]] = field(default_factory=list)
+    kept_with_count_mismatch: list[dict[str, Any]] = field(default_factory=list)  # subset "all"
+
+    def by_reason(self) -> dict[str, int]:
+        counts = Counter(d["reason"] for d in self.dropped)
+        return {reason: counts[reason] for reason in REASONS}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "coco": self.coco,
+            "mapping": self.mapping,
+            "out": self.out,
+            "list_file": self.list_file,
+            "subset": self.subset,
+            "min_score": self.min_score,
+            "pages_in_mapping": self.pages,
+            "kept": self.kept,
+            "dropped": len(self.dropped),
+            "dropped_by_reason": self.by_reason(),
+            "panels_written": self.panels,
+            "boxes_below_min_score": self.boxes_below_min_score,
+            "unusable_annotations": self.unusable_annotations,
+            "images_not_checked": self.images_not_checked,
+            "kept_with_count_mismatch": self.kept_with_count_mismatch,
+            "dropped_pages": self.dropped,
+        }
+
+    def text(self) -> str:
+        lines = [
+            f"{self.pages} pages in {self.mapping}: {self.kept} kept ({self.panels} panels), "
+            f"{len(self.dropped)} dropped [subset {self.subset}, min score {self.min_score:g}]",
+        ]
+        reasons = ", ".join(f"{r} {n}" for r, n in self.by_reason().items() if n)
+        if reasons:
+            lines.append(f"dropped: {reasons}")
+        lines.append(
+            f"panel boxes below min score: {self.boxes_below_min_score}; "
+            f"unusable annotations: {self.unusable_annotations}"
+        )
+        if self.images_not_checked:
+            lines.append(f"images not checked (paths of another OS): {self.images_not_checked}")
+        if self.kept_with_count_mismatch:
+            lines.append(f"kept with detected != VLM panel count: {len(self.kept_with_count_mismatch)}")
+        lines.append(f"DataSpecs: {self.out}")
+        lines.append(f"list: {self.list_file} ({self.kept} lines)")
+        lines.append(f"report: {Path(self.out) / REPORT_NAME}")
+        if self.dropped:
+            shown = self.dropped[:PRINT_LIMIT]
+            lines.append(f"dropped pages ({len(shown)} of {len(self.dropped)} shown):")
+            lines += [f"  row {d['row']}: {d['reason']}: {d['image_path']}: {d['detail']}" for d in shown]
+        return "\n".join(lines)
