@@ -35,10 +35,11 @@ AUDIT_LOG_NAME = "audit.jsonl"
 JOBS_DIR_NAME = "jobs"
 # The writer's lock file in the output folder: one writer per store.
 WRITER_LOCK_NAME = "writer.lock"
-# fsync chunk files (and their folders) before a batch's manifest, so that a manifest never
-# outlives its rows on power loss. Process crashes need no fsync (rename is atomic either way).
 # The writer waits this long for a chunk's worth of results before committing what it has.
 WRITER_LINGER_S = float(os.environ.get("COMIX_WRITER_LINGER_S", 0.25))
+# fsync every file the writer writes (chunks, zarr.json, manifests, root attributes) before its
+# rename and its folder after, so that no manifest outlives its rows on power loss. Process crashes
+# need no fsync (rename is atomic either way): off is for tests and benchmarks.
 WRITER_FSYNC = os.environ.get("COMIX_WRITER_FSYNC", "1") not in ("0", "false", "no")
 # Non-dimension coordinates of the store, as the users' readers use them (spec/store.md).
 STORE_COORDINATES = ("manifest_path", "source", "series", "volume", "issue", "page_num")
