@@ -213,10 +213,12 @@ def prepare_page(spec: PageSpec, data: bytes, name: str, fast_decode: bool = Fal
     crops = np.empty((len(rects), config.IMAGE_SIZE, config.IMAGE_SIZE, 3), dtype=np.uint8)
     for i, (x, y, x2, y2) in enumerate(rects):
         if not fast_decode:
-            out = img.crop((x, y, x2, y2)).resize(size, Image.BILINEAR)
+            out = img.crop((x, y, x2, y2)).resize(size, Image.Resampling.BILINEAR)
         else:
             # reducing_gap: shrink by an integer factor first (cheap box filter), then bilinear
-            out = img.resize(size, Image.BILINEAR, box=(x * sx, y * sy, x2 * sx, y2 * sy), reducing_gap=REDUCING_GAP)
+            out = img.resize(
+                size, Image.Resampling.BILINEAR, box=(x * sx, y * sy, x2 * sx, y2 * sy), reducing_gap=REDUCING_GAP
+            )
         crops[i] = np.asarray(out)
     comp = np.stack(
         [
