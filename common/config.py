@@ -57,9 +57,10 @@ JOBS_DIR_NAME = "jobs"
 WRITER_LOCK_NAME = "writer.lock"
 # The writer waits this long for a chunk's worth of results before committing what it has.
 WRITER_LINGER_S = float(_number("COMIX_WRITER_LINGER_S", 0.25))
-# fsync every file the writer writes (chunks, zarr.json, manifests, root attributes) before its
-# rename and its folder after, so that no manifest outlives its rows on power loss. Process crashes
-# need no fsync (rename is atomic either way): off is for tests and benchmarks.
+# fsync what the writer writes (chunks, zarr.json, manifests, committed_rows) before its rename and
+# the folder after, so that no manifest outlives its rows on power loss (writer/commit.py says
+# which renames need not be durable). Process crashes need no fsync (rename is atomic either way):
+# off is for tests and benchmarks.
 WRITER_FSYNC = os.environ.get("COMIX_WRITER_FSYNC", "1") not in ("0", "false", "no")
 # Non-dimension coordinates of the store, as the users' readers use them (spec/store.md).
 STORE_COORDINATES = ("manifest_path", "source", "series", "volume", "issue", "page_num")

@@ -151,13 +151,18 @@ def read_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
         return json.load(fh).get("attributes", {})
 
 
-def write_attrs(path: str | os.PathLike[str], updates: dict[str, Any], fsync: bool = True) -> dict[str, Any]:
-    """Update root attributes atomically; the temporary file lives outside the root (see above)."""
+def write_attrs(
+    path: str | os.PathLike[str], updates: dict[str, Any], fsync: bool = True, durable_rename: bool = True
+) -> dict[str, Any]:
+    """Update root attributes atomically; the temporary file lives outside the root (see above).
+
+    `fsync` and `durable_rename` as in `write_json_atomic`.
+    """
     path = Path(path)
     with open(path / "zarr.json", encoding="utf-8") as fh:
         meta = json.load(fh)
     meta.setdefault("attributes", {}).update(updates)
-    write_json_atomic(path / "zarr.json", meta, fsync, tmp_dir=path / config.MANIFEST_GROUP)
+    write_json_atomic(path / "zarr.json", meta, fsync, path / config.MANIFEST_GROUP, durable_rename)
     return meta["attributes"]
 
 

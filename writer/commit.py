@@ -7,9 +7,11 @@ Protocol per `commit(results)` (results in any order, redeliveries included):
 3. record the batches in `manifest/inflight.json`, write the rows (contiguous batches merged, one
    write per array per region, arrays written concurrently);
 4. write each batch's manifest, then advance `committed_rows` to the end of the contiguous prefix.
-With fsync on (COMIX_WRITER_FSYNC), every file is durable before the next step starts: the store
+With fsync on (COMIX_WRITER_FSYNC), what a step relies on is durable before it starts: the store
 is opened through `DurableLocalStore`, whose writes fsync each file before its rename and its
-folder after, and the JSON files are written by `common/durable.py`, which does the same.
+folder after, and the manifests by `common/durable.py`, which does the same; `committed_rows`
+is fsynced before its rename (the rename may be lost: recovery repairs a lagging value), and
+`inflight.json` only renamed (a hint for recovery after a kill; see `_commit_new`).
 On open it takes the output folder's lock, removes temporary files, zeroes the rows of batches
 that were being written without reaching their manifest, and repairs a lagging `committed_rows`.
 """
@@ -240,8 +242,10 @@ class StoreWriter:
             self._register_pending()
         data = {r.batch_id: _prepared(r.arrays) for r in results}
         ranges = [(r.batch_id, r.start, r.end) for r in results]
-        # durable before any row is written: recovery must be able to read it after a power loss
-        manifests.write_inflight(self.path, ranges, self.fsync)
+        # atomic, not fsynced: it is a hint for recovery after a kill. After a power loss the rows it
+        # names are past the manifests anyway and rewritten when their batch comes again (the
+        # producer resends every owed batch); recovery reads a torn one as naming nothing.
+        manifests.write_inflight(self.path, ranges, fsync=False)
         try:
             self._write_rows(_regions(results, data))
             if self.write_check:
@@ -319,8 +323,10 @@ class StoreWriter:
         """Publish the contiguous prefix of manifests as `committed_rows` (only ever grows)."""
         self._next_batch, rows = committed_prefix(self._batches)
         if rows > int(self._attrs.get("committed_rows", 0)):
-            # durable too: a root zarr.json lost to a power loss would lose the whole store's metadata
-            self._attrs = store.write_attrs(self.path, {"committed_rows": rows}, self.fsync)
+            # the content is fsynced (a torn root zarr.json would lose the store's metadata); the
+            # rename need not be: after a power loss the previous zarr.json, whose committed_rows
+            # lags, is repaired from the manifests when the writer starts
+            self._attrs = store.write_attrs(self.path, {"committed_rows": rows}, self.fsync, durable_rename=False)
         elif rows < int(self._attrs.get("committed_rows", 0)):
             log.error(
                 "manifests cover %d rows but committed_rows says %d: manifests were lost",
