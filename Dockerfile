@@ -9,8 +9,15 @@ COPY producer ./producer
 COPY consumers ./consumers
 COPY writer ./writer
 COPY tools ./tools
-RUN pip install --no-cache-dir . && useradd --create-home comix
-USER comix
+# A numeric user (resolvable whatever the host's /etc/passwd says), and the GPU-claim folder
+# made and owned by it here: a named volume mounted on /claims starts as a copy of it, so the
+# workers can create their gpu-N.lock files there.
+RUN pip install --no-cache-dir . \
+    && groupadd --gid 10001 comix \
+    && useradd --uid 10001 --gid 10001 --create-home comix \
+    && mkdir /claims \
+    && chown 10001:10001 /claims
+USER 10001:10001
 # Celery's warm shutdown on `docker compose stop`: finish the batch at hand, re-queue nothing lost
 ENV REMAP_SIGTERM=SIGQUIT PYTHONUNBUFFERED=1
 ENTRYPOINT ["comix-embed"]

@@ -3,6 +3,11 @@
 The users' training code saved `{"epoch", "model_state_dict", "optimizer_state_dict", ...}` with no
 architecture: it is inferred here from tensor shapes. Unlike the original (`strict=False`, which
 silently ran half-random when a key was missing), every inference key must be present.
+
+A checkpoint is read with torch's safe loader (`weights_only=True`): tensors, numbers, strings and
+containers only. Full unpickling can run any code stored in the file, so it happens only when the
+user says the file is trusted (`--trust-checkpoint`); otherwise the refusal names the file, what
+was refused, and the flag.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import pickle
 import re
 from dataclasses import dataclass
@@ -20,6 +26,7 @@ import torch
 
 from comix_embed.common.errors import UsageError
 from comix_embed.common.model import ClosureLite, ModelConfig
+from comix_embed.common.model_options import TRUST_FLAG
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +56,28 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    """(state dict, config entry or None) from a training checkpoint or a bare state dict."""
+def read_checkpoint(path: Path, trust: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """(state dict, config entry or None) from a training checkpoint or a bare state dict.
+
+    `trust` allows full unpickling when the safe loader refuses the file.
+    """
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):
+            raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        if not trust:
+            raise CheckpointError(
+                f"checkpoint {path}: the safe loader (torch.load weights_only=True) refused {_refused(str(exc))}; "
+                f"loading it fully could run code stored in the file. If you trust this file, pass {TRUST_FLAG}"
+            ) from None
+        log.warning("%s: loading fully (%s): %s", path, TRUST_FLAG, _refused(str(exc)))
         try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            if "Weights only load failed" not in str(exc):
-                raise
-            # Training state (optimizer, scheduler) may hold objects the safe loader refuses; the
-            # file is the user's own, so fall back to the full loader, as their own code did.
-            log.warning("%s: safe loading refused some training state; loading it fully", path)
             raw = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc2:
+            raise CheckpointError(f"cannot read checkpoint {path}: {exc2}") from exc2
     except Exception as exc:  # truncated or foreign file
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
     if not isinstance(raw, dict):
@@ -72,6 +87,15 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     if not isinstance(state, dict) or not any(torch.is_tensor(v) for v in state.values()):
         raise CheckpointError(f"checkpoint {path} has no model_state_dict and is not a state dict")
     return {k: v for k, v in state.items() if torch.is_tensor(v)}, cfg
+
+
+def _refused(message: str) -> str:
+    """What the safe loader refused, from torch's message (e.g. "the object argparse.Namespace")."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+    if found:
+        return f"the object {found.group(1)}"
+    detail = next((ln.strip() for ln in message.splitlines() if "WeightsUnpickler error" in ln), "")
+    return f"part of the file ({detail})" if detail else "part of the file"
 
 
 def _need(state: dict[str, torch.Tensor], key: str, path: Path) -> torch.Tensor:
@@ -128,10 +152,13 @@ def infer_config(state: dict[str, torch.Tensor], path: Path) -> ModelConfig:
     )
 
 
-def load_model(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
-    """Build the model for a checkpoint and load every inference weight, strictly."""
+def load_model(path: str | os.PathLike[str], device: torch.device | str = "cpu", trust: bool = False) -> LoadedModel:
+    """Build the model for a checkpoint and load every inference weight, strictly.
+
+    `trust` (the user's --trust-checkpoint) allows full unpickling; see `read_checkpoint`.
+    """
     path = Path(path)
-    state, cfg_entry = read_checkpoint(path)
+    state, cfg_entry = read_checkpoint(path, trust)
     cfg = infer_config(state, path)
     if cfg_entry:
         # our checkpoints carry their config: head counts cannot be inferred from shapes

@@ -4,11 +4,31 @@ Constants describe the model and the store contract (spec/closure-lite.md, spec/
 must not vary between processes. Deployment settings (broker URL, credentials, bounds) come from
 the environment, so that the same values reach the producer, the workers, the writer and Flower
 (research/celery-reliability.md: mismatched visibility timeouts on one Redis cause redeliveries).
+Every command calls `check()` first: a setting that cannot work stops it with a message naming
+the variable (exit status 2), instead of failing later, elsewhere, or never.
 """
 
 from __future__ import annotations
 
 import os
+from urllib.parse import urlsplit, urlunsplit
+
+from comix_embed.common.errors import UsageError
+
+_UNREADABLE: list[str] = []  # environment values that are not numbers, reported by check()
+
+
+def _number(name: str, default: int | float) -> int | float:
+    """$name as the type of `default`; a value that is not a number is reported by check()."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        return type(default)(raw)
+    except ValueError:
+        _UNREADABLE.append(f"{name}={raw!r} is not {'an integer' if isinstance(default, int) else 'a number'}")
+        return default
+
 
 # --- model and page inputs (spec/closure-lite.md) ---
 MAX_PANELS = 12
@@ -20,7 +40,7 @@ ATTENTION_TEMPERATURE = 0.1
 ENCODER_MODES = ("fused", "vision", "text", "comp")
 MODEL_NAME = "CLOSURE-Lite-Simple"
 # A page larger than this many pixels is refused as a decompression bomb (real scans are ~4-6 MP).
-MAX_IMAGE_PIXELS = int(os.environ.get("COMIX_MAX_IMAGE_PIXELS", 64_000_000))
+MAX_IMAGE_PIXELS = int(_number("COMIX_MAX_IMAGE_PIXELS", 64_000_000))
 
 # --- store (spec/store.md) ---
 STORE_NAME = "combined_embeddings.zarr"
@@ -35,10 +55,12 @@ AUDIT_LOG_NAME = "audit.jsonl"
 JOBS_DIR_NAME = "jobs"
 # The writer's lock file in the output folder: one writer per store.
 WRITER_LOCK_NAME = "writer.lock"
-# fsync chunk files (and their folders) before a batch's manifest, so that a manifest never
-# outlives its rows on power loss. Process crashes need no fsync (rename is atomic either way).
 # The writer waits this long for a chunk's worth of results before committing what it has.
-WRITER_LINGER_S = float(os.environ.get("COMIX_WRITER_LINGER_S", 0.25))
+WRITER_LINGER_S = float(_number("COMIX_WRITER_LINGER_S", 0.25))
+# fsync what the writer writes (chunks, zarr.json, manifests, committed_rows) before its rename and
+# the folder after, so that no manifest outlives its rows on power loss (writer/commit.py says
+# which renames need not be durable). Process crashes need no fsync (rename is atomic either way):
+# off is for tests and benchmarks.
 WRITER_FSYNC = os.environ.get("COMIX_WRITER_FSYNC", "1") not in ("0", "false", "no")
 # Non-dimension coordinates of the store, as the users' readers use them (spec/store.md).
 STORE_COORDINATES = ("manifest_path", "source", "series", "volume", "issue", "page_num")
@@ -46,15 +68,53 @@ STORE_COORDINATES = ("manifest_path", "source", "series", "volume", "issue", "pa
 # --- broker and delivery (research/celery-reliability.md §0) ---
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 # Seconds before an unacknowledged task is handed to another worker. Far above a batch's runtime.
-VISIBILITY_TIMEOUT = int(os.environ.get("COMIX_VISIBILITY_TIMEOUT", 1800))
+VISIBILITY_TIMEOUT = int(_number("COMIX_VISIBILITY_TIMEOUT", 1800))
 # A task is killed before its lease can expire, so it never runs twice concurrently.
-TASK_TIME_LIMIT = int(os.environ.get("COMIX_TASK_TIME_LIMIT", 1200))
-TASK_SOFT_TIME_LIMIT = TASK_TIME_LIMIT - 60
+TASK_TIME_LIMIT = int(_number("COMIX_TASK_TIME_LIMIT", 1200))
+# The soft limit lets a batch give its pages back before the hard one kills it.
+SOFT_LIMIT_MARGIN_S = 60
+TASK_SOFT_TIME_LIMIT = TASK_TIME_LIMIT - SOFT_LIMIT_MARGIN_S
 EMBED_QUEUE = "comix.embed"
 # Results waiting for the writer are bounded: a worker waits while this many are queued.
-MAX_PENDING_RESULTS = int(os.environ.get("COMIX_MAX_PENDING_RESULTS", 16))
+MAX_PENDING_RESULTS = int(_number("COMIX_MAX_PENDING_RESULTS", 16))
 
 
 def broker_url(cli_value: str | None = None) -> str:
     """The broker URL: the command-line value, else $COMIX_BROKER_URL, else local Redis."""
     return cli_value or os.environ.get("COMIX_BROKER_URL") or DEFAULT_BROKER_URL
+
+
+def masked_url(url: str) -> str:
+    """`url` with its password shown as ***: how every URL is printed or logged."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def check() -> None:
+    """Refuse settings that cannot work, naming the variable; every command calls this first."""
+    problems = list(_UNREADABLE)
+    for name, value in (
+        ("COMIX_VISIBILITY_TIMEOUT", VISIBILITY_TIMEOUT),
+        ("COMIX_TASK_TIME_LIMIT", TASK_TIME_LIMIT),
+        ("COMIX_MAX_PENDING_RESULTS", MAX_PENDING_RESULTS),
+        ("COMIX_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS),
+    ):
+        if value <= 0:
+            problems.append(f"{name} must be positive, got {value}")
+    if WRITER_LINGER_S < 0:
+        problems.append(f"COMIX_WRITER_LINGER_S must be 0 or more seconds, got {WRITER_LINGER_S}")
+    if 0 < TASK_TIME_LIMIT <= SOFT_LIMIT_MARGIN_S:
+        problems.append(
+            f"COMIX_TASK_TIME_LIMIT must be more than {SOFT_LIMIT_MARGIN_S} s (its soft limit comes "
+            f"{SOFT_LIMIT_MARGIN_S} s earlier), got {TASK_TIME_LIMIT}"
+        )
+    if TASK_TIME_LIMIT >= VISIBILITY_TIMEOUT > 0:
+        problems.append(
+            f"COMIX_TASK_TIME_LIMIT ({TASK_TIME_LIMIT} s) must be below COMIX_VISIBILITY_TIMEOUT "
+            f"({VISIBILITY_TIMEOUT} s): otherwise a batch still running is delivered to a second worker"
+        )
+    if problems:
+        raise UsageError("configuration: " + "; ".join(problems))

@@ -5,6 +5,12 @@ around the page, other key names for the image and the panels, boxes as `panel_c
 `bbox` or polygons, text as dicts, lists, strings or `speakers`. All of them are normalised here,
 once, so that nothing downstream guesses. Anything that cannot be read is a `DataSpecError` that
 names the file and the reason, so the producer can record the page as failed and go on.
+
+A panel entry that cannot be read fails its page, its reason naming the entry, the field and the
+value (the original embedded such a page as one full-page panel, with no error): a box that is not
+4 finite numbers or has no area, a polygon of fewer than 3 points, text that is not a string, a
+list of strings or a dict of those. A panel with no box at all (no box key, or null, or `[]`) is
+dropped and counted, as are the panels past the first MAX_PANELS, whatever they hold.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from comix_embed.common.config import MAX_PANELS
 from comix_embed.common.pages import Box, PageSpec, PanelSpec
 
 IMAGE_KEYS = ("page_image_path", "image_path", "image", "IMAGE_PATH")
@@ -37,6 +44,9 @@ PANEL_LIST_KEYS = (
 # so this chain reads every file the original read, the same way.
 ENCODINGS = ("utf-8", "cp1252", "latin-1")
 FRACTION_LIMIT = 1.1  # COCO boxes whose values are all <= this are fractions of the page
+# A panel's box comes from the first of these keys it has, in this order
+XYWH_KEYS = ("panel_coords", "bbox", "box")
+POLYGON_KEYS = ("polygon", "segmentation")
 
 _NARRATION = ("narrat", "caption")
 _SFX = ("sfx", "sound", "onomatopoeia", "effect")
@@ -44,6 +54,10 @@ _SFX = ("sfx", "sound", "onomatopoeia", "effect")
 
 class DataSpecError(Exception):
     """A DataSpec that cannot be used; the message names the file and the field or reason."""
+
+
+class PanelError(ValueError):
+    """A panel entry that cannot be read; the message names the entry, the field and the value."""
 
 
 @dataclass
@@ -96,13 +110,26 @@ def parse_dataspec(data: Any, name: str) -> DataSpecRead:
     image = next((v.strip() for k in IMAGE_KEYS if isinstance(v := data.get(k), str) and v.strip()), None)
     if image is None:
         raise DataSpecError(f"DataSpec {name}: no image path (tried keys {', '.join(IMAGE_KEYS)})")
-    raw_panels = _panel_list(data)
-    panels = [p for p in map(_panel, raw_panels) if p is not None]
-    return DataSpecRead(PageSpec(image=image, panels=panels), dropped_panels=len(raw_panels) - len(panels))
+    key, raw_panels = _panel_list(data)
+    panels: list[PanelSpec] = []
+    dropped = 0
+    for i, item in enumerate(raw_panels):
+        try:
+            panel = _panel(item, f"{key}[{i}]")
+        except PanelError as exc:
+            if len(panels) >= MAX_PANELS:  # past the cap: dropped and counted, whatever it holds
+                dropped += 1
+                continue
+            raise DataSpecError(f"DataSpec {name}: {exc}") from None
+        if panel is None:
+            dropped += 1
+        else:
+            panels.append(panel)
+    return DataSpecRead(PageSpec(image=image, panels=panels), dropped_panels=dropped)
 
 
-def _panel_list(data: dict[str, Any]) -> list[Any]:
-    """The first of PANEL_LIST_KEYS holding a non-empty list with at least one object.
+def _panel_list(data: dict[str, Any]) -> tuple[str, list[Any]]:
+    """(key, list) of the first of PANEL_LIST_KEYS holding a list with at least one object.
 
     Only these keys are read: guessing from any list of objects would take a page-level
     `characters` or `faces` list for panels.
@@ -110,18 +137,23 @@ def _panel_list(data: dict[str, Any]) -> list[Any]:
     for key in PANEL_LIST_KEYS:
         value = data.get(key)
         if isinstance(value, list) and any(isinstance(item, dict) for item in value):
-            return value
-    return []
+            return key, value
+    return "panels", []
 
 
-def _panel(item: Any) -> PanelSpec | None:
+def _panel(item: Any, where: str) -> PanelSpec | None:
+    """The panel of one entry of the panel list (`where` names it), None when it has no box.
+
+    Raises PanelError for an entry that cannot be read.
+    """
     if not isinstance(item, dict):
-        return None
-    found = _box(item)
+        raise PanelError(f"{where} is {_shown(item)}, not an object")
+    found = _box(item, where)
     if found is None:
         return None
-    box, fraction = found
-    return PanelSpec(box=box, text=panel_text(item), fraction=fraction, characters=_characters(item))
+    box, fraction, source = found
+    _check_text(item, where)
+    return PanelSpec(box=box, text=panel_text(item), fraction=fraction, characters=_characters(item), source=source)
 
 
 def _numbers(value: Any) -> list[float] | None:
@@ -133,33 +165,46 @@ def _numbers(value: Any) -> list[float] | None:
     return list(value)
 
 
-def _box(item: dict[str, Any]) -> tuple[Box, bool] | None:
-    """([x, y, w, h], fraction) from `panel_coords`, `bbox`/`box` (xywh) or `polygon`/`segmentation`.
+def _box(item: dict[str, Any], where: str) -> tuple[Box, bool, str] | None:
+    """([x, y, w, h], fraction, source) from the first box key the entry has, None if it has none.
 
-    Pixel values are truncated with int() as the original did for `panel_coords` (the crop and
-    the composition features depend on it); fractions stay floats. A negative width or height
-    makes the box unusable.
+    `panel_coords` is pixels; `bbox`/`box` are COCO xywh, fractions of the page when every value
+    is <= FRACTION_LIMIT; `polygon`/`segmentation` give their bounding box. Pixel values are
+    truncated with int() as the original did for `panel_coords` (the crop and the composition
+    features depend on it); fractions stay floats. `source` names the field, for later errors.
     """
-    coords = _numbers(item.get("panel_coords"))
-    if coords is not None and len(coords) == 4:
-        return _checked(coords, fraction=False)
-    for key in ("bbox", "box"):
-        coords = _numbers(item.get(key))
-        if coords is not None and len(coords) == 4:
-            return _checked(coords, fraction=max(coords) <= FRACTION_LIMIT)
-    for key in ("polygon", "segmentation"):
-        points = _flatten(item.get(key))
-        if points is not None and len(points) >= 4 and len(points) % 2 == 0:
-            xs, ys = points[0::2], points[1::2]
-            box = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
-            return _checked(box, fraction=max(points) <= FRACTION_LIMIT)
-    return None
-
-
-def _checked(box: list[float], fraction: bool) -> tuple[Box, bool] | None:
-    if box[2] < 0 or box[3] < 0:
+    key = next((k for k in (*XYWH_KEYS, *POLYGON_KEYS) if item.get(k) not in (None, [])), None)
+    if key is None:
         return None
-    return [float(v) if fraction else float(int(v)) for v in box], fraction
+    value, source = item[key], f"{where}.{key}"
+    if key in XYWH_KEYS:
+        coords = _numbers(value)
+        if coords is None or len(coords) != 4:
+            raise PanelError(f"{source} is {_shown(value)}: expected 4 finite numbers [x, y, w, h]")
+        fraction = key != "panel_coords" and max(coords) <= FRACTION_LIMIT
+    else:
+        points = _flatten(value)
+        if points is None or len(points) % 2:
+            raise PanelError(f"{source} is {_shown(value)}: expected x, y pairs of finite numbers")
+        if len(points) < 6:
+            raise PanelError(f"{source} is {_shown(value)}: a polygon needs at least 3 points")
+        xs, ys = points[0::2], points[1::2]
+        coords = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+        fraction = max(points) <= FRACTION_LIMIT
+    box = [float(v) if fraction else float(int(v)) for v in coords]
+    if box[2] <= 0 or box[3] <= 0:
+        what = "box" if key in XYWH_KEYS else "bounding box " + _shown(box)
+        raise PanelError(f"{source} is {_shown(value)}: its {what} has no area (width and height must be > 0)")
+    return box, fraction, source
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """A value as JSON for an error message (NaN shown as NaN), cut to `limit` characters."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _flatten(value: Any) -> list[float] | None:
@@ -170,6 +215,37 @@ def _flatten(value: Any) -> list[float] | None:
     for v in value:
         flat.extend(v if isinstance(v, list) else [v])
     return _numbers(flat)
+
+
+def _check_text(item: dict[str, Any], where: str) -> None:
+    """Refuse panel text that is not a string, a list of strings or a dict of those (null: none).
+
+    The text of `speakers` entries is held to the same rule.
+    """
+    text = item.get("text")
+    if isinstance(text, dict):
+        for key, value in text.items():
+            _check_strings(value, f"{where}.text.{key}")
+    else:
+        _check_strings(text, f"{where}.text", "a string, a list of strings, or a dict of those")
+    speakers = item.get("speakers")
+    if speakers is None:
+        return
+    if not isinstance(speakers, list):
+        raise PanelError(f"{where}.speakers is {_shown(speakers)}: expected a list of objects")
+    for j, speaker in enumerate(speakers):
+        if not isinstance(speaker, dict):
+            raise PanelError(f"{where}.speakers[{j}] is {_shown(speaker)}: expected an object")
+        for key in ("dialogue", "text"):
+            _check_strings(speaker.get(key), f"{where}.speakers[{j}].{key}")
+
+
+def _check_strings(value: Any, field: str, expected: str = "a string or a list of strings") -> None:
+    if value is None or isinstance(value, str):
+        return
+    if isinstance(value, list) and all(v is None or isinstance(v, str) for v in value):
+        return
+    raise PanelError(f"{field} is {_shown(value)}: expected {expected}")
 
 
 def strings(value: Any) -> list[str]:

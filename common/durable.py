@@ -25,12 +25,19 @@ def fsync_dir(folder: str | os.PathLike[str]) -> None:
 
 
 def write_json_atomic(
-    path: str | os.PathLike[str], data: Any, fsync: bool = True, tmp_dir: str | os.PathLike[str] | None = None
+    path: str | os.PathLike[str],
+    data: Any,
+    fsync: bool = True,
+    tmp_dir: str | os.PathLike[str] | None = None,
+    durable_rename: bool = True,
 ) -> None:
     """Write `data` as JSON to `path` atomically.
 
     `tmp_dir` (same filesystem) keeps the temporary file out of a folder that others list;
     temporary names start with a dot and end in TMP_SUFFIX so that recovery can find them.
+    `durable_rename=False` (with `fsync`) fsyncs the content but not the folder: a power loss
+    never leaves a torn file but may bring the previous one back, for files whose previous
+    version the reader repairs (it saves one journal commit per write).
     """
     path = Path(path)
     folder = Path(tmp_dir) if tmp_dir is not None else path.parent
@@ -45,5 +52,5 @@ def write_json_atomic(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if fsync:
+    if fsync and durable_rename:
         fsync_dir(path.parent)

@@ -10,6 +10,7 @@ so that a restart can clear what a killed writer left past the manifests.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -21,6 +22,7 @@ from comix_embed.common.jobs import Job, utc_now
 
 MANIFEST_PATTERN = re.compile(r"^batch_(\d{6,})\.json$")
 INFLIGHT_NAME = "inflight.json"
+log = logging.getLogger(__name__)
 
 
 def manifest_dir(store: str | os.PathLike[str]) -> Path:
@@ -104,11 +106,21 @@ def owed_batches(store: str | os.PathLike[str], job: Job) -> list[int]:
 
 
 def read_inflight(store: str | os.PathLike[str]) -> list[tuple[int, int, int]]:
+    """(batch_id, start, end) of the batches a writer was writing when it stopped.
+
+    The file is renamed into place without fsync: after a power loss it may be empty or torn. It
+    then names nothing (with a warning): rows it would have named lie past the manifests and are
+    rewritten when their batch is committed again.
+    """
     path = manifest_dir(store) / INFLIGHT_NAME
     if not path.exists():
         return []
-    with open(path, encoding="utf-8") as fh:
-        return [tuple(r) for r in json.load(fh)["batches"]]  # type: ignore[misc]
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return [(int(b), int(s), int(e)) for b, s, e in json.load(fh)["batches"]]
+    except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        log.warning("%s is unreadable (%s), as a power loss can leave it: taken as naming no batch", path, exc)
+        return []
 
 
 def is_temporary(name: str) -> bool:

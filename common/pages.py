@@ -20,12 +20,15 @@ class PanelSpec:
 
     `fraction` marks a box given as fractions of the page size (COCO `bbox` values <= 1.1);
     it is turned into pixels once the image size is known. Character boxes use the same units.
+    `source` names the DataSpec field the box came from (`panels[3].panel_coords`), for the
+    errors found only once the image is open (a box entirely outside it).
     """
 
     box: Box
     text: dict[str, list[str]] = field(default_factory=lambda: {"dialogue": [], "narration": [], "sfx": []})
     fraction: bool = False
     characters: list[Box] = field(default_factory=list)
+    source: str = field(default="", compare=False)  # where it came from, not what it is
 
 
 @dataclass
@@ -40,7 +43,8 @@ class PageSpec:
         return {
             "image": self.image,
             "panels": [
-                {"box": p.box, "text": p.text, "fraction": p.fraction, "characters": p.characters} for p in self.panels
+                {"box": p.box, "text": p.text, "fraction": p.fraction, "characters": p.characters, "source": p.source}
+                for p in self.panels
             ],
         }
 

@@ -36,6 +36,11 @@ class PageImageError(Exception):
     """The page's image cannot be used; the message is recorded as the page's error."""
 
 
+class PanelOutsideImage(PageImageError):
+    """A panel box that misses the image entirely: known only once the image's size is, so the
+    page fails here rather than when its DataSpec is read (a box partly outside is clipped)."""
+
+
 @dataclass
 class PreparedPage:
     """Model inputs of one page's valid panels (n = number of panels, 1..MAX_PANELS)."""
@@ -100,6 +105,12 @@ def composition_features(box: list[float], width: int, height: int, characters: 
         [aspect, size_ratio, len(characters), np.mean(shots), np.max(shots), np.mean(cxs), np.mean(cys)],
         dtype=np.float32,
     )
+
+
+def overlaps(box: list[float], width: int, height: int) -> bool:
+    """Whether a pixel box [x, y, w, h] shares any area with the width x height image."""
+    x, y, w, h = box
+    return x < width and y < height and x + w > 0 and y + h > 0
 
 
 def crop_box(box: list[float], width: int, height: int) -> tuple[int, int, int, int]:
@@ -187,6 +198,13 @@ def prepare_page(spec: PageSpec, data: bytes, name: str, fast_decode: bool = Fal
         panels = [PanelSpec(box=[0, 0, width, height])]
         status = STATUS_FULL_PAGE
     boxes = [pixel_box(p.box, p.fraction, width, height) for p in panels]
+    for i, (panel, box) in enumerate(zip(panels, boxes)):
+        if not overlaps(box, width, height):
+            units = "fractions of the page" if panel.fraction else "pixels"
+            raise PanelOutsideImage(
+                f"{panel.source or f'panel {i}'}: box [{', '.join(f'{v:g}' for v in panel.box)}] (x, y, w, h in "
+                f"{units}) lies entirely outside the {width}x{height} image {name}"
+            )
     rects = [crop_box(b, width, height) for b in boxes]
     smallest = min(min(x2 - x, y2 - y) for x, y, x2, y2 in rects)
     img = _decode(img, data, orientation, smallest, fast_decode, name)
@@ -195,10 +213,12 @@ def prepare_page(spec: PageSpec, data: bytes, name: str, fast_decode: bool = Fal
     crops = np.empty((len(rects), config.IMAGE_SIZE, config.IMAGE_SIZE, 3), dtype=np.uint8)
     for i, (x, y, x2, y2) in enumerate(rects):
         if not fast_decode:
-            out = img.crop((x, y, x2, y2)).resize(size, Image.BILINEAR)
+            out = img.crop((x, y, x2, y2)).resize(size, Image.Resampling.BILINEAR)
         else:
             # reducing_gap: shrink by an integer factor first (cheap box filter), then bilinear
-            out = img.resize(size, Image.BILINEAR, box=(x * sx, y * sy, x2 * sx, y2 * sy), reducing_gap=REDUCING_GAP)
+            out = img.resize(
+                size, Image.Resampling.BILINEAR, box=(x * sx, y * sy, x2 * sx, y2 * sy), reducing_gap=REDUCING_GAP
+            )
         crops[i] = np.asarray(out)
     comp = np.stack(
         [

@@ -25,6 +25,7 @@ import zarr
 
 from comix_embed.common import config
 from comix_embed.common.durable import fsync_dir, write_json_atomic
+from comix_embed.common.durable_store import writer_store
 from comix_embed.common.errors import UsageError
 from comix_embed.common.jobs import Job, utc_now
 from comix_embed.common.results import RESULT_ARRAYS
@@ -101,11 +102,12 @@ def check_model(attrs: dict[str, Any], model: dict[str, Any], what: str = "resul
         )
 
 
-def create_store(path: str | os.PathLike[str], model: dict[str, Any], capacity: int) -> None:
+def create_store(path: str | os.PathLike[str], model: dict[str, Any], capacity: int, fsync: bool = True) -> None:
     """Create the empty store with `capacity` pre-allocated rows.
 
     Built under a temporary name and renamed into place, so that a crash while creating never
     leaves a half-made store under the real name (a leftover temporary folder is deleted here).
+    With `fsync`, every file is durable before the store appears under its name.
     """
     path = Path(path)
     identity = model_identity(model)
@@ -121,7 +123,7 @@ def create_store(path: str | os.PathLike[str], model: dict[str, Any], capacity: 
         "jobs": [],
         "coordinates": " ".join(config.STORE_COORDINATES),
     }
-    group = zarr.open_group(tmp, mode="w-", zarr_format=3, attributes=attrs)
+    group = zarr.open_group(writer_store(tmp, fsync), mode="w-", zarr_format=3, attributes=attrs)
     d, p = identity["embedding_dim"], identity["max_panels"]
     for spec in row_arrays().values():
         shape = spec.shape(capacity, d, p)
@@ -139,9 +141,9 @@ def create_store(path: str | os.PathLike[str], model: dict[str, Any], capacity: 
         arr = group.create_array(name, shape=(size,), dtype="int32", dimension_names=(name,))
         arr[:] = np.arange(size, dtype="int32")
     group.create_group(config.MANIFEST_GROUP)
-    os.sync()  # once per store: its skeleton is durable before it appears under its name
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if fsync:
+        fsync_dir(path.parent)
 
 
 def read_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -149,13 +151,18 @@ def read_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
         return json.load(fh).get("attributes", {})
 
 
-def write_attrs(path: str | os.PathLike[str], updates: dict[str, Any], fsync: bool = True) -> dict[str, Any]:
-    """Update root attributes atomically; the temporary file lives outside the root (see above)."""
+def write_attrs(
+    path: str | os.PathLike[str], updates: dict[str, Any], fsync: bool = True, durable_rename: bool = True
+) -> dict[str, Any]:
+    """Update root attributes atomically; the temporary file lives outside the root (see above).
+
+    `fsync` and `durable_rename` as in `write_json_atomic`.
+    """
     path = Path(path)
     with open(path / "zarr.json", encoding="utf-8") as fh:
         meta = json.load(fh)
     meta.setdefault("attributes", {}).update(updates)
-    write_json_atomic(path / "zarr.json", meta, fsync, tmp_dir=path / config.MANIFEST_GROUP)
+    write_json_atomic(path / "zarr.json", meta, fsync, path / config.MANIFEST_GROUP, durable_rename)
     return meta["attributes"]
 
 
@@ -164,17 +171,27 @@ def read_committed_rows(path: str | os.PathLike[str]) -> int:
     return int(read_attrs(path).get("committed_rows", 0))
 
 
-def grow(group: zarr.Group, rows: int) -> int:
+def open_row_arrays(path: str | os.PathLike[str], fsync: bool) -> dict[str, zarr.Array]:
+    """Every page_id array of the store, opened for the writer (durable writes with `fsync`)."""
+    group = zarr.open_group(writer_store(path, fsync), mode="r+")
+    arrays = {}
+    for name in row_arrays():
+        arr = group[name]
+        if not isinstance(arr, zarr.Array):
+            raise UsageError(f"{path}: {name} is a group, not an array: not a comix-embed store")
+        arrays[name] = arr
+    return arrays
+
+
+def grow(arrays: dict[str, zarr.Array], rows: int) -> int:
     """Make every page_id array hold at least `rows` rows, in GROWTH_ROWS steps; returns capacity.
 
     Arrays are resized back to back; after a crash in between, the next call evens them out.
     """
-    names = list(row_arrays())
-    current = max(group[name].shape[0] for name in names)
+    current = max(arr.shape[0] for arr in arrays.values())
     steps = -(-rows // config.GROWTH_ROWS)
     target = max(current, steps * config.GROWTH_ROWS)
-    for name in names:
-        arr = group[name]
+    for arr in arrays.values():
         if arr.shape[0] < target:
             arr.resize((target, *arr.shape[1:]))
     return target
@@ -195,12 +212,12 @@ def register_job(path: str | os.PathLike[str], job: Job, fsync: bool = True) -> 
             f"{job.job_id} starts at row {job.start_row} but {path} has "
             f"{attrs.get('registered_rows', 0)} registered rows"
         )
-    group = zarr.open_group(path, mode="r+")
-    grow(group, job.end_row)
+    arrays = open_row_arrays(path, fsync)
+    grow(arrays, job.end_row)
     for name in PAGE_COLUMNS:
         values = np.array([getattr(p, name) for p in job.pages], dtype=object)
         if len(values):
-            group[name][job.start_row : job.end_row] = values
+            arrays[name][job.start_row : job.end_row] = values
     record = {
         "job_id": job.job_id,
         "list_path": job.list_path,

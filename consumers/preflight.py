@@ -23,7 +23,7 @@ def main() -> int:
     settings = WorkerSettings.from_env()
     try:
         device = resolve_device(settings.device)
-        loaded = load_model(settings.checkpoint, "cpu")
+        loaded = load_model(settings.checkpoint, "cpu", trust=settings.trust_checkpoint)
         tokenizer = load_tokenizer(settings.tokenizer, settings.checkpoint)
     except UsageError as exc:
         print(str(exc), file=sys.stderr)

@@ -32,6 +32,7 @@ class WorkerSettings:
     decode_threads: int = 0  # 0: as many as the process's share of cores
     torch_threads: int = 0  # 0: leave torch's default
     encode_batch: int = 256
+    trust_checkpoint: bool = False  # --trust-checkpoint: full unpickling allowed
 
     def to_env(self) -> dict[str, str]:
         return {PREFIX + "SETTINGS": json.dumps(asdict(self))}

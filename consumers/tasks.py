@@ -40,7 +40,7 @@ def _load_model(**_: Any) -> None:
         torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device)
     t0 = time.perf_counter()
-    loaded = load_model(settings.checkpoint, device)
+    loaded = load_model(settings.checkpoint, device, trust=settings.trust_checkpoint)
     tokenizer = load_tokenizer(settings.tokenizer, settings.checkpoint)
     embed_settings = EmbedSettings(
         encoder_mode=settings.encoder_mode, fast_decode=settings.fast_decode, encode_batch=settings.encode_batch

@@ -20,13 +20,13 @@ from pathlib import Path
 from comix_embed.common import config
 from comix_embed.common.child import cli_argv, module_argv
 from comix_embed.common.errors import UsageError
+from comix_embed.common.model_options import TRUST_FLAG, add_model_arguments
 from comix_embed.consumers.settings import READY_NAME_ENV, WorkerSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, required=True)
+    add_model_arguments(parser)
     parser.add_argument("--device", default="auto", help="auto (every visible GPU, else CPU), cpu, cuda, cuda:N")
-    parser.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: found beside the checkpoint)")
     parser.add_argument(
         "--image-root",
         type=Path,
@@ -35,7 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="image root(s), in the producer's order (default: the producer's, carried by each task)",
     )
     parser.add_argument("--broker", help="broker URL (default $COMIX_BROKER_URL, else redis://127.0.0.1:6379/0)")
-    parser.add_argument("--encoder-mode", choices=config.ENCODER_MODES, default="fused")
     parser.add_argument("--name", help="worker node name (default comix-<device>-<pid>@<host>)")
     parser.add_argument("--exact-decode", action="store_true", help="full-resolution JPEG decoding (slower)")
     parser.add_argument("--decode-threads", type=int, default=0, help="image decoding threads per process")
@@ -88,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         decode_threads=args.decode_threads,
         torch_threads=args.torch_threads,
         encode_batch=args.encode_batch,
+        trust_checkpoint=args.trust_checkpoint,
     )
     if args.checked:
         info = {"device": args.device, "gpus": 0}
@@ -154,12 +154,14 @@ def worker_command(args: argparse.Namespace, device: str, name: str | None) -> l
         argv += ["--tokenizer", str(args.tokenizer)]
     for root in args.image_root:
         argv += ["--image-root", str(root)]
-    if args.broker:
-        argv += ["--broker", args.broker]
+    # never --broker: its URL may hold a password, and a command line is visible to every user of
+    # the machine; children get it through COMIX_BROKER_URL (set by `run` and by `worker` itself)
     if name:
         argv += ["--name", name]
     if args.exact_decode:
         argv.append("--exact-decode")
+    if args.trust_checkpoint:
+        argv.append(TRUST_FLAG)
     argv += ["--encoder-mode", args.encoder_mode, "--encode-batch", str(args.encode_batch)]
     argv += ["--decode-threads", str(args.decode_threads), "--torch-threads", str(args.torch_threads)]
     return argv + ["--loglevel", args.loglevel]

@@ -12,6 +12,7 @@ import importlib
 import logging
 import sys
 
+from comix_embed.common import config
 from comix_embed.common.errors import UsageError
 
 # command -> (module, one-line help)
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     try:
+        config.check()
         return int(module.run(cmd_args) or 0)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)

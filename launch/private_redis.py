@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
@@ -46,21 +47,28 @@ def free_port() -> int:
 class PrivateRedis:
     """Context manager: a redis-server child process, stopped (and its files removed) on exit."""
 
-    def __init__(self, port: int | None = None, maxmemory: str | None = None) -> None:
+    def __init__(self, port: int | None = None, maxmemory: str | None = None, password: str | None = None) -> None:
         self.port = port or free_port()
         self.maxmemory = maxmemory
+        self.password = password  # given to redis-server in a config file, never on its command line
         self.proc: subprocess.Popen | None = None
         self.binary = ""
         self._dir = tempfile.TemporaryDirectory(prefix="comix-redis-")
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> PrivateRedis:
         self.binary = find_redis_server()
-        args = [
-            self.binary,
+        args = [self.binary]
+        if self.password:
+            conf = Path(self._dir.name) / "redis.conf"
+            conf.touch(mode=0o600)
+            conf.write_text(f'requirepass "{self.password}"\n')
+            args.append(str(conf))  # the config file comes first, then the options
+        args += [
             "--port",
             str(self.port),
             "--bind",
@@ -77,7 +85,7 @@ class PrivateRedis:
         if self.maxmemory:
             args += ["--maxmemory", self.maxmemory]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        client = redis.Redis(port=self.port)
+        client = redis.Redis(port=self.port, password=self.password)
         deadline = time.monotonic() + 20
         while True:
             try:

@@ -124,7 +124,7 @@ def _gpu_count() -> int:
 def _check_model(args: argparse.Namespace) -> None:
     """Load the checkpoint and tokenizer once (clear errors now, not in every worker), and refuse
     before starting anything when the store was made by another checkpoint or encoder mode."""
-    loaded = load_model(args.checkpoint)
+    loaded = load_model(args.checkpoint, trust=args.trust_checkpoint)
     load_tokenizer(args.tokenizer, args.checkpoint)
     path = store_path(args.output_dir)
     if not path.exists():
@@ -203,6 +203,9 @@ def run(args: argparse.Namespace) -> int:
     if redis_server is not None:
         args.broker = redis_server.url
         print(f"broker: private Redis on 127.0.0.1:{redis_server.port} ({redis_server.binary})", flush=True)
+    # children read the broker from the environment, never from a command line that every user
+    # of the machine can see (its URL may hold a password)
+    os.environ["COMIX_BROKER_URL"] = args.broker
     children = Children(args.output_dir / "logs")
     try:
         return _run_job(args, job, planned, report, children)
@@ -221,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _start_children(args: argparse.Namespace, children: Children) -> list[str]:
     """The writer and the workers; returns the workers' node names."""
-    writer_argv = cli_argv("writer", "--output-dir", str(args.output_dir), "--broker", args.broker)
+    writer_argv = cli_argv("writer", "--output-dir", str(args.output_dir))
     writer_argv += [
         flag
         for flag, on in (

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 import redis
@@ -54,7 +53,7 @@ def _broker_view(url: str, store: str | None) -> dict:
             "awaiting_writer_batches": int(client.xlen(results_key(store))) if store else 0,
         }
     except redis.RedisError as exc:
-        return {"broker_error": f"{url}: {exc}"}
+        return {"broker_error": f"{config.masked_url(url)}: {exc}"}
 
 
 def collect(output_dir: Path, broker: str | None) -> dict:
@@ -83,6 +82,15 @@ def collect(output_dir: Path, broker: str | None) -> dict:
     return state
 
 
+def duration(seconds: float) -> str:
+    """H:MM:SS, with days in front past 24 hours ("3d 04:05:06"): a million pages take days."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    clock = f"{hours:02d}:{minutes:02d}:{secs:02d}"
+    return f"{days}d {clock}" if days else clock
+
+
 def _lines(s: dict) -> list[str]:
     out = [
         f"store: {s['store']} ({', '.join(s['jobs'])})",
@@ -97,7 +105,7 @@ def _lines(s: dict) -> list[str]:
             f"{s['awaiting_writer_batches']} waiting for the writer; {s['owed_batches']} batches owed"
         )
     if s["pages_per_s"]:
-        eta = time.strftime("%H:%M:%S", time.gmtime(s["eta_s"])) if s["eta_s"] else "done"
+        eta = duration(s["eta_s"]) if s["eta_s"] else "done"
         out.append(f"rate: {s['pages_per_s']} pages/s, ETA {eta}")
     if (
         s["owed_batches"]

@@ -133,7 +133,7 @@ def test_each_panel_list_key(tmp_path: Path, key: str) -> None:
     assert read_dataspec(path).panels == [PanelSpec(box=[1, 2, 3, 4])]
 
 
-def test_panel_coords_preferred_and_unusable_boxes_dropped(tmp_path: Path) -> None:
+def test_first_box_key_decides_and_panels_without_box_are_dropped(tmp_path: Path) -> None:
     path = write_json(
         tmp_path / "p.json",
         {
@@ -141,19 +141,65 @@ def test_panel_coords_preferred_and_unusable_boxes_dropped(tmp_path: Path) -> No
             "panels": [
                 {"panel_coords": [1, 2, 3, 4], "bbox": [0.1, 0.1, 0.1, 0.1], "polygon": [0, 0, 9, 9]},
                 {"text": "no box at all"},
-                {"panel_coords": [1, 2, 3]},
-                {"bbox": [1, 2, -3, 4]},
-                {"bbox": ["1", 2, 3, 4]},
-                {"polygon": [1, 2, 3]},
-                {"segmentation": {"counts": "RLE", "size": [10, 10]}},
-                "not an object",
-                {"panel_coords": [5, 6, 7, 8]},
+                {"panel_coords": None, "text": "null box"},
+                {"bbox": [], "segmentation": []},
+                {"panel_coords": None, "bbox": [5, 6, 7, 8]},
             ],
         },
     )
     read = load_dataspec(path)
-    assert [p.box for p in read.spec.panels] == [[1, 2, 3, 4], [5, 6, 7, 8]]
-    assert read.dropped_panels == 7
+    assert [(p.box, p.source) for p in read.spec.panels] == [
+        ([1, 2, 3, 4], "panels[0].panel_coords"),
+        ([5, 6, 7, 8], "panels[4].bbox"),
+    ]
+    assert read.dropped_panels == 3
+
+
+@pytest.mark.parametrize(
+    ("entry", "reason"),
+    [
+        ({"panel_coords": ["a", "b", "c", "d"]}, 'panel_coords is ["a", "b", "c", "d"]: expected 4 finite numbers'),
+        ({"panel_coords": [1, 2, 3]}, "panel_coords is [1, 2, 3]: expected 4 finite numbers"),
+        ({"bbox": [1, float("nan"), 3, 4]}, "bbox is [1, NaN, 3, 4]: expected 4 finite numbers"),
+        ({"bbox": ["1", 2, 3, 4]}, 'bbox is ["1", 2, 3, 4]: expected 4 finite numbers'),
+        ({"box": [1, 2, 30, True]}, "box is [1, 2, 30, true]: expected 4 finite numbers"),
+        ({"panel_coords": "10,20,30,40"}, 'panel_coords is "10,20,30,40": expected 4 finite numbers'),
+        ({"bbox": [1, 2, -3, 4]}, "bbox is [1, 2, -3, 4]: its box has no area"),
+        ({"panel_coords": [10, 20, 30, 0]}, "panel_coords is [10, 20, 30, 0]: its box has no area"),
+        ({"panel_coords": [10, 20, 0.5, 40]}, "panel_coords is [10, 20, 0.5, 40]: its box has no area"),
+        ({"polygon": [[1, 2], [30, 40]]}, "polygon is [[1, 2], [30, 40]]: a polygon needs at least 3 points"),
+        ({"polygon": [1, 2, 3]}, "polygon is [1, 2, 3]: expected x, y pairs of finite numbers"),
+        ({"polygon": [[0, 0], [5, 0], [9, 0]]}, "its bounding box [0.0, 0.0, 9.0, 0.0] has no area"),
+        ({"segmentation": {"counts": "RLE", "size": [10, 10]}}, "segmentation is {"),
+        ({"panel_coords": [1, 2, 3, 4], "text": 7}, "text is 7: expected a string, a list of strings, or a dict"),
+        ({"panel_coords": [1, 2, 3, 4], "text": ["a", 3]}, 'text is ["a", 3]: expected a string, a list of strings'),
+        ({"panel_coords": [1, 2, 3, 4], "text": {"sfx": {"x": "BOOM"}}}, 'text.sfx is {"x": "BOOM"}: expected'),
+        ({"panel_coords": [1, 2, 3, 4], "speakers": ["junk"]}, 'speakers[0] is "junk": expected an object'),
+        ({"panel_coords": [1, 2, 3, 4], "speakers": [{"dialogue": 5}]}, "speakers[0].dialogue is 5: expected"),
+    ],
+)
+def test_unreadable_panel_fails_the_page_naming_entry_field_and_value(tmp_path: Path, entry: dict, reason: str) -> None:
+    good = {"panel_coords": [0, 0, 50, 50], "text": "fine"}
+    path = write_json(tmp_path / "p.json", {"image": "p.jpg", "panels": [good, {"text": "no box"}, entry]})
+    with pytest.raises(DataSpecError) as exc:
+        load_dataspec(path)
+    assert str(exc.value).startswith(f"DataSpec {path}: panels[2].")
+    assert reason in str(exc.value)
+
+
+def test_entry_that_is_not_an_object_fails_the_page(tmp_path: Path) -> None:
+    path = write_json(tmp_path / "p.json", {"image": "p.jpg", "VLM_panels": [{"bbox": [1, 2, 3, 4]}, "oops"]})
+    with pytest.raises(DataSpecError, match=r'VLM_panels\[1\] is "oops", not an object'):
+        load_dataspec(path)
+
+
+def test_panels_past_the_cap_are_dropped_and_counted_whatever_they_hold(tmp_path: Path) -> None:
+    good = [{"panel_coords": [i, i, 10, 10], "text": f"p{i}"} for i in range(12)]
+    bad = [{"panel_coords": ["a", "b", "c", "d"]}, {"polygon": [1, 2]}, "junk", {"panel_coords": [1, 1, 5, 5]}]
+    path = write_json(tmp_path / "p.json", {"image": "p.jpg", "panels": [*good, {"text": "no box"}, *bad]})
+    read = load_dataspec(path)
+    assert len(read.spec.panels) == 13  # the 13th readable one is cut when the page is embedded
+    assert read.dropped_panels == 4  # no box, then the 3 unreadable ones past the cap
 
 
 def test_text_forms(tmp_path: Path) -> None:
@@ -167,7 +213,7 @@ def test_text_forms(tmp_path: Path) -> None:
                     "text": {
                         "dialogue": "Hi",
                         "caption": ["Meanwhile"],
-                        "narration": [" Later ", None, 3, ""],
+                        "narration": [" Later ", None, ""],
                         "sfx": ["BOOM"],
                         "ocr": ["EXIT"],
                     },
@@ -206,7 +252,6 @@ def test_speakers(tmp_path: Path) -> None:
                         {"dialogue": "Whoosh", "speech_type": "effect"},
                         {"dialogue": "Hey", "speech_type": None},
                         {"speech_type": "speech"},
-                        "junk",
                     ],
                 },
             ],

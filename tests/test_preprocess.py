@@ -9,7 +9,14 @@ import pytest
 from PIL import Image
 
 from comix_embed.common.pages import PageSpec, PanelSpec
-from comix_embed.common.preprocess import composition_features, crop_box, join_text, prepare_page, text_to_json
+from comix_embed.common.preprocess import (
+    PanelOutsideImage,
+    composition_features,
+    crop_box,
+    join_text,
+    prepare_page,
+    text_to_json,
+)
 
 
 def test_composition_features_without_characters() -> None:
@@ -84,3 +91,55 @@ def test_fraction_boxes_become_pixels() -> None:
     page = prepare_page(spec, _jpeg(100, 80), "p.jpg")
     np.testing.assert_allclose(page.coords, [[50, 20, 50, 40]])
     np.testing.assert_allclose(page.comp[0, :2], [50 / 40, 2000 / 8000], rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("panel", "shown"),
+    [
+        (
+            PanelSpec(box=[100, 10, 20, 20], source="panels[1].panel_coords"),
+            "panels[1].panel_coords: box [100, 10, 20, 20] (x, y, w, h in pixels)",
+        ),
+        (
+            PanelSpec(box=[-30, 10, 30, 20], source="panels[1].bbox"),
+            "panels[1].bbox: box [-30, 10, 30, 20] (x, y, w, h in pixels)",
+        ),
+        (
+            PanelSpec(box=[10, 80, 20, 5], source="panels[1].polygon"),
+            "panels[1].polygon: box [10, 80, 20, 5] (x, y, w, h in pixels)",
+        ),
+        (
+            PanelSpec(box=[1.05, 0.1, 0.05, 0.2], fraction=True, source="panels[1].bbox"),
+            "panels[1].bbox: box [1.05, 0.1, 0.05, 0.2] (x, y, w, h in fractions of the page)",
+        ),
+    ],
+)
+def test_box_entirely_outside_the_image_fails_the_page(panel: PanelSpec, shown: str) -> None:
+    spec = PageSpec(image="p.jpg", panels=[PanelSpec(box=[0, 0, 50, 40]), panel])
+    with pytest.raises(PanelOutsideImage) as exc:
+        prepare_page(spec, _jpeg(100, 80), "book/p.jpg")
+    assert str(exc.value) == f"{shown} lies entirely outside the 100x80 image book/p.jpg"
+
+
+def test_box_partly_outside_is_clipped_and_kept() -> None:
+    spec = PageSpec(
+        image="p.jpg", panels=[PanelSpec(box=[90, -10, 40, 30]), PanelSpec(box=[0.9, 0.9, 0.5, 0.5], fraction=True)]
+    )
+    page = prepare_page(spec, _jpeg(100, 80), "p.jpg")
+    np.testing.assert_allclose(page.coords, [[90, -10, 40, 30], [90, 72, 50, 40]])  # as given; the crops are clipped
+    assert page.crops.shape == (2, 224, 224, 3)
+
+
+def test_outside_is_judged_on_the_upright_image() -> None:
+    """EXIF orientation 6: the 100x80 file is an 80x100 page, so y = 85 is inside, x = 85 is not."""
+    inside = PageSpec(image="p.jpg", panels=[PanelSpec(box=[0, 85, 10, 10])])
+    assert prepare_page(inside, _jpeg(100, 80, orientation=6), "p.jpg").size == (80, 100)
+    outside = PageSpec(image="p.jpg", panels=[PanelSpec(box=[85, 0, 10, 10])])
+    with pytest.raises(PanelOutsideImage, match="80x100 image"):
+        prepare_page(outside, _jpeg(100, 80, orientation=6), "p.jpg")
+
+
+def test_panels_past_the_cap_are_not_checked() -> None:
+    panels = [PanelSpec(box=[i, i, 20, 20]) for i in range(12)] + [PanelSpec(box=[500, 500, 10, 10])]
+    page = prepare_page(PageSpec(image="p.jpg", panels=panels), _jpeg(100, 80), "p.jpg")
+    assert page.crops.shape[0] == 12 and page.dropped_panels == 1

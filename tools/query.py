@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from comix_embed.common.errors import UsageError
+from comix_embed.common.model_options import add_model_arguments
 from comix_embed.common.store import read_attrs, resolve_store
 from comix_embed.tools.search import DEFAULT_PANEL_MEMORY, Hit, SearchIndex
 
@@ -61,8 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=10, help="results to show (default 10)")
     parser.add_argument("--panels", action="store_true", help="rank panels instead of pages")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    parser.add_argument("--checkpoint", type=Path, help="the store's checkpoint (for --text)")
-    parser.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: beside the checkpoint)")
+    add_model_arguments(
+        parser, required=False, encoder_mode=False, checkpoint_help="the store's checkpoint (for --text)"
+    )
     parser.add_argument(
         "--panel-memory-mb",
         type=int,
@@ -99,7 +101,7 @@ def _text_encoder(args: argparse.Namespace, store: Path) -> tuple[Any, Any, str]
     from comix_embed.common.tokenizer import load_tokenizer
 
     attrs = read_attrs(store)
-    loaded = load_model(args.checkpoint)
+    loaded = load_model(args.checkpoint, trust=args.trust_checkpoint)
     if loaded.sha256 != attrs.get("checkpoint_sha256"):
         raise UsageError(
             f"{args.checkpoint} (sha256 {loaded.sha256}) did not make this store "

