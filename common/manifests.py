@@ -105,22 +105,30 @@ def owed_batches(store: str | os.PathLike[str], job: Job) -> list[int]:
     return [batch_id for batch_id, _, _ in job.batches() if batch_id not in present]
 
 
-def read_inflight(store: str | os.PathLike[str]) -> list[tuple[int, int, int]]:
-    """(batch_id, start, end) of the batches a writer was writing when it stopped.
+def inflight_record(store: str | os.PathLike[str]) -> tuple[list[tuple[int, int, int]], str | None]:
+    """(batch_id, start, end) of the batches a writer was writing when it stopped, and why the
+    record could not be read (None when it could, or when there is none).
 
     The file is renamed into place without fsync: after a power loss it may be empty or torn. It
-    then names nothing (with a warning): rows it would have named lie past the manifests and are
-    rewritten when their batch is committed again.
+    then names nothing: rows it would have named lie past the manifests and are rewritten when
+    their batch is committed again.
     """
     path = manifest_dir(store) / INFLIGHT_NAME
     if not path.exists():
-        return []
+        return [], None
     try:
         with open(path, encoding="utf-8") as fh:
-            return [(int(b), int(s), int(e)) for b, s, e in json.load(fh)["batches"]]
+            return [(int(b), int(s), int(e)) for b, s, e in json.load(fh)["batches"]], None
     except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
-        log.warning("%s is unreadable (%s), as a power loss can leave it: taken as naming no batch", path, exc)
-        return []
+        return [], f"{path} is unreadable ({type(exc).__name__}: {exc}), as a power loss can leave it"
+
+
+def read_inflight(store: str | os.PathLike[str]) -> list[tuple[int, int, int]]:
+    """The batches of the in-flight record; an unreadable record names none (logged)."""
+    batches, problem = inflight_record(store)
+    if problem:
+        log.warning("%s: taken as naming no batch", problem)
+    return batches
 
 
 def is_temporary(name: str) -> bool:

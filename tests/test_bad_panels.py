@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from comix_embed.common.results import STATUS_FAILED, STATUS_FULL_PAGE, STATUS_OK
-from comix_embed.tools.sample import make_sample
+from comix_embed.tools.sample.corpus import make_sample
 from tests.conftest import run_cli
 from tests.harness import store_arrays
 

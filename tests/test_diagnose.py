@@ -131,7 +131,7 @@ def test_broken_manifest_is_reported_and_left_alone(
     assert tree_digest(out) == before  # the writer's reader would have moved it aside; diagnose must not
 
 
-def test_inflight_record_is_read_and_an_unreadable_one_fails(
+def test_inflight_record_is_read_and_an_unreadable_one_is_reported(
     pipeline_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = copy_of(pipeline_store, tmp_path)
@@ -145,10 +145,10 @@ def test_inflight_record_is_read_and_an_unreadable_one_fails(
     )
     assert verdict == "verdict: OK with warnings (leftovers)"
 
-    inflight.write_text('{"batches": [[7, 28')  # torn: the writer's recovery could not read it either
+    inflight.write_text('{"batches": [[7, 28')  # torn, as a power loss can leave it: it names nothing
     code, checks, verdict = diagnose(capsys, out)
-    assert code == 1
-    assert checks["leftovers"].startswith("FAIL") and "inflight.json cannot be read" in checks["leftovers"]
+    assert code == 0
+    assert checks["leftovers"].startswith("WARN") and "inflight.json is unreadable" in checks["leftovers"]
 
 
 def test_missing_store_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -24,7 +24,7 @@ from comix_embed.common.tokenizer import tokenizer_dir_beside
 from comix_embed.consumers.settings import ready_key
 from comix_embed.private_redis import PrivateRedis
 from comix_embed.producer.status import duration
-from comix_embed.tools.sample import make_sample
+from comix_embed.tools.sample.corpus import make_sample
 from tests.conftest import run_cli
 
 

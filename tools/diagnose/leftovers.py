@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from comix_embed.common import config
-from comix_embed.common.manifests import INFLIGHT_NAME, is_temporary, read_inflight
+from comix_embed.common.manifests import inflight_record, is_temporary
 from comix_embed.tools.diagnose.load import Store
 from comix_embed.tools.diagnose.report import Check, listed
 
@@ -36,14 +36,10 @@ def check_leftovers(s: Store) -> Check:
     corrupt = sorted(p.name for p in folder.glob("*.corrupt")) if folder.is_dir() else []
     if corrupt:
         check.warns.append(f"manifests moved aside as unreadable: {listed(corrupt)} (their batches were owed again)")
-    try:
-        pending = [b for b, _, _ in read_inflight(s.path) if b not in s.manifests]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        pending = []
-        check.fails.append(
-            f"{config.MANIFEST_GROUP}/{INFLIGHT_NAME} cannot be read ({type(exc).__name__}: {exc}); "
-            "a writer's recovery reads it and would stop on it"
-        )
+    batches, unreadable = inflight_record(s.path)
+    if unreadable:
+        check.warns.append(f"{unreadable}; a writer's recovery takes it as naming no batch")
+    pending = [b for b, _, _ in batches if b not in s.manifests]
     if pending:
         problem = f"inflight.json names batches {listed(pending)} without manifest"
         if s.writer_running:
