@@ -245,6 +245,7 @@ class Embedder:
             "panel_coordinates": np.zeros((n, p, 4), np.float32),
             "text_content": text,
             "status": np.zeros(n, np.int8),
+            "image_root": np.full(n, -1, np.int16),
             **strings,
         }
 
@@ -267,6 +268,7 @@ class Embedder:
             log.warning("page %s (row %d) failed: %s", tasks[i].page_id, tasks[i].row, reason)
         for i, task in enumerate(tasks):
             arrays["image_path"][i] = task.image
+            arrays["image_root"][i] = task.root
         stats["total"] = time.perf_counter() - t0
         return arrays, stats
 
