@@ -53,13 +53,17 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 class Embedder:
-    """A loaded model plus tokenizer on one device, turning PageTasks into store arrays."""
+    """A loaded model plus tokenizer on one device, turning PageTasks into store arrays.
+
+    `resolver` confines the pages' images to the image roots; an Embedder without one embeds only
+    images handed to it (`embed_image`, for image queries).
+    """
 
     def __init__(
         self,
         loaded: LoadedModel,
         tokenizer: LoadedTokenizer,
-        resolver: ImageResolver,
+        resolver: ImageResolver | None,
         device: torch.device | str = "cpu",
         settings: EmbedSettings | None = None,
     ) -> None:
@@ -88,6 +92,8 @@ class Embedder:
             return task.error
         if task.spec is None:
             return "no DataSpec content for this page"
+        if self.resolver is None:
+            return "no image root: this embedder embeds only images handed to it"
         t0 = time.perf_counter()
         try:
             path = self.resolver.open_path(task.root, task.image)
@@ -229,6 +235,18 @@ class Embedder:
         page = prepare_page(spec, buf.getvalue(), spec.image, self.settings.fast_decode)
         stats = {k: 0.0 for k in ("tokenize", "encode")}
         self._encode_chunk([(0, page)], self.empty_arrays(1), stats)
+
+    def embed_image(self, data: bytes, name: str) -> dict[str, np.ndarray]:
+        """One image embedded as a page without panels: the whole image as its one panel, through
+        the same preprocessing, encoders, fusion and pooling as every page a worker embeds, so that
+        an image query lives in the store's embedding space. Returns the page's arrays (one row).
+
+        Raises PageImageError when the bytes are not a usable image.
+        """
+        page = prepare_page(PageSpec(image=name), data, name, self.settings.fast_decode)
+        arrays = self.empty_arrays(1)
+        self._encode_chunk([(0, page)], arrays, {"tokenize": 0.0, "encode": 0.0})
+        return arrays
 
     def empty_arrays(self, n: int) -> dict[str, np.ndarray]:
         """Arrays for n pages, as failed/never-written rows look: zeros, empty strings, -1 order."""

@@ -340,6 +340,19 @@ class SearchIndex:
         ranking[pos] = np.inf  # first even if another page has an identical embedding
         return [Hit(int(self.rows[i]), float(scores[i])) for i in top_k(ranking, k)]
 
+    def nearest_pages(self, query: np.ndarray, k: int) -> list[Hit]:
+        """Pages by cosine of their page embeddings to a normalised query vector (an image query's)."""
+        scores = self.pages @ np.asarray(query, dtype=np.float32)
+        return [Hit(int(self.rows[i]), float(scores[i])) for i in top_k(scores, k)]
+
+    def like_panel(self, row: int, slot: int, k: int, per_page: bool) -> list[Hit]:
+        """Panels (or pages by their best panel) nearest to one panel (slot) of page `row`."""
+        self.require_searchable(row)
+        vectors, _, slots = self._read_panels(row, row + 1)
+        if slot not in slots:
+            raise UsageError(f"page {self._cells('page_id', [row])[0]!r} has no panel {slot}")
+        return self.panels(vectors[list(slots).index(slot)], k, per_page)
+
     def like_panels(self, row: int, k: int, per_page: bool) -> list[Hit]:
         """Panels (or pages by their best panel) nearest to any panel of page `row`."""
         self.require_searchable(row)
