@@ -58,3 +58,16 @@ MAX_PENDING_RESULTS = int(os.environ.get("COMIX_MAX_PENDING_RESULTS", 16))
 def broker_url(cli_value: str | None = None) -> str:
     """The broker URL: the command-line value, else $COMIX_BROKER_URL, else local Redis."""
     return cli_value or os.environ.get("COMIX_BROKER_URL") or DEFAULT_BROKER_URL
+
+
+# --- comix-embed serve ---
+SERVE_USER_ENV, SERVE_PASSWORD_ENV = "COMIX_SERVE_USER", "COMIX_SERVE_PASSWORD"
+
+
+def serve_credentials() -> tuple[str, str] | None:
+    """Basic-auth user and password for `serve` from the environment (as Flower's are), or None.
+
+    `serve` refuses to listen beyond the loopback interface without them.
+    """
+    user, password = os.environ.get(SERVE_USER_ENV, ""), os.environ.get(SERVE_PASSWORD_ENV, "")
+    return (user, password) if user and password else None

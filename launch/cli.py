@@ -26,7 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("comix_embed.producer.status", "committed, queued, in-flight and failed pages, rate and ETA"),
     "summaries": ("comix_embed.tools.summaries", "print per-page norms and text of committed rows"),
     "diagnose": ("comix_embed.tools.diagnose", "check a store for gaps, corruption and leftovers"),
-    "query": ("comix_embed.tools.query", "search a store by text, by page, or by keyword"),
+    "query": ("comix_embed.tools.query", "search a store by text, by page, by keyword, or by image"),
+    "serve": ("comix_embed.tools.serve.command", "a read-only web page to search stores and see their pages"),
     "dataspec": ("comix_embed.tools.dataspec_from_coco", "make DataSpecs from COCO detections and VLM text"),
 }
 
