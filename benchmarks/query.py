@@ -4,7 +4,7 @@
 
 The store has the project's layout (made with common/store.py's `create_store`, then filled a
 slice at a time, as committed rows look): d = 384, 12 panel slots of which ~60% are valid, random
-embeddings, comic-like text from common/sample_text.py, and 1% failed (zero) rows. `--keep DIR`
+embeddings, comic-like text from tools/sample_text.py, and 1% failed (zero) rows. `--keep DIR`
 builds it under DIR once and reuses it afterwards. Loading (page matrix, text index, panel matrix)
 is timed apart; then each kind of query runs `--queries` times on random inputs:
 `like` (a random page), `keyword` (a random word of a random page's text) and `panel` (a random
@@ -30,10 +30,11 @@ import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from comix_embed.common import config, sample_text  # noqa: E402
+from comix_embed.common import config  # noqa: E402
 from comix_embed.common.preprocess import text_to_json  # noqa: E402
 from comix_embed.common.results import STATUS_FAILED, STATUS_OK  # noqa: E402
 from comix_embed.common.store import create_store, read_committed_rows, store_path, write_attrs  # noqa: E402
+from comix_embed.tools import sample_text  # noqa: E402
 from comix_embed.tools.search import SearchIndex  # noqa: E402
 
 D = 384

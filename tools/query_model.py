@@ -17,6 +17,7 @@ An encoder mode that does not see a kind of query refuses it: a text query needs
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 from dataclasses import dataclass
@@ -25,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from comix_embed.common import config
 from comix_embed.common.errors import UsageError
-from comix_embed.tools.search import TEXT_QUERY_MODES, normalise, text_vector
+from comix_embed.tools.search import normalise
 
 if TYPE_CHECKING:
     from comix_embed.common.checkpoint import LoadedModel
@@ -35,7 +37,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Encoder modes whose panels an image query can be encoded into (the vision tower is part of them).
+# Encoder modes whose panels a text (an image) query can be encoded into: the text (the vision)
+# tower is part of them.
+TEXT_QUERY_MODES = ("fused", "text")
 IMAGE_QUERY_MODES = ("fused", "vision")
 
 
@@ -47,12 +51,16 @@ class ImageVectors:
     panel: np.ndarray
 
 
-def load_query_model(checkpoint: Path, tokenizer_dir: Path | None) -> tuple[LoadedModel, LoadedTokenizer]:
-    """The checkpoint and its tokenizer, loaded once (several stores of one checkpoint share them)."""
+def load_query_model(
+    checkpoint: Path, tokenizer_dir: Path | None, device: str = "cpu"
+) -> tuple[LoadedModel, LoadedTokenizer]:
+    """The checkpoint (on `device`: `auto` is the first GPU, else the CPU) and its tokenizer, loaded
+    once (several stores of one checkpoint share them)."""
     from comix_embed.common.checkpoint import load_model
+    from comix_embed.common.embed import resolve_device
     from comix_embed.common.tokenizer import load_tokenizer
 
-    return load_model(checkpoint), load_tokenizer(tokenizer_dir, checkpoint)
+    return load_model(checkpoint, resolve_device(device)), load_tokenizer(tokenizer_dir, checkpoint)
 
 
 def check_store_model(loaded: LoadedModel, tokenizer: LoadedTokenizer, store: Path, attrs: dict[str, Any]) -> None:
@@ -82,7 +90,9 @@ class QueryEncoder:
         self.tokenizer = tokenizer
         self.mode = mode
         self.fast_decode = fast_decode
+        self.device = next(loaded.model.parameters()).device  # where the checkpoint was loaded
         self._embedder: Embedder | None = None
+        self._blank: tuple[Any, Any] | None = None
         self._lock = threading.Lock()
 
     def refusal(self, kind: str) -> str | None:
@@ -97,10 +107,42 @@ class QueryEncoder:
         )
 
     def text(self, query: str) -> np.ndarray:
-        """The text as a panel of this mode, normalised (UsageError when the mode cannot)."""
+        """The text as a panel of this mode, normalised (UsageError when the mode cannot).
+
+        P = atom(zeros image, tokens(text), zeros composition), as the users' search UI encoded a
+        text. The blank image's vision vector and the zero composition's vector are the same for
+        every query, so they are computed once: a query then costs the text tower alone (the
+        vision tower is most of the model's cost on a CPU).
+        """
+        import torch
+
         self._refuse("text")
+        model = self.loaded.model
         with self._lock:
-            return text_vector(self.loaded, self.tokenizer, query, self.mode)
+            enc = self.tokenizer.tokenizer(
+                [query], truncation=True, max_length=config.TEXT_MAX_TOKENS, return_tensors="pt"
+            )
+            with torch.inference_mode():
+                text = model.atom.text(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device))
+                if self.mode == "text":
+                    vector = text
+                else:
+                    blank_vision, zero_comp = self._blank_panel()
+                    vector = model.atom.fuse(blank_vision, text, zero_comp)
+        return normalise(vector.float().cpu().numpy())[0]
+
+    def _blank_panel(self) -> tuple[Any, Any]:
+        """V of an all-zeros image and C of zero composition features (made on first use)."""
+        if self._blank is None:
+            import torch
+
+            vit = self.loaded.config.vit
+            size, channels = int(vit.get("image_size", config.IMAGE_SIZE)), int(vit.get("num_channels", 3))
+            atom = self.loaded.model.atom
+            zeros_image = torch.zeros((1, channels, size, size), device=self.device)
+            with torch.inference_mode():
+                self._blank = (atom.vision(zeros_image), atom.comp(torch.zeros((1, 7), device=self.device)))
+        return self._blank
 
     def image(self, data: bytes, name: str) -> ImageVectors:
         """The image as a page without panels, embedded by the worker's code; normalised vectors.
@@ -119,6 +161,18 @@ class QueryEncoder:
             page=normalise(arrays["page_embeddings"][:1])[0], panel=normalise(arrays["panel_embeddings"][0, :1])[0]
         )
 
+    def warm_up(self) -> None:
+        """Run each kind of query this mode takes once (blank-panel vectors, kernels, allocator),
+        so that a server's first query costs what every later one does."""
+        if self.refusal("text") is None:
+            self.text("warming up")
+        if self.refusal("image") is None:
+            from PIL import Image
+
+            page = io.BytesIO()
+            Image.new("RGB", (600, 900), (200, 180, 150)).save(page, format="JPEG")
+            self.image(page.getvalue(), "warm-up.jpg")
+
     def _refuse(self, kind: str) -> None:
         why = self.refusal(kind)
         if why:
@@ -129,7 +183,7 @@ class QueryEncoder:
             from comix_embed.common.embed import Embedder, EmbedSettings
 
             settings = EmbedSettings(encoder_mode=self.mode, fast_decode=self.fast_decode, decode_threads=1)
-            self._embedder = Embedder(self.loaded, self.tokenizer, None, settings=settings)
+            self._embedder = Embedder(self.loaded, self.tokenizer, None, self.device, settings)
         return self._embedder
 
     def close(self) -> None:

@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, help="the checkpoint that made the stores")
     parser.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: beside the checkpoint)")
     parser.add_argument(
+        "--device", default="auto", help="where queries are encoded: auto (the first GPU, else the CPU), cpu, cuda:N"
+    )
+    parser.add_argument(
         "--image-root",
         type=Path,
         action="append",
@@ -112,12 +115,14 @@ def build_state(args: argparse.Namespace) -> ServeState:
     paths = [resolve_store(z) for z in args.zarr]
     if len(set(paths)) != len(paths):
         raise UsageError("the same store is given twice with --zarr")
-    loaded, tokenizer = load_query_model(args.checkpoint, args.tokenizer)
+    loaded, tokenizer = load_query_model(args.checkpoint, args.tokenizer, args.device)
 
     def encoder_for(path: Path, attrs: dict[str, Any]) -> QueryEncoder:
         check_store_model(loaded, tokenizer, path, attrs)
         mode = str(attrs.get("encoder_mode", "fused"))
-        return QueryEncoder(loaded, tokenizer, mode, fast_decode=not args.exact_decode)
+        encoder = QueryEncoder(loaded, tokenizer, mode, fast_decode=not args.exact_decode)
+        encoder.warm_up()  # the first query then costs what every later one does
+        return encoder
 
     stores = {}
     for name, path in zip(store_names(paths), paths):
