@@ -33,7 +33,7 @@ from comix_embed.tools.query_model import QueryEncoder, check_store_model, load_
 from comix_embed.tools.search import DEFAULT_PANEL_MEMORY
 from comix_embed.tools.serve.app import ServeState, create_app
 from comix_embed.tools.serve.stores import ServedStore, store_names
-from comix_embed.tools.serve.thumbs import ThumbnailCache
+from comix_embed.tools.serve.thumbs import DEFAULT_CACHE_BYTES, ThumbnailCache
 
 log = logging.getLogger("comix.serve")
 DEFAULT_PORT = 8000
@@ -68,7 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free)")
     parser.add_argument("--threads", type=int, default=8, help="requests handled at once (default 8)")
     parser.add_argument(
-        "--thumb-cache-mb", type=int, default=256, help="memory for cached thumbnails, in MB (default 256)"
+        "--thumb-cache-mb",
+        type=int,
+        default=DEFAULT_CACHE_BYTES >> 20,
+        help=f"memory for cached thumbnails, in MB (default {DEFAULT_CACHE_BYTES >> 20})",
     )
     parser.add_argument(
         "--exact-decode", action="store_true", help="decode image queries at full resolution (stores made so)"

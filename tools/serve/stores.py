@@ -101,7 +101,9 @@ class ServedStore:
         """The index with everything a query needs already built (see the module's docstring)."""
         index = SearchIndex.load(self.path, self.panel_memory)
         index.load_panels()
-        _ = index.page_texts, index.page_ids  # keyword index; ids for `like` and page lookups
+        _ = index.page_texts  # the keyword index
+        if index.committed:
+            index.find_row(str(index.page_ids[0]))  # builds the id lookup of `like`
         return index
 
     def index(self) -> SearchIndex:
@@ -131,10 +133,6 @@ class ServedStore:
         if not 0 <= row < committed:
             raise UsageError(f"row {row} is not among the {committed} committed rows of {self.name}")
         return row
-
-    def find(self, ref: str) -> int:
-        """The row of a page id (or pasted path), as `query --like` finds it."""
-        return self.index().find_row(ref)
 
     def page(self, row: int) -> dict[str, Any]:
         """A committed page: its columns, status and valid panels (box, attention, next, text)."""
