@@ -118,3 +118,16 @@ def check() -> None:
         )
     if problems:
         raise UsageError("configuration: " + "; ".join(problems))
+
+
+# --- comix-embed serve ---
+SERVE_USER_ENV, SERVE_PASSWORD_ENV = "COMIX_SERVE_USER", "COMIX_SERVE_PASSWORD"
+
+
+def serve_credentials() -> tuple[str, str] | None:
+    """Basic-auth user and password for `serve` from the environment (as Flower's are), or None.
+
+    `serve` refuses to listen beyond the loopback interface without them.
+    """
+    user, password = os.environ.get(SERVE_USER_ENV, ""), os.environ.get(SERVE_PASSWORD_ENV, "")
+    return (user, password) if user and password else None

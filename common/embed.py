@@ -53,13 +53,17 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 class Embedder:
-    """A loaded model plus tokenizer on one device, turning PageTasks into store arrays."""
+    """A loaded model plus tokenizer on one device, turning PageTasks into store arrays.
+
+    `resolver` confines the pages' images to the image roots; an Embedder without one embeds only
+    images handed to it (`embed_image`, for image queries).
+    """
 
     def __init__(
         self,
         loaded: LoadedModel,
         tokenizer: LoadedTokenizer,
-        resolver: ImageResolver,
+        resolver: ImageResolver | None,
         device: torch.device | str = "cpu",
         settings: EmbedSettings | None = None,
     ) -> None:
@@ -88,6 +92,8 @@ class Embedder:
             return task.error
         if task.spec is None:
             return "no DataSpec content for this page"
+        if self.resolver is None:
+            return "no image root: this embedder embeds only images handed to it"
         t0 = time.perf_counter()
         try:
             path = self.resolver.open_path(task.root, task.image)
@@ -230,6 +236,18 @@ class Embedder:
         stats = {k: 0.0 for k in ("tokenize", "encode")}
         self._encode_chunk([(0, page)], self.empty_arrays(1), stats)
 
+    def embed_image(self, data: bytes, name: str) -> dict[str, np.ndarray]:
+        """One image embedded as a page without panels: the whole image as its one panel, through
+        the same preprocessing, encoders, fusion and pooling as every page a worker embeds, so that
+        an image query lives in the store's embedding space. Returns the page's arrays (one row).
+
+        Raises PageImageError when the bytes are not a usable image.
+        """
+        page = prepare_page(PageSpec(image=name), data, name, self.settings.fast_decode)
+        arrays = self.empty_arrays(1)
+        self._encode_chunk([(0, page)], arrays, {"tokenize": 0.0, "encode": 0.0})
+        return arrays
+
     def empty_arrays(self, n: int) -> dict[str, np.ndarray]:
         """Arrays for n pages, as failed/never-written rows look: zeros, empty strings, -1 order."""
         p = config.MAX_PANELS
@@ -245,6 +263,7 @@ class Embedder:
             "panel_coordinates": np.zeros((n, p, 4), np.float32),
             "text_content": text,
             "status": np.zeros(n, np.int8),
+            "image_root": np.full(n, -1, np.int16),
             **strings,
         }
 
@@ -267,6 +286,7 @@ class Embedder:
             log.warning("page %s (row %d) failed: %s", tasks[i].page_id, tasks[i].row, reason)
         for i, task in enumerate(tasks):
             arrays["image_path"][i] = task.image
+            arrays["image_root"][i] = task.root
         stats["total"] = time.perf_counter() - t0
         return arrays, stats
 

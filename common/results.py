@@ -26,6 +26,8 @@ RESULT_ARRAYS: dict[str, tuple[tuple[str, ...], str]] = {
     "text_content": (("P",), "str"),
     "page_text": ((), "str"),
     "image_path": ((), "str"),
+    # which image root (index in the `--image-root` order) `image_path` is relative to
+    "image_root": ((), "int16"),
     "status": ((), "int8"),
     "error": ((), "str"),
 }

@@ -30,8 +30,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("comix_embed.producer.status", "committed, queued, in-flight and failed pages, rate and ETA"),
     "summaries": ("comix_embed.tools.summaries", "print per-page norms and text of committed rows"),
     "diagnose": ("comix_embed.tools.diagnose.command", "check a store for gaps, corruption and leftovers"),
-    "query": ("comix_embed.tools.query", "search a store by text, by page, or by keyword"),
+    "query": ("comix_embed.tools.query", "search a store by text, by page, by keyword, or by image"),
     "dataspec": ("comix_embed.tools.dataspec_builder.command", "make DataSpecs from COCO detections and VLM text"),
+    "serve": ("comix_embed.tools.serve.command", "a read-only web page to search stores and see their pages"),
 }
 
 

@@ -1,8 +1,9 @@
 """`comix-embed demo`: the first command after install; the whole system on sample data.
 
 Makes a synthetic corpus and an UNTRAINED tiny checkpoint, runs the real pipeline (private Redis,
-workers, writer) into a store, then prints the page summaries and a query. Each step is the same
-subcommand a user would run, and is printed before it runs, so the demo doubles as a tutorial.
+workers, writer) into a store, then prints the page summaries and a query, and ends with the
+`serve` command that shows the store in a browser. Each step is the same subcommand a user
+would run, and is printed before it runs, so the demo doubles as a tutorial.
 """
 
 from __future__ import annotations
@@ -25,6 +26,19 @@ def _step(argv: list[str]) -> int:
 
     print(f"\n$ comix-embed {shlex.join(argv)}", flush=True)
     return main(argv)
+
+
+def serve_command(store_dir: Path, checkpoint: Path, corpus: Path) -> list[str]:
+    """The `serve` command for the demo's store (its checkpoint, its image root)."""
+    return [
+        "serve",
+        "--zarr",
+        str(store_dir),
+        "--checkpoint",
+        str(checkpoint),
+        "--image-root",
+        str(corpus / "images"),
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         f"  UNTRAINED checkpoint and tokenizer: {ckpt}, {ckpt.with_suffix('.tokenizer')}\n"
         f"  store: {store_dir / 'combined_embeddings.zarr'} (open with xarray.open_zarr(..., consolidated=False))\n"
         f"  audit log and process logs: {store_dir / 'audit.jsonl'}, {store_dir / 'logs'}\n"
-        "The checkpoint is untrained: the numbers are real, their meaning is not. Use your own with --checkpoint."
+        "The checkpoint is untrained: the numbers are real, their meaning is not. Use your own with --checkpoint.\n"
+        "\nSearch the store and look at its pages in a browser (http://127.0.0.1:8000/):\n"
+        f"  comix-embed {shlex.join(serve_command(store_dir, ckpt, corpus))}"
     )
     return 0

@@ -69,11 +69,18 @@ def add_broken_pages(corpus_dir: Path) -> int:
 
 
 @pytest.fixture(scope="session")
-def pipeline_store(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
-    """An output folder made by `comix-embed run`: 16 sample pages plus 3 that fail."""
+def pipeline_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The corpus `pipeline_store` embeds: 16 sample pages plus 3 that fail (images under `images/`)."""
     corpus_dir = tmp_path_factory.mktemp("pipeline_corpus")
     make_sample(corpus_dir, pages=16, seed=5)
     add_broken_pages(corpus_dir)
+    return corpus_dir
+
+
+@pytest.fixture(scope="session")
+def pipeline_store(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, pipeline_corpus: Path) -> Path:
+    """An output folder made by `comix-embed run` from `pipeline_corpus`: 16 sample pages plus 3 that fail."""
+    corpus_dir = pipeline_corpus
     out = tmp_path_factory.mktemp("pipeline_out")
     proc = run_cli(
         "run",

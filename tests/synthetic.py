@@ -105,6 +105,7 @@ def make_result(job: Job, batch_id: int, model: dict[str, Any], seed: int = 0) -
         "text_content": text,
         "page_text": page_text,
         "image_path": np.array([job.page(start + i).page_id.replace(".json", ".jpg") for i in range(n)], dtype=object),
+        "image_root": np.zeros(n, np.int16),
         "status": status,
         "error": error,
     }

@@ -14,11 +14,14 @@ import zarr
 
 from comix_embed.cli import main
 from comix_embed.common.checkpoint import load_model
-from comix_embed.common.preprocess import join_text
-from comix_embed.common.results import STATUS_FAILED
+from comix_embed.common.errors import UsageError
+from comix_embed.common.pages import PageSpec
+from comix_embed.common.preprocess import join_text, prepare_page
+from comix_embed.common.results import STATUS_FAILED, STATUS_FULL_PAGE
 from comix_embed.common.store import open_committed, store_path
 from comix_embed.common.tokenizer import load_tokenizer
 from comix_embed.tools.init_checkpoint import init_checkpoint
+from comix_embed.tools.query_model import QueryEncoder
 from comix_embed.tools.search import SearchIndex, TextIndex, top_k
 from tests.conftest import run_cli
 
@@ -173,6 +176,122 @@ def test_text_query_needs_the_stores_checkpoint(
     init_checkpoint(other, size="tiny", seed=1)
     code, _, err = query(capsys, "--zarr", str(pipeline_store), "--text", "hello", "--checkpoint", str(other))
     assert code == 2 and "did not make this store" in err
+
+
+def full_page_rows(pipeline_store: Path) -> list[int]:
+    """Committed rows embedded as one full-page panel (their DataSpec has no panels)."""
+    ds = open_committed(store_path(pipeline_store))
+    return [int(r) for r in np.flatnonzero(ds["status"].values == STATUS_FULL_PAGE)]
+
+
+def stored_image(pipeline_store: Path, pipeline_corpus: Path, row: int) -> Path:
+    """The image of a row, from the store's own record of its root and relative path."""
+    group = zarr.open_group(store_path(pipeline_store), mode="r")
+    assert int(group["image_root"][row]) == 0  # the pipeline ran with one image root
+    return pipeline_corpus / "images" / str(group["image_path"][row])
+
+
+def test_image_query_ranks_the_page_of_that_image_first(
+    pipeline_store: Path,
+    pipeline_corpus: Path,
+    tiny_checkpoint: Path,
+    pages: dict,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rows = full_page_rows(pipeline_store)
+    assert rows, "the sample corpus has pages without panels (covers)"
+    ckpt = str(tiny_checkpoint)
+    for row in rows:
+        image = stored_image(pipeline_store, pipeline_corpus, row)
+        report = query_json(capsys, "--zarr", str(pipeline_store), "--image", str(image), "--checkpoint", ckpt)
+        assert report["mode"] == "image" and report["query"] == str(image)
+        first = report["results"][0]
+        assert first["page_id"] == pages["page_id"][row] and first["panel"] is None
+        assert first["score"] >= 0.999
+        assert {r["page_id"] for r in report["results"]} <= set(ok_ids(pages))
+        panels = query_json(
+            capsys, "--zarr", str(pipeline_store), "--image", str(image), "--checkpoint", ckpt, "--panels"
+        )
+        assert (panels["results"][0]["row"], panels["results"][0]["panel"]) == (row, 0)
+        assert panels["results"][0]["score"] >= 0.999
+
+
+def test_image_query_compares_the_fused_page_vector_with_page_embeddings(
+    pipeline_store: Path, pipeline_corpus: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Scores are cosines with page_embeddings of an image embedded as a worker embeds a page
+    without panels: the image of a page with panels is compared here, by hand."""
+    ds = open_committed(store_path(pipeline_store))
+    row = int(np.flatnonzero(ds["status"].values == 1)[0])
+    image = stored_image(pipeline_store, pipeline_corpus, row)
+    report = query_json(
+        capsys,
+        "--zarr",
+        str(pipeline_store),
+        "--image",
+        str(image),
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--top-k",
+        "100",
+    )
+    loaded, tokenizer = load_model(tiny_checkpoint), load_tokenizer(None, tiny_checkpoint)
+    page = prepare_page(PageSpec(image=image.name), image.read_bytes(), image.name, fast_decode=True)
+    assert page.status == STATUS_FULL_PAGE and len(page.crops) == 1
+    ids = tokenizer.tokenizer(page.texts, truncation=True, max_length=128, return_tensors="pt")
+    with torch.no_grad():
+        crop = torch.from_numpy(page.crops).permute(0, 3, 1, 2).float() / 255.0
+        panel = loaded.model.panel_vectors(
+            "fused", crop, ids["input_ids"], ids["attention_mask"], torch.from_numpy(page.comp)
+        )
+        vector, _, _ = loaded.model.pool(panel[None], torch.ones(1, 1, dtype=torch.bool))
+    q = vector[0].double().numpy()
+    emb = ds["page_embeddings"].values.astype(np.float64)
+    cos = emb @ q / (np.linalg.norm(emb, axis=-1) * np.linalg.norm(q) + 1e-30)
+    for r in report["results"]:
+        assert r["score"] == pytest.approx(cos[r["row"]], abs=1e-5)
+    searchable = np.isin(ds["status"].values, (1, STATUS_FULL_PAGE))
+    assert len(report["results"]) == int(searchable.sum())
+
+
+def test_image_query_refusals(
+    pipeline_store: Path,
+    pipeline_corpus: Path,
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    store = str(pipeline_store)
+    image = str(stored_image(pipeline_store, pipeline_corpus, full_page_rows(pipeline_store)[0]))
+    code, _, err = query(capsys, "--zarr", store, "--image", image)
+    assert code == 2 and "--checkpoint" in err
+    other = tmp_path / "other.pt"
+    init_checkpoint(other, size="tiny", seed=1)
+    code, _, err = query(capsys, "--zarr", store, "--image", image, "--checkpoint", str(other))
+    assert code == 2 and "did not make this store" in err
+    not_image = tmp_path / "notes.jpg"
+    not_image.write_text("not a picture")
+    code, _, err = query(capsys, "--zarr", store, "--image", str(not_image), "--checkpoint", str(tiny_checkpoint))
+    assert code == 2 and "not a readable image" in err and "notes.jpg" in err
+    code, _, err = query(capsys, "--zarr", store, "--image", str(tmp_path / "absent.jpg"), "--checkpoint", str(other))
+    assert code == 2 and "absent.jpg" in err
+
+
+def test_encoder_modes_refuse_queries_they_cannot_see(tiny_checkpoint: Path) -> None:
+    loaded, tokenizer = load_model(tiny_checkpoint), load_tokenizer(None, tiny_checkpoint)
+    refused = {
+        mode: (
+            QueryEncoder(loaded, tokenizer, mode).refusal("text"),
+            QueryEncoder(loaded, tokenizer, mode).refusal("image"),
+        )
+        for mode in ("fused", "vision", "text", "comp")
+    }
+    assert refused["fused"] == (None, None)
+    assert refused["vision"][0] and refused["vision"][1] is None
+    assert refused["text"][0] is None and refused["text"][1]
+    assert refused["comp"][0] and refused["comp"][1]
+    with pytest.raises(UsageError, match="vision tower"):
+        QueryEncoder(loaded, tokenizer, "text").image(b"", "x.jpg")
 
 
 def test_interrupted_store_searches_committed_rows_only(

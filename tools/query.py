@@ -1,7 +1,7 @@
-"""`comix-embed query`: search a store's committed pages by text, by page, or by keyword.
+"""`comix-embed query`: search a store's committed pages by text, by page, by keyword or by image.
 
-    comix-embed query --zarr STORE (--text "superhero fighting villain" | --like PAGE_ID | --keyword WORD)
-                      [--top-k 10] [--panels] [--json] [--checkpoint CKPT [--tokenizer DIR]]
+    comix-embed query --zarr STORE (--text "superhero fighting villain" | --like PAGE_ID | --keyword WORD
+                      | --image FILE) [--top-k 10] [--panels] [--json] [--checkpoint CKPT [--tokenizer DIR]]
 
 Modes (one of):
 - `--text` (old `--query`): semantic search through the model. The text is encoded as the users'
@@ -15,17 +15,22 @@ Modes (one of):
   case-insensitively with `\\` read as `/` (paste a path as it is).
 - `--keyword` (old `--search_text`): case-insensitive substring in the page text; the score is the
   number of occurrences, ties in store order; the snippet is cut around the first one.
+- `--image`: the image is embedded as a worker embeds a page without panels (the whole image as
+  one panel, the worker's own preprocessing and the checkpoint's fusion; tools/query_model.py),
+  so query and store share one space; pages rank by cosine of page embeddings. Needs the store's
+  `--checkpoint`, like `--text`; `--exact-decode` if the store was embedded with it.
 
 `--panels` ranks panels instead of pages (a page may then appear more than once): with `--text`
 the best panels; with `--like` the panels nearest to any of the page's panels (its own first);
-with `--keyword` the panels whose text holds the word.
+with `--keyword` the panels whose text holds the word; with `--image` the panels nearest to the
+image's panel embedding.
 
 Only committed rows are searched; failed pages never appear. `--json` prints one object:
 `{store, query, mode, panels, committed_rows, searchable_pages, results: [{rank, score, page_id,
-series, page_num, row, panel, manifest_path, snippet}]}`. Exit 2 on bad usage (unknown page,
-missing or foreign checkpoint).
+series, page_num, row, panel, manifest_path, snippet}]}` (`comix-embed serve` answers with the
+same object). Exit 2 on bad usage (unknown page, missing or foreign checkpoint, unreadable image).
 
-For stores larger than memory, see common/search.py: page embeddings and text are held in memory
+For stores larger than memory, see tools/search.py: page embeddings and text are held in memory
 (~1.5 KB + text per page); panel matrices above `--panel-memory-mb` are streamed from the store.
 """
 
@@ -33,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,9 +45,12 @@ from typing import Any
 from comix_embed.common.errors import UsageError
 from comix_embed.common.model_options import add_model_arguments
 from comix_embed.common.store import read_attrs, resolve_store
+from comix_embed.tools.query_model import QueryEncoder, check_store_model, load_query_model
 from comix_embed.tools.search import DEFAULT_PANEL_MEMORY, Hit, SearchIndex
 
-log = logging.getLogger(__name__)
+# Query modes, as `--json` names them; those that go through the model need the store's checkpoint.
+MODES = ("text", "like", "keyword", "image")
+MODEL_MODES = ("text", "image")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,11 +66,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--text", "--query", dest="text", help="semantic search for this text (needs --checkpoint)")
     mode.add_argument("--like", "--query_page_id", dest="like", metavar="PAGE_ID", help="pages similar to this page")
     mode.add_argument("--keyword", "--search_text", dest="keyword", metavar="WORD", help="pages whose text holds WORD")
+    mode.add_argument("--image", type=Path, metavar="FILE", help="pages similar to this image (needs --checkpoint)")
     parser.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=10, help="results to show (default 10)")
     parser.add_argument("--panels", action="store_true", help="rank panels instead of pages")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     add_model_arguments(
-        parser, required=False, encoder_mode=False, checkpoint_help="the store's checkpoint (for --text)"
+        parser, required=False, encoder_mode=False, checkpoint_help="the store's checkpoint (for --text and --image)"
+    )
+    parser.add_argument(
+        "--exact-decode",
+        action="store_true",
+        help="decode the --image at full resolution (as workers started with --exact-decode did)",
     )
     parser.add_argument(
         "--panel-memory-mb",
@@ -77,62 +90,82 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise UsageError("--top-k must be at least 1")
     store = resolve_store(args.zarr)
-    encoder = _text_encoder(args, store) if args.text is not None else None
+    mode, query = next((m, q) for m, q in zip(MODES, (args.text, args.like, args.keyword, args.image)) if q is not None)
+    image = _read_image(args.image) if mode == "image" else None
+    encoder = _encoder(args, store, mode) if mode in MODEL_MODES else None
     index = SearchIndex.load(store, panel_memory=args.panel_memory_mb << 20)
-    mode, hits = _search(index, args, encoder)
-    keyword = args.keyword if mode == "keyword" else None
+    try:
+        hits = find(index, mode, str(query), args.top_k, args.panels, encoder, image)
+    finally:
+        if encoder is not None:
+            encoder.close()
+    result = report(index, str(query), mode, args.panels, hits)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False, indent=2))
+    else:
+        _print_table(index, str(query), mode, args.panels, result["results"])
+    return 0
+
+
+def _read_image(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--image {path}: cannot read it ({exc.strerror or exc})") from None
+
+
+def _encoder(args: argparse.Namespace, store: Path, mode: str) -> QueryEncoder:
+    """The query encoder for --text or --image, refused unless the store was made by its checkpoint."""
+    if args.checkpoint is None:
+        raise UsageError(f"--{mode} encodes the query with the model: pass --checkpoint (the store's checkpoint)")
+    attrs = read_attrs(store)
+    loaded, tokenizer = load_query_model(args.checkpoint, args.tokenizer, trust=args.trust_checkpoint)
+    check_store_model(loaded, tokenizer, store, attrs)
+    return QueryEncoder(loaded, tokenizer, str(attrs.get("encoder_mode", "fused")), fast_decode=not args.exact_decode)
+
+
+def find(
+    index: SearchIndex,
+    mode: str,
+    query: str,
+    k: int,
+    panels: bool = False,
+    encoder: QueryEncoder | None = None,
+    image: bytes | None = None,
+    panel: int | None = None,
+) -> list[Hit]:
+    """The hits of one query on one store (`comix-embed serve` asks each of its stores in turn).
+
+    `query` is the text, the page reference (`like`), the word, or the image's name; `image` holds
+    the image's bytes; `panel` narrows `like` to one panel of the page (pages, or with `panels`
+    panels, nearest to it). Model modes need the store's `encoder`.
+    """
+    if mode in MODEL_MODES and encoder is None:
+        raise UsageError(f"a {mode} query needs the store's checkpoint")
+    if mode == "text":
+        assert encoder is not None
+        return index.panels(encoder.text(query), k, per_page=not panels)
+    if mode == "image":
+        assert encoder is not None and image is not None
+        vectors = encoder.image(image, query)
+        return index.panels(vectors.panel, k, per_page=False) if panels else index.nearest_pages(vectors.page, k)
+    if mode == "like":
+        row = index.find_row(query)
+        if panel is not None:
+            return index.like_panel(row, panel, k, per_page=not panels)
+        return index.like_panels(row, k, per_page=False) if panels else index.like(row, k)
+    if mode == "keyword":
+        return index.keyword(query, k, panels=panels)
+    raise UsageError(f"unknown query mode {mode!r} (one of {', '.join(MODES)})")
+
+
+def report(index: SearchIndex, query: str, mode: str, panels: bool, hits: list[Hit]) -> dict[str, Any]:
+    """The `--json` object of a query: the store, the query, and the hits described."""
+    keyword = query if mode == "keyword" else None
     results = [{"rank": i + 1, **r} for i, r in enumerate(index.describe(hits, keyword))]
     if mode == "keyword":  # a count of occurrences, not a similarity
         for r in results:
             r["score"] = int(r["score"])
-    query = next(q for q in (args.text, args.like, args.keyword) if q is not None)
-    if args.json:
-        print(json.dumps(_report(index, query, mode, args.panels, results), ensure_ascii=False, indent=2))
-    else:
-        _print_table(index, query, mode, args.panels, results)
-    return 0
-
-
-def _text_encoder(args: argparse.Namespace, store: Path) -> tuple[Any, Any, str]:
-    """(model, tokenizer, encoder mode) for --text, refused unless the store was made by it."""
-    if args.checkpoint is None:
-        raise UsageError("--text encodes the query with the model: pass --checkpoint (the store's checkpoint)")
-    from comix_embed.common.checkpoint import load_model
-    from comix_embed.common.tokenizer import load_tokenizer
-
-    attrs = read_attrs(store)
-    loaded = load_model(args.checkpoint, trust=args.trust_checkpoint)
-    if loaded.sha256 != attrs.get("checkpoint_sha256"):
-        raise UsageError(
-            f"{args.checkpoint} (sha256 {loaded.sha256}) did not make this store "
-            f"(checkpoint_sha256 {attrs.get('checkpoint_sha256')}): its vectors would not be comparable"
-        )
-    tokenizer = load_tokenizer(args.tokenizer, args.checkpoint)
-    if _vocab_hash(tokenizer.identity) != _vocab_hash(str(attrs.get("tokenizer", ""))):
-        log.warning("tokenizer %s differs from the store's (%s)", tokenizer.identity, attrs.get("tokenizer"))
-    return loaded, tokenizer, str(attrs.get("encoder_mode", "fused"))
-
-
-def _vocab_hash(identity: str) -> str:
-    return identity.rpartition("sha256:")[2]
-
-
-def _search(
-    index: SearchIndex, args: argparse.Namespace, encoder: tuple[Any, Any, str] | None
-) -> tuple[str, list[Hit]]:
-    k = args.top_k
-    if encoder is not None:
-        from comix_embed.tools.search import text_vector
-
-        vector = text_vector(*encoder[:2], args.text, encoder[2])
-        return "text", index.panels(vector, k, per_page=not args.panels)
-    if args.like is not None:
-        row = index.find_row(args.like)
-        return "like", index.like_panels(row, k, per_page=False) if args.panels else index.like(row, k)
-    return "keyword", index.keyword(args.keyword, k, panels=args.panels)
-
-
-def _report(index: SearchIndex, query: str, mode: str, panels: bool, results: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "store": str(index.path),
         "query": query,

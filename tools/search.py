@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import zarr
@@ -41,10 +41,6 @@ from comix_embed.common.preprocess import join_text
 from comix_embed.common.results import STATUS_FULL_PAGE, STATUS_OK
 from comix_embed.common.store import read_attrs, read_committed_rows, resolve_store
 
-if TYPE_CHECKING:
-    from comix_embed.common.checkpoint import LoadedModel
-    from comix_embed.common.tokenizer import LoadedTokenizer
-
 # What the users' tools count as an embedded row (spec/store.md: zero rows are unwritten or failed).
 NORM_EPS = 1e-6
 SEARCHABLE = (STATUS_OK, STATUS_FULL_PAGE)
@@ -52,8 +48,6 @@ SEARCHABLE = (STATUS_OK, STATUS_FULL_PAGE)
 LOAD_ROWS = 8192
 STREAM_ROWS = 1024
 DEFAULT_PANEL_MEMORY = 4 << 30
-# Encoder modes whose panels a text query can be encoded into (the text tower is part of them).
-TEXT_QUERY_MODES = ("fused", "text")
 _WORD = re.compile(r"\w+")
 
 
@@ -340,6 +334,19 @@ class SearchIndex:
         ranking[pos] = np.inf  # first even if another page has an identical embedding
         return [Hit(int(self.rows[i]), float(scores[i])) for i in top_k(ranking, k)]
 
+    def nearest_pages(self, query: np.ndarray, k: int) -> list[Hit]:
+        """Pages by cosine of their page embeddings to a normalised query vector (an image query's)."""
+        scores = self.pages @ np.asarray(query, dtype=np.float32)
+        return [Hit(int(self.rows[i]), float(scores[i])) for i in top_k(scores, k)]
+
+    def like_panel(self, row: int, slot: int, k: int, per_page: bool) -> list[Hit]:
+        """Panels (or pages by their best panel) nearest to one panel (slot) of page `row`."""
+        self.require_searchable(row)
+        vectors, _, slots = self._read_panels(row, row + 1)
+        if slot not in slots:
+            raise UsageError(f"page {self._cells('page_id', [row])[0]!r} has no panel {slot}")
+        return self.panels(vectors[list(slots).index(slot)], k, per_page)
+
     def like_panels(self, row: int, k: int, per_page: bool) -> list[Hit]:
         """Panels (or pages by their best panel) nearest to any panel of page `row`."""
         self.require_searchable(row)
@@ -446,23 +453,3 @@ def _plain_text(raw: Any) -> str:
         return join_text(json.loads(raw))
     except (ValueError, AttributeError):
         return str(raw)
-
-
-def text_vector(loaded: LoadedModel, tokenizer: LoadedTokenizer, text: str, mode: str = "fused") -> np.ndarray:
-    """A text query as a panel: P = atom(zeros image, tokens(text), zeros comp), normalised.
-
-    As the users' search UI encoded it (spec/closure-lite.md, Query encoders), through the store's
-    own encoder mode so the query lives in the same space as its panels.
-    """
-    import torch
-
-    if mode not in TEXT_QUERY_MODES:
-        raise UsageError(f"a text query cannot be encoded for a store of encoder mode {mode!r} (needs fused or text)")
-    enc = tokenizer.tokenizer([text], truncation=True, max_length=config.TEXT_MAX_TOKENS, return_tensors="pt")
-    size = int(loaded.config.vit.get("image_size", config.IMAGE_SIZE))
-    channels = int(loaded.config.vit.get("num_channels", 3))
-    images = torch.zeros((1, channels, size, size))
-    comp = torch.zeros((1, 7))
-    with torch.inference_mode():
-        vector = loaded.model.panel_vectors(mode, images, enc["input_ids"], enc["attention_mask"], comp)
-    return normalise(vector.float().numpy())[0]

@@ -1,0 +1,177 @@
+"""Time to first results of `comix-embed serve` on a large store, through the whole request path.
+
+    python benchmarks/serve.py [--json] [--pages 100000] [--queries 20] [--keep DIR]
+
+The store is benchmarks/query.py's synthetic one (d = 384, 12 slots, ~60% valid, comic-like text,
+1% failed rows), stamped with the identity of an untrained checkpoint of the real model's shape
+(`init-checkpoint --size base`: ViT-base and RoBERTa-base, d = 384), so text and image queries
+run the real encoders. The application is built as the command builds it (`build_state`: model
+checked and loaded, index loaded, text index and panel matrix built) and asked through Flask's
+test client, so each figure is the whole request: parsing, encoding the query with the model,
+the search, reading the hits' columns from the store and the JSON. For each kind (keyword, like,
+text, image, panel-level text) the first request after start is timed apart from the median and
+95th percentile of `--queries` more. Thumbnails are not part of it (they load after the results,
+one request each; the synthetic store has no images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.query import build_store, random_words  # noqa: E402
+from comix_embed.common.checkpoint import file_sha256  # noqa: E402
+from comix_embed.common.store import read_attrs, write_attrs  # noqa: E402
+from comix_embed.common.tokenizer import load_tokenizer  # noqa: E402
+from comix_embed.tools.init_checkpoint import init_checkpoint  # noqa: E402
+from comix_embed.tools.serve import command  # noqa: E402
+from comix_embed.tools.serve.app import create_app  # noqa: E402
+
+TARGET_MS = 500
+
+
+def checkpoint(folder: Path) -> Path:
+    """An untrained checkpoint of the real model's shape, made once under `folder`."""
+    path = folder / "base.pt"
+    if not path.exists():
+        init_checkpoint(path, size="base", seed=0)
+    return path
+
+
+def stamp(store: Path, ckpt: Path) -> None:
+    """Give the synthetic store the checkpoint's identity, as if that model had made it."""
+    tokenizer = load_tokenizer(None, ckpt)
+    if read_attrs(store).get("checkpoint_sha256") != file_sha256(ckpt):
+        write_attrs(store, {"checkpoint_sha256": file_sha256(ckpt), "tokenizer": tokenizer.identity})
+
+
+def query_image(seed: int) -> bytes:
+    """A page-sized JPEG of random blocks (a scan's size and cost to decode)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (27, 18, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(small).resize((1800, 2700), Image.Resampling.NEAREST).save(out, format="JPEG", quality=85)
+    return out.getvalue()
+
+
+def timed_request(client, method: str, **kwargs) -> tuple[float, dict]:
+    t0 = time.perf_counter()
+    response = getattr(client, method)("/api/search", **kwargs)
+    ms = (time.perf_counter() - t0) * 1000
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    answer = body["stores"][0]
+    assert "error" not in answer and answer["results"], answer
+    return ms, answer
+
+
+def serve_args(store: Path, ckpt: Path) -> argparse.Namespace:
+    """`comix-embed serve --zarr STORE --checkpoint CKPT` (the image root: the store's folder, unused)."""
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    return parser.parse_args(["--zarr", str(store), "--checkpoint", str(ckpt), "--image-root", str(store.parent)])
+
+
+def bench(store: Path, ckpt: Path, queries: int, seed: int = 1) -> dict[str, float]:
+    args = serve_args(store, ckpt)
+    t0 = time.perf_counter()
+    app = create_app(command.build_state(args))
+    start_s = time.perf_counter() - t0
+    client = app.test_client()
+    served = app.extensions["comix_serve"].stores
+    index = next(iter(served.values())).index()
+    rng = random.Random(seed)
+    words = random_words(index, index.rows, rng, queries + 1)
+    ids = [str(index.page_ids[int(rng.choice(index.rows))]) for _ in range(queries + 1)]
+    texts = [" ".join(rng.sample(words, 3)) for _ in range(queries + 1)]
+    kinds = {
+        "keyword": [("get", {"query_string": {"mode": "keyword", "q": w}}) for w in words],
+        "like": [("get", {"query_string": {"mode": "like", "q": p}}) for p in ids],
+        "text": [("get", {"query_string": {"mode": "text", "q": t}}) for t in texts],
+        "text_panels": [("get", {"query_string": {"mode": "text", "q": t, "panels": "1"}}) for t in texts],
+        "image": [
+            (
+                "post",
+                {
+                    "data": {"mode": "image", "image": (io.BytesIO(query_image(i)), f"q{i}.jpg")},
+                    "content_type": "multipart/form-data",
+                },
+            )
+            for i in range(queries + 1)
+        ],
+    }
+    result: dict[str, float] = {
+        "pages": index.committed,
+        "searchable_pages": len(index.rows),
+        "valid_panels": index.panel_count or 0,
+        "start_s": round(start_s, 1),
+    }
+    for kind, requests in kinds.items():
+        times = [timed_request(client, method, **kw)[0] for method, kw in requests]
+        result[f"{kind}_first_ms"] = round(times[0], 1)
+        result[f"{kind}_ms_p50"] = round(float(np.median(times[1:])), 1)
+        result[f"{kind}_ms_p95"] = round(float(np.percentile(times[1:], 95)), 1)
+    # the model's share: the same queries encoded alone (what a GPU would make a few milliseconds)
+    encoder = next(iter(served.values())).encoder
+    encode = {
+        "text": [_ms(lambda t=t: encoder.text(t)) for t in texts[1:]],
+        "image": [_ms(lambda i=i: encoder.image(query_image(i), "q.jpg")) for i in range(1, queries + 1)],
+    }
+    for kind, times in encode.items():
+        result[f"{kind}_encode_ms_p50"] = round(float(np.median(times)), 1)
+    result["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return result
+
+
+def _ms(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pages", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=20, help="requests timed per kind after the first (default 20)")
+    parser.add_argument("--keep", type=Path, help="build the store and checkpoint here and reuse them later")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="comix-serve-bench-") as tmp:
+        folder = args.keep or Path(tmp)
+        store = build_store(folder / "store", args.pages)
+        ckpt = checkpoint(folder)
+        stamp(store, ckpt)
+        result = bench(store, ckpt, args.queries)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(
+        f"store: {result['pages']} pages ({result['searchable_pages']} searchable, {result['valid_panels']} valid "
+        f"panels), d=384; serve started (model, index, text index, panels) in {result['start_s']} s, "
+        f"peak RSS {result['max_rss_mb']} MB"
+    )
+    for kind in ("keyword", "like", "text", "text_panels", "image"):
+        encoding = result.get(f"{kind.removesuffix('_panels')}_encode_ms_p50")
+        model = f"   of which the model encoding the query p50 {encoding:7.1f} ms" if encoding is not None else ""
+        print(
+            f"{kind:12s} first {result[f'{kind}_first_ms']:7.1f} ms   p50 {result[f'{kind}_ms_p50']:7.1f} ms   "
+            f"p95 {result[f'{kind}_ms_p95']:7.1f} ms{model}"
+        )
+    print(f"(target: first results < {TARGET_MS} ms)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

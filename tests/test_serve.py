@@ -1,0 +1,393 @@
+"""`comix-embed serve` through Flask's test client: the JSON API against `query --json`, one answer
+per store in its own encoder mode, pages, status on a growing store, image confinement,
+thumbnails and their bounded cache, credentials. Stores are made by the pipeline (a fused one,
+and a vision one from the same corpus); the browser tests are in test_serve_browser.py."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from flask.testing import FlaskClient
+from markupsafe import escape
+from PIL import Image
+
+from comix_embed.cli import main
+from comix_embed.common.errors import UsageError
+from comix_embed.common.jobs import load_jobs
+from comix_embed.common.paths import ImageResolver, PathMapper
+from comix_embed.common.results import STATUS_FAILED, STATUS_FULL_PAGE
+from comix_embed.common.store import MODEL_KEYS, open_committed, read_attrs, store_path
+from comix_embed.demo import serve_command
+from comix_embed.tools.init_checkpoint import init_checkpoint
+from comix_embed.tools.serve import command
+from comix_embed.tools.serve.app import ServeState, create_app
+from comix_embed.tools.serve.thumbs import OUTLINE, Thumbnail, ThumbnailCache, render
+from comix_embed.writer.commit import StoreWriter
+from tests.conftest import run_cli
+from tests.synthetic import make_result
+from tests.test_query import longest_word
+
+EXTRA_FIELDS = {"name", "encoder_mode", "elapsed_ms"}
+
+
+def serve_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def make_client(stores: list[Path], checkpoint: Path, root: Path, *extra: str) -> FlaskClient:
+    argv = [a for s in stores for a in ("--zarr", str(s))]
+    args = serve_args(*argv, "--checkpoint", str(checkpoint), "--image-root", str(root), *extra)
+    return create_app(command.build_state(args)).test_client()
+
+
+@pytest.fixture(scope="module")
+def vision_store(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, pipeline_corpus: Path) -> Path:
+    """The pipeline corpus embedded again, in the `vision` encoder mode."""
+    out = tmp_path_factory.mktemp("vision_out")
+    proc = run_cli(
+        "run",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--list",
+        str(pipeline_corpus / "list.txt"),
+        "--image-root",
+        str(pipeline_corpus / "images"),
+        "--output-dir",
+        str(out),
+        "--batch-size",
+        "4",
+        "--workers",
+        "2",
+        "--encoder-mode",
+        "vision",
+    )
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def client(pipeline_store: Path, vision_store: Path, tiny_checkpoint: Path, pipeline_corpus: Path) -> FlaskClient:
+    return make_client([pipeline_store, vision_store], tiny_checkpoint, pipeline_corpus / "images")
+
+
+@pytest.fixture(scope="module")
+def names(client: FlaskClient) -> dict[str, str]:
+    """Encoder mode -> the store's name in the application."""
+    stores = client.get("/api/stores").get_json()["stores"]
+    return {s["encoder_mode"]: s["name"] for s in stores}
+
+
+def query_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
+    assert main(["query", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def answers(client: FlaskClient, **fields: Any) -> dict[str, dict[str, Any]]:
+    """The API's answer to a GET search, per store name; it must be 200."""
+    response = client.get("/api/search", query_string=fields)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return {a["name"]: a for a in response.get_json()["stores"]}
+
+
+def as_query_json(answer: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in answer.items() if k not in EXTRA_FIELDS}
+
+
+def committed(store: Path) -> dict[str, np.ndarray]:
+    ds = open_committed(store_path(store))
+    return {name: ds[name].values for name in ("page_id", "status", "page_text", "panel_mask", "error")}
+
+
+def full_page_image(store: Path, corpus: Path) -> tuple[int, Path]:
+    """A row embedded as one full-page panel, and its image (found through the store's record)."""
+    group = zarr.open_group(store_path(store), mode="r")
+    row = int(np.flatnonzero(committed(store)["status"] == STATUS_FULL_PAGE)[0])
+    assert int(group["image_root"][row]) == 0
+    return row, corpus / "images" / str(group["image_path"][row])
+
+
+def test_keyword_answers_as_query_json_in_every_store(
+    client: FlaskClient, pipeline_store: Path, vision_store: Path, names: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pages = committed(pipeline_store)
+    word = next(w for w in (longest_word(t) for t in pages["page_text"]) if w).lower()
+    got = answers(client, mode="keyword", q=word, k=24)
+    assert set(got) == set(names.values())
+    for mode, store in (("fused", pipeline_store), ("vision", vision_store)):
+        answer = got[names[mode]]
+        expected = query_json(capsys, "--zarr", str(store), "--keyword", word, "--top-k", "24")
+        assert as_query_json(answer) == expected and expected["results"]
+        assert answer["encoder_mode"] == mode and answer["store"] == str(store_path(store))
+        assert all(word in r["snippet"].lower() for r in answer["results"])
+
+
+def test_text_query_is_embedded_per_store_and_refused_where_the_mode_cannot(
+    client: FlaskClient,
+    pipeline_store: Path,
+    tiny_checkpoint: Path,
+    names: dict,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    got = answers(client, mode="text", q="the giant robot", k=7, panels=1)
+    expected = query_json(
+        capsys,
+        "--zarr",
+        str(pipeline_store),
+        "--text",
+        "the giant robot",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--top-k",
+        "7",
+        "--panels",
+    )
+    assert as_query_json(got[names["fused"]]) == expected
+    refused = got[names["vision"]]
+    assert "results" not in refused and "text tower" in refused["error"] and "'vision'" in refused["error"]
+
+
+def test_uploaded_image_ranks_its_page_first_in_each_stores_own_space(
+    client: FlaskClient, pipeline_store: Path, pipeline_corpus: Path, names: dict
+) -> None:
+    row, image = full_page_image(pipeline_store, pipeline_corpus)
+    page_id = str(committed(pipeline_store)["page_id"][row])
+    for panels in ("", "1"):
+        data = {"mode": "image", "k": "5", "panels": panels, "image": (io.BytesIO(image.read_bytes()), image.name)}
+        response = client.post("/api/search", data=data, content_type="multipart/form-data")
+        assert response.status_code == 200, response.get_data(as_text=True)
+        got = {a["name"]: a for a in response.get_json()["stores"]}
+        for mode in ("fused", "vision"):  # the same row in both stores: one list, two runs
+            first = got[names[mode]]["results"][0]
+            assert (first["page_id"], first["row"]) == (page_id, row)
+            assert first["score"] >= 0.999, (mode, first)
+            assert first["panel"] == (0 if panels else None)
+            assert got[names[mode]]["query"] == image.name and got[names[mode]]["mode"] == "image"
+
+
+def test_image_search_needs_an_image_and_refuses_a_non_image(client: FlaskClient, names: dict) -> None:
+    response = client.post("/api/search", data={"mode": "image"}, content_type="multipart/form-data")
+    assert response.status_code == 400 and "image" in response.get_json()["error"]
+    data = {"mode": "image", "image": (io.BytesIO(b"plain text"), "notes.png")}
+    response = client.post("/api/search", data=data, content_type="multipart/form-data")
+    for answer in response.get_json()["stores"]:
+        assert "not a readable image" in answer["error"] and "notes.png" in answer["error"]
+    html = client.get("/search", query_string={"mode": "nonsense", "q": "x"})
+    assert html.status_code == 400 and "mode must be one of" in html.get_data(as_text=True)
+
+
+def test_more_like_this_page_and_panel(client: FlaskClient, pipeline_store: Path, names: dict) -> None:
+    pages = committed(pipeline_store)
+    row = int(np.flatnonzero(pages["panel_mask"].sum(axis=1) >= 3)[0])
+    page_id = str(pages["page_id"][row])
+    store = names["fused"]
+    first = answers(client, mode="like", q=page_id, store=store)[store]["results"][0]
+    assert (first["row"], first["score"]) == (row, pytest.approx(1.0, abs=1e-5))
+    for slot in (0, 2):
+        results = answers(client, mode="like", q=page_id, panel=slot, store=store)[store]["results"]
+        assert (results[0]["row"], results[0]["panel"]) == (row, slot)
+        assert results[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    padded = int(pages["panel_mask"][row].sum())
+    refused = answers(client, mode="like", q=page_id, panel=padded, store=store)[store]
+    assert f"no panel {padded}" in refused["error"]
+    assert client.get("/api/search", query_string={"mode": "like", "q": page_id, "store": "nope"}).status_code == 400
+
+
+def test_page_api_shows_every_panel_as_stored(client: FlaskClient, pipeline_store: Path, names: dict) -> None:
+    group = zarr.open_group(store_path(pipeline_store), mode="r")
+    count = read_attrs(store_path(pipeline_store))["committed_rows"]
+    for row in range(count):
+        page = client.get(f"/api/page/{names['fused']}/{row}").get_json()
+        mask = group["panel_mask"][row]
+        assert page["page_id"] == str(group["page_id"][row]) and page["status"] == int(group["status"][row])
+        assert [p["slot"] for p in page["panels"]] == np.flatnonzero(mask).tolist()
+        for p in page["panels"]:
+            assert p["box"] == pytest.approx(group["panel_coordinates"][row, p["slot"]].tolist(), abs=0.01)
+            assert p["next"] in [q["slot"] for q in page["panels"]]  # argmax over valid slots
+            assert json.loads(str(group["text_content"][row, p["slot"]])) == p["text"]
+        if page["status"] == STATUS_FAILED:
+            assert not page["panels"] and page["error"]
+        else:
+            assert sum(p["attention"] for p in page["panels"]) == pytest.approx(1.0, abs=1e-4)
+    assert client.get(f"/api/page/{names['fused']}/{count}").status_code == 404
+    assert client.get(f"/page/{names['fused']}/{count}").status_code == 404
+
+
+def test_status_lists_failed_pages_with_their_reasons(client: FlaskClient, pipeline_store: Path, names: dict) -> None:
+    pages = committed(pipeline_store)
+    stores = {s["name"]: s for s in client.get("/api/status").get_json()["stores"]}
+    status = stores[names["fused"]]
+    failed = np.flatnonzero(pages["status"] == STATUS_FAILED)
+    assert status["committed_rows"] == status["registered_rows"] == len(pages["status"])
+    assert status["failed"] == len(failed) == 3
+    assert status["ok"] + status["full_page"] + status["failed"] == status["committed_rows"]
+    assert [(f["row"], f["page_id"], f["error"]) for f in status["failed_pages"]] == [
+        (int(r), str(pages["page_id"][r]), str(pages["error"][r])) for r in failed
+    ]
+    assert all(f["error"] for f in status["failed_pages"])
+    html = client.get("/status").get_data(as_text=True)
+    assert 'http-equiv="refresh"' not in html  # nothing left to commit
+    assert all(str(escape(str(pages["error"][r]))) in html for r in failed)
+
+
+def test_status_and_search_follow_a_store_that_grows(
+    interrupted_store: Path, tiny_checkpoint: Path, corpus: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "growing"
+    shutil.copytree(interrupted_store, out)
+    client = make_client([out], tiny_checkpoint, corpus / "images")
+    name = client.get("/api/stores").get_json()["stores"][0]["name"]
+    status = client.get("/api/status").get_json()["stores"][0]
+    assert (status["committed_rows"], status["registered_rows"]) == (8, 24)  # batches 0, 1 (and 3) of 6
+    assert 'http-equiv="refresh"' in client.get("/status").get_data(as_text=True)
+    assert client.get(f"/api/page/{name}/8").status_code == 404  # not committed: not shown
+    attrs = read_attrs(store_path(out))
+    with StoreWriter(out, fsync=False) as writer:  # the job goes on: batch 2 arrives
+        writer.commit([make_result(load_jobs(out)[0], 2, {k: attrs[k] for k in MODEL_KEYS})])
+    status = client.get("/api/status").get_json()["stores"][0]
+    assert status["committed_rows"] == 16  # batch 3 was already written: the prefix now ends after it
+    assert client.get(f"/api/page/{name}/8").status_code == 200
+    # the search index reloads in the background once a search sees more committed rows
+    deadline = time.monotonic() + 120
+    while client.get("/api/stores").get_json()["stores"][0]["committed_rows"] < 16:
+        assert time.monotonic() < deadline, "the search index never reloaded"
+        time.sleep(0.1)
+    hits = answers(client, mode="keyword", q="line 9.0", k=50)[name]["results"]
+    assert [r["row"] for r in hits] == [9]  # synthetic text of row 9, committed after the start
+
+
+def test_images_are_served_from_the_roots_only(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "book").mkdir(parents=True)
+    outside.mkdir()
+    Image.new("RGB", (40, 60), (200, 10, 10)).save(root / "book" / "p.jpg")
+    (outside / "secret.jpg").write_bytes(b"TOP-SECRET-CONTENT")
+    (root / "book" / "link.jpg").symlink_to(outside / "secret.jpg")
+    (root / "book" / "notes.txt").write_text("not an image")
+    resolver = ImageResolver([root], [("E:\\Comics", str(root))])
+    state = ServeState(stores={}, resolver=resolver, mapper=PathMapper([("E:\\Comics", str(root))]))
+    client = create_app(state).test_client()
+    ok = client.get("/images/book/p.jpg")
+    assert ok.status_code == 200 and ok.data == (root / "book" / "p.jpg").read_bytes()
+    assert client.get("/images/E:%5CComics%5Cbook%5Cp.jpg").data == ok.data  # a DataSpec path, mapped
+    refused = [
+        "/images/../../etc/passwd",
+        "/images/..%2f..%2fetc%2fpasswd",
+        "/images/%2e%2e/%2e%2e/etc/passwd",
+        "/images/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        "/images/book/../../../etc/passwd",
+        "/images/book/..%2F..%2F..%2Fetc%2Fpasswd",
+        "/images//etc/passwd",
+        "/images/%2Fetc%2Fpasswd",
+        f"/images/{root}/book/p.jpg",  # absolute, even inside the root: only path maps make them local
+        "/images/E:%5COther%5Cp.jpg",  # no map for that prefix
+        "/images/book/link.jpg",  # a link out of the root
+        "/images/book/notes.txt",  # not an image
+        "/images/book/p.jpg?root=3",  # no such root
+        "/images/book/p.jpg%00.png",
+    ]
+    for url in refused:
+        response = client.get(url)
+        assert response.status_code == 403, (url, response.status_code)
+        assert b"TOP-SECRET" not in response.data and b"root:x:0:0" not in response.data
+        assert b"outside" not in response.data  # where a link leads is not told
+    for url in ("/images/%252e%252e/%252e%252e/etc/passwd", "/images/book/none.jpg"):
+        assert client.get(url).status_code == 404  # a literal `%2e%2e` folder, or no file
+
+
+def test_thumbnail_outlines_the_panel_where_its_box_is(tmp_path: Path) -> None:
+    page = Image.new("RGB", (1000, 1600), (255, 255, 255))
+    box = [200.0, 400.0, 500.0, 600.0]
+    plain = tmp_path / "plain.jpg"
+    page.save(plain, quality=95)
+    # the same page stored turned a quarter (EXIF orientation 6): boxes are in upright pixels
+    turned = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    page.transpose(Image.Transpose.ROTATE_90).save(turned, quality=95, exif=exif)
+    for path in (plain, turned):
+        thumb = render(path, 256, box)
+        assert thumb.page_size == (1000, 1600)
+        img = Image.open(io.BytesIO(thumb.jpeg)).convert("RGB")
+        assert img.size == (160, 256)
+        s = 256 / 1600
+        left, top, bottom = round(box[0] * s), round(box[1] * s), round((box[1] + box[3]) * s)
+        edge = np.asarray(img)[(top + bottom) // 2, left]
+        assert np.abs(edge.astype(int) - OUTLINE).max() < 60, (path.name, edge)
+        inside = np.asarray(img)[(top + bottom) // 2, left + 20]
+        assert inside.min() > 230  # white page inside the outline
+
+
+def test_thumbnail_cache_stays_within_its_bytes(tmp_path: Path) -> None:
+    cache = ThumbnailCache(max_bytes=1000)
+    made: list[str] = []
+
+    def maker(key: str, size: int):
+        def make() -> Thumbnail:
+            made.append(key)
+            return Thumbnail(b"x" * size, (1, 1))
+
+        return make
+
+    for key in ("a", "b", "c"):
+        cache.get(key, maker(key, 300))
+    cache.get("a", maker("a", 300))  # a hit: `a` is now the most recently used
+    cache.get("d", maker("d", 300))  # over the budget: `b`, the least recently used, goes
+    assert made == ["a", "b", "c", "d"] and cache.bytes == 900 and len(cache) == 3
+    cache.get("a", maker("a", 300))
+    cache.get("b", maker("b", 300))
+    assert made == ["a", "b", "c", "d", "b"] and cache.bytes <= 1000
+    cache.get("big", maker("big", 5000))  # larger than the whole budget: served, never kept
+    assert cache.bytes <= 1000 and made[-1] == "big" and len(cache) == 3
+
+
+def test_credentials_are_required_beyond_loopback(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("COMIX_SERVE_USER", "COMIX_SERVE_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    assert command.credentials_for("127.0.0.1") is None and command.credentials_for("::1") is None
+    with pytest.raises(UsageError, match="COMIX_SERVE_USER and COMIX_SERVE_PASSWORD"):
+        command.credentials_for("0.0.0.0")
+    monkeypatch.setenv("COMIX_SERVE_USER", "reader")
+    with pytest.raises(UsageError, match="only COMIX_SERVE_USER is set"):
+        command.credentials_for("127.0.0.1")
+    monkeypatch.setenv("COMIX_SERVE_PASSWORD", "s3cret")
+    assert command.credentials_for("0.0.0.0") == ("reader", "s3cret")
+    state = ServeState(stores={}, resolver=ImageResolver([tmp_path]), credentials=("reader", "s3cret"))
+    client = create_app(state).test_client()
+    for path in ("/", "/api/status", "/static/style.css", "/images/x.jpg"):
+        denied = client.get(path)
+        assert denied.status_code == 401 and "Basic" in denied.headers["WWW-Authenticate"]
+        assert client.get(path, auth=("reader", "wrong")).status_code == 401
+    assert client.get("/api/status", auth=("reader", "s3cret")).status_code == 200
+
+
+def test_serve_refuses_before_listening(
+    pipeline_store: Path, pipeline_corpus: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMIX_SERVE_")}
+    base = ["serve", "--zarr", str(pipeline_store), "--image-root", str(pipeline_corpus / "images")]
+    proc = run_cli(*base, "--checkpoint", str(tiny_checkpoint), "--host", "0.0.0.0", env=env)
+    assert proc.returncode == 2 and "COMIX_SERVE_USER" in proc.stderr
+    other = tmp_path / "other.pt"
+    init_checkpoint(other, size="tiny", seed=3)
+    with pytest.raises(UsageError, match="did not make this store"):
+        command.build_state(serve_args(*base[1:], "--checkpoint", str(other)))
+
+
+def test_demo_prints_a_serve_command_for_its_store(tmp_path: Path) -> None:
+    argv = serve_command(tmp_path / "embeddings", tmp_path / "tiny.pt", tmp_path / "corpus")
+    assert argv[0] == "serve"
+    args = serve_args(*argv[1:])
+    assert args.zarr == [str(tmp_path / "embeddings")] and args.checkpoint == tmp_path / "tiny.pt"
+    assert args.image_root == [tmp_path / "corpus" / "images"] and args.host == "127.0.0.1"

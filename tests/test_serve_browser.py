@@ -1,0 +1,264 @@
+"""`comix-embed serve` in a real browser: Debian's Chromium, headless, driven by Playwright.
+
+The server is the real command (waitress, `--port 0`), started on a store made by the pipeline
+from the sample corpus; the browser types, clicks and uploads as a person would. Chromium comes
+from the Debian package (`apt-get install -y chromium`, which .ci/run does when it is missing);
+Playwright's own browser download is never used. Without /usr/bin/chromium these tests skip and
+say why. Screenshots go to $COMIX_SCREENSHOTS when set (the README's come from there), else to
+the test's temporary folder.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import subprocess
+import threading
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+import zarr
+
+from comix_embed.common.child import cli_argv
+from comix_embed.common.preprocess import join_text
+from comix_embed.common.results import STATUS_FULL_PAGE
+from comix_embed.common.store import open_committed, store_path
+
+CHROMIUM = Path(os.environ.get("COMIX_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SERVER_START_S = 300  # loading the model and the index on a loaded machine; normally a few seconds
+SERVING = re.compile(r"serving \d+ store\(s\) on (http://\S+/)")
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.is_file(),
+    reason=f"no Chromium at {CHROMIUM}: install Debian's package (apt-get update && apt-get install -y chromium), "
+    "as .ci/run does, to run the browser tests",
+)
+
+
+@pytest.fixture(scope="module")
+def server(pipeline_store: Path, pipeline_corpus: Path, tiny_checkpoint: Path) -> Iterator[str]:
+    """`comix-embed serve` on the pipeline store; yields its URL once it says it is serving."""
+    argv = cli_argv(
+        "serve",
+        "--zarr",
+        str(pipeline_store),
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--image-root",
+        str(pipeline_corpus / "images"),
+        "--port",
+        "0",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMIX_SERVE_")}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines: list[str] = []
+    found: list[str] = []
+
+    def read() -> None:  # until the promised line; the rest is drained so the server never blocks
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            match = SERVING.search(line)
+            if match and not found:
+                found.append(match.group(1))
+                ready.set()
+        ready.set()
+
+    ready = threading.Event()
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        ready.wait(SERVER_START_S)
+        assert found, f"serve did not start (exit {proc.poll()}):\n{''.join(lines)}"
+        yield found[0]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def store_name(server: str) -> str:
+    """The pipeline store's name in the application, from the JSON API."""
+    with urllib.request.urlopen(f"{server}api/stores", timeout=30) as response:
+        return json.load(response)["stores"][0]["name"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser) -> Iterator:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    tab = context.new_page()
+    tab.set_default_timeout(60_000)
+    yield tab
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def stored(pipeline_store: Path) -> dict[str, np.ndarray]:
+    ds = open_committed(store_path(pipeline_store))
+    return {name: ds[name].values for name in ("page_id", "status", "page_text", "panel_mask")}
+
+
+def screenshot_path(tmp_path: Path, name: str) -> Path:
+    folder = Path(os.environ.get("COMIX_SCREENSHOTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
+
+
+def assert_png(path: Path, width: int) -> None:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert int.from_bytes(data[16:20], "big") == width
+
+
+def images_loaded(page) -> list[int]:
+    """Natural widths of the result thumbnails, once each has loaded or failed."""
+    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=result] img')].every(i => i.complete)")
+    return page.eval_on_selector_all("[data-testid=result] img", "imgs => imgs.map(i => i.naturalWidth)")
+
+
+def common_word(texts: list[str]) -> str:
+    """The word of 5+ letters that the most texts hold (ties: alphabetical)."""
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update({w.lower() for w in re.findall(r"[A-Za-z]{5,}", text)})
+    return min(counts, key=lambda w: (-counts[w], w))
+
+
+def test_keyword_shows_thumbnails_whose_text_holds_it(
+    server: str, page, stored: dict, pipeline_store: Path, tmp_path: Path
+) -> None:
+    searchable = stored["status"] != 2
+    page_texts = [join_text(json.loads(t)) if ok else "" for t, ok in zip(stored["page_text"], searchable)]
+    word = common_word(page_texts)
+    group = zarr.open_group(store_path(pipeline_store), mode="r")
+    panel_texts = [
+        join_text(json.loads(str(group["text_content"][row, slot])))
+        for row, slot in zip(*np.nonzero(stored["panel_mask"] & searchable[:, None]))
+    ]
+    for panels, texts in ((False, page_texts), (True, panel_texts)):
+        holding = sum(word in t.lower() for t in texts)
+        page.goto(server)
+        page.select_option("[data-testid=mode]", "keyword")
+        page.fill("[data-testid=query]", word)
+        page.set_checked("[data-testid=panels]", panels)
+        page.click("[data-testid=submit]")
+        cards = page.locator("[data-testid=result]")
+        cards.first.wait_for()
+        assert cards.count() == min(holding, 24) > 1
+        for snippet in page.locator("[data-testid=snippet]").all_inner_texts():
+            assert word in snippet.lower()
+        outlined = [cards.nth(i).get_attribute("data-panel") for i in range(cards.count())]
+        assert all(outlined) if panels else not any(outlined)  # the matching panel is named and outlined
+        assert all(width > 0 for width in images_loaded(page))  # every thumbnail was served and decoded
+    shot = screenshot_path(tmp_path, "serve-search.png")
+    page.screenshot(path=str(shot))
+    assert_png(shot, 1280)
+
+
+def test_a_page_shows_as_many_boxes_as_it_has_panels(
+    server: str, store_name: str, page, stored: dict, pipeline_corpus: Path, pipeline_store: Path, tmp_path: Path
+) -> None:
+    counts = stored["panel_mask"].sum(axis=1)
+    manifests = zarr.open_group(store_path(pipeline_store), mode="r")["manifest_path"]
+    checked = 0
+    for row in np.argsort(-counts, kind="stable")[:3]:  # the pages with the most panels
+        spec = json.loads((pipeline_corpus / str(manifests[row]).replace("\\", "/")).read_text())
+        assert counts[row] == min(len(spec["panels"]), 12)  # what the DataSpec says, up to 12 slots
+        page.goto(f"{server}page/{store_name}/{row}")
+        page.locator("[data-testid=page-svg]").wait_for()
+        assert page.locator("[data-testid=panel-box]").count() == counts[row]
+        assert page.locator("[data-testid=panel-row]").count() == counts[row]
+        assert page.locator("[data-testid=like-panel]").count() == counts[row]
+        assert page.inner_text("[data-testid=page-id]") == stored["page_id"][row]
+        loaded = page.evaluate(
+            "() => new Promise(done => { const i = new Image(); i.onload = () => done(i.naturalWidth);"
+            " i.onerror = () => done(0); i.src = document.querySelector('svg image').getAttribute('href'); })"
+        )
+        assert loaded > 0
+        checked += 1
+        if checked == 1:
+            shot = screenshot_path(tmp_path, "serve-page.png")
+            page.screenshot(path=str(shot))
+            assert_png(shot, 1280)
+    assert checked == 3
+
+
+def test_uploading_a_page_without_panels_finds_it_first(
+    server: str, page, stored: dict, pipeline_store: Path, pipeline_corpus: Path
+) -> None:
+    rows = np.flatnonzero(stored["status"] == STATUS_FULL_PAGE)
+    assert len(rows), "the sample corpus has pages without panels (covers)"
+    group = zarr.open_group(store_path(pipeline_store), mode="r")
+    row = int(rows[0])
+    image = pipeline_corpus / "images" / str(group["image_path"][row])
+    page.goto(server)
+    page.select_option("[data-testid=mode]", "image")
+    page.set_input_files("[data-testid=image]", str(image))
+    page.click("[data-testid=submit]")
+    first = page.locator("[data-testid=result]").first
+    first.wait_for()
+    assert first.get_attribute("data-page-id") == stored["page_id"][row]
+    assert float(first.get_attribute("data-score") or 0) >= 0.999
+
+
+def test_status_lists_the_failed_pages(server: str, page, stored: dict) -> None:
+    page.goto(f"{server}status")
+    assert page.inner_text("[data-testid=committed]") == str(len(stored["status"]))
+    assert page.inner_text("[data-testid=failed]") == str(int((stored["status"] == 2).sum()))
+    assert page.locator("[data-testid=failed-row]").count() == int((stored["status"] == 2).sum())
+    assert "escapes the image root" in page.inner_text("[data-testid=failed-table]")
+
+
+TRAVERSALS = [
+    "/images/../../etc/passwd",
+    "/images/..%2f..%2fetc%2fpasswd",
+    "/images/%2e%2e/%2e%2e/etc/passwd",
+    "/images/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    "/images/..%252f..%252fetc%252fpasswd",
+    "/images//etc/passwd",
+    "/images/%2fetc%2fpasswd",
+]
+
+
+def test_image_paths_out_of_the_roots_are_refused(server: str, page) -> None:
+    for path in TRAVERSALS:
+        # as the browser sends it (it resolves dot segments itself) ...
+        response = page.goto(server.rstrip("/") + path)
+        assert response is not None and response.status in (403, 404), path
+        assert "root:x:0:0" not in page.content()
+        # ... and exactly as written, on the wire
+        parts = urlsplit(server)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        conn.request("GET", path)
+        raw = conn.getresponse()
+        body = raw.read()
+        conn.close()
+        assert raw.status in (403, 404) and b"root:x:0:0" not in body, (path, raw.status)
+        if "%25" not in path:  # a double-encoded path names a literal `%2f` file: merely not found
+            assert raw.status == 403, (path, raw.status, body)

@@ -1,0 +1,52 @@
+"""Which file a request for an image may read: only images inside the image roots.
+
+The same confinement as the workers (common/paths.py, `ImageResolver`): a relative path must not
+climb out of its root (`..`), symbolic links are followed and must stay inside it, and the file
+must be an image. An absolute path is refused unless a `--path-map` maps it into a root (the
+paths DataSpecs hold, `E:\\...`, which the producer maps the same way); a plain `/etc/passwd`
+never is. Checks run on the decoded path the route receives, so `%2e%2e`, `%2f` and the like
+are refused like their plain forms.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from pathlib import Path
+
+from comix_embed.common.errors import UsageError
+from comix_embed.common.paths import PathRefused, is_windows_absolute
+from comix_embed.tools.serve.app import ServeState
+from comix_embed.tools.serve.thumbs import Thumbnail, render
+
+
+def requested_image(state: ServeState, path: str, root: int) -> Path:
+    """The image file for `/images/<path>?root=N`; PathRefused or FileNotFoundError otherwise."""
+    if "\x00" in path:
+        raise PathRefused(f"image path holds a NUL character: {path!r}")
+    text = path.strip()
+    if is_windows_absolute(text) or text.startswith(("/", "\\")):
+        if state.mapper.map(text) is None:
+            raise PathRefused(f"absolute image path {path} is not mapped into an image root by any --path-map")
+        root, text = state.resolver.locate(text)
+    found = state.resolver.open_path(root, text)
+    kind, _ = mimetypes.guess_type(found.name)
+    if not kind or not kind.startswith("image/"):
+        raise PathRefused(f"not an image file: {path}")
+    return found
+
+
+def page_thumbnail(state: ServeState, store_name: str, row: int, size: int, panel: int | None) -> Thumbnail:
+    """A committed page's thumbnail (from the cache), `panel` outlined when given.
+
+    Raises UsageError (unknown store, row or panel), PathRefused, FileNotFoundError or PageImageError.
+    """
+    store = state.stores.get(store_name)
+    if store is None:
+        raise UsageError(f"no store named {store_name!r}")
+
+    def make() -> Thumbnail:
+        box = None if panel is None else store.panel_box(row, panel)
+        return render(store.image_file(row, state.resolver), size, box)
+
+    # committed rows never change: a thumbnail made once stands for good
+    return state.thumbs.get((store_name, row, size, panel), make)

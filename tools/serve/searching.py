@@ -1,0 +1,114 @@
+"""A search request from the web, asked of each served store in turn; never merged across stores.
+
+The request's fields are the same for the HTML form and the JSON API (`mode`, `q`, `panels`,
+`k`, `store`, `panel`, and an uploaded `image`). Each store answers with the object
+`comix-embed query --json` prints (the same `find` and `report`), plus its name, encoder mode
+and the time it took; a store that cannot answer (a page it does not hold, an encoder mode that
+does not see that kind of query) answers with its reason instead. Each query is embedded for
+each store by that store's own encoder, in its own encoder mode: vectors of different stores
+are never compared, and their scores never ranked together.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from comix_embed.common.errors import UsageError
+from comix_embed.tools.query import MODES, find, report
+from comix_embed.tools.serve.stores import ServedStore
+
+DEFAULT_K = 24
+MAX_K = 500
+_TRUE = ("1", "true", "on", "yes")
+
+
+@dataclass
+class SearchRequest:
+    """One query: its mode, its text (or page reference, word, image name), and its options."""
+
+    mode: str
+    query: str
+    panels: bool = False
+    k: int = DEFAULT_K
+    store: str = ""  # a store's name; empty: every store
+    panel: int | None = None  # `like`: one panel of the page
+    image: bytes | None = None
+
+    @classmethod
+    def parse(cls, values: Mapping[str, str], image: tuple[str, bytes] | None = None) -> SearchRequest:
+        """From form or query-string fields; UsageError naming the field that is wrong."""
+        mode = values.get("mode", "text").strip() or "text"
+        if mode not in MODES:
+            raise UsageError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        query = values.get("q", "")
+        if mode == "image":
+            if image is None or not image[1]:
+                raise UsageError("an image search needs an uploaded image (field `image`)")
+            query = image[0] or "uploaded image"
+        elif not query.strip():
+            raise UsageError(f"a {mode} search needs a query (field `q`)")
+        return cls(
+            mode=mode,
+            query=query.strip(),
+            panels=values.get("panels", "").lower() in _TRUE,
+            k=_int(values, "k", DEFAULT_K, 1, MAX_K),
+            store=values.get("store", "").strip(),
+            panel=_int(values, "panel", None, 0, 10_000),
+            image=image[1] if image else None,
+        )
+
+    def fields(self) -> dict[str, Any]:
+        """The request as fields (for links and the JSON answer); the image's bytes left out."""
+        return {
+            "mode": self.mode,
+            "q": self.query,
+            "panels": self.panels,
+            "k": self.k,
+            "store": self.store,
+            "panel": self.panel,
+        }
+
+
+def _int(values: Mapping[str, str], name: str, default: int | None, low: int, high: int) -> Any:
+    raw = values.get(name, "")
+    if raw is None or str(raw).strip() == "":
+        return default
+    try:
+        value = int(str(raw))
+    except ValueError:
+        raise UsageError(f"field `{name}` must be a whole number, not {raw!r}") from None
+    if not low <= value <= high:
+        raise UsageError(f"field `{name}` must be between {low} and {high}, not {value}")
+    return value
+
+
+def selected(stores: dict[str, ServedStore], name: str) -> list[ServedStore]:
+    """The stores a request names (every store when it names none)."""
+    if not name:
+        return list(stores.values())
+    if name not in stores:
+        raise UsageError(f"no store named {name!r} (served: {', '.join(stores)})")
+    return [stores[name]]
+
+
+def ask(store: ServedStore, request: SearchRequest) -> dict[str, Any]:
+    """One store's answer: `query --json`'s object plus name, encoder mode and time, or its reason."""
+    started = time.perf_counter()
+    head = {"name": store.name, "encoder_mode": store.encoder_mode}
+    index = store.index()
+    try:
+        hits = find(
+            index, request.mode, request.query, request.k, request.panels, store.encoder, request.image, request.panel
+        )
+    except UsageError as exc:
+        return {**head, "store": str(store.path), "error": str(exc)}
+    answer = report(index, request.query, request.mode, request.panels, hits)
+    return {**head, **answer, "elapsed_ms": round((time.perf_counter() - started) * 1000, 1)}
+
+
+def search(stores: dict[str, ServedStore], request: SearchRequest) -> list[dict[str, Any]]:
+    """Every selected store's answer, in the order the stores were given."""
+    return [ask(store, request) for store in selected(stores, request.store)]

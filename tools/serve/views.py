@@ -1,0 +1,141 @@
+"""The HTML pages: search and its results, a page with its panels, the status of the stores; and the
+images they show (thumbnails, original files)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, Response, abort, render_template, request, send_file
+
+from comix_embed.common.errors import UsageError
+from comix_embed.common.paths import PathRefused
+from comix_embed.common.preprocess import PageImageError
+from comix_embed.tools.serve.app import state
+from comix_embed.tools.serve.files import page_thumbnail, requested_image
+from comix_embed.tools.serve.searching import SearchRequest, search
+from comix_embed.tools.serve.thumbs import GRID_SIZE, MAX_SIZE, MIN_SIZE, PAGE_SIZE
+
+bp = Blueprint("views", __name__)
+log = logging.getLogger(__name__)
+# Seconds between refreshes of the status page while a store has registered rows not committed yet.
+STATUS_REFRESH_S = 2
+IMAGE_MAX_AGE_S = 3600
+
+
+def uploaded_image() -> tuple[str, bytes] | None:
+    """The `image` file of a multipart request, as (file name, bytes)."""
+    file = request.files.get("image")
+    if file is None or not file.filename:
+        return None
+    return file.filename, file.read()
+
+
+@bp.get("/")
+def home() -> str:
+    return render_template("search.html", stores=state().stores, form={}, answers=None, error=None)
+
+
+@bp.route("/search", methods=["GET", "POST"])
+def search_page() -> tuple[str, int] | str:
+    stores = state().stores
+    try:
+        query = SearchRequest.parse(request.values, uploaded_image())
+        answers = search(stores, query)
+    except UsageError as exc:
+        form = {k: request.values.get(k, "") for k in ("mode", "q", "store", "k")}
+        return render_template("search.html", stores=stores, form=form, answers=None, error=str(exc)), 400
+    return render_template("search.html", stores=stores, form=query.fields(), answers=answers, error=None)
+
+
+@bp.get("/page/<store>/<int:row>")
+def page_view(store: str, row: int) -> str:
+    served = state().stores.get(store)
+    if served is None:
+        abort(404, f"no store named {store!r}")
+    try:
+        info = served.page(row)
+    except UsageError as exc:
+        abort(404, str(exc))
+    size, image_error = None, None
+    if info["status_name"] != "failed":
+        try:
+            size = page_thumbnail(state(), store, row, PAGE_SIZE, None).page_size
+        except (PathRefused, FileNotFoundError, PageImageError, UsageError) as exc:
+            image_error = str(exc)
+    return render_template(
+        "page.html",
+        page=info,
+        store=served,
+        size=size,
+        image_error=image_error,
+        arrows=reading_arrows(info["panels"]),
+        unit=max(size) / 100 if size else 1.0,
+        thumb_size=PAGE_SIZE,
+    )
+
+
+def reading_arrows(panels: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """One arrow per panel to the panel predicted next (from centre to centre, shortened so
+    that heads and tails stay clear of the labels); none where a panel points nowhere or at itself."""
+    centres = {p["slot"]: (p["box"][0] + p["box"][2] / 2, p["box"][1] + p["box"][3] / 2) for p in panels}
+    arrows = []
+    for p in panels:
+        target = p["next"]
+        if target == p["slot"] or target not in centres:
+            continue
+        (x1, y1), (x2, y2) = centres[p["slot"]], centres[target]
+        dx, dy = x2 - x1, y2 - y1
+        length = max((dx * dx + dy * dy) ** 0.5, 1e-6)
+        trim = min(0.15 * length, 60.0)
+        arrows.append(
+            {
+                "from": p["slot"],
+                "to": target,
+                "x1": x1 + dx / length * trim,
+                "y1": y1 + dy / length * trim,
+                "x2": x2 - dx / length * trim,
+                "y2": y2 - dy / length * trim,
+            }
+        )
+    return arrows
+
+
+@bp.get("/status")
+def status_view() -> str:
+    statuses = [s.status() for s in state().stores.values()]
+    running = any(s["committed_rows"] < s["registered_rows"] for s in statuses)
+    return render_template("status.html", statuses=statuses, refresh=STATUS_REFRESH_S if running else None)
+
+
+@bp.get("/thumb/<store>/<int:row>")
+def thumbnail(store: str, row: int) -> Response:
+    size = request.args.get("size", GRID_SIZE, type=int)
+    panel = request.args.get("panel", None, type=int)
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        abort(400, f"size must be between {MIN_SIZE} and {MAX_SIZE}")
+    try:
+        thumb = page_thumbnail(state(), store, row, size, panel)
+    except PathRefused as exc:
+        abort(403, str(exc))
+    except (FileNotFoundError, UsageError, PageImageError) as exc:
+        abort(404, str(exc))
+    response = Response(thumb.jpeg, mimetype="image/jpeg")
+    response.headers["Cache-Control"] = f"private, max-age={IMAGE_MAX_AGE_S}"
+    return response
+
+
+@bp.get("/images/<anypath:path>", merge_slashes=False)
+def image_file(path: str) -> Response:
+    """A page image as stored, from the image roots only (`?root=N` picks a root, default the first).
+
+    The answer names no file outside the request (a refusal's details, such as where a link
+    leads, go to the log)."""
+    try:
+        found = requested_image(state(), path, request.args.get("root", 0, type=int))
+    except PathRefused as exc:
+        log.info("refused /images/%s: %s", path, exc)
+        abort(403, "refused: images are served from inside the image roots only")
+    except (FileNotFoundError, NotADirectoryError):
+        abort(404, "no such image under the image roots")
+    return send_file(found, max_age=IMAGE_MAX_AGE_S)
