@@ -8,7 +8,7 @@ Modes (one of):
   search UI did (spec/closure-lite.md, Query encoders): one panel with a zero image, the query's
   tokens and zero composition, through the store's encoder mode; it is compared by cosine with
   every valid panel, and pages rank by their best panel (the `panel` column names it). Needs the
-  store's own `--checkpoint` (its SHA-256 must be the store's); the tokenizer comes from
+  store's own `--checkpoint` (with its tokenizer, the store's model identity); the tokenizer comes from
   `--tokenizer`, else beside the checkpoint, else the local roberta-base cache.
 - `--like` (old `--query_page_id`): pages by cosine of their page embeddings; the page itself ranks
   first (score 1.0). PAGE_ID is a page id, its manifest path, or a unique end of either, matched
@@ -96,23 +96,19 @@ def _text_encoder(args: argparse.Namespace, store: Path) -> tuple[Any, Any, str]
     if args.checkpoint is None:
         raise UsageError("--text encodes the query with the model: pass --checkpoint (the store's checkpoint)")
     from comix_embed.common.checkpoint import load_model
+    from comix_embed.common.identity import ModelMismatch, check_same_model, make_identity
     from comix_embed.common.tokenizer import load_tokenizer
 
     attrs = read_attrs(store)
     loaded = load_model(args.checkpoint)
-    if loaded.sha256 != attrs.get("checkpoint_sha256"):
-        raise UsageError(
-            f"{args.checkpoint} (sha256 {loaded.sha256}) did not make this store "
-            f"(checkpoint_sha256 {attrs.get('checkpoint_sha256')}): its vectors would not be comparable"
-        )
     tokenizer = load_tokenizer(args.tokenizer, args.checkpoint)
-    if _vocab_hash(tokenizer.identity) != _vocab_hash(str(attrs.get("tokenizer", ""))):
-        log.warning("tokenizer %s differs from the store's (%s)", tokenizer.identity, attrs.get("tokenizer"))
-    return loaded, tokenizer, str(attrs.get("encoder_mode", "fused"))
-
-
-def _vocab_hash(identity: str) -> str:
-    return identity.rpartition("sha256:")[2]
+    mode = str(attrs.get("encoder_mode", "fused"))
+    ours = make_identity(loaded.sha256, loaded.config.d, mode, tokenizer.identity, tokenizer.legacy_identity)
+    try:  # the one "same model" test (common/identity.py): otherwise the vectors are not comparable
+        check_same_model(attrs, ours, what="query model")
+    except ModelMismatch as exc:
+        raise UsageError(f"{args.checkpoint} did not make this store: {exc}") from None
+    return loaded, tokenizer, mode
 
 
 def _search(
