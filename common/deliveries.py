@@ -155,13 +155,13 @@ def claim(client: redis.Redis, token: str) -> LeaseInfo | None:
 
 def leases(client: redis.Redis, store: str | None = None) -> list[LeaseInfo]:
     """Every lease (of one store), with its expiry: the batches being embedded right now."""
-    scores = dict(client.zrange(LEASES, 0, -1, withscores=True))
-    infos = client.hgetall(LEASE_INFO)
+    scores: Any = client.zrange(LEASES, 0, -1, withscores=True)
+    infos: Any = client.hgetall(LEASE_INFO)
     out = []
-    for token, expires in scores.items():
+    for token, expires in scores:
         raw = infos.get(token)
         if raw is not None:
-            info = LeaseInfo.from_json(token.decode(), raw, expires)
+            info = LeaseInfo.from_json(_text(token), raw, expires)
             if store is None or info.store == store:
                 out.append(info)
     return out
@@ -181,8 +181,8 @@ def crashed_pages(client: redis.Redis, store: str, rows: list[int]) -> dict[int,
     """Rows whose earlier delivery died while embedding them, with the reason."""
     if not rows:
         return {}
-    values = client.hmget(CRASHED.format(store=store), rows)
-    return {row: v.decode() for row, v in zip(rows, values) if v is not None}
+    values: Any = client.hmget(CRASHED.format(store=store), rows)
+    return {row: _text(v) for row, v in zip(rows, values) if v is not None}
 
 
 def lost(
@@ -234,6 +234,10 @@ def send(client: redis.Redis, payload: TaskPayload, queue: str | None, priority:
     client.hset(SENT.format(store=payload.store_id), payload.batch_id, time.time())
 
 
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
 def queued(client: redis.Redis, queue: str) -> int:
     """Batches waiting in a queue: Kombu keeps one Redis list per priority step."""
     sep = "\x06\x16"
@@ -253,7 +257,11 @@ def forget_given_up(client: redis.Redis, store: str, batch: int) -> None:
 def refuse(client: redis.Redis, store: str, batch: int | None, reason: str, extra: dict[str, Any] | None = None) -> int:
     """Set a result aside with its reason (shown by `status`); returns how many times its batch
     has been refused (0 when the batch is unknown)."""
-    fields = {"batch": "" if batch is None else str(batch), "reason": reason, "time": f"{time.time():.3f}"}
+    fields: dict[Any, Any] = {
+        "batch": "" if batch is None else str(batch),
+        "reason": reason,
+        "time": f"{time.time():.3f}",
+    }
     fields.update({k: v for k, v in (extra or {}).items() if k not in fields})
     client.xadd(REFUSED.format(store=store), fields, maxlen=REFUSED_KEEP, approximate=True)
     if batch is None:
@@ -266,18 +274,15 @@ def refused_out(client: redis.Redis, store: str, owed: set[int]) -> dict[int, st
     """Batches still owed whose results were refused COMIX_MAX_ATTEMPTS times, with the last reason."""
     counts = {int(b): int(n) for b, n in client.hgetall(REFUSALS.format(store=store)).items()}
     out = [b for b, n in counts.items() if n >= config.MAX_ATTEMPTS and b in owed]
-    reasons = client.hmget(REFUSAL_REASON.format(store=store), out) if out else []
-    return {b: (r.decode() if r else "") for b, r in zip(out, reasons)}
+    reasons: Any = client.hmget(REFUSAL_REASON.format(store=store), out) if out else []
+    return {b: (_text(r) if r else "") for b, r in zip(out, reasons)}
 
 
 def refused_entries(client: redis.Redis, store: str, count: int = 10) -> tuple[int, list[dict[str, str]]]:
     """How many results were set aside, and the latest `count` (batch, reason, time)."""
     key = REFUSED.format(store=store)
-    latest = client.xrevrange(key, count=count)
-    entries = [
-        {k: fields.get(k.encode(), b"").decode(errors="replace") for k in ("batch", "reason", "time")}
-        for _, fields in latest
-    ]
+    latest: Any = client.xrevrange(key, count=count)
+    entries = [{k: _text(fields.get(k.encode(), b"")) for k in ("batch", "reason", "time")} for _, fields in latest]
     return int(client.xlen(key)), entries
 
 

@@ -16,6 +16,7 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -130,7 +131,7 @@ class ResultsReader:
     def _read(self, count: int, block_ms: int) -> list[Entry | Malformed]:
         self.ensure_group()  # also after a FLUSHALL wiped the stream and its group
         while self._pending is not None:
-            got = self.client.xreadgroup(GROUP, CONSUMER, {self.key: self._pending}, count=count)
+            got: Any = self.client.xreadgroup(GROUP, CONSUMER, {self.key: self._pending}, count=count)
             items = [item for _key, batch in got or [] for item in batch]
             if not items:
                 self._pending = None
@@ -139,8 +140,8 @@ class ResultsReader:
             entries = self._entries(items)
             if entries:
                 return entries
-        got = self.client.xreadgroup(GROUP, CONSUMER, {self.key: ">"}, count=count, block=block_ms)
-        return self._entries([item for _key, batch in got or [] for item in batch])
+        new: Any = self.client.xreadgroup(GROUP, CONSUMER, {self.key: ">"}, count=count, block=block_ms)
+        return self._entries([item for _key, batch in new or [] for item in batch])
 
     @staticmethod
     def _entries(items: list) -> list[Entry | Malformed]:
@@ -151,13 +152,11 @@ class ResultsReader:
             try:
                 out.append(Entry(entry_id, int(fields[b"batch"]), bytes(fields[b"data"])))
             except KeyError as exc:
-                out.append(Malformed(entry_id, fields, f"entry {entry_id.decode()} has no field {exc.args[0]!r}"))
+                missing = exc.args[0].decode()
+                out.append(Malformed(entry_id, fields, f"entry {entry_id.decode()} has no field {missing!r}"))
             except ValueError:
-                out.append(
-                    Malformed(
-                        entry_id, fields, f"entry {entry_id.decode()}: batch {fields[b'batch']!r} is not a number"
-                    )
-                )
+                batch = fields[b"batch"].decode(errors="replace")
+                out.append(Malformed(entry_id, fields, f"entry {entry_id.decode()}: batch {batch!r} is not a number"))
         return out
 
     def done(self, entries: list[Entry] | list[Malformed] | list[Entry | Malformed]) -> None:

@@ -77,7 +77,7 @@ def store_identity(attrs: dict[str, Any]) -> ModelIdentity:
     return identity_of(attrs)
 
 
-def create_store(path: str | os.PathLike[str], model: ModelIdentity, capacity: int) -> None:
+def create_store(path: str | os.PathLike[str], model: ModelIdentity | dict[str, Any], capacity: int) -> None:
     """Create the empty store with `capacity` pre-allocated rows.
 
     Built under a temporary name and renamed into place, so that a crash while creating never

@@ -183,6 +183,16 @@ def _lost_work(client, store: str, identity: ModelIdentity) -> bool:
     )
 
 
+def _refused(client, store: str, jobs: list[Job], output_dir: Path) -> str:
+    """Why `run` must stop: batches still owed whose results were refused COMIX_MAX_ATTEMPTS times."""
+    if not client.exists(deliveries.REFUSALS.format(store=store)):
+        return ""
+    refused = deliveries.refused_out(client, store, _owed(jobs, output_dir))
+    return "; ".join(
+        f"the results of batch {b} were refused {config.MAX_ATTEMPTS} times: {why}" for b, why in refused.items()
+    )
+
+
 def _last_commit(output_dir: Path) -> float:
     """When the newest manifest was written (wall-clock seconds)."""
     store = store_path(output_dir)
@@ -261,14 +271,20 @@ def _start_children(args: argparse.Namespace, children: Children, identity: Mode
 
 
 def _run_jobs(args: argparse.Namespace, identity: ModelIdentity, report: EnqueueReport, children: Children) -> int:
-    names = _start_children(args, children, identity)
     client = connect(args.broker)
-    _wait_for_workers(client, names, children)
-    started = time.time()
-    send_owed(args, report, skip_recent=False)
     store = report.store
     assert store is not None
     jobs = load_jobs(args.output_dir)
+    refused = _refused(client, store, jobs, args.output_dir)
+    if refused:  # before anything starts: a batch refused that often needs a look, not another run
+        print(f"stopping: {refused}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
+    names = _start_children(args, children, identity)
+    _wait_for_workers(client, names, children)
+    started = time.time()
+    send_owed(args, report, skip_recent=False)
+    for line in report.sent_lines():
+        print(line, flush=True)
     rows = _registered_rows(jobs)
     total = sum(len(j.pages) for j in jobs)
     bar = tqdm(total=total, unit="page", desc="committed", smoothing=0.1, dynamic_ncols=True)
@@ -280,12 +296,7 @@ def _run_jobs(args: argparse.Namespace, identity: ModelIdentity, report: Enqueue
         problem = "; ".join(children.failed()) or (
             "" if children.alive("worker") else f"every worker exited (see {children.log_dir})"
         )
-        refused = deliveries.refused_out(client, store, _owed(jobs, args.output_dir))
-        if refused:
-            problem = "; ".join(
-                f"the results of batch {b} were refused {config.MAX_ATTEMPTS} times: {why}"
-                for b, why in refused.items()
-            )
+        problem = problem or _refused(client, store, jobs, args.output_dir)
         if problem:
             bar.close()
             print(f"stopping: {problem}", file=sys.stderr, flush=True)

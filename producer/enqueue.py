@@ -48,6 +48,17 @@ class EnqueueReport:
     batches_committed: int = 0
     batches_recently_sent: int = 0  # owed, but sent within the visibility timeout: not sent again
     other_jobs: list[str] = field(default_factory=list)  # what earlier unfinished jobs owed
+    sent: bool = False  # batches were sent (the counts below are known)
+
+    def sent_lines(self) -> list[str]:
+        """What was sent, once it was: the unfinished jobs and the batch counts."""
+        if not self.sent:
+            return []
+        return [
+            *self.other_jobs,
+            f"batches: {self.batches_committed} already committed, {self.batches_recently_sent} sent recently "
+            f"(not again), {self.batches_sent} sent now",
+        ]
 
     def lines(self, limit: int = 20) -> list[str]:
         out = []
@@ -61,11 +72,7 @@ class EnqueueReport:
             )
         if self.model is not None:
             out.append(f"model: {describe(self.model)}; queue {queue_name(self.model)}")
-        out += self.other_jobs
-        out.append(
-            f"batches: {self.batches_committed} already committed, {self.batches_recently_sent} sent recently "
-            f"(not again), {self.batches_sent} sent now"
-        )
+        out += self.sent_lines()
         for label, items in (
             ("list problems", self.problems),
             ("pages that will be recorded as failed", self.failed_at_producer),
@@ -239,6 +246,7 @@ def send_owed(
     if new_attempts:
         deliveries.give_new_attempts(client, store, sent_now)
     report.batches_sent += len(sent_now)
+    report.sent = True
     return owed
 
 

@@ -72,11 +72,13 @@ class Proc:
         return self.log.read_text(errors="replace")
 
 
-def worker(checkpoint: Path, broker: str, log_dir: Path, name: str, env: dict[str, str] | None = None) -> Proc:
+def worker(
+    checkpoint: Path, broker: str, log_dir: Path, name: str, env: dict[str, str] | None = None, extra: tuple = ()
+) -> Proc:
     return Proc(
         name,
         [
-            "worker",
+            *("worker", *extra),
             "--checkpoint",
             str(checkpoint),
             "--device",
@@ -106,9 +108,11 @@ def slow_writer(out: Path, broker: str, log_dir: Path, name: str) -> Proc:
     return writer(out, broker, log_dir, name, "--read", "1", env={"COMIX_WRITER_LINGER_S": "0"})
 
 
-def enqueue_argv(corpus: Path, out: Path, broker: str, batch_size: int = 4) -> list[str]:
+def enqueue_argv(corpus: Path, out: Path, broker: str, checkpoint: Path, batch_size: int = 4) -> list[str]:
     return [
         "enqueue",
+        "--checkpoint",
+        str(checkpoint),
         "--list",
         str(corpus / "list.txt"),
         "--image-root",
@@ -163,6 +167,32 @@ def wait_manifests(out: Path, count: int, timeout: float) -> int:
             return found
         time.sleep(0.005)
     raise AssertionError(f"fewer than {count} manifests after {timeout} s")
+
+
+def job_queue(out: Path) -> str:
+    """The queue of the output folder's first job: its model's."""
+    from comix_embed.common.identity import queue_name
+    from comix_embed.common.jobs import first_job
+
+    job = first_job(out)
+    assert job is not None and job.model is not None
+    return queue_name(job.model)
+
+
+def wait_lease(broker: str, timeout: float, holder: str = "", batch: int | None = None):
+    """Until a worker process holds a batch (of `holder`, of `batch`); returns its lease."""
+    import redis
+
+    from comix_embed.common.deliveries import leases
+
+    client = redis.Redis.from_url(broker)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for lease in leases(client):
+            if lease.holder.startswith(holder) and (batch is None or lease.batch == batch):
+                return lease
+        time.sleep(0.005)
+    raise AssertionError(f"no lease of {holder or 'any worker'} (batch {batch}) within {timeout} s")
 
 
 def store_arrays(out: Path) -> dict[str, np.ndarray]:

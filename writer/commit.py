@@ -309,9 +309,10 @@ class StoreWriter:
     def _check_models(self, results: list[BatchResult], jobs: dict[int, Job]) -> ModelIdentity:
         """Every result's model against its job's (one function decides, common/identity.py);
         the identity the store is (or will be) made with."""
-        checked = []
+        checked: list[ModelIdentity] = []
         for r in results:
-            reference = self._reference_model(jobs[r.batch_id])
+            # a job from before binding, in a store not made yet: the first result sets the model
+            reference = self._reference_model(jobs[r.batch_id]) or (checked[0] if checked else None)
             theirs = identity_of(r.model)
             if reference is not None:
                 check_same_model(reference, theirs, what=f"result of batch {r.batch_id}", whose=f"job {r.job}")

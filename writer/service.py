@@ -22,6 +22,7 @@ import logging
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -172,7 +173,7 @@ class WriterService:
     def _set_aside(self, reader: ResultsReader, malformed: list[Malformed]) -> None:
         """Entries that are no result this writer reads: kept aside with their reason, acknowledged."""
         for m in malformed:
-            extra = {"entry": m.entry_id.decode()}
+            extra: dict[str, Any] = {"entry": m.entry_id.decode()}
             for name, value in m.fields.items():
                 key = name.decode(errors="replace")
                 if key not in ("batch", "reason", "time"):
