@@ -22,6 +22,7 @@ from billiard.exceptions import WorkerLostError
 from celery.exceptions import Reject, TimeLimitExceeded
 from celery.signals import (
     task_failure,
+    task_received,
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
@@ -199,13 +200,14 @@ def _my_leases(task_id: str | None = None) -> list:
 @task_failure.connect
 def _delivery_lost(sender=None, task_id: str | None = None, exception=None, args=None, **_: Any) -> None:
     """In the main process: a pool process died (or was killed at its time limit) holding a batch.
-    The delivery is lost: counted, and the batch sent again at once, ahead of new batches."""
+    The delivery is lost: counted, and the batch sent again at once, ahead of new batches. While
+    the worker shuts down (a signal to its process group kills the pool too), it is given back."""
     from celery.worker import state
 
     from comix_embed.common import deliveries
     from comix_embed.common.messages import MalformedMessage, decode_task
 
-    if not isinstance(exception, WorkerLostError | TimeLimitExceeded) or state.should_terminate is not None:
+    if not isinstance(exception, WorkerLostError | TimeLimitExceeded):
         return
     try:
         task = decode_task(args[0])
@@ -213,32 +215,53 @@ def _delivery_lost(sender=None, task_id: str | None = None, exception=None, args
         return
     client = _client()
     ended = [info for info in _my_leases(task_id) if deliveries.claim(client, info.token)]
+    if state.should_stop is not None or state.should_terminate is not None:
+        for info in ended:
+            _send_back(client, info, task)
+        return
     if not ended and any(i.task_id == task_id for i in deliveries.leases(client, task.store_id)):
         return  # another process of this worker still holds it
     why = f"{type(exception).__name__}: {exception}"
     log.error(deliveries.lost(client, task.store_id, ended[0] if ended else None, task.batch_id, why, task))
 
 
+_received: dict[str, Any] = {}  # in the main process: the payloads of the latest tasks received
+
+
+@task_received.connect
+def _remember(request=None, **_: Any) -> None:
+    """In the main process: keep what it hands its pool, so that a shutdown can give it back
+    (Celery cancels the running requests before it says it is shutting down)."""
+    _received[request.id] = request.args
+    while len(_received) > 64:  # a worker reserves one batch per process: a few are enough
+        _received.pop(next(iter(_received)))
+
+
 @worker_shutting_down.connect
 def _give_back(how: str = "", **_: Any) -> None:
     """In the main process, on a cold shutdown: the batches its pool processes hold are sent
     again ahead of new ones, and their leases ended, as given back (not lost, not an attempt)."""
-    from celery.worker import state
-
     from comix_embed.common import deliveries
     from comix_embed.common.messages import MalformedMessage, decode_task
 
     if how != "Cold":
         return  # a warm shutdown lets the running batches finish
-    payloads = {req.id: req.args for req in list(state.active_requests)}
     client = _client()
     for info in _my_leases():
-        if info.task_id not in payloads or deliveries.claim(client, info.token) is None:
+        if info.task_id not in _received or deliveries.claim(client, info.token) is None:
             continue
         try:
-            task = decode_task(payloads[info.task_id][0])
+            task = decode_task(_received[info.task_id][0])
         except (MalformedMessage, IndexError, TypeError):
             continue
-        client.delete(deliveries.PAGE_MARK.format(store=info.store, token=info.token))
-        deliveries.send(client, task, info.queue, config.PRIORITY_AGAIN)
-        log.warning("batch %d given back on shutdown (sent again ahead of new batches)", info.batch)
+        _send_back(client, info, task)
+
+
+def _send_back(client, info, task) -> None:
+    """A batch given back by a worker that stops: sent again ahead of new ones, its page mark
+    dropped (the page did not crash anything), no attempt counted."""
+    from comix_embed.common import deliveries
+
+    client.delete(deliveries.PAGE_MARK.format(store=info.store, token=info.token))
+    deliveries.send(client, task, info.queue, config.PRIORITY_AGAIN)
+    log.warning("batch %d given back on shutdown (sent again ahead of new batches)", info.batch)

@@ -223,7 +223,9 @@ def send_owed(
             if not wanted:
                 continue
             if report.job is None or job.job_id != report.job.job_id:
-                report.other_jobs.append(f"{job.job_id} (unfinished): {len(wanted)} batches owed")
+                report.other_jobs.append(
+                    f"{job.job_id} (unfinished): {len(wanted)} of {len(job.batches())} batches owed"
+                )
             payloads = iter_tasks(args.output_dir, job)
             if payloads is None:
                 report.other_jobs.append(
