@@ -20,6 +20,7 @@ class Proc:
 
     def __init__(self, name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
+        self.name = name
         self.log = log_dir / f"{name}.log"
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
@@ -45,15 +46,8 @@ class Proc:
             os.kill(pid, signal.SIGKILL)
 
     def kill_pool_mid_batch(self, broker: str, timeout: float = 60) -> None:
-        """Once this worker runs a batch (received, not yet acknowledged), kill its pool process."""
-        import redis
-
-        client = redis.Redis.from_url(broker)
-        deadline = time.monotonic() + timeout
-        while not (client.hlen("unacked") and self.children() and "received" in self.text()):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no batch reached {self.log.name} in {timeout} s:\n{self.text()[-2000:]}")
-            time.sleep(0.01)
+        """Once this worker's pool process runs a batch (it holds the batch's lease), kill it."""
+        wait_lease(broker, timeout, holder=f"{self.name}@")
         self.kill_pool()
 
     def kill(self) -> None:
