@@ -72,11 +72,6 @@ def store_path(output_dir: str | os.PathLike[str]) -> Path:
     return Path(output_dir) / config.STORE_NAME
 
 
-def store_identity(attrs: dict[str, Any]) -> ModelIdentity:
-    """The model identity a store's root attributes record (common/identity.py compares it)."""
-    return identity_of(attrs)
-
-
 def create_store(path: str | os.PathLike[str], model: ModelIdentity | dict[str, Any], capacity: int) -> None:
     """Create the empty store with `capacity` pre-allocated rows.
 

@@ -349,9 +349,11 @@ def test_after_a_kill_the_readable_prefix_keeps_moving(
     path = store_path(out)
     worst = 0
     try:
-        assert run_cli(*enqueue_argv(corpus, out, broker.url, tiny_checkpoint, batch_size=size)).returncode == 0
-        victim = wait_lease(broker.url, 120, holder="w0")  # early in the job
+        argv = cli_argv(*enqueue_argv(corpus, out, broker.url, tiny_checkpoint, batch_size=size))
+        enqueue = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        victim = wait_lease(broker.url, 120, holder="w0@")  # early in the job: the first batch w0 takes
         os.kill(victim.pid, signal.SIGKILL)
+        assert enqueue.wait(120) == 0, enqueue.stdout.read() if enqueue.stdout else ""
         deadline = time.monotonic() + 600
         while not (path.exists() and read_committed_rows(path) >= pages):
             assert time.monotonic() < deadline, "the job did not finish"
