@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,9 @@ def _load_model(**_: Any) -> None:
     _state["make"] = lambda roots: Embedder(loaded, tokenizer, ImageResolver(roots), device, embed_settings)
     _state["embedder"] = _state["make"](_state["roots"] or [Path(".")])
     _state["embedder"].warm_up()
+    name = os.environ.get(config.WORKER_NAME_ENV)
+    if name:  # the main process resumes taking batches once a replaced pool process gets here
+        _client().set(_pool_ready_key(name), time.time(), ex=24 * 3600)
     if not _state["roots"]:
         _state["embedder"] = None  # made with the producer's roots at the first task
     log.info(
@@ -86,14 +90,44 @@ def _load_model(**_: Any) -> None:
 
 
 @worker_ready.connect
-def _announce_ready(**_: Any) -> None:
+def _announce_ready(sender: Any = None, **_: Any) -> None:
     """In the worker's main process, once its pool (models loaded) consumes: `run` waits for this."""
     from comix_embed.common.results_channel import connect
     from comix_embed.consumers.settings import READY_NAME_ENV, ready_key
 
+    _state["consumer"] = sender  # to stop taking batches while a new pool process loads the model
     name = os.environ.get(READY_NAME_ENV)
     if name:
         connect(app.conf.broker_url).set(ready_key(name), time.time(), ex=24 * 3600)
+
+
+def _pool_ready_key(name: str) -> str:
+    return f"comix:pool-ready:{name}"
+
+
+def _pause_until_pool_ready(queue: str) -> None:
+    """In the main process, once its pool process died: take no batch until the new one has loaded
+    its model. Otherwise this worker would take the batch just sent again (ahead of new ones) and
+    hold it while the model loads, and the other workers would commit past it meanwhile."""
+    consumer = _state.get("consumer")
+    name = os.environ.get(config.WORKER_NAME_ENV)
+    if consumer is None or not name or not queue:
+        return
+    consumer.cancel_task_queue(queue)
+    since = time.time()
+
+    def resume() -> None:
+        deadline = time.monotonic() + 600  # worker_proc_alive_timeout: a pool process is up by then
+        client = _client()
+        while time.monotonic() < deadline:
+            ready = client.get(_pool_ready_key(name))
+            if ready and float(ready) > since:
+                break
+            time.sleep(0.05)
+        app.control.add_consumer(queue, destination=[name], reply=False)  # handled by the main loop
+        log.info("pool process ready again: consuming %s", queue)
+
+    threading.Thread(target=resume, name="resume", daemon=True).start()
 
 
 @worker_process_shutdown.connect
@@ -205,6 +239,7 @@ def _delivery_lost(sender=None, task_id: str | None = None, exception=None, args
     from celery.worker import state
 
     from comix_embed.common import deliveries
+    from comix_embed.common.identity import queue_name
     from comix_embed.common.messages import MalformedMessage, decode_task
 
     if not isinstance(exception, WorkerLostError | TimeLimitExceeded):
@@ -223,6 +258,10 @@ def _delivery_lost(sender=None, task_id: str | None = None, exception=None, args
         return  # another process of this worker still holds it
     why = f"{type(exception).__name__}: {exception}"
     log.error(deliveries.lost(client, task.store_id, ended[0] if ended else None, task.batch_id, why, task))
+    if ended:
+        _pause_until_pool_ready(ended[0].queue)
+    elif task.model is not None:
+        _pause_until_pool_ready(queue_name(task.model))
 
 
 _received: dict[str, Any] = {}  # in the main process: the payloads of the latest tasks received
