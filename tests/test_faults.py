@@ -339,7 +339,7 @@ def test_after_a_kill_the_readable_prefix_keeps_moving(
     tiny_checkpoint: Path, tmp_path: Path, broker: PrivateRedis
 ) -> None:
     corpus, out, logs = tmp_path / "corpus", tmp_path / "out", tmp_path / "logs"
-    pages, size = 48, 2
+    pages, size = 192, 8  # batches of 8 pages, as users run them
     batches = pages // size
     make_sample(corpus, pages=pages, seed=21)
     procs = [worker(tiny_checkpoint, broker.url, logs, f"w{i}") for i in range(2)]
