@@ -1,11 +1,17 @@
 """The one Celery app every process loads: producer, workers, Flower (`celery -A common.celery_app`).
 
 Settings give at-least-once delivery over Redis (research/celery-reliability.md §0): late
-acknowledgement, re-queue when a worker process dies, one task reserved per process, a hard time
+acknowledgement, one task reserved per process, a hard time
 limit below the visibility timeout so a task never outlives its lease, JSON only (no pickle is
 accepted: whoever can write to Redis would run code on every worker), and task events on so
 Flower sees every task. The broker URL comes from $COMIX_BROKER_URL (the commands' `--broker`
 sets it); credentials belong in that URL, never in code.
+
+A batch whose worker process died is not re-queued by Celery (`task_reject_on_worker_lost` off:
+Kombu would push it to the back of its queue, behind every new batch, and the readable prefix
+would stall for the whole job). The worker's main process sends it again itself, ahead of new
+batches, and counts the loss (common/deliveries.py). Batches travel on one queue per model
+identity, chosen when they are sent; two priority steps keep work given back first.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ app.conf.update(
         "socket_keepalive": True,
         "health_check_interval": 25,
         "retry_on_timeout": True,
+        "priority_steps": config.PRIORITY_STEPS,
     },
     visibility_timeout=config.VISIBILITY_TIMEOUT,
     broker_connection_retry_on_startup=True,
@@ -32,12 +39,12 @@ app.conf.update(
     result_accept_content=["json"],
     task_ignore_result=True,
     task_acks_late=True,
-    task_reject_on_worker_lost=True,
+    task_reject_on_worker_lost=False,
     task_acks_on_failure_or_timeout=True,
     task_time_limit=config.TASK_TIME_LIMIT,
     task_soft_time_limit=config.TASK_SOFT_TIME_LIMIT,
     task_default_queue=config.EMBED_QUEUE,
-    task_routes={"comix.embed_batch": {"queue": config.EMBED_QUEUE}},
+    task_default_priority=config.PRIORITY_NEW,
     worker_prefetch_multiplier=1,
     worker_concurrency=1,
     worker_cancel_long_running_tasks_on_connection_loss=True,

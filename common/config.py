@@ -74,7 +74,25 @@ TASK_TIME_LIMIT = int(_number("COMIX_TASK_TIME_LIMIT", 1200))
 # The soft limit lets a batch give its pages back before the hard one kills it.
 SOFT_LIMIT_MARGIN_S = 60
 TASK_SOFT_TIME_LIMIT = TASK_TIME_LIMIT - SOFT_LIMIT_MARGIN_S
+# Batches go to one queue per model identity, `comix.embed.<model key>`: a worker consumes only
+# its own model's queue, so another model never receives a job's batches (common/identity.py).
 EMBED_QUEUE = "comix.embed"
+# A worker's node name, set by `comix-embed worker` for its processes (logs, readiness, leases).
+WORKER_NAME_ENV = "COMIX_WORKER_NAME"
+# Kombu's Redis transport keeps one list per priority step and pops the lowest step first: work
+# given back after a fault (PRIORITY_AGAIN) is taken before new batches (PRIORITY_NEW).
+PRIORITY_AGAIN = 0
+PRIORITY_NEW = 9
+PRIORITY_STEPS = [PRIORITY_AGAIN, PRIORITY_NEW]
+# A batch refused this many times by the writer, or lost this many times (its worker died, hit its
+# time limit, or stopped renewing its lease), is given up: refused, `run` stops with exit 1;
+# lost, its pages are committed as failed rows with the reason.
+MAX_ATTEMPTS = int(os.environ.get("COMIX_MAX_ATTEMPTS", 3))
+# A worker process holding a batch renews its lease every LEASE_TTL_S / 6 seconds; the writer
+# sends a batch again once its lease has expired (a dead host, a preempted GPU) with no manifest.
+LEASE_TTL_S = float(os.environ.get("COMIX_LEASE_TTL_S", 30))
+# How often the writer looks for expired leases and given-up batches.
+WRITER_SCAN_S = float(os.environ.get("COMIX_WRITER_SCAN_S", 2))
 # Results waiting for the writer are bounded: a worker waits while this many are queued.
 MAX_PENDING_RESULTS = int(_number("COMIX_MAX_PENDING_RESULTS", 16))
 

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +24,11 @@ from PIL import Image
 
 from comix_embed.common import config
 from comix_embed.common.checkpoint import LoadedModel
+from comix_embed.common.identity import make_identity
 from comix_embed.common.pages import PageSpec, PageTask, PanelSpec
 from comix_embed.common.paths import ImageResolver, PathRefused
 from comix_embed.common.preprocess import PageImageError, PreparedPage, prepare_page, read_image_bytes
-from comix_embed.common.results import STATUS_FAILED, BatchResult
+from comix_embed.common.results import STATUS_FAILED, BatchResult, empty_arrays
 from comix_embed.common.tokenizer import LoadedTokenizer
 
 log = logging.getLogger(__name__)
@@ -75,14 +76,9 @@ class Embedder:
         self.tokenizer = tokenizer.tokenizer
         self.resolver = resolver
         self.d = loaded.config.d
-        self.identity = {
-            "model_name": config.MODEL_NAME,
-            "embedding_dim": self.d,
-            "max_panels": config.MAX_PANELS,
-            "encoder_mode": self.settings.encoder_mode,
-            "checkpoint_sha256": loaded.sha256,
-            "tokenizer": tokenizer.identity,
-        }
+        self.identity = make_identity(
+            loaded.sha256, self.d, self.settings.encoder_mode, tokenizer.identity, tokenizer.legacy_identity
+        )
         self._pool = ThreadPoolExecutor(self.settings.decode_threads, thread_name_prefix="decode")
 
     # ---- CPU side ----
@@ -110,17 +106,13 @@ class Embedder:
         return page
 
     def _prepared_chunks(
-        self, tasks: list[PageTask], stats: dict[str, float], guard: Callable[[PageTask], Any] | None = None
+        self, tasks: list[PageTask], stats: dict[str, float]
     ) -> Iterator[list[tuple[int, PreparedPage]]]:
         """Prepared pages in groups of about `encode_batch` crops, decoded ahead by the pool."""
         chunk: list[tuple[int, PreparedPage]] = []
         crops = 0
         wait0 = time.perf_counter()
-        if guard is None:
-            prepared = self._pool.map(self._prepare, tasks)
-        else:  # one page at a time, each inside its guard
-            prepared = (guard(t)(self._prepare)(t) for t in tasks)
-        for i, item in enumerate(prepared):
+        for i, item in enumerate(self._pool.map(self._prepare, tasks)):
             if isinstance(item, str):
                 stats.setdefault("failures", {})[i] = item  # type: ignore[index]
                 continue
@@ -249,37 +241,34 @@ class Embedder:
         return arrays
 
     def empty_arrays(self, n: int) -> dict[str, np.ndarray]:
-        """Arrays for n pages, as failed/never-written rows look: zeros, empty strings, -1 order."""
-        p = config.MAX_PANELS
-        text = np.empty((n, p), dtype=object)
-        text[:] = ""
-        strings = {k: np.array([""] * n, dtype=object) for k in ("page_text", "image_path", "error")}
-        return {
-            "page_embeddings": np.zeros((n, self.d), np.float32),
-            "panel_embeddings": np.zeros((n, p, self.d), np.float32),
-            "panel_mask": np.zeros((n, p), bool),
-            "attention_weights": np.zeros((n, p), np.float32),
-            "reading_order": np.full((n, p), -1, np.int16),
-            "panel_coordinates": np.zeros((n, p, 4), np.float32),
-            "text_content": text,
-            "status": np.zeros(n, np.int8),
-            "image_root": np.full(n, -1, np.int16),
-            **strings,
-        }
+        return empty_arrays(n, self.d, config.MAX_PANELS)
 
     def embed(
-        self, tasks: list[PageTask], guard: Callable[[PageTask], Any] | None = None
+        self, tasks: list[PageTask], guard: Callable[[PageTask, str], AbstractContextManager[Any]] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """The store arrays for `tasks` (one row each, in order) and the time spent per stage.
 
-        With `guard`, pages are read and decoded one at a time, each call wrapped by
-        `guard(task)` (a decorator); encoding is unchanged, so the numbers are too.
+        With `guard`, each page is read, decoded and encoded alone, inside `guard(task, stage)`
+        ("decode", then "encode"): a page that kills its process is known by its guard. Encoding
+        pages one by one changes the encoders' batches, so numbers may differ in the last bits.
         """
         t0 = time.perf_counter()
         stats: dict = {k: 0.0 for k in ("read", "decode_crop", "decode_wait", "tokenize", "encode")}
         arrays = self.empty_arrays(len(tasks))
-        for chunk in self._prepared_chunks(tasks, stats, guard):
-            self._encode_chunk(chunk, arrays, stats)
+        if guard is None:
+            for chunk in self._prepared_chunks(tasks, stats):
+                self._encode_chunk(chunk, arrays, stats)
+        else:
+            for i, task in enumerate(tasks):
+                with guard(task, "decode"):
+                    item = self._prepare(task)
+                if isinstance(item, str):
+                    stats.setdefault("failures", {})[i] = item
+                    continue
+                stats["read"] += item.timings["read"]
+                stats["decode_crop"] += item.timings["decode_crop"]
+                with guard(task, "encode"):
+                    self._encode_chunk([(i, item)], arrays, stats)
         for i, reason in stats.pop("failures", {}).items():
             arrays["status"][i] = STATUS_FAILED
             arrays["error"][i] = reason
@@ -291,7 +280,11 @@ class Embedder:
         return arrays, stats
 
     def embed_batch(
-        self, job: str, batch_id: int, tasks: list[PageTask], guard: Callable[[PageTask], Any] | None = None
+        self,
+        job: str,
+        batch_id: int,
+        tasks: list[PageTask],
+        guard: Callable[[PageTask, str], AbstractContextManager[Any]] | None = None,
     ) -> BatchResult:
         """`embed` packaged as the writer expects it."""
         return self.result(job, batch_id, tasks, *self.embed(tasks, guard))
@@ -306,7 +299,7 @@ class Embedder:
             start=tasks[0].row,
             page_ids=[t.page_id for t in tasks],
             arrays=arrays,
-            model=dict(self.identity),
+            model=self.identity.to_dict(),
             timings=timings,
         )
 

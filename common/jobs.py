@@ -5,25 +5,42 @@ rename); the writer later registers the job's rows in the store from that file. 
 continue from one job to the next, so batch ids are global and consecutive: the manifests of all
 jobs never collide, and a contiguous prefix of batch ids is a contiguous prefix of rows.
 The job file is the single record of which page owns which row; nothing else assigns rows.
+
+A job also records the model it is bound to (common/identity.py) and keeps, beside its file, the
+task payload of every batch (`job_NNNNNN.tasks.jsonl`, one JSON line per batch, and
+`job_NNNNNN.tasks.idx`, the byte offset of each line): whatever re-sends a batch (the writer when
+a lease expires, `run` and `enqueue` resuming any unfinished job) reads that one line by seeking,
+never the whole file. Job files of format 1 (no model, no tasks file) still load.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import os
 import re
-from collections.abc import Iterator
+import struct
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from comix_embed.common import config
-from comix_embed.common.durable import write_json_atomic
+from comix_embed.common.durable import fsync_dir, write_json_atomic
 from comix_embed.common.errors import UsageError
+from comix_embed.common.messages import (
+    JOB_FORMAT,
+    MalformedMessage,
+    ModelIdentity,
+    TaskPayload,
+    check_version,
+    decode_json,
+    encode_json,
+)
 
 _JOB_FILE = re.compile(r"^job_(\d{6})\.json$")
 
@@ -55,6 +72,8 @@ class Job:
     batch_size: int
     first_batch: int
     pages: list[JobPage] = field(default_factory=list)
+    model: ModelIdentity | None = None  # the model the job is bound to (None in format 1)
+    format: int = 1
 
     @property
     def end_row(self) -> int:
@@ -80,12 +99,7 @@ class Job:
         return self.pages[row - self.start_row]
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Job:
-        fields = {k: v for k, v in data.items() if k != "pages"}
-        return cls(**fields, pages=[JobPage(**p) for p in data.get("pages", [])])
+        return msgspec.to_builtins(self)
 
 
 def jobs_dir(output_dir: str | os.PathLike[str]) -> Path:
@@ -105,18 +119,102 @@ def write_job(output_dir: str | os.PathLike[str], job: Job) -> Path:
     return path
 
 
+def read_job(path: Path) -> Job:
+    """One job file, checked as it decodes (a broken one is named with the field at fault)."""
+    try:
+        job = decode_json(path.read_bytes(), Job, f"job file {path}")
+        check_version(f"job file {path}", job.format, JOB_FORMAT, "program")
+    except MalformedMessage as exc:
+        raise UsageError(str(exc)) from None
+    return job
+
+
 def load_jobs(output_dir: str | os.PathLike[str]) -> list[Job]:
     """Every job file of the output folder, in job-number order."""
     folder = jobs_dir(output_dir)
     if not folder.is_dir():
         return []
-    jobs = []
-    for entry in sorted(folder.iterdir()):
-        if _JOB_FILE.match(entry.name):
-            with open(entry, encoding="utf-8") as fh:
-                jobs.append(Job.from_json(json.load(fh)))
+    jobs = [read_job(entry) for entry in sorted(folder.iterdir()) if _JOB_FILE.match(entry.name)]
     jobs.sort(key=lambda j: j.number)
     return jobs
+
+
+def first_job(output_dir: str | os.PathLike[str]) -> Job | None:
+    """The output folder's first job (it names the store on the broker), reading that file only."""
+    folder = jobs_dir(output_dir)
+    names = sorted(e.name for e in os.scandir(folder) if _JOB_FILE.match(e.name)) if folder.is_dir() else []
+    return read_job(folder / names[0]) if names else None
+
+
+# --- the task payloads kept with a job ---
+
+_OFFSET = struct.Struct("<Q")
+
+
+def tasks_paths(output_dir: str | os.PathLike[str], job_id: str) -> tuple[Path, Path]:
+    folder = jobs_dir(output_dir)
+    return folder / f"{job_id}.tasks.jsonl", folder / f"{job_id}.tasks.idx"
+
+
+def has_tasks(output_dir: str | os.PathLike[str], job_id: str) -> bool:
+    return tasks_paths(output_dir, job_id)[1].is_file()
+
+
+def write_tasks(output_dir: str | os.PathLike[str], job: Job, payloads: Iterable[TaskPayload]) -> None:
+    """Keep every batch's payload, in batch order: lines first, then the index renamed into place
+    last (an index exists only beside complete lines)."""
+    lines_path, index_path = tasks_paths(output_dir, job.job_id)
+    tmp_lines = lines_path.with_name(f".{lines_path.name}.tmp")
+    tmp_index = index_path.with_name(f".{index_path.name}.tmp")
+    count = 0
+    with open(tmp_lines, "wb") as lines, open(tmp_index, "wb") as index:
+        for payload in payloads:
+            if payload.batch_id != job.first_batch + count:
+                raise ValueError(f"task of batch {payload.batch_id} out of order in {job.job_id}")
+            index.write(_OFFSET.pack(lines.tell()))
+            lines.write(encode_json(payload) + b"\n")
+            count += 1
+        index.write(_OFFSET.pack(lines.tell()))
+        for fh in (lines, index):
+            fh.flush()
+            os.fsync(fh.fileno())
+    if count != len(job.batches()):
+        raise ValueError(f"{count} task payloads for the {len(job.batches())} batches of {job.job_id}")
+    os.replace(tmp_lines, lines_path)
+    os.replace(tmp_index, index_path)
+    fsync_dir(lines_path.parent)
+
+
+def iter_tasks(output_dir: str | os.PathLike[str], job: Job) -> Iterator[TaskPayload] | None:
+    """Every batch's payload in order, read as a stream; None when the job keeps none (format 1)."""
+    lines_path, index_path = tasks_paths(output_dir, job.job_id)
+    if not index_path.is_file():
+        return None
+
+    def lines() -> Iterator[TaskPayload]:
+        with open(lines_path, "rb") as fh:
+            for n, line in enumerate(fh):
+                yield decode_json(line, TaskPayload, f"{lines_path.name} line {n + 1}")
+
+    return lines()
+
+
+def read_task(output_dir: str | os.PathLike[str], job: Job, batch_id: int) -> TaskPayload | None:
+    """One batch's payload, read by seeking; None when the job keeps none (format 1)."""
+    lines_path, index_path = tasks_paths(output_dir, job.job_id)
+    if not index_path.is_file():
+        return None
+    k = batch_id - job.first_batch
+    with open(index_path, "rb") as index:
+        index.seek(k * _OFFSET.size)
+        raw = index.read(2 * _OFFSET.size)
+    if len(raw) != 2 * _OFFSET.size or k < 0:
+        raise KeyError(f"batch {batch_id} is not part of {job.job_id}")
+    start, end = _OFFSET.unpack(raw[:8])[0], _OFFSET.unpack(raw[8:])[0]
+    with open(lines_path, "rb") as lines:
+        lines.seek(start)
+        line = lines.read(end - start)
+    return decode_json(line, TaskPayload, f"{lines_path.name} batch {batch_id}")
 
 
 def next_job_layout(output_dir: str | os.PathLike[str]) -> tuple[int, int, int]:
@@ -147,6 +245,8 @@ def plan_job(
     pages: list[JobPage],
     batch_size: int,
     incremental: bool,
+    model: ModelIdentity | None = None,
+    tasks: Callable[[Job, Job], Iterable[TaskPayload]] | None = None,
 ) -> tuple[Job | None, list[tuple[JobPage, str]]]:
     """Register a list as a job (writing its job file), or find the job it already is.
 
@@ -155,6 +255,9 @@ def plan_job(
     batch size is asked, so that a re-run resumes instead of registering the pages twice. A
     different list needs `incremental`; `incremental` with nothing to append to is refused, as
     users know it. Returns (None, skipped) when every page is already stored.
+
+    A new job is bound to `model`; `tasks(job, first_job)` gives its batches' payloads, kept
+    before the job file is written (also for a job found without them: one from before).
     """
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
@@ -165,6 +268,8 @@ def plan_job(
         jobs = load_jobs(output_dir)
         for job in jobs:
             if job.list_sha256 == sha:
+                if tasks is not None and not has_tasks(output_dir, job.job_id):
+                    write_tasks(output_dir, job, tasks(job, jobs[0]))
                 return job, []
         if incremental and not jobs and not store.exists():
             raise UsageError(f"Incremental mode requested but Zarr not found: {store}")
@@ -198,7 +303,11 @@ def plan_job(
             batch_size=batch_size,
             first_batch=first_batch,
             pages=kept,
+            model=model,
+            format=JOB_FORMAT,
         )
+        if tasks is not None:
+            write_tasks(output_dir, job, tasks(job, jobs[0] if jobs else job))
         write_job(output_dir, job)
         return job, skipped
 

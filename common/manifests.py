@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Container, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +100,18 @@ def committed_prefix(batches: dict[int, tuple[int, int]]) -> tuple[int, int]:
     return batch_id, rows
 
 
-def owed_batches(store: str | os.PathLike[str], job: Job) -> list[int]:
-    """A job's batches that have no manifest: the producer sends these (again)."""
-    present = manifest_ids(store)
-    return [batch_id for batch_id, _, _ in job.batches() if batch_id not in present]
+def owed_batches(jobs: Iterable[Job], committed: Container[int]) -> dict[str, list[int]]:
+    """Each job's batches that have no manifest (`committed`: the batch ids that have one).
+
+    The one definition of what a job still owes: the producer and `run` send these (again), the
+    writer and `status` count them.
+    """
+    return {job.job_id: [b for b, _, _ in job.batches() if b not in committed] for job in jobs}
+
+
+def store_owed(store: str | os.PathLike[str], jobs: Iterable[Job]) -> dict[str, list[int]]:
+    """`owed_batches` from the manifest files' names (cheap, read-only)."""
+    return owed_batches(jobs, manifest_ids(store))
 
 
 def inflight_record(store: str | os.PathLike[str]) -> tuple[list[tuple[int, int, int]], str | None]:

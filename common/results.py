@@ -2,7 +2,7 @@
 
 The arrays are the per-page arrays of spec/store.md for a fixed, contiguous row range. They are
 packed with msgpack as raw little-endian buffers (no pickle, no float lists): about the size of
-the arrays themselves, and cheap to unpack.
+the arrays themselves, and cheap to unpack. The envelope is declared in common/messages.py.
 """
 
 from __future__ import annotations
@@ -10,8 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
+import msgspec
 import numpy as np
+
+from comix_embed.common.messages import (
+    RESULT_FORMAT,
+    ArrayData,
+    MalformedMessage,
+    ResultEnvelope,
+    check_version,
+    decode_msgpack,
+)
 
 # Arrays a batch result carries: name -> (dims after page_id, numpy dtype or "str").
 # "d" is the embedding width, "P" max_panels. Metadata columns (page_id, source, ...) are written
@@ -42,7 +51,11 @@ STATUS_NAMES = {STATUS_OK: "ok", STATUS_FAILED: "failed", STATUS_FULL_PAGE: "ful
 
 @dataclass
 class BatchResult:
-    """Rows [start, start + len(page_ids)) of one job, with the model that made them."""
+    """Rows [start, start + len(page_ids)) of one job, with the model that made them.
+
+    Travels as a `ResultEnvelope` (common/messages.py); `from_bytes` refuses, with the field at
+    fault, anything that does not decode into one (MalformedMessage).
+    """
 
     job: str
     batch_id: int
@@ -57,46 +70,89 @@ class BatchResult:
         return self.start + len(self.page_ids)
 
     def to_bytes(self) -> bytes:
+        from comix_embed.common.identity import identity_of
+
         packed = {}
         for name, arr in self.arrays.items():
             if arr.dtype.kind in "OUT":
-                packed[name] = {"str": [str(s) for s in arr.reshape(-1)], "shape": list(arr.shape)}
+                packed[name] = ArrayData(shape=list(arr.shape), strings=[str(s) for s in arr.reshape(-1)])
             else:
                 arr = np.ascontiguousarray(arr)
-                packed[name] = {
-                    "dtype": arr.dtype.newbyteorder("<").str,
-                    "shape": list(arr.shape),
-                    "data": arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes(),
-                }
-        return msgpack.packb(
-            {
-                "job": self.job,
-                "batch_id": self.batch_id,
-                "start": self.start,
-                "page_ids": self.page_ids,
-                "arrays": packed,
-                "model": self.model,
-                "timings": self.timings,
-            },
-            use_bin_type=True,
+                little = arr.dtype.newbyteorder("<")
+                packed[name] = ArrayData(
+                    shape=list(arr.shape), dtype=little.str, data=arr.astype(little, copy=False).tobytes()
+                )
+        envelope = ResultEnvelope(
+            v=RESULT_FORMAT,
+            job=self.job,
+            batch_id=self.batch_id,
+            start=self.start,
+            page_ids=list(self.page_ids),
+            arrays=packed,
+            model=identity_of(self.model),
+            timings=self.timings,
         )
+        return msgspec.msgpack.encode(envelope)
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> BatchResult:
-        raw = msgpack.unpackb(blob, raw=False)
+        env = decode_msgpack(blob, ResultEnvelope, "batch result")
+        check_version("result", env.v, RESULT_FORMAT, "writer")
         arrays = {}
-        for name, item in raw["arrays"].items():
-            shape = tuple(item["shape"])
-            if "str" in item:
-                arrays[name] = np.array(item["str"], dtype=object).reshape(shape)
-            else:
-                arrays[name] = np.frombuffer(item["data"], dtype=np.dtype(item["dtype"])).reshape(shape)
+        for name, item in env.arrays.items():
+            shape = tuple(item.shape)
+            try:
+                if item.strings is not None:
+                    arrays[name] = np.array(item.strings, dtype=object).reshape(shape)
+                elif item.dtype is not None and item.data is not None:
+                    arrays[name] = np.frombuffer(item.data, dtype=np.dtype(item.dtype)).reshape(shape)
+                else:
+                    raise ValueError("neither strings nor dtype and data")
+            except (TypeError, ValueError) as exc:
+                raise MalformedMessage(f"batch result {env.batch_id}: array {name}: {exc}") from None
         return cls(
-            job=raw["job"],
-            batch_id=raw["batch_id"],
-            start=raw["start"],
-            page_ids=list(raw["page_ids"]),
+            job=env.job,
+            batch_id=env.batch_id,
+            start=env.start,
+            page_ids=env.page_ids,
             arrays=arrays,
-            model=raw.get("model", {}),
-            timings=raw.get("timings", {}),
+            model=env.model.to_dict(),
+            timings=env.timings,
         )
+
+
+def empty_arrays(n: int, d: int, p: int) -> dict[str, np.ndarray]:
+    """Arrays for n pages as failed and never-written rows look: zeros, empty strings, -1 order."""
+    text = np.empty((n, p), dtype=object)
+    text[:] = ""
+    strings = {k: np.array([""] * n, dtype=object) for k in ("page_text", "image_path", "error")}
+    return {
+        "page_embeddings": np.zeros((n, d), np.float32),
+        "panel_embeddings": np.zeros((n, p, d), np.float32),
+        "panel_mask": np.zeros((n, p), bool),
+        "attention_weights": np.zeros((n, p), np.float32),
+        "reading_order": np.full((n, p), -1, np.int16),
+        "panel_coordinates": np.zeros((n, p, 4), np.float32),
+        "text_content": text,
+        "status": np.zeros(n, np.int8),
+        "image_root": np.full(n, -1, np.int16),
+        **strings,
+    }
+
+
+def failed_result(
+    job: str,
+    batch_id: int,
+    start: int,
+    page_ids: list[str],
+    reasons: list[str],
+    model: dict[str, Any],
+    images: list[str],
+) -> BatchResult:
+    """A batch whose every page failed, each with its reason: what a batch that can never be
+    embedded is committed as, so that `committed_rows` moves past it."""
+    arrays = empty_arrays(len(page_ids), int(model["embedding_dim"]), int(model["max_panels"]))
+    arrays["status"][:] = STATUS_FAILED
+    arrays["error"][:] = np.array(reasons, dtype=object)
+    arrays["image_path"][:] = np.array(images, dtype=object)
+    return BatchResult(job=job, batch_id=batch_id, start=start, page_ids=list(page_ids), arrays=arrays, model=model)

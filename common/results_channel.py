@@ -3,8 +3,11 @@
 Workers add a packed BatchResult only while the stream holds fewer than a bound of entries (one
 atomic script), otherwise they wait: when the writer falls behind, Redis does not fill up. The
 writer reads through a consumer group and acknowledges (and deletes) an entry only after the
-batch's manifest exists; after a writer crash it re-reads its own pending entries first. If Redis
-loses everything, the producer's reconciliation sends the batches that have no manifest again.
+batch's manifest exists; after a writer crash it re-reads its own pending entries first, each
+once (a cursor walks the pending list; reading it from id 0 every time would return the same
+entries over and over). An entry whose fields do not decode comes back as `Malformed`, never as
+an exception, so that the writer moves it aside and goes on. If Redis loses everything, the
+producer's reconciliation sends the batches that have no manifest again.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
-from comix_embed.common.jobs import load_jobs
+from comix_embed.common.jobs import Job, first_job
 
 GROUP = "writer"
 CONSUMER = "writer-1"  # one writer per store, so one consumer name: a restart inherits its pending
@@ -36,10 +40,12 @@ def store_id(output_dir: str | os.PathLike[str]) -> str | None:
     Producer and writer both read the job files, so they agree on it without talking, and two
     stores sharing one Redis never mix their results.
     """
-    jobs = load_jobs(output_dir)
-    if not jobs:
-        return None
-    first = jobs[0]
+    first = first_job(output_dir)
+    return None if first is None else store_id_of(first)
+
+
+def store_id_of(first: Job) -> str:
+    """The store's name on the broker, from the output folder's first job."""
     return hashlib.sha256(f"{first.list_sha256}:{first.created}".encode()).hexdigest()[:16]
 
 
@@ -77,6 +83,22 @@ class Entry:
     data: bytes
 
 
+@dataclass
+class Malformed:
+    """An entry that is not a result this writer can read: its fields, and what is wrong."""
+
+    entry_id: bytes
+    fields: dict[bytes, bytes]
+    reason: str
+
+    @property
+    def batch_id(self) -> int | None:
+        try:
+            return int(self.fields[b"batch"])
+        except (KeyError, ValueError):
+            return None
+
+
 class ResultsReader:
     """The writer's side of the stream."""
 
@@ -84,7 +106,7 @@ class ResultsReader:
         self.client = client
         self.store = store
         self.key = results_key(store)
-        self._pending_first = True
+        self._pending: bytes | str | None = "0"  # cursor in our own pending entries; None: read new ones
 
     def ensure_group(self) -> None:
         try:
@@ -93,8 +115,8 @@ class ResultsReader:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def read(self, count: int, block_ms: int) -> list[Entry]:
-        """Own pending entries first (left over from a crash), then new ones."""
+    def read(self, count: int, block_ms: int) -> list[Entry | Malformed]:
+        """Own pending entries first (left over from a crash or a Redis error), each once, then new ones."""
         try:
             return self._read(count, block_ms)
         except redis.ResponseError as exc:
@@ -102,27 +124,42 @@ class ResultsReader:
                 raise
             return []
 
-    def _read(self, count: int, block_ms: int) -> list[Entry]:
+    def reread_pending(self) -> None:
+        """After a Redis error: what was read but not acknowledged is read again, from the start."""
+        self._pending = "0"
+
+    def _read(self, count: int, block_ms: int) -> list[Entry | Malformed]:
         self.ensure_group()  # also after a FLUSHALL wiped the stream and its group
-        if self._pending_first:
-            got = self.client.xreadgroup(GROUP, CONSUMER, {self.key: "0"}, count=count)
-            entries = self._entries(got)
+        while self._pending is not None:
+            got: Any = self.client.xreadgroup(GROUP, CONSUMER, {self.key: self._pending}, count=count)
+            items = [item for _key, batch in got or [] for item in batch]
+            if not items:
+                self._pending = None
+                break
+            self._pending = items[-1][0]  # the next read starts after the last one returned
+            entries = self._entries(items)
             if entries:
                 return entries
-            self._pending_first = False
-        got = self.client.xreadgroup(GROUP, CONSUMER, {self.key: ">"}, count=count, block=block_ms)
-        return self._entries(got)
+        new: Any = self.client.xreadgroup(GROUP, CONSUMER, {self.key: ">"}, count=count, block=block_ms)
+        return self._entries([item for _key, batch in new or [] for item in batch])
 
     @staticmethod
-    def _entries(reply) -> list[Entry]:
-        out = []
-        for _key, items in reply or []:
-            for entry_id, fields in items:
-                if fields:  # a pending entry deleted meanwhile comes back with no fields
-                    out.append(Entry(entry_id, int(fields[b"batch"]), fields[b"data"]))
+    def _entries(items: list) -> list[Entry | Malformed]:
+        out: list[Entry | Malformed] = []
+        for entry_id, fields in items:
+            if not fields:  # a pending entry deleted meanwhile comes back with no fields
+                continue
+            try:
+                out.append(Entry(entry_id, int(fields[b"batch"]), bytes(fields[b"data"])))
+            except KeyError as exc:
+                missing = exc.args[0].decode()
+                out.append(Malformed(entry_id, fields, f"entry {entry_id.decode()} has no field {missing!r}"))
+            except ValueError:
+                batch = fields[b"batch"].decode(errors="replace")
+                out.append(Malformed(entry_id, fields, f"entry {entry_id.decode()}: batch {batch!r} is not a number"))
         return out
 
-    def done(self, entries: list[Entry]) -> None:
+    def done(self, entries: list[Entry] | list[Malformed] | list[Entry | Malformed]) -> None:
         """Forget entries whose batches are committed (their manifests exist)."""
         if entries:
             ids = [e.entry_id for e in entries]

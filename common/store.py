@@ -27,22 +27,18 @@ from comix_embed.common import config
 from comix_embed.common.durable import fsync_dir, write_json_atomic
 from comix_embed.common.durable_store import writer_store
 from comix_embed.common.errors import UsageError
+from comix_embed.common.identity import identity_of
 from comix_embed.common.jobs import Job, utc_now
+from comix_embed.common.messages import ModelIdentity
 from comix_embed.common.results import RESULT_ARRAYS
 
 if TYPE_CHECKING:
     import xarray as xr
 
-# The model identity a store records; results made by another model are refused.
-MODEL_KEYS = ("model_name", "embedding_dim", "max_panels", "encoder_mode", "checkpoint_sha256", "tokenizer")
 # String columns written when a job is registered (everything else arrives with the batches).
 PAGE_COLUMNS = ("page_id", "manifest_path", "source", "series", "volume", "issue", "page_num")
 _DIM_NAMES = {"d": "embedding_dim", "P": "panel_id", "4": "coord_dim"}
 _FILLS = {"float32": 0.0, "bool": False, "int16": -1, "int8": 0, "str": ""}
-
-
-class ModelMismatch(UsageError):
-    """A result or a run uses another model than the one that made the store."""
 
 
 @dataclass(frozen=True)
@@ -77,32 +73,9 @@ def store_path(output_dir: str | os.PathLike[str]) -> Path:
     return Path(output_dir) / config.STORE_NAME
 
 
-def model_identity(model: dict[str, Any]) -> dict[str, Any]:
-    """The identity keys of a `model` dict; one that lacks a key cannot be matched, so it is refused."""
-    missing = [k for k in MODEL_KEYS if k not in model]
-    if missing:
-        raise ModelMismatch(f"the model {model} lacks {', '.join(missing)}: cannot tell it is the store's")
-    identity = {k: model[k] for k in MODEL_KEYS}
-    identity["embedding_dim"] = int(identity["embedding_dim"])
-    identity["max_panels"] = int(identity["max_panels"])
-    return identity
-
-
-def check_model(attrs: dict[str, Any], model: dict[str, Any], what: str = "result") -> None:
-    """Refuse a model that differs from the store's, naming both checkpoints."""
-    theirs = model_identity(model)
-    ours = {k: attrs.get(k) for k in MODEL_KEYS}
-    diff = [k for k in MODEL_KEYS if ours[k] != theirs[k]]
-    if diff:
-        details = ", ".join(f"{k}: store {ours[k]!r} vs {theirs[k]!r}" for k in diff)
-        raise ModelMismatch(
-            f"the store was made with checkpoint {ours['checkpoint_sha256']} ({ours['encoder_mode']}), "
-            f"the {what} with checkpoint {theirs['checkpoint_sha256']} ({theirs['encoder_mode']}); "
-            f"one store holds one model's embeddings ({details})"
-        )
-
-
-def create_store(path: str | os.PathLike[str], model: dict[str, Any], capacity: int, fsync: bool = True) -> None:
+def create_store(
+    path: str | os.PathLike[str], model: ModelIdentity | dict[str, Any], capacity: int, fsync: bool = True
+) -> None:
     """Create the empty store with `capacity` pre-allocated rows.
 
     Built under a temporary name and renamed into place, so that a crash while creating never
@@ -110,7 +83,7 @@ def create_store(path: str | os.PathLike[str], model: dict[str, Any], capacity: 
     With `fsync`, every file is durable before the store appears under its name.
     """
     path = Path(path)
-    identity = model_identity(model)
+    identity = {k: v for k, v in identity_of(model).to_dict().items() if v != ""}
     tmp = path.with_name(f".{path.name}.creating")
     if tmp.exists():
         shutil.rmtree(tmp)

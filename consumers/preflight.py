@@ -1,6 +1,6 @@
 """Run by `comix-embed worker` in a throwaway process: can this worker load its model?
 
-Prints one JSON line (model identity, device, visible GPU count) or the error on stderr with exit
+Prints one JSON line (model identity and key, device, visible GPU count) or the error on stderr with exit
 status 2. Doing this outside the Celery parent keeps torch and CUDA out of the process that forks.
 """
 
@@ -17,6 +17,7 @@ def main() -> int:
 
     from comix_embed.common.checkpoint import load_model
     from comix_embed.common.embed import resolve_device
+    from comix_embed.common.identity import make_identity, model_key
     from comix_embed.common.tokenizer import load_tokenizer
     from comix_embed.consumers.settings import WorkerSettings
 
@@ -28,13 +29,15 @@ def main() -> int:
     except UsageError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    identity = make_identity(
+        loaded.sha256, loaded.config.d, settings.encoder_mode, tokenizer.identity, tokenizer.legacy_identity
+    )
     print(
         json.dumps(
             {
                 "checkpoint": settings.checkpoint,
-                "checkpoint_sha256": loaded.sha256,
-                "embedding_dim": loaded.config.d,
-                "tokenizer": tokenizer.identity,
+                "identity": identity.to_dict(),
+                "model_key": model_key(identity),
                 "device": str(device),
                 "gpus": torch.cuda.device_count() if device.type == "cuda" else 0,
             }

@@ -12,8 +12,10 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from comix_embed.common import config
+
 PREFIX = "COMIX_WORKER_"
-READY_NAME_ENV = PREFIX + "NAME"  # the node name, under which a loaded pool process reports ready
+READY_NAME_ENV = config.WORKER_NAME_ENV  # the node name, under which a loaded pool process reports ready
 
 
 def ready_key(name: str) -> str:
@@ -33,6 +35,7 @@ class WorkerSettings:
     torch_threads: int = 0  # 0: leave torch's default
     encode_batch: int = 256
     trust_checkpoint: bool = False  # --trust-checkpoint: full unpickling allowed
+    model_key: str = ""  # the key of the model whose queue the worker consumes; each process checks it
 
     def to_env(self) -> dict[str, str]:
         return {PREFIX + "SETTINGS": json.dumps(asdict(self))}

@@ -1,21 +1,34 @@
 """The Celery task a GPU worker runs: embed one batch, hand its arrays to the writer.
 
 The model is loaded once per pool process, when the process starts (`worker_process_init`),
-never in the Celery parent. A batch's result goes to the bounded results stream; when the writer
-is far behind, the task waits, and if it would outlive its soft time limit it gives the batch back
-to the queue (another try later) rather than fail it.
+never in the Celery parent. Each delivery holds a lease it renews while it works
+(common/deliveries.py). A batch's result goes to the bounded results stream; when the writer is
+far behind, the task waits, and if it would outlive its soft time limit it gives the batch back
+(sent again ahead of new batches; not an attempt) rather than fail it. A batch that lost a
+delivery before (a crash) is embedded page by page, each page under a mark its delivery owns.
+The worker's main process handles the deliveries its pool processes could not end: a process
+that died or hit its time limit (lost), or a cold shutdown (given back).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from celery.exceptions import Reject
-from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
+from billiard.exceptions import WorkerLostError
+from celery.exceptions import Reject, TimeLimitExceeded
+from celery.signals import (
+    task_failure,
+    task_received,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutting_down,
+)
 
 from comix_embed.common import config
 from comix_embed.common.celery_app import app
@@ -31,6 +44,7 @@ def _load_model(**_: Any) -> None:
 
     from comix_embed.common.checkpoint import load_model
     from comix_embed.common.embed import Embedder, EmbedSettings, resolve_device
+    from comix_embed.common.identity import describe, make_identity, model_key
     from comix_embed.common.paths import ImageResolver
     from comix_embed.common.tokenizer import load_tokenizer
     from comix_embed.consumers.settings import WorkerSettings
@@ -47,32 +61,73 @@ def _load_model(**_: Any) -> None:
     )
     if settings.decode_threads:
         embed_settings.decode_threads = settings.decode_threads
+    identity = make_identity(
+        loaded.sha256, loaded.config.d, settings.encoder_mode, tokenizer.identity, tokenizer.legacy_identity
+    )
+    if settings.model_key and model_key(identity) != settings.model_key:
+        raise RuntimeError(
+            f"this process loaded {describe(identity)}, key {model_key(identity)}, but its worker consumes "
+            f"the queue of model key {settings.model_key}: refusing to embed another model's batches"
+        )
+    _state["identity"] = identity
     _state["roots"] = settings.roots()
     _state["make"] = lambda roots: Embedder(loaded, tokenizer, ImageResolver(roots), device, embed_settings)
     _state["embedder"] = _state["make"](_state["roots"] or [Path(".")])
     _state["embedder"].warm_up()
+    name = os.environ.get(config.WORKER_NAME_ENV)
+    if name:  # the main process resumes taking batches once a replaced pool process gets here
+        _client().set(_pool_ready_key(name), time.time(), ex=24 * 3600)
     if not _state["roots"]:
         _state["embedder"] = None  # made with the producer's roots at the first task
     log.info(
-        "pid %d: model %s (d=%d, %s) on %s loaded in %.1f s",
+        "pid %d: model %s loaded on %s in %.1f s: %s",
         os.getpid(),
         settings.checkpoint,
-        loaded.config.d,
-        settings.encoder_mode,
         device,
         time.perf_counter() - t0,
+        describe(identity),
     )
 
 
 @worker_ready.connect
-def _announce_ready(**_: Any) -> None:
+def _announce_ready(sender: Any = None, **_: Any) -> None:
     """In the worker's main process, once its pool (models loaded) consumes: `run` waits for this."""
     from comix_embed.common.results_channel import connect
     from comix_embed.consumers.settings import READY_NAME_ENV, ready_key
 
+    _state["consumer"] = sender  # to stop taking batches while a new pool process loads the model
     name = os.environ.get(READY_NAME_ENV)
     if name:
         connect(app.conf.broker_url).set(ready_key(name), time.time(), ex=24 * 3600)
+
+
+def _pool_ready_key(name: str) -> str:
+    return f"comix:pool-ready:{name}"
+
+
+def _pause_until_pool_ready(queue: str) -> None:
+    """In the main process, once its pool process died: take no batch until the new one has loaded
+    its model. Otherwise this worker would take the batch just sent again (ahead of new ones) and
+    hold it while the model loads, and the other workers would commit past it meanwhile."""
+    consumer = _state.get("consumer")
+    name = os.environ.get(config.WORKER_NAME_ENV)
+    if consumer is None or not name or not queue:
+        return
+    consumer.cancel_task_queue(queue)
+    since = time.time()
+
+    def resume() -> None:
+        deadline = time.monotonic() + 600  # worker_proc_alive_timeout: a pool process is up by then
+        client = _client()
+        while time.monotonic() < deadline:
+            ready = client.get(_pool_ready_key(name))
+            if ready and float(ready) > since:
+                break
+            time.sleep(0.05)
+        app.control.add_consumer(queue, destination=[name], reply=False)  # handled by the main loop
+        log.info("pool process ready again: consuming %s", queue)
+
+    threading.Thread(target=resume, name="resume", daemon=True).start()
 
 
 @worker_process_shutdown.connect
@@ -89,52 +144,74 @@ def _embedder(task_roots: list[str]):
     return _state["embedder"]
 
 
-ATTEMPTS_KEY = "comix:attempts:{store}:{batch}"  # deliveries of a batch that reached a worker
-EMBEDDING_KEY = "comix:embedding:{store}:{row}"  # set while a page is decoded alone
-CRASHED_PAGE = (
-    "the worker process died while embedding this page (a crash in a decoder, or out of memory); "
-    "recorded as failed so that the rest of its batch goes on"
-)
+def _client():
+    from comix_embed.common.results_channel import connect
+
+    if _state.get("redis") is None:
+        _state["redis"] = connect(app.conf.broker_url)
+    return _state["redis"]
 
 
 @app.task(name="comix.embed_batch", bind=True)
 def embed_batch(self, payload: dict[str, Any]) -> dict[str, Any]:
-    """Embed the pages of one batch and push the packed result for the writer.
-
-    A batch delivered again after its worker process died has its pages read and decoded one by
-    one, each marked in Redis meanwhile: a page whose mark outlives another death fails alone on
-    the next delivery, instead of killing workers forever.
-    """
-    from comix_embed.common.pages import PageTask
-    from comix_embed.common.results_channel import ResultsFull, connect, push
+    """Embed the pages of one batch and push the packed result for the writer."""
+    from comix_embed.common import deliveries
+    from comix_embed.common.identity import ModelMismatch, check_same_model
+    from comix_embed.common.messages import MalformedMessage, decode_task
+    from comix_embed.common.results_channel import ResultsFull, push
 
     started = time.monotonic()
-    client = _state.get("redis")
-    if client is None:
-        client = _state["redis"] = connect(app.conf.broker_url)
-    store, batch_id = payload["store_id"], payload["batch_id"]
-    attempts_key = ATTEMPTS_KEY.format(store=store, batch=batch_id)
-    attempt = client.incr(attempts_key)
-    client.expire(attempts_key, 4 * config.VISIBILITY_TIMEOUT)
-    tasks = [PageTask.from_json(p) for p in payload["pages"]]
-    embedder = _embedder(payload.get("image_roots", []))
-    guard = None
-    if attempt > 1:
-        log.warning("batch %d delivered again (attempt %d): decoding its pages one by one", batch_id, attempt)
-        guard = _crash_guard(client, store)
-    result = embedder.embed_batch(payload["job"], batch_id, tasks, guard)
-    blob = result.to_bytes()
-    budget = config.TASK_SOFT_TIME_LIMIT - (time.monotonic() - started) - 30
+    client = _client()
     try:
-        push(client, store, batch_id, blob, config.MAX_PENDING_RESULTS, max(budget, 1))
-    except ResultsFull as exc:
-        log.warning("batch %d given back to the queue: %s", batch_id, exc)
-        raise Reject(str(exc), requeue=True) from exc
+        task = decode_task(payload)
+    except MalformedMessage as exc:  # refused here, once; nothing can embed it
+        log.error("task %s refused: %s", self.request.id, exc)
+        raise Reject(str(exc), requeue=False) from None
+    store, batch_id = task.store_id, task.batch_id
+    queue = (self.request.delivery_info or {}).get("routing_key") or ""
+    lease = deliveries.Lease.take(client, task, queue, self.request.id)
+    try:
+        if task.model is not None:
+            check_same_model(task.model, _state["identity"], what="worker", whose="job")
+        rows = [p.row for p in task.pages]
+        for row, reason in deliveries.crashed_pages(client, store, rows).items():
+            page = task.pages[rows.index(row)]
+            page.spec, page.error = None, reason
+        lost = deliveries.lost_count(client, store, batch_id)
+        guard = None
+        if lost:
+            log.warning(
+                "batch %d lost %d earlier deliveries (a worker died on it): embedding its pages one by one",
+                batch_id,
+                lost,
+            )
+            guard = lambda t, stage: lease.page(t.row, t.page_id, stage)  # noqa: E731
+        result = _embedder(task.image_roots).embed_batch(task.job, batch_id, task.pages, guard)
+        blob = result.to_bytes()
+        budget = config.TASK_SOFT_TIME_LIMIT - (time.monotonic() - started) - 30
+        try:
+            push(client, store, batch_id, blob, config.MAX_PENDING_RESULTS, max(budget, 1))
+        except ResultsFull as exc:
+            if lease.end():
+                deliveries.send(client, task, queue, config.PRIORITY_AGAIN)
+            log.warning("batch %d given back (sent again ahead of new batches): %s", batch_id, exc)
+            return {"batch_id": batch_id, "given_back": str(exc)}
+    except Exception as exc:
+        if isinstance(exc, ModelMismatch):
+            count = deliveries.refuse(client, store, batch_id, str(exc), {"worker": deliveries.holder_name()})
+            lease.end()
+            log.error("batch %d refused (%d of %d): %s", batch_id, count, config.MAX_ATTEMPTS, exc)
+            raise Reject(str(exc), requeue=False) from None
+        info = deliveries.claim(client, lease.info.token)
+        lease.end()
+        if info is not None:
+            log.error(deliveries.lost(client, store, info, batch_id, f"{type(exc).__name__}: {exc}", task))
+        raise
+    lease.end()
     status = result.arrays["status"]
     return {
         "batch_id": batch_id,
-        "attempt": attempt,
-        "pages": len(tasks),
+        "pages": len(task.pages),
         "failed": int((status == 2).sum()),
         "seconds": round(time.monotonic() - started, 3),
         "stages": {k: round(v, 3) for k, v in result.timings.items()},
@@ -142,27 +219,88 @@ def embed_batch(self, payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _crash_guard(client, store: str):
-    """Wraps the reading and decoding of each page: marked in Redis while it runs; a page still
-    marked from a worker that died fails alone. Encoding is unchanged, so the numbers are too."""
+def _my_leases(task_id: str | None = None) -> list:
+    """Leases held by this worker's processes (of one task), from the worker's main process."""
+    from comix_embed.common import deliveries
 
-    def guard(task):
-        key = EMBEDDING_KEY.format(store=store, row=task.row)
+    me = deliveries.holder_name()
+    return [
+        info
+        for info in deliveries.leases(_client())
+        if info.holder == me and (task_id is None or info.task_id == task_id)
+    ]
 
-        def run(prepare):
-            def call(t):
-                if client.exists(key):
-                    log.error(
-                        "page %s (row %d) was being decoded when a worker died: recorded as failed", t.page_id, t.row
-                    )
-                    return CRASHED_PAGE
-                client.set(key, os.getpid(), ex=4 * config.VISIBILITY_TIMEOUT)
-                out = prepare(t)
-                client.delete(key)
-                return out
 
-            return call
+@task_failure.connect
+def _delivery_lost(sender=None, task_id: str | None = None, exception=None, args=None, **_: Any) -> None:
+    """In the main process: a pool process died (or was killed at its time limit) holding a batch.
+    The delivery is lost: counted, and the batch sent again at once, ahead of new batches. While
+    the worker shuts down (a signal to its process group kills the pool too), it is given back."""
+    from celery.worker import state
 
-        return run
+    from comix_embed.common import deliveries
+    from comix_embed.common.identity import queue_name
+    from comix_embed.common.messages import MalformedMessage, decode_task
 
-    return guard
+    if not isinstance(exception, WorkerLostError | TimeLimitExceeded):
+        return
+    try:
+        task = decode_task(args[0])
+    except (MalformedMessage, IndexError, TypeError):
+        return
+    client = _client()
+    ended = [info for info in _my_leases(task_id) if deliveries.claim(client, info.token)]
+    if state.should_stop is not None or state.should_terminate is not None:
+        for info in ended:
+            _send_back(client, info, task)
+        return
+    if not ended and any(i.task_id == task_id for i in deliveries.leases(client, task.store_id)):
+        return  # another process of this worker still holds it
+    why = f"{type(exception).__name__}: {exception}"
+    log.error(deliveries.lost(client, task.store_id, ended[0] if ended else None, task.batch_id, why, task))
+    if ended:
+        _pause_until_pool_ready(ended[0].queue)
+    elif task.model is not None:
+        _pause_until_pool_ready(queue_name(task.model))
+
+
+_received: dict[str, Any] = {}  # in the main process: the payloads of the latest tasks received
+
+
+@task_received.connect
+def _remember(request=None, **_: Any) -> None:
+    """In the main process: keep what it hands its pool, so that a shutdown can give it back
+    (Celery cancels the running requests before it says it is shutting down)."""
+    _received[request.id] = request.args
+    while len(_received) > 64:  # a worker reserves one batch per process: a few are enough
+        _received.pop(next(iter(_received)))
+
+
+@worker_shutting_down.connect
+def _give_back(how: str = "", **_: Any) -> None:
+    """In the main process, on a cold shutdown: the batches its pool processes hold are sent
+    again ahead of new ones, and their leases ended, as given back (not lost, not an attempt)."""
+    from comix_embed.common import deliveries
+    from comix_embed.common.messages import MalformedMessage, decode_task
+
+    if how != "Cold":
+        return  # a warm shutdown lets the running batches finish
+    client = _client()
+    for info in _my_leases():
+        if info.task_id not in _received or deliveries.claim(client, info.token) is None:
+            continue
+        try:
+            task = decode_task(_received[info.task_id][0])
+        except (MalformedMessage, IndexError, TypeError):
+            continue
+        _send_back(client, info, task)
+
+
+def _send_back(client, info, task) -> None:
+    """A batch given back by a worker that stops: sent again ahead of new ones, its page mark
+    dropped (the page did not crash anything), no attempt counted."""
+    from comix_embed.common import deliveries
+
+    client.delete(deliveries.PAGE_MARK.format(store=info.store, token=info.token))
+    deliveries.send(client, task, info.queue, config.PRIORITY_AGAIN)
+    log.warning("batch %d given back on shutdown (sent again ahead of new batches)", info.batch)

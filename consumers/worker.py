@@ -20,6 +20,7 @@ from pathlib import Path
 from comix_embed.common import config
 from comix_embed.common.child import cli_argv, module_argv
 from comix_embed.common.errors import UsageError
+from comix_embed.common.identity import describe, identity_of, queue_name
 from comix_embed.common.model_options import TRUST_FLAG, add_model_arguments
 from comix_embed.consumers.settings import READY_NAME_ENV, WorkerSettings
 
@@ -46,8 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder shared by the workers of one host: each claims one free GPU there (docker compose --scale)",
     )
     parser.add_argument("--loglevel", default="INFO")
-    # `run` checks the model once itself and passes an explicit device
+    # `run` checks the model once itself and passes an explicit device and the model's key
     parser.add_argument("--checked", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model-key", help=argparse.SUPPRESS)
 
 
 def preflight(settings: WorkerSettings) -> dict:
@@ -60,13 +62,13 @@ def preflight(settings: WorkerSettings) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def celery_argv(name: str, loglevel: str) -> list[str]:
+def celery_argv(name: str, loglevel: str, queue: str) -> list[str]:
     return [
         "worker",
         "--pool=prefork",
         "--concurrency=1",
         "--prefetch-multiplier=1",
-        f"--queues={config.EMBED_QUEUE}",
+        f"--queues={queue}",
         f"--hostname={name}",
         "--task-events",
         f"--loglevel={loglevel}",
@@ -90,12 +92,15 @@ def run(args: argparse.Namespace) -> int:
         trust_checkpoint=args.trust_checkpoint,
     )
     if args.checked:
-        info = {"device": args.device, "gpus": 0}
+        if not args.model_key:
+            raise UsageError("--checked needs --model-key")
+        info = {"device": args.device, "gpus": 0, "model_key": args.model_key}
         return _start_celery(args, settings, info)
     info = preflight(settings)
+    identity = identity_of(info["identity"])
     print(
-        f"model: {info['checkpoint']} sha256 {info['checkpoint_sha256'][:12]}, d={info['embedding_dim']}, "
-        f"tokenizer {info['tokenizer']}, device {info['device']}",
+        f"model: {info['checkpoint']}: {describe(identity)}; tokenizer {identity.tokenizer}; "
+        f"device {info['device']}; queue {queue_name(identity)}",
         flush=True,
     )
     host = socket.gethostname()
@@ -113,6 +118,7 @@ def _start_celery(args: argparse.Namespace, settings: WorkerSettings, info: dict
     """Become the Celery worker (this process is its parent; the pool forks from it)."""
     host = socket.gethostname()
     settings.device = info["device"]
+    settings.model_key = info["model_key"]
     os.environ.update(settings.to_env())
     name = (args.name or f"comix-{settings.device.replace(':', '')}-{os.getpid()}@{host}").replace("%h", host)
     os.environ[READY_NAME_ENV] = name
@@ -121,7 +127,7 @@ def _start_celery(args: argparse.Namespace, settings: WorkerSettings, info: dict
     import comix_embed.common.embed  # noqa: F401
     from comix_embed.common.celery_app import configure
 
-    configure(args.broker).worker_main(celery_argv(name, args.loglevel))
+    configure(args.broker).worker_main(celery_argv(name, args.loglevel, f"{config.EMBED_QUEUE}.{settings.model_key}"))
     return 0
 
 
@@ -164,6 +170,8 @@ def worker_command(args: argparse.Namespace, device: str, name: str | None) -> l
         argv.append(TRUST_FLAG)
     argv += ["--encoder-mode", args.encoder_mode, "--encode-batch", str(args.encode_batch)]
     argv += ["--decode-threads", str(args.decode_threads), "--torch-threads", str(args.torch_threads)]
+    if getattr(args, "model_key", None):
+        argv += ["--model-key", args.model_key]
     return argv + ["--loglevel", args.loglevel]
 
 

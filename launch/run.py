@@ -1,13 +1,16 @@
 """`comix-embed run`: the whole system on one machine, in one command.
 
 Starts a private Redis (unless `--broker` names one), the writer and the workers as child
-processes (their logs under `<output_dir>/logs/`), registers the list and sends its batches,
-shows a progress bar, re-sends whatever the broker lost, and stops everything when every batch
-of the job is committed, also on Ctrl-C or on a failure. Run again after a crash, it resumes:
-only the batches without a manifest are embedded.
+processes (their logs under `<output_dir>/logs/`), registers the list as a job bound to the
+model, sends what every unfinished job of the store owes, shows a progress bar, re-sends whatever
+the broker lost, and stops everything when `committed_rows` covers every registered row, also on
+Ctrl-C or on a failure. Run again after a crash, it resumes: only the batches without a manifest
+are embedded, of this list's job and of any earlier one.
 
 Exit status: 0 every page ok; 3 done, some pages failed (each recorded in the store and the audit
-log); 2 bad usage or configuration; 1 anything else (a child process failed).
+log; a batch lost COMIX_MAX_ATTEMPTS times is committed as failed pages); 2 bad usage or
+configuration; 1 anything else (a child process failed, or a batch's results were refused
+COMIX_MAX_ATTEMPTS times: the reason is printed).
 """
 
 from __future__ import annotations
@@ -28,21 +31,21 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from comix_embed.common import config
+from comix_embed.common import config, deliveries
 from comix_embed.common.checkpoint import load_model
 from comix_embed.common.child import cli_argv
-from comix_embed.common.errors import UsageError
-from comix_embed.common.jobs import Job
-from comix_embed.common.manifests import manifest_file, manifest_ids, scan_manifests
+from comix_embed.common.identity import make_identity, model_key, queue_name
+from comix_embed.common.jobs import Job, load_jobs
+from comix_embed.common.manifests import manifest_file, manifest_ids, owed_batches, scan_manifests
+from comix_embed.common.messages import ModelIdentity
 from comix_embed.common.results_channel import connect, results_key
-from comix_embed.common.store import read_attrs, store_path
+from comix_embed.common.store import read_committed_rows, store_path
 from comix_embed.common.tokenizer import load_tokenizer
 from comix_embed.consumers.settings import ready_key
 from comix_embed.consumers.worker import add_arguments as add_worker_arguments
 from comix_embed.consumers.worker import worker_command
 from comix_embed.private_redis import PrivateRedis
 from comix_embed.producer.enqueue import EnqueueReport, add_source_arguments, plan, send_owed
-from comix_embed.producer.plan import PlannedPage
 
 log = logging.getLogger("comix.run")
 EXIT_OK, EXIT_FAILED_PAGES, EXIT_ERROR = 0, 3, 1
@@ -54,7 +57,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     worker = argparse.ArgumentParser(add_help=False)
     add_worker_arguments(worker)
     for action in worker._actions:  # the worker's model options, minus those `run` sets itself
-        if action.dest not in ("help", "broker", "image_root", "name", "loglevel", "gpu_claim_dir", "checked"):
+        if action.dest not in (
+            "help",
+            "broker",
+            "image_root",
+            "name",
+            "loglevel",
+            "gpu_claim_dir",
+            "checked",
+            "model_key",
+        ):
             parser._add_action(action)
     parser.add_argument("--workers", type=int, help="worker processes (default: one per GPU, else one per core)")
     parser.add_argument("--verify-batches", "--verify_batches", dest="verify_batches", action="store_true")
@@ -121,23 +133,14 @@ def _gpu_count() -> int:
     return torch.cuda.device_count()
 
 
-def _check_model(args: argparse.Namespace) -> None:
-    """Load the checkpoint and tokenizer once (clear errors now, not in every worker), and refuse
-    before starting anything when the store was made by another checkpoint or encoder mode."""
+def _identify(args: argparse.Namespace) -> ModelIdentity:
+    """Load the checkpoint and tokenizer once (clear errors now, not in every worker): the
+    identity the job is bound to; `plan` refuses it when the store or a job has another."""
     loaded = load_model(args.checkpoint, trust=args.trust_checkpoint)
-    load_tokenizer(args.tokenizer, args.checkpoint)
-    path = store_path(args.output_dir)
-    if not path.exists():
-        return
-    attrs = read_attrs(path)
-    sha = loaded.sha256
-    if attrs.get("checkpoint_sha256") not in (None, sha):
-        raise UsageError(
-            f"{path} was made by checkpoint sha256 {attrs['checkpoint_sha256'][:12]}..., "
-            f"but {args.checkpoint} is {sha[:12]}...: one model per store (use another --output-dir)"
-        )
-    if attrs.get("encoder_mode") not in (None, args.encoder_mode):
-        raise UsageError(f"{path} holds {attrs['encoder_mode']} embeddings, not {args.encoder_mode}")
+    tokenizer = load_tokenizer(args.tokenizer, args.checkpoint)
+    return make_identity(
+        loaded.sha256, loaded.config.d, args.encoder_mode, tokenizer.identity, tokenizer.legacy_identity
+    )
 
 
 def _worker_plan(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
@@ -161,18 +164,32 @@ def _wait_for_workers(client, names: list[str], children: Children, timeout: flo
     log.warning("not every worker was ready within %.0f s; going on", timeout)
 
 
-def _job_progress(job: Job, output_dir: Path) -> int:
-    """Pages of the job whose batch has a manifest (cheap: file names only)."""
+def _committed_pages(jobs: list[Job], output_dir: Path) -> int:
+    """Pages of every job whose batch has a manifest (cheap: file names only)."""
     done = manifest_ids(store_path(output_dir))
-    return sum(end - start for b, start, end in job.batches() if b in done)
+    return sum(end - start for job in jobs for b, start, end in job.batches() if b in done)
 
 
-def _lost_work(client, report: EnqueueReport) -> bool:
-    """Nothing queued, nothing in flight, no result waiting: anything still owed was lost."""
+def _owed(jobs: list[Job], output_dir: Path) -> set[int]:
+    return {b for batches in owed_batches(jobs, manifest_ids(store_path(output_dir))).values() for b in batches}
+
+
+def _lost_work(client, store: str, identity: ModelIdentity) -> bool:
+    """Nothing queued, nothing held, no result waiting: anything still owed was lost."""
     return (
-        client.llen(config.EMBED_QUEUE) == 0
-        and client.hlen("unacked") == 0
-        and client.xlen(results_key(report.store)) == 0
+        deliveries.queued(client, queue_name(identity)) == 0
+        and not deliveries.leases(client, store)
+        and client.xlen(results_key(store)) == 0
+    )
+
+
+def _refused(client, store: str, jobs: list[Job], output_dir: Path) -> str:
+    """Why `run` must stop: batches still owed whose results were refused COMIX_MAX_ATTEMPTS times."""
+    if not client.exists(deliveries.REFUSALS.format(store=store)):
+        return ""
+    refused = deliveries.refused_out(client, store, _owed(jobs, output_dir))
+    return "; ".join(
+        f"the results of batch {b} were refused {config.MAX_ATTEMPTS} times: {why}" for b, why in refused.items()
     )
 
 
@@ -182,23 +199,30 @@ def _last_commit(output_dir: Path) -> float:
     return max(os.stat(manifest_file(store, b)).st_mtime for b in manifest_ids(store))
 
 
-def _failed_pages(job: Job, output_dir: Path) -> int:
-    ids = {b for b, _, _ in job.batches()}
+def _failed_pages(output_dir: Path) -> int:
     found, _ = scan_manifests(store_path(output_dir))
-    return sum(m.get("statuses", {}).get("failed", 0) for b, m in found.items() if b in ids)
+    return sum(m.get("statuses", {}).get("failed", 0) for m in found.values())
+
+
+def _registered_rows(jobs: list[Job]) -> int:
+    return max((j.end_row for j in jobs), default=0)
+
+
+def _covered(output_dir: Path, rows: int) -> bool:
+    """Done means `committed_rows` covers every registered row, of every job."""
+    path = store_path(output_dir)
+    return path.exists() and read_committed_rows(path) >= rows
 
 
 def run(args: argparse.Namespace) -> int:
-    _check_model(args)
-    job, planned, report = plan(args)
+    identity = _identify(args)
+    _job, report = plan(args, identity)
     for line in report.lines():
         print(line, flush=True)
-    if job is None:
-        return EXIT_OK
-    total = len(job.pages)
-    if _job_progress(job, args.output_dir) == total:
-        print(f"{job.job_id} is already committed", flush=True)
-        return EXIT_FAILED_PAGES if _failed_pages(job, args.output_dir) else EXIT_OK
+    jobs = load_jobs(args.output_dir)
+    if _covered(args.output_dir, _registered_rows(jobs)):
+        print(f"every job of {store_path(args.output_dir)} is already committed", flush=True)
+        return EXIT_FAILED_PAGES if _failed_pages(args.output_dir) else EXIT_OK
     redis_server = None if args.broker else PrivateRedis().start()
     if redis_server is not None:
         args.broker = redis_server.url
@@ -208,21 +232,21 @@ def run(args: argparse.Namespace) -> int:
     os.environ["COMIX_BROKER_URL"] = args.broker
     children = Children(args.output_dir / "logs")
     try:
-        return _run_job(args, job, planned, report, children)
+        return _run_jobs(args, identity, report, children)
     except KeyboardInterrupt:
         print(
             "\ninterrupted: stopping workers and writer (committed batches are kept; run again to resume)", flush=True
         )
         return 130
     finally:
-        # workers: a cold shutdown, since what they hold is either committed or owed (and re-sent
-        # by the next run); the writer: a clean stop after the commit at hand
+        # workers: a cold shutdown, which gives back what they hold (sent again, ahead of new
+        # batches, to the next run's workers); the writer: a clean stop after the commit at hand
         children.stop("", timeout=30, sig={"worker": signal.SIGQUIT, "writer": signal.SIGTERM})
         if redis_server is not None:
             redis_server.stop()
 
 
-def _start_children(args: argparse.Namespace, children: Children) -> list[str]:
+def _start_children(args: argparse.Namespace, children: Children, identity: ModelIdentity) -> list[str]:
     """The writer and the workers; returns the workers' node names."""
     writer_argv = cli_argv("writer", "--output-dir", str(args.output_dir))
     writer_argv += [
@@ -240,7 +264,7 @@ def _start_children(args: argparse.Namespace, children: Children) -> list[str]:
     host = socket.gethostname()
     names = [f"comix-run{i}-{os.getpid()}@{host}" for i in range(len(plan_))]
     for i, (device, env) in enumerate(plan_):
-        wargs = argparse.Namespace(**vars(args), loglevel="INFO")
+        wargs = argparse.Namespace(**vars(args), loglevel="INFO", model_key=model_key(identity))
         if device == "cpu":
             wargs.torch_threads = args.torch_threads or per_worker
             wargs.decode_threads = args.decode_threads or per_worker
@@ -249,37 +273,47 @@ def _start_children(args: argparse.Namespace, children: Children) -> list[str]:
     return names
 
 
-def _run_job(
-    args: argparse.Namespace, job: Job, planned: list[PlannedPage], report: EnqueueReport, children: Children
-) -> int:
-    names = _start_children(args, children)
+def _run_jobs(args: argparse.Namespace, identity: ModelIdentity, report: EnqueueReport, children: Children) -> int:
     client = connect(args.broker)
+    store = report.store
+    assert store is not None
+    jobs = load_jobs(args.output_dir)
+    refused = _refused(client, store, jobs, args.output_dir)
+    if refused:  # before anything starts: a batch refused that often needs a look, not another run
+        print(f"stopping: {refused}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
+    names = _start_children(args, children, identity)
     _wait_for_workers(client, names, children)
     started = time.time()
-    send_owed(job, planned, args, report, resend=True)
-    total = len(job.pages)
+    send_owed(args, report, skip_recent=False)
+    for line in report.sent_lines():
+        print(line, flush=True)
+    rows = _registered_rows(jobs)
+    total = sum(len(j.pages) for j in jobs)
     bar = tqdm(total=total, unit="page", desc="committed", smoothing=0.1, dynamic_ncols=True)
-    done = already_done = _job_progress(job, args.output_dir)
+    done = already_done = _committed_pages(jobs, args.output_dir)
     bar.update(done)
     last_change = time.monotonic()
-    while done < total:
+    while not _covered(args.output_dir, rows):
         time.sleep(0.2)
         problem = "; ".join(children.failed()) or (
             "" if children.alive("worker") else f"every worker exited (see {children.log_dir})"
         )
+        problem = problem or _refused(client, store, jobs, args.output_dir)
         if problem:
             bar.close()
             print(f"stopping: {problem}", file=sys.stderr, flush=True)
             return EXIT_ERROR
-        now_done = _job_progress(job, args.output_dir)
+        now_done = _committed_pages(jobs, args.output_dir)
         if now_done != done:
             bar.update(now_done - done)
             done, last_change = now_done, time.monotonic()
-        elif time.monotonic() - last_change > RECONCILE_EVERY_S and _lost_work(client, report):
+        elif time.monotonic() - last_change > RECONCILE_EVERY_S and _lost_work(client, store, identity):
             before = report.batches_sent
-            send_owed(job, planned, args, report, resend=True)
+            send_owed(args, report, skip_recent=False)
             log.warning("re-sent %d batches the broker no longer held", report.batches_sent - before)
             last_change = time.monotonic()
+    bar.update(_committed_pages(jobs, args.output_dir) - done)
     bar.close()
     seconds = _last_commit(args.output_dir) - started
     pending = total - already_done
@@ -295,9 +329,9 @@ def _run_job(
         f"{pending} pages embedded and committed in {seconds:.1f} s ({pending / seconds:.2f} pages/s, workers ready)",
         flush=True,
     )
-    failed_pages = _failed_pages(job, args.output_dir)
+    failed_pages = _failed_pages(args.output_dir)
     print(
-        f"done: {total} pages committed to {store_path(args.output_dir)}"
+        f"done: {total} pages committed to {store_path(args.output_dir)} ({rows} rows readable in order)"
         + (
             f"; {failed_pages} failed (reasons in the store's `error` array and {args.output_dir / config.AUDIT_LOG_NAME})"
             if failed_pages

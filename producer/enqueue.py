@@ -1,8 +1,13 @@
-"""`comix-embed enqueue`: validate a list, register it as a job, send one task per batch.
+"""`comix-embed enqueue`: validate a list, register it as a job bound to a model, send its batches.
 
-Run again, it sends only the batches that have no manifest (and were not sent within the last
-visibility timeout): that is how anything lost anywhere (a flushed or restarted Redis, a task
-dropped at fetch) is recovered. The store and its manifests are the truth, never Redis.
+The job records the model's identity (`--checkpoint`, `--tokenizer`, `--encoder-mode`; for a job
+appended to a store, the store's model unless named) and keeps every batch's task payload beside
+its job file. Batches go to their model's queue, which only workers with that model consume.
+Run again, it sends what EVERY registered job of the store still owes (batches without a
+manifest), not only the current list's, skipping those sent within the last visibility timeout
+(`--resend` sends them all, and gives batches refused or lost before new attempts): that is how
+anything lost anywhere (a flushed or restarted Redis, a task dropped at fetch) is recovered.
+Batches sent before go ahead of new ones. The store and its manifests are the truth, never Redis.
 """
 
 from __future__ import annotations
@@ -13,18 +18,21 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from comix_embed.common import config
+from comix_embed.common import config, deliveries
 from comix_embed.common.celery_app import configure
-from comix_embed.common.jobs import Job, JobPage, plan_job
+from comix_embed.common.errors import UsageError
+from comix_embed.common.identity import check_same_model, describe, identify, queue_name
+from comix_embed.common.jobs import Job, JobPage, iter_tasks, load_jobs, plan_job
 from comix_embed.common.listfile import read_list
-from comix_embed.common.manifests import owed_batches
+from comix_embed.common.manifests import store_owed
+from comix_embed.common.messages import TASK_FORMAT, ModelIdentity, TaskPayload
+from comix_embed.common.model_options import add_model_arguments
 from comix_embed.common.paths import ImageResolver, parse_path_map
-from comix_embed.common.results_channel import connect, store_id
-from comix_embed.common.store import store_path
+from comix_embed.common.results_channel import connect, store_id, store_id_of
+from comix_embed.common.store import read_attrs, store_path
 from comix_embed.producer.plan import PlannedPage, plan_pages
 
 log = logging.getLogger(__name__)
-SENT_KEY = "comix:sent:{store}"  # hash: batch id -> time sent, forgotten with Redis itself
 
 
 @dataclass
@@ -36,24 +44,36 @@ class EnqueueReport:
     problems: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     dropped_panels: int = 0
+    model: ModelIdentity | None = None
     batches_sent: int = 0
     batches_committed: int = 0
-    batches_in_flight: int = 0
+    batches_recently_sent: int = 0  # owed, but sent within the visibility timeout: not sent again
+    other_jobs: list[str] = field(default_factory=list)  # what earlier unfinished jobs owed
+    sent: bool = False  # batches were sent (the counts below are known)
+
+    def sent_lines(self) -> list[str]:
+        """What was sent, once it was: the unfinished jobs and the batch counts."""
+        if not self.sent:
+            return []
+        return [
+            *self.other_jobs,
+            f"batches: {self.batches_committed} already committed, {self.batches_recently_sent} sent recently "
+            f"(not again), {self.batches_sent} sent now",
+        ]
 
     def lines(self, limit: int = 20) -> list[str]:
         out = []
         if self.job is None:
-            out.append(f"nothing to do: all {len(self.skipped)} pages are already in the store")
-            return out
-        total = len(self.job.batches())
-        out.append(
-            f"{self.job.job_id}: {len(self.job.pages)} pages in rows {self.job.start_row}-{self.job.end_row - 1}, "
-            f"{total} batches of {self.job.batch_size}"
-        )
-        out.append(
-            f"batches: {self.batches_committed} already committed, {self.batches_in_flight} already queued, "
-            f"{self.batches_sent} sent now"
-        )
+            out.append(f"no new job: all {len(self.skipped)} pages are already in the store")
+        else:
+            total = len(self.job.batches())
+            out.append(
+                f"{self.job.job_id}: {len(self.job.pages)} pages in rows {self.job.start_row}-{self.job.end_row - 1}, "
+                f"{total} batches of {self.job.batch_size}"
+            )
+        if self.model is not None:
+            out.append(f"model: {describe(self.model)}; queue {queue_name(self.model)}")
+        out += self.sent_lines()
         for label, items in (
             ("list problems", self.problems),
             ("pages that will be recorded as failed", self.failed_at_producer),
@@ -97,86 +117,141 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_source_arguments(parser)
-    parser.add_argument("--resend", action="store_true", help="send every uncommitted batch, even if recently sent")
+    # the model the job is bound to (`run` takes the same options from the worker's)
+    add_model_arguments(
+        parser,
+        required=False,
+        checkpoint_help="the model the job is bound to (default: the store's, for an existing store)",
+    )
+    parser.add_argument(
+        "--resend",
+        action="store_true",
+        help="send every uncommitted batch, even if recently sent, and give refused or lost batches new attempts",
+    )
 
 
-def plan(args: argparse.Namespace) -> tuple[Job | None, list[PlannedPage], EnqueueReport]:
-    """Read and check the list, register the job (or find it); no broker needed."""
+def bind_model(args: argparse.Namespace, jobs: list[Job], named: ModelIdentity | None = None) -> ModelIdentity:
+    """The model this run binds the list to: `named` (or the one `--checkpoint` names), which must
+    be the store's and every earlier job's; without one, the store's latest job's."""
+    path = store_path(args.output_dir)
+    attrs = read_attrs(path) if path.exists() else None
+    if named is None and getattr(args, "checkpoint", None) is not None:
+        named = identify(args.checkpoint, args.tokenizer, args.encoder_mode, trust=args.trust_checkpoint)
+    if named is None:
+        bound = [j.model for j in jobs if j.model is not None]
+        if not bound:
+            raise UsageError("pass --checkpoint: a job is bound to the model that embeds it (and so is its store)")
+        named = bound[-1]
+    what = f"checkpoint {getattr(args, 'checkpoint', None) or named.checkpoint_sha256}"
+    if attrs is not None:
+        check_same_model(attrs, named, what=what, whose=f"store {path}")
+    for job in jobs:
+        if job.model is not None:
+            check_same_model(job.model, named, what=what, whose=f"job {job.job_id}")
+    return named
+
+
+def plan(args: argparse.Namespace, model: ModelIdentity | None = None) -> tuple[Job | None, EnqueueReport]:
+    """Read and check the list, bind it to the model, register the job with its task payloads
+    (or find it); no broker needed."""
     path_maps = [parse_path_map(m) for m in args.path_map]
     listed = read_list(args.list, args.dataspec_root, path_maps)
     resolver = ImageResolver(args.image_root, path_maps)
+    model = bind_model(args, load_jobs(args.output_dir), model)
     planned = plan_pages(listed, resolver, progress=len(listed.entries) > 2000)
     job_pages = [
         JobPage(page_id=p.task.page_id, manifest_path=p.manifest_path, panel_count=p.panel_count, **p.metadata)
         for p in planned
     ]
-    job, skipped = plan_job(args.output_dir, args.list, job_pages, args.batch_size, args.incremental)
-    report = EnqueueReport(job=job, store=store_id(args.output_dir), pages=len(planned))
+
+    def tasks(job: Job, first: Job):
+        return batch_payloads(job, planned, store_id_of(first), args.image_root, job.model or model)
+
+    job, skipped = plan_job(args.output_dir, args.list, job_pages, args.batch_size, args.incremental, model, tasks)
+    report = EnqueueReport(job=job, store=store_id(args.output_dir), pages=len(planned), model=model)
     report.problems = [d.message for d in listed.duplicates]
     report.failed_at_producer = [p.task.error for p in planned if p.task.error]
     report.skipped = [f"{page.manifest_path}: {reason}" for page, reason in skipped]
     report.dropped_panels = sum(p.dropped_panels for p in planned)
-    return job, planned, report
+    return job, report
 
 
-def batch_payloads(job: Job, planned: list[PlannedPage], store: str, roots: list[Path]) -> dict[int, dict]:
-    """One JSON task payload per batch of the job, pages with their rows."""
+def batch_payloads(job: Job, planned: list[PlannedPage], store: str, roots: list[Path], model: ModelIdentity):
+    """One task payload per batch of the job, in order, pages with their rows."""
     by_id = {p.task.page_id: p.task for p in planned}
-    payloads = {}
+    image_roots = [str(r.resolve()) for r in roots]
     for batch_id, start, end in job.batches():
         pages = []
         for row in range(start, end):
             task = by_id[job.page(row).page_id]
             task.row = row
-            pages.append(task.to_json())
-        payloads[batch_id] = {
-            "job": job.job_id,
-            "batch_id": batch_id,
-            "store_id": store,
-            "image_roots": [str(r.resolve()) for r in roots],
-            "pages": pages,
-        }
-    return payloads
+            pages.append(task)
+        yield TaskPayload(
+            v=TASK_FORMAT,
+            job=job.job_id,
+            batch_id=batch_id,
+            store_id=store,
+            image_roots=image_roots,
+            pages=pages,
+            model=model,
+        )
 
 
 def send_owed(
-    job: Job, planned: list[PlannedPage], args: argparse.Namespace, report: EnqueueReport, resend: bool = False
-) -> None:
-    """Send every batch of `job` without a manifest, unless it was sent within the lease."""
+    args: argparse.Namespace, report: EnqueueReport, skip_recent: bool = True, new_attempts: bool = False
+) -> dict[str, list[int]]:
+    """Send every batch that any job of the store still owes (no manifest), unless it was sent
+    within the visibility timeout (`skip_recent`); batches sent before go ahead of new ones.
+    Returns what each job owed."""
     app = configure(args.broker)
     client = connect(app.conf.broker_url)
-    owed = owed_batches(store_path(args.output_dir), job)
-    report.batches_committed = len(job.batches()) - len(owed)
-    sent_key = SENT_KEY.format(store=report.store)
-    sent = {int(k): float(v) for k, v in client.hgetall(sent_key).items()}
+    jobs = load_jobs(args.output_dir)
+    owed = store_owed(store_path(args.output_dir), jobs)
+    store = report.store
+    assert store is not None
+    sent = deliveries.recently_sent(client, store)
     now = time.time()
-    payloads = batch_payloads(job, planned, report.store, args.image_root)
-    sent_now = {}
+    report.batches_committed = sum(len(j.batches()) - len(owed[j.job_id]) for j in jobs)
+    report.other_jobs = []
+    sent_now: list[int] = []
     with app.producer_or_acquire() as producer:
-        for batch_id in owed:
-            if not resend and now - sent.get(batch_id, 0.0) < config.VISIBILITY_TIMEOUT:
-                report.batches_in_flight += 1
+        for job in jobs:
+            wanted = set(owed[job.job_id])
+            if not wanted:
                 continue
-            app.send_task(
-                "comix.embed_batch",
-                args=[payloads[batch_id]],
-                queue=config.EMBED_QUEUE,
-                producer=producer,
-                retry=True,
-                retry_policy={"max_retries": 10, "interval_start": 0.5, "interval_step": 1},
-            )
-            sent_now[batch_id] = now
-            if len(sent_now) % 1000 == 0:  # large jobs: record as it goes
-                client.hset(sent_key, mapping=sent_now)
-    if sent_now:
-        client.hset(sent_key, mapping=sent_now)
+            if report.job is None or job.job_id != report.job.job_id:
+                report.other_jobs.append(
+                    f"{job.job_id} (unfinished): {len(wanted)} of {len(job.batches())} batches owed"
+                )
+            payloads = iter_tasks(args.output_dir, job)
+            if payloads is None:
+                report.other_jobs.append(
+                    f"  {job.job_id} was enqueued by an older version and keeps no task payloads: "
+                    f"enqueue its list ({job.list_path}) again to resume it"
+                )
+                continue
+            for payload in payloads:
+                if payload.batch_id not in wanted:
+                    continue
+                if skip_recent and now - sent.get(payload.batch_id, 0.0) < config.VISIBILITY_TIMEOUT:
+                    report.batches_recently_sent += 1
+                    continue
+                payload.model = payload.model or job.model or report.model
+                again = payload.batch_id in sent
+                deliveries.send(
+                    client, payload, None, config.PRIORITY_AGAIN if again else config.PRIORITY_NEW, producer
+                )
+                sent_now.append(payload.batch_id)
+    if new_attempts:
+        deliveries.give_new_attempts(client, store, sent_now)
     report.batches_sent += len(sent_now)
+    report.sent = True
+    return owed
 
 
 def enqueue(args: argparse.Namespace, resend: bool = False) -> EnqueueReport:
-    job, planned, report = plan(args)
-    if job is not None:
-        send_owed(job, planned, args, report, resend)
+    _job, report = plan(args)
+    send_owed(args, report, skip_recent=not resend, new_attempts=resend)
     return report
 
 

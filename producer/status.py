@@ -1,8 +1,10 @@
 """`comix-embed status`: where a store's jobs stand, from the store and from the broker.
 
-Committed and failed pages come from the manifests (the truth); queued and in-flight batches from
-Redis (a view that may lag or be empty after a broker restart: `enqueue` again re-sends what is
-owed). The rate is measured over the most recent manifests, so it reflects the run now going.
+Committed and failed pages come from the manifests (the truth); the model each job is bound to
+from its job file; queued and in-flight batches, batches whose holder is gone, lost deliveries,
+batches given up and results set aside (with their reasons) from Redis (a view that may lag or be
+empty after a broker restart: `enqueue` again re-sends what is owed). The rate is measured over
+the most recent manifests, so it reflects the run now going.
 """
 
 from __future__ import annotations
@@ -10,15 +12,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from pathlib import Path
 
 import redis
 
-from comix_embed.common import config
+from comix_embed.common import config, deliveries
 from comix_embed.common.celery_app import configure
 from comix_embed.common.errors import UsageError
-from comix_embed.common.jobs import load_jobs
-from comix_embed.common.manifests import MANIFEST_PATTERN, manifest_dir, scan_manifests
+from comix_embed.common.identity import describe, identity_of, is_legacy_tokenizer, queue_name
+from comix_embed.common.jobs import Job, load_jobs
+from comix_embed.common.manifests import MANIFEST_PATTERN, manifest_dir, owed_batches, scan_manifests
+from comix_embed.common.messages import ModelIdentity
 from comix_embed.common.results_channel import connect, results_key, store_id
 from comix_embed.common.store import read_attrs, store_path
 
@@ -44,13 +49,40 @@ def _rate(folder: Path, sizes: dict[int, int]) -> float | None:
     return sum(n for _, n in recent[1:]) / (recent[-1][0] - recent[0][0])
 
 
-def _broker_view(url: str, store: str | None) -> dict:
+def _models(jobs: list[Job], attrs: dict | None) -> dict[str, ModelIdentity]:
+    """The model each job is bound to; a job from before binding takes the store's."""
+    store_model = identity_of(attrs) if attrs and "checkpoint_sha256" in attrs else None
+    return {j.job_id: m for j in jobs if (m := j.model or store_model) is not None}
+
+
+def _broker_view(url: str, store: str, models: dict[str, ModelIdentity], owed: set[int]) -> dict:
     client = connect(url)
+    queues = sorted({queue_name(m) for m in models.values() if not is_legacy_tokenizer(m.tokenizer)})
     try:
+        now = time.time()
+        held = deliveries.leases(client, store)
+        refused_count, refused_latest = deliveries.refused_entries(client, store)
+        lost = {int(b): int(n) for b, n in client.hgetall(deliveries.LOST.format(store=store)).items()}
         return {
-            "queued_batches": int(client.llen(config.EMBED_QUEUE)),
-            "in_flight_batches": int(client.hlen("unacked")),
-            "awaiting_writer_batches": int(client.xlen(results_key(store))) if store else 0,
+            "queues": queues,
+            "queued_batches": sum(deliveries.queued(client, q) for q in queues),
+            "in_flight_batches": sum(1 for lease in held if lease.expires >= now),
+            "awaiting_writer_batches": int(client.xlen(results_key(store))),
+            "holders_gone": [
+                {
+                    "batch": lease.batch,
+                    "holder": lease.holder,
+                    "pid": lease.pid,
+                    "lease_expired_s_ago": round(now - lease.expires, 1),
+                }
+                for lease in held
+                if lease.expires < now
+            ],
+            "lost_deliveries": {b: n for b, n in sorted(lost.items()) if b in owed},
+            "given_up_batches": deliveries.given_up(client, store),
+            "refused_results": refused_count,
+            "refused_latest": refused_latest,
+            "refused_out": deliveries.refused_out(client, store, owed),
         }
     except redis.RedisError as exc:
         return {"broker_error": f"{config.masked_url(url)}: {exc}"}
@@ -61,24 +93,32 @@ def collect(output_dir: Path, broker: str | None) -> dict:
     if not jobs:
         raise UsageError(f"no job in {output_dir / config.JOBS_DIR_NAME}: nothing was enqueued there")
     path = store_path(output_dir)
+    attrs = read_attrs(path) if path.exists() else None
     found, _ = scan_manifests(path)
     registered = sum(len(j.pages) for j in jobs)
     batch_pages = {b: end - start for j in jobs for b, start, end in j.batches()}
     done = sum(batch_pages.get(b, 0) for b in found)
     failed = sum(m.get("statuses", {}).get("failed", 0) for m in found.values())
     rate = _rate(manifest_dir(path), batch_pages) if found else None
+    owed = owed_batches(jobs, found)
+    models = _models(jobs, attrs)
     state = {
         "store": str(path),
         "jobs": [j.job_id for j in jobs],
+        "models": {job_id: describe(m) for job_id, m in models.items()},
+        "store_model": describe(attrs) if attrs and "checkpoint_sha256" in attrs else None,
         "registered_pages": registered,
-        "committed_rows": int(read_attrs(path).get("committed_rows", 0)) if path.exists() else 0,
+        "committed_rows": int(attrs.get("committed_rows", 0)) if attrs else 0,
         "pages_with_manifest": done,
         "failed_pages": failed,
-        "owed_batches": sum(1 for b in batch_pages if b not in found),
+        "owed_batches": sum(len(v) for v in owed.values()),
         "pages_per_s": round(rate, 2) if rate else None,
         "eta_s": round((registered - done) / rate) if rate and done < registered else None,
     }
-    state.update(_broker_view(configure(broker).conf.broker_url, store_id(output_dir)))
+    all_owed = {b for v in owed.values() for b in v}
+    store = store_id(output_dir)
+    assert store is not None  # there is a first job
+    state.update(_broker_view(configure(broker).conf.broker_url, store, models, all_owed))
     return state
 
 
@@ -92,11 +132,15 @@ def duration(seconds: float) -> str:
 
 
 def _lines(s: dict) -> list[str]:
-    out = [
-        f"store: {s['store']} ({', '.join(s['jobs'])})",
+    out = [f"store: {s['store']} ({', '.join(s['jobs'])})"]
+    if s["store_model"]:
+        out.append(f"store model: {s['store_model']}")
+    for job_id, model in s["models"].items():
+        out.append(f"{job_id} model: {model}")
+    out.append(
         f"committed: {s['pages_with_manifest']} of {s['registered_pages']} pages "
-        f"({s['committed_rows']} rows readable in order), failed: {s['failed_pages']}",
-    ]
+        f"({s['committed_rows']} rows readable in order), failed: {s['failed_pages']}"
+    )
     if "broker_error" in s:
         out.append(f"broker: unreachable ({s['broker_error']})")
     else:
@@ -104,6 +148,20 @@ def _lines(s: dict) -> list[str]:
             f"broker: {s['queued_batches']} batches queued, {s['in_flight_batches']} in flight, "
             f"{s['awaiting_writer_batches']} waiting for the writer; {s['owed_batches']} batches owed"
         )
+    for gone in s.get("holders_gone", []):
+        out.append(
+            f"holder gone: batch {gone['batch']} was held by {gone['holder']} (pid {gone['pid']}), whose lease "
+            f"expired {gone['lease_expired_s_ago']} s ago; the writer sends it again"
+        )
+    for batch, n in s.get("lost_deliveries", {}).items():
+        out.append(f"lost deliveries: batch {batch} lost {n} of {config.MAX_ATTEMPTS}")
+    for batch, reason in s.get("given_up_batches", {}).items():
+        out.append(f"given up: batch {batch}: {reason}")
+    if s.get("refused_results"):
+        out.append(f"results set aside: {s['refused_results']} (latest first)")
+        out += [f"  batch {e['batch'] or '?'}: {e['reason']}" for e in s["refused_latest"]]
+    for batch, reason in s.get("refused_out", {}).items():
+        out.append(f"refused {config.MAX_ATTEMPTS} times: batch {batch}: {reason}")
     if s["pages_per_s"]:
         eta = duration(s["eta_s"]) if s["eta_s"] else "done"
         out.append(f"rate: {s['pages_per_s']} pages/s, ETA {eta}")

@@ -15,8 +15,11 @@ import pytest
 
 from comix_embed.common.child import cli_argv
 from comix_embed.common.tokenizer import load_tokenizer
+from comix_embed.private_redis import PrivateRedis
 from comix_embed.tools.init_checkpoint import init_checkpoint
 from comix_embed.tools.sample.corpus import make_sample
+
+PIPELINE_PAGES = 18  # of the pipeline tests' corpus, plus 3 broken pages
 
 
 @pytest.fixture(scope="session")
@@ -139,4 +142,40 @@ def interrupted_store(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint:
                     writer.commit([embedder.embed_batch(job.job_id, batch_id, tasks)])
     finally:
         embedder.close()
+    return out
+
+
+@pytest.fixture(scope="session")
+def job_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pipeline tests' corpus: 18 sample pages and 3 that fail."""
+    corpus = tmp_path_factory.mktemp("pipe_corpus")
+    make_sample(corpus, pages=PIPELINE_PAGES, seed=11)
+    add_broken_pages(corpus)
+    return corpus
+
+
+@pytest.fixture()
+def broker():
+    """A private Redis server for one test (tests that flush it, stop it or read its keys)."""
+    with PrivateRedis() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def clean_store(tmp_path_factory: pytest.TempPathFactory, job_corpus: Path, tiny_checkpoint: Path) -> Path:
+    """The reference: the pipeline job (batches of 4) run undisturbed by two workers and a writer."""
+    from tests.harness import enqueue_argv, wait_committed, worker, writer
+
+    out = tmp_path_factory.mktemp("clean")
+    logs = out / "test-logs"
+    with PrivateRedis() as server:
+        procs = [worker(tiny_checkpoint, server.url, logs, f"w{i}") for i in range(2)]
+        procs.append(writer(out, server.url, logs))
+        try:
+            done = run_cli(*enqueue_argv(job_corpus, out, server.url, tiny_checkpoint))
+            assert done.returncode == 0, done.stdout + done.stderr
+            wait_committed(out, PIPELINE_PAGES + 3, 120, procs)
+        finally:
+            for p in procs:
+                p.stop()
     return out

@@ -20,6 +20,7 @@ class Proc:
 
     def __init__(self, name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
+        self.name = name
         self.log = log_dir / f"{name}.log"
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
@@ -45,15 +46,8 @@ class Proc:
             os.kill(pid, signal.SIGKILL)
 
     def kill_pool_mid_batch(self, broker: str, timeout: float = 60) -> None:
-        """Once this worker runs a batch (received, not yet acknowledged), kill its pool process."""
-        import redis
-
-        client = redis.Redis.from_url(broker)
-        deadline = time.monotonic() + timeout
-        while not (client.hlen("unacked") and self.children() and "received" in self.text()):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no batch reached {self.log.name} in {timeout} s:\n{self.text()[-2000:]}")
-            time.sleep(0.01)
+        """Once this worker's pool process runs a batch (it holds the batch's lease), kill it."""
+        wait_lease(broker, timeout, holder=f"{self.name}@")
         self.kill_pool()
 
     def kill(self) -> None:
@@ -72,11 +66,13 @@ class Proc:
         return self.log.read_text(errors="replace")
 
 
-def worker(checkpoint: Path, broker: str, log_dir: Path, name: str, env: dict[str, str] | None = None) -> Proc:
+def worker(
+    checkpoint: Path, broker: str, log_dir: Path, name: str, env: dict[str, str] | None = None, extra: tuple = ()
+) -> Proc:
     return Proc(
         name,
         [
-            "worker",
+            *("worker", *extra),
             "--checkpoint",
             str(checkpoint),
             "--device",
@@ -106,9 +102,11 @@ def slow_writer(out: Path, broker: str, log_dir: Path, name: str) -> Proc:
     return writer(out, broker, log_dir, name, "--read", "1", env={"COMIX_WRITER_LINGER_S": "0"})
 
 
-def enqueue_argv(corpus: Path, out: Path, broker: str, batch_size: int = 4) -> list[str]:
+def enqueue_argv(corpus: Path, out: Path, broker: str, checkpoint: Path, batch_size: int = 4) -> list[str]:
     return [
         "enqueue",
+        "--checkpoint",
+        str(checkpoint),
         "--list",
         str(corpus / "list.txt"),
         "--image-root",
@@ -163,6 +161,32 @@ def wait_manifests(out: Path, count: int, timeout: float) -> int:
             return found
         time.sleep(0.005)
     raise AssertionError(f"fewer than {count} manifests after {timeout} s")
+
+
+def job_queue(out: Path) -> str:
+    """The queue of the output folder's first job: its model's."""
+    from comix_embed.common.identity import queue_name
+    from comix_embed.common.jobs import first_job
+
+    job = first_job(out)
+    assert job is not None and job.model is not None
+    return queue_name(job.model)
+
+
+def wait_lease(broker: str, timeout: float, holder: str = "", batch: int | None = None):
+    """Until a worker process holds a batch (of `holder`, of `batch`); returns its lease."""
+    import redis
+
+    from comix_embed.common.deliveries import leases
+
+    client = redis.Redis.from_url(broker)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for lease in leases(client):
+            if lease.holder.startswith(holder) and (batch is None or lease.batch == batch):
+                return lease
+        time.sleep(0.005)
+    raise AssertionError(f"no lease of {holder or 'any worker'} (batch {batch}) within {timeout} s")
 
 
 def store_arrays(out: Path) -> dict[str, np.ndarray]:

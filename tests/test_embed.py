@@ -183,7 +183,7 @@ def test_ablation_modes_use_one_encoder(tiny_checkpoint: Path, corpus: Path, mod
         ref = reference_embed(emb.model, emb.tokenizer, prepared, mode)
     finally:
         emb.close()
-    assert emb.identity["encoder_mode"] == mode
+    assert emb.identity.encoder_mode == mode
     mask = arrays["panel_mask"]
     np.testing.assert_allclose(arrays["panel_embeddings"][mask], ref["panel_embeddings"][mask], atol=2e-5, rtol=1e-4)
     np.testing.assert_allclose(arrays["page_embeddings"], ref["page_embeddings"], atol=2e-5, rtol=1e-4)

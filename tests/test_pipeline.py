@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import redis
 
 from comix_embed.common import config
 from comix_embed.common.checkpoint import load_model
+from comix_embed.common.deliveries import CRASHED, PAGE_MARK, queued
 from comix_embed.common.embed import Embedder, EmbedSettings
 from comix_embed.common.listfile import read_list
 from comix_embed.common.manifests import manifest_ids
@@ -21,11 +24,11 @@ from comix_embed.common.store import read_attrs, store_path
 from comix_embed.common.tokenizer import load_tokenizer
 from comix_embed.private_redis import PrivateRedis
 from comix_embed.producer.plan import assign_rows, plan_pages
-from comix_embed.tools.sample.corpus import make_sample
-from tests.conftest import add_broken_pages, run_cli
+from tests.conftest import PIPELINE_PAGES, run_cli
 from tests.harness import (
     assert_same_store,
     enqueue_argv,
+    job_queue,
     slow_writer,
     store_arrays,
     wait_committed,
@@ -35,39 +38,7 @@ from tests.harness import (
     writer,
 )
 
-PAGES = 18  # + 3 broken pages
-
-
-@pytest.fixture(scope="module")
-def job_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    corpus = tmp_path_factory.mktemp("pipe_corpus")
-    make_sample(corpus, pages=PAGES, seed=11)
-    add_broken_pages(corpus)
-    return corpus
-
-
-@pytest.fixture()
-def broker():
-    with PrivateRedis() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def clean_store(tmp_path_factory: pytest.TempPathFactory, job_corpus: Path, tiny_checkpoint: Path) -> Path:
-    """The reference: the job run undisturbed by two workers and a writer."""
-    out = tmp_path_factory.mktemp("clean")
-    logs = out / "test-logs"
-    with PrivateRedis() as server:
-        procs = [worker(tiny_checkpoint, server.url, logs, f"w{i}") for i in range(2)]
-        procs.append(writer(out, server.url, logs))
-        try:
-            done = run_cli(*enqueue_argv(job_corpus, out, server.url))
-            assert done.returncode == 0, done.stdout + done.stderr
-            wait_committed(out, PAGES + 3, 120, procs)
-        finally:
-            for p in procs:
-                p.stop()
-    return out
+PAGES = PIPELINE_PAGES  # + 3 broken pages
 
 
 def test_two_workers_give_what_the_embedding_function_gives(
@@ -110,7 +81,7 @@ def test_worker_killed_mid_batch_is_redelivered(
     first = worker(tiny_checkpoint, broker.url, logs, "victim")
     wr = writer(out, broker.url, logs)
     try:
-        assert run_cli(*enqueue_argv(job_corpus, out, broker.url)).returncode == 0
+        assert run_cli(*enqueue_argv(job_corpus, out, broker.url, tiny_checkpoint)).returncode == 0
         first.kill_pool_mid_batch(broker.url)
         second = worker(tiny_checkpoint, broker.url, logs, "rescuer")
         wait_committed(out, PAGES + 3, 120, [wr, second])
@@ -129,7 +100,7 @@ def test_writer_killed_mid_job_and_restarted(
     out, logs = tmp_path / "out", tmp_path / "logs"
     workers = [worker(tiny_checkpoint, broker.url, logs, f"w{i}") for i in range(2)]
     try:
-        assert run_cli(*enqueue_argv(job_corpus, out, broker.url)).returncode == 0
+        assert run_cli(*enqueue_argv(job_corpus, out, broker.url, tiny_checkpoint)).returncode == 0
         wait_results(broker.url, out, 4, 90)  # results wait: the writer will have work when stopped
         wr = slow_writer(out, broker.url, logs, "writer1")
         wait_manifests(out, 2, 60)
@@ -153,14 +124,14 @@ def test_redis_flushed_mid_job_then_enqueue_again(
     workers = [worker(tiny_checkpoint, broker.url, logs, f"w{i}") for i in range(2)]
     client = redis.Redis.from_url(broker.url)
     try:
-        assert run_cli(*enqueue_argv(job_corpus, out, broker.url)).returncode == 0
+        assert run_cli(*enqueue_argv(job_corpus, out, broker.url, tiny_checkpoint)).returncode == 0
         wait_results(broker.url, out, 4, 90)  # results wait: the writer will have work when stopped
         wr = slow_writer(out, broker.url, logs, "writer")
         wait_manifests(out, 1, 60)
         client.flushall()  # queued tasks, results waiting for the writer, the sent-batches record: gone
         before = len(manifest_ids(store_path(out)))
         assert before < 6, "Redis was not flushed mid-job"
-        again = run_cli(*enqueue_argv(job_corpus, out, broker.url))
+        again = run_cli(*enqueue_argv(job_corpus, out, broker.url, tiny_checkpoint))
         assert again.returncode == 0, again.stderr
         assert "sent now" in again.stdout
         wait_committed(out, PAGES + 3, 120, [wr])
@@ -183,7 +154,7 @@ def test_results_in_redis_stay_bounded_while_the_writer_is_stopped(
     workers = [worker(tiny_checkpoint, broker.url, logs, f"w{i}", env) for i in range(2)]
     client = redis.Redis.from_url(broker.url)
     try:
-        assert run_cli(*enqueue_argv(job_corpus, out, broker.url, batch_size=2)).returncode == 0
+        assert run_cli(*enqueue_argv(job_corpus, out, broker.url, tiny_checkpoint, batch_size=2)).returncode == 0
         key = results_key(store_id(out))
         # 11 batches, no writer: workers fill the stream to the bound, then wait
         deadline = time.monotonic() + 90
@@ -191,7 +162,7 @@ def test_results_in_redis_stay_bounded_while_the_writer_is_stopped(
         while time.monotonic() < deadline:
             peak_len = max(peak_len, client.xlen(key))
             peak_mem = max(peak_mem, client.info("memory")["used_memory"])
-            if peak_len >= bound and client.llen(config.EMBED_QUEUE) > 0 and time.monotonic() > deadline - 80:
+            if peak_len >= bound and queued(client, job_queue(out)) > 0 and time.monotonic() > deadline - 80:
                 break
             time.sleep(0.1)
         for _ in range(30):  # workers keep holding their batches; the stream does not grow
@@ -259,7 +230,7 @@ def test_flower_lists_workers_and_succeeded_tasks(
             except Exception:
                 assert time.monotonic() < deadline, (logs / "flower.log").read_text()
                 time.sleep(0.5)
-        assert run_cli(*enqueue_argv(job_corpus, out, broker.url)).returncode == 0
+        assert run_cli(*enqueue_argv(job_corpus, out, broker.url, tiny_checkpoint)).returncode == 0
         wait_committed(out, PAGES + 3, 120, [w, wr])
         deadline = time.monotonic() + 30
         while True:
@@ -360,8 +331,8 @@ def test_gpu_claims_give_each_replica_its_own_gpu(tmp_path: Path) -> None:
 def test_writer_sets_aside_a_result_from_another_model_and_commits_the_rest(
     tmp_path: Path, broker: PrivateRedis
 ) -> None:
+    from comix_embed.common.deliveries import REFUSED
     from comix_embed.common.results_channel import connect, push
-    from comix_embed.writer.service import DEAD_KEY
     from tests import synthetic
 
     out, logs = tmp_path / "out", tmp_path / "logs"
@@ -375,45 +346,62 @@ def test_writer_sets_aside_a_result_from_another_model_and_commits_the_rest(
     try:
         wait_manifests(out, 2, 60)
         deadline = time.monotonic() + 30
-        while not client.xlen(DEAD_KEY.format(store=store)):
+        while not client.xlen(REFUSED.format(store=store)):
             assert time.monotonic() < deadline, wr.text()
             time.sleep(0.1)
     finally:
         wr.stop()
     assert manifest_ids(store_path(out)) == {0, 2}
-    ((_, fields),) = client.xrange(DEAD_KEY.format(store=store))
+    ((_, fields),) = client.xrange(REFUSED.format(store=store))
     assert fields[b"batch"] == b"1" and synthetic.CHECKPOINT_B[:12].encode() in fields[b"reason"]
     assert client.xlen(results_key(store)) == 0  # all three acknowledged: nothing is retried forever
 
 
+@pytest.mark.parametrize("stage", ["decode", "encode"])
 def test_a_page_that_keeps_killing_its_worker_fails_alone(
-    clean_store: Path, job_corpus: Path, tiny_checkpoint: Path, tmp_path: Path, broker: PrivateRedis
+    clean_store: Path, job_corpus: Path, tiny_checkpoint: Path, tmp_path: Path, broker: PrivateRedis, stage: str
 ) -> None:
+    """A page that kills its worker process while it is decoded, or while the encoders run it,
+    fails alone with its reason; the rest of its batch is committed with a clean run's numbers."""
     out, logs = tmp_path / "out", tmp_path / "logs"
     w = worker(tiny_checkpoint, broker.url, logs, "victim")
     wr = writer(out, broker.url, logs)
     client = redis.Redis.from_url(broker.url)
     try:
-        assert run_cli(*enqueue_argv(job_corpus, out, broker.url)).returncode == 0
-        w.kill_pool_mid_batch(broker.url)  # first death: the batch comes back and is decoded page by page
-        crashed: list[int] = []
-        for _ in range(3):  # second death while one page is embedded alone (kill it again if it slipped between pages)
-            deadline = time.monotonic() + 60
-            while not client.keys("comix:embedding:*"):
-                assert time.monotonic() < deadline, w.text()
-                time.sleep(0.002)
-            w.kill_pool()
-            crashed = [int(k.rsplit(b":", 1)[1]) for k in client.keys("comix:embedding:*")]
-            if crashed:
+        assert run_cli(*enqueue_argv(job_corpus, out, broker.url, tiny_checkpoint)).returncode == 0
+        w.kill_pool_mid_batch(broker.url)  # first death: the batch comes back and is embedded page by page
+        store = store_id(out)
+        marks = PAGE_MARK.format(store=store, token="*")
+        deadline = time.monotonic() + 120
+        while True:  # second death while a page is at `stage`: frozen first, killed if still there
+            assert time.monotonic() < deadline, w.text()
+            found = [(k, v) for k in client.keys(marks) if (v := client.get(k)) and json.loads(v)["stage"] == stage]
+            if not found:
+                time.sleep(0.001)
+                continue
+            pool = w.children()
+            for pid in pool:
+                os.kill(pid, signal.SIGSTOP)
+            if client.get(found[0][0]) == found[0][1]:
+                w.kill_pool()
                 break
-        assert len(crashed) == 1
+            for pid in pool:  # it moved on meanwhile: let it go, and watch again
+                os.kill(pid, signal.SIGCONT)
+        crashed_key = CRASHED.format(store=store)
+        deadline = time.monotonic() + 60
+        while not client.hlen(crashed_key):  # the worker's main process records the death
+            assert time.monotonic() < deadline, w.text()
+            time.sleep(0.01)
+        crashed = client.hgetall(crashed_key)
+        assert len(crashed) == 1, crashed
         wait_committed(out, PAGES + 3, 120, [w, wr])
     finally:
         w.stop()
         wr.stop()
     stored, clean = store_arrays(out), store_arrays(clean_store)
-    row = crashed[0]
+    row = int(next(iter(crashed)))
     assert stored["status"][row] == 2 and "worker process died while embedding this page" in stored["error"][row]
+    assert f"({stage}:" in stored["error"][row]
     assert not stored["page_embeddings"][row].any()
     others = [i for i in range(PAGES + 3) if i != row]
     for name in ("page_embeddings", "panel_embeddings", "attention_weights"):  # computed: within 1e-5

@@ -23,10 +23,11 @@ from PIL import Image
 
 from comix_embed.cli import main
 from comix_embed.common.errors import UsageError
+from comix_embed.common.identity import IDENTITY_KEYS
 from comix_embed.common.jobs import load_jobs
 from comix_embed.common.paths import ImageResolver, PathMapper
 from comix_embed.common.results import STATUS_FAILED, STATUS_FULL_PAGE
-from comix_embed.common.store import MODEL_KEYS, open_committed, read_attrs, store_path
+from comix_embed.common.store import open_committed, read_attrs, store_path
 from comix_embed.demo import serve_command
 from comix_embed.tools.init_checkpoint import init_checkpoint
 from comix_embed.tools.serve import command
@@ -254,7 +255,7 @@ def test_status_and_search_follow_a_store_that_grows(
     assert client.get(f"/api/page/{name}/8").status_code == 404  # not committed: not shown
     attrs = read_attrs(store_path(out))
     with StoreWriter(out, fsync=False) as writer:  # the job goes on: batch 2 arrives
-        writer.commit([make_result(load_jobs(out)[0], 2, {k: attrs[k] for k in MODEL_KEYS})])
+        writer.commit([make_result(load_jobs(out)[0], 2, {k: attrs[k] for k in IDENTITY_KEYS})])
     status = client.get("/api/status").get_json()["stores"][0]
     assert status["committed_rows"] == 16  # batch 3 was already written: the prefix now ends after it
     assert client.get(f"/api/page/{name}/8").status_code == 200

@@ -7,14 +7,16 @@ from pathlib import Path
 
 import redis
 
-from comix_embed.common import config
+from comix_embed.common.identity import identity_of, queue_name
+from comix_embed.common.store import read_attrs, store_path
 from comix_embed.private_redis import PrivateRedis
 from tests.conftest import run_cli
 
 
 def test_status_of_an_interrupted_job(interrupted_store: Path) -> None:
+    queue = queue_name(identity_of(read_attrs(store_path(interrupted_store))))  # the store's model's queue
     with PrivateRedis() as server:
-        redis.Redis.from_url(server.url).rpush(config.EMBED_QUEUE, b"{}")  # one batch waiting
+        redis.Redis.from_url(server.url).rpush(queue, b"{}")  # one batch waiting
         proc = run_cli("status", "--output-dir", str(interrupted_store), "--broker", server.url, "--json")
         text = run_cli("status", "--output-dir", str(interrupted_store), "--broker", server.url)
     assert proc.returncode == 0, proc.stderr

@@ -15,8 +15,9 @@ import pytest
 import zarr
 
 from comix_embed.common import config
+from comix_embed.common.identity import ModelMismatch
 from comix_embed.common.manifests import manifest_file
-from comix_embed.common.store import ModelMismatch, read_attrs, store_path, write_attrs
+from comix_embed.common.store import read_attrs, store_path, write_attrs
 from comix_embed.writer.checks import CheckFailed, write_check
 from comix_embed.writer.commit import InvalidResult, StoreWriter
 from comix_embed.writer.manifests import read_manifests, write_inflight

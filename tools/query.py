@@ -8,7 +8,7 @@ Modes (one of):
   search UI did (spec/closure-lite.md, Query encoders): one panel with a zero image, the query's
   tokens and zero composition, through the store's encoder mode; it is compared by cosine with
   every valid panel, and pages rank by their best panel (the `panel` column names it). Needs the
-  store's own `--checkpoint` (its SHA-256 must be the store's); the tokenizer comes from
+  store's own `--checkpoint` (with its tokenizer, the store's model identity); the tokenizer comes from
   `--tokenizer`, else beside the checkpoint, else the local roberta-base cache.
 - `--like` (old `--query_page_id`): pages by cosine of their page embeddings; the page itself ranks
   first (score 1.0). PAGE_ID is a page id, its manifest path, or a unique end of either, matched

@@ -64,18 +64,16 @@ def load_query_model(
 
 
 def check_store_model(loaded: LoadedModel, tokenizer: LoadedTokenizer, store: Path, attrs: dict[str, Any]) -> None:
-    """Refuse a checkpoint that did not make the store: its vectors would not be comparable."""
-    if loaded.sha256 != attrs.get("checkpoint_sha256"):
-        raise UsageError(
-            f"{loaded.path} (sha256 {loaded.sha256}) did not make this store, {store} "
-            f"(checkpoint_sha256 {attrs.get('checkpoint_sha256')}): its vectors would not be comparable"
-        )
-    if _vocab_hash(tokenizer.identity) != _vocab_hash(str(attrs.get("tokenizer", ""))):
-        log.warning("tokenizer %s differs from the store's (%s)", tokenizer.identity, attrs.get("tokenizer"))
+    """Refuse a model that did not make the store, by the one "same model" test
+    (common/identity.py): its vectors would not be comparable."""
+    from comix_embed.common.identity import ModelMismatch, check_same_model, make_identity
 
-
-def _vocab_hash(identity: str) -> str:
-    return identity.rpartition("sha256:")[2]
+    mode = str(attrs.get("encoder_mode", "fused"))
+    ours = make_identity(loaded.sha256, loaded.config.d, mode, tokenizer.identity, tokenizer.legacy_identity)
+    try:
+        check_same_model(attrs, ours, what="query model")
+    except ModelMismatch as exc:
+        raise UsageError(f"{loaded.path} did not make this store, {store}: {exc}") from None
 
 
 class QueryEncoder:

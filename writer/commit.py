@@ -34,9 +34,18 @@ from zarr.core.sync import sync
 
 from comix_embed.common import config, store
 from comix_embed.common.errors import UsageError
+from comix_embed.common.identity import check_same_model, identity_of, is_legacy_tokenizer, tokenizers_match
 from comix_embed.common.jobs import Job, load_jobs
-from comix_embed.common.manifests import committed_prefix, make_manifest, manifest_rows, read_inflight
-from comix_embed.common.results import RESULT_ARRAYS, STATUS_FAILED, STATUS_FULL_PAGE, STATUS_OK, BatchResult
+from comix_embed.common.manifests import committed_prefix, make_manifest, manifest_rows, owed_batches, read_inflight
+from comix_embed.common.messages import ModelIdentity
+from comix_embed.common.results import (
+    RESULT_ARRAYS,
+    STATUS_FAILED,
+    STATUS_FULL_PAGE,
+    STATUS_OK,
+    BatchResult,
+    failed_result,
+)
 from comix_embed.writer import audit, checks, manifests
 
 log = logging.getLogger(__name__)
@@ -110,6 +119,7 @@ class StoreWriter:
             if self.path.exists():
                 self._recover()
                 self._register_pending()
+                self._migrate_tokenizer([j.model for j in self._jobs.values() if j.model is not None])
             self._audit = audit.AuditLog(self.output_dir / config.AUDIT_LOG_NAME)
         except BaseException:
             self.close()
@@ -150,13 +160,32 @@ class StoreWriter:
         """Jobs registered in the store, in order."""
         return sorted(self._jobs.values(), key=lambda j: j.number)
 
-    def owed_batches(self, job: Job) -> list[int]:
-        """The job's batches that have no manifest yet."""
-        return [b for b, _, _ in job.batches() if b not in self._batches]
-
     def owed(self) -> dict[str, list[int]]:
         """Owed batches of every job planned in the output folder (registered or not yet)."""
-        return {job.job_id: self.owed_batches(job) for job in load_jobs(self.output_dir)}
+        return owed_batches(load_jobs(self.output_dir), self._batches)
+
+    def is_committed(self, batch_id: int) -> bool:
+        return batch_id in self._batches
+
+    def job_of(self, batch_id: int) -> Job | None:
+        """The job a batch belongs to; job files are read only for a batch of a job not registered yet."""
+        registered = [j for j in self._jobs.values() if j.first_batch <= batch_id < j.first_batch + len(j.batches())]
+        if registered:
+            return registered[0]
+        planned = load_jobs(self.output_dir)
+        return next((j for j in planned if j.first_batch <= batch_id < j.first_batch + len(j.batches())), None)
+
+    def commit_failed(self, job: Job, batch_id: int, reasons: dict[int, str], default: str, images: list[str]) -> bool:
+        """Commit a batch that can never be embedded as failed rows, each with its reason (a row's
+        own from `reasons`, else `default`): `committed_rows` moves past it. False if committed already."""
+        start, end = job.batch(batch_id)
+        model = self._reference_model(job)
+        if model is None:
+            raise InvalidResult(f"batch {batch_id}: no model known for {job.job_id} yet; cannot write failed rows")
+        page_ids = [job.page(row).page_id for row in range(start, end)]
+        rows = [reasons.get(row, default) for row in range(start, end)]
+        result = failed_result(job.job_id, batch_id, start, page_ids, rows, model.to_dict(), images)
+        return self.commit([result])[0].committed
 
     # --- recovery and registration ---
 
@@ -185,9 +214,12 @@ class StoreWriter:
         self._jobs = {j: planned[j] for j in registered}
 
     def _register_pending(self) -> None:
-        """Register, in order, the planned jobs the store does not hold yet."""
+        """Register, in order, the planned jobs the store does not hold yet (each bound to the
+        store's model: a job of another model is refused before it gets a row)."""
         for job in load_jobs(self.output_dir):
             if job.job_id not in self._jobs:
+                if job.model is not None:
+                    check_same_model(self._attrs, job.model, what=job.job_id)
                 self._attrs = store.register_job(self.path, job, self.fsync)
                 self._jobs[job.job_id] = job
                 self._open_arrays()  # shapes may have grown
@@ -228,16 +260,16 @@ class StoreWriter:
         return outcomes
 
     def _commit_new(self, results: list[BatchResult]) -> None:
-        identity = self._check_models(results)
-        d, p = identity["embedding_dim"], identity["max_panels"]
         jobs = {r.batch_id: self._job_for(r.job) for r in results}
+        identity = self._check_models(results, jobs)
+        d, p = identity.embedding_dim, identity.max_panels
         for r in results:
             self._validate(r, jobs[r.batch_id], d, p)
         if self.verify_batches:
             for r in results:
                 checks.verify_batch(r, jobs[r.batch_id], d, p)
         if not self.path.exists():
-            self._create(results[0].model)
+            self._create(identity)
         elif any(j.job_id not in self._jobs for j in jobs.values()):
             self._register_pending()
         data = {r.batch_id: _prepared(r.arrays) for r in results}
@@ -265,11 +297,43 @@ class StoreWriter:
         self._advance()
         self._report(results, jobs, data)
 
-    def _check_models(self, results: list[BatchResult]) -> dict[str, Any]:
-        reference = self._attrs if self.path.exists() else store.model_identity(results[0].model)
+    def _reference_model(self, job: Job) -> ModelIdentity | None:
+        """What a job's results must match: the model the job was bound to when it was enqueued;
+        for a job from before (format 1), the store's."""
+        if job.model is not None:
+            return job.model
+        return identity_of(self._attrs) if self.path.exists() else None
+
+    def _check_models(self, results: list[BatchResult], jobs: dict[int, Job]) -> ModelIdentity:
+        """Every result's model against its job's (one function decides, common/identity.py);
+        the identity the store is (or will be) made with."""
+        checked: list[ModelIdentity] = []
         for r in results:
-            store.check_model(reference, r.model, what=f"result of batch {r.batch_id}")
-        return {k: reference[k] for k in store.MODEL_KEYS}
+            # a job from before binding, in a store not made yet: the first result sets the model
+            reference = self._reference_model(jobs[r.batch_id]) or (checked[0] if checked else None)
+            theirs = identity_of(r.model)
+            if reference is not None:
+                check_same_model(reference, theirs, what=f"result of batch {r.batch_id}", whose=f"job {r.job}")
+            checked.append(theirs)
+        self._migrate_tokenizer(checked)
+        if self.path.exists():
+            return identity_of(self._attrs)
+        first = jobs[results[0].batch_id].model
+        return first if first is not None else checked[0]
+
+    def _migrate_tokenizer(self, identities: list[ModelIdentity]) -> None:
+        """A store written before tokenizers were hashed by content records the old form: once a
+        job or a result made where the tokenizer files were at hand vouches for the same files
+        (their old form matches), the attribute takes the content form (the old one is kept)."""
+        if not self.path.exists() or not is_legacy_tokenizer(str(self._attrs.get("tokenizer", ""))):
+            return
+        ours = identity_of(self._attrs)
+        for theirs in identities:
+            if not is_legacy_tokenizer(theirs.tokenizer) and theirs.tokenizer_legacy and tokenizers_match(ours, theirs):
+                updates = {"tokenizer": theirs.tokenizer, "tokenizer_legacy": ours.tokenizer}
+                self._attrs = store.write_attrs(self.path, updates, self.fsync)
+                log.info("store tokenizer %r recorded by its content: %s", ours.tokenizer, theirs.tokenizer)
+                return
 
     def _validate(self, r: BatchResult, job: Job, d: int, p: int) -> None:
         try:
@@ -290,7 +354,7 @@ class StoreWriter:
         if bad:
             raise InvalidResult(f"batch {r.batch_id} ({r.job}): status values {bad} are not ok/failed/full_page")
 
-    def _create(self, model: dict[str, Any]) -> None:
+    def _create(self, model: ModelIdentity) -> None:
         rows = max((j.end_row for j in load_jobs(self.output_dir)), default=0)
         capacity = max(1, -(-rows // config.GROWTH_ROWS)) * config.GROWTH_ROWS
         store.create_store(self.path, model, capacity, self.fsync)

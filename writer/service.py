@@ -1,10 +1,18 @@
 """`comix-embed writer`: the store's single writer, fed from the results stream in Redis.
 
 Reads up to `--read` results at a time (its own unacknowledged ones first, after a crash),
-waiting up to a short linger for a whole chunk's worth, commits them (rows, then manifests, then `committed_rows`) and only then acknowledges them in
-Redis. A result that does not fit its job or comes from another model is set aside in a
-dead-letter stream with its reason, and the others go on; a failing --verify-batches or
---write-check stops the writer (exit status 1) naming the batch and page.
+waiting up to a short linger for a whole chunk's worth, commits them (rows, then manifests, then
+`committed_rows`) and only then acknowledges them in Redis. A failing --verify-batches or
+--write-check stops the writer (exit status 1) naming the batch and page. Nothing else stops it:
+- a result it cannot use (another model, one that does not fit its job, one that does not decode)
+  is set aside with its reason (`status` shows it), acknowledged, counted against its batch and
+  the batch sent again, up to COMIX_MAX_ATTEMPTS refusals; the others go on;
+- any Redis error is retried like a lost connection, re-reading what was not acknowledged.
+Being the one process always there, it also ends deliveries whose holder is gone: every
+WRITER_SCAN_S it sends again (from the job's kept payloads) each batch whose lease expired
+without a manifest, and commits as failed rows the batches lost COMIX_MAX_ATTEMPTS times
+(common/deliveries.py). Every commit goes through `_may_commit`, the one place where a writer
+that may no longer write (a single-writer lease it could not renew, issue 10) stops committing.
 """
 
 from __future__ import annotations
@@ -14,20 +22,23 @@ import logging
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
-from comix_embed.common import config
+from comix_embed.common import config, deliveries
 from comix_embed.common.celery_app import configure
 from comix_embed.common.errors import UsageError
+from comix_embed.common.identity import ModelMismatch
+from comix_embed.common.jobs import read_task
+from comix_embed.common.messages import MalformedMessage, TaskPayload
 from comix_embed.common.results import BatchResult
-from comix_embed.common.results_channel import Entry, ResultsReader, connect, store_id
-from comix_embed.common.store import ModelMismatch
+from comix_embed.common.results_channel import Entry, Malformed, ResultsReader, connect, store_id
 from comix_embed.writer.checks import CheckFailed
 from comix_embed.writer.commit import InvalidResult, StoreWriter
 
 log = logging.getLogger("comix.writer")
-DEAD_KEY = "comix:dead:{store}"
+_KEPT_BYTES = 4096  # of a malformed entry's data, kept beside its reason
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +61,7 @@ class WriterService:
         self.stopping = False
         self.reader: ResultsReader | None = None
         self._owed: set[int] | None = None  # batch ids the jobs still owe, kept as commits go
+        self._next_scan = 0.0
 
     def stop(self, *_: object) -> None:
         self.stopping = True
@@ -63,6 +75,11 @@ class WriterService:
             log.info("reading results of store %s from %s", store, self.reader.key)
         return self.reader
 
+    def _may_commit(self) -> None:
+        """Where a single-writer lease (issue 10) is checked before each commit: a writer that
+        could not renew it raises here and commits nothing more. One writer per store is held by
+        the output folder's lock today (StoreWriter)."""
+
     def serve(self) -> None:
         waited = False
         while not self.stopping:
@@ -74,28 +91,48 @@ class WriterService:
                 time.sleep(0.5)
                 continue
             try:
-                group = self._gather(reader)
-            except redis.ConnectionError as exc:
-                log.warning("broker unreachable (%s); retrying", exc)
+                self._may_commit()
+                self._scan(reader.store)
+                group, malformed = self._gather(reader)
+                if malformed:
+                    self._set_aside(reader, malformed)
+                if group:
+                    self._may_commit()
+                    self.commit(reader, [e for e, _ in group], [r for _, r in group])
+            except redis.RedisError as exc:
+                log.warning("broker error (%s: %s); retrying", type(exc).__name__, exc)
+                reader.reread_pending()
                 time.sleep(1.0)
-                continue
-            if group:
-                self.commit(reader, [e for e, _ in group], [r for _, r in group])
 
-    def _gather(self, reader: ResultsReader) -> list[tuple[Entry, BatchResult]]:
+    def _gather(self, reader: ResultsReader) -> tuple[list[tuple[Entry, BatchResult]], list[Malformed]]:
         """Results to commit together: a chunk's worth of rows if they come within the linger
         time, so that a writer that keeps up still writes whole chunks instead of rewriting one
-        chunk per small batch; at once when they are all that the jobs still owe."""
-        group = [(e, BatchResult.from_bytes(e.data)) for e in reader.read(self.read, block_ms=500)]
+        chunk per small batch; at once when they are all that the jobs still owe. Entries that
+        do not decode are returned apart."""
+        group: list[tuple[Entry, BatchResult]] = []
+        malformed: list[Malformed] = []
+        self._decode(reader.read(self.read, block_ms=500), group, malformed)
         deadline = time.monotonic() + config.WRITER_LINGER_S
         while group and len(group) < self.read and not self.stopping and not self._enough(group):
             left_ms = int(1000 * (deadline - time.monotonic()))
             if left_ms <= 0:
                 break
-            group += [
-                (e, BatchResult.from_bytes(e.data)) for e in reader.read(self.read - len(group), block_ms=left_ms)
-            ]
-        return group
+            self._decode(reader.read(self.read - len(group), block_ms=left_ms), group, malformed)
+        return group, malformed
+
+    @staticmethod
+    def _decode(
+        entries: list[Entry | Malformed], group: list[tuple[Entry, BatchResult]], malformed: list[Malformed]
+    ) -> None:
+        for e in entries:
+            if isinstance(e, Malformed):
+                malformed.append(e)
+                continue
+            try:
+                group.append((e, BatchResult.from_bytes(e.data)))
+            except MalformedMessage as exc:
+                fields = {b"batch": str(e.batch_id).encode(), b"data": e.data}
+                malformed.append(Malformed(e.entry_id, fields, str(exc)))
 
     def _enough(self, group: list[tuple[Entry, BatchResult]]) -> bool:
         if sum(len(r.page_ids) for _, r in group) >= config.CHUNK_ROWS:
@@ -126,13 +163,79 @@ class WriterService:
     def _one_by_one(self, reader: ResultsReader, entries: list[Entry], results: list[BatchResult]) -> list:
         """Commit each result alone, so that one bad result is set aside and the others go on."""
         outcomes = []
-        for _entry, result in zip(entries, results):
+        for entry, result in zip(entries, results):
             try:
                 outcomes += self.writer.commit([result])
             except (InvalidResult, ModelMismatch) as exc:
-                log.error("batch %d set aside: %s", result.batch_id, exc)
-                self.client.xadd(DEAD_KEY.format(store=reader.store), {"batch": result.batch_id, "reason": str(exc)})
+                self._refuse(reader.store, result.batch_id, str(exc), {"entry": entry.entry_id.decode()})
         return outcomes
+
+    def _set_aside(self, reader: ResultsReader, malformed: list[Malformed]) -> None:
+        """Entries that are no result this writer reads: kept aside with their reason, acknowledged."""
+        for m in malformed:
+            extra: dict[str, Any] = {"entry": m.entry_id.decode()}
+            for name, value in m.fields.items():
+                key = name.decode(errors="replace")
+                if key not in ("batch", "reason", "time"):
+                    extra[key] = bytes(value[:_KEPT_BYTES])
+                    extra[f"{key}_bytes"] = str(len(value))
+            self._refuse(reader.store, m.batch_id, m.reason, extra)
+        reader.done(malformed)
+
+    def _refuse(self, store: str, batch: int | None, reason: str, extra: dict) -> None:
+        count = deliveries.refuse(self.client, store, batch, reason, extra)
+        if batch is None:
+            log.error("result set aside: %s", reason)
+            return
+        log.error("result of batch %d set aside (%d of %d): %s", batch, count, config.MAX_ATTEMPTS, reason)
+        if count < config.MAX_ATTEMPTS and not self.writer.is_committed(batch):
+            payload = self._payload(batch)
+            if payload is not None:
+                deliveries.send(self.client, payload, None, config.PRIORITY_AGAIN)
+
+    def _payload(self, batch: int) -> TaskPayload | None:
+        """A batch's task as its job keeps it, to send it again (None for a job from before)."""
+        job = self.writer.job_of(batch)
+        payload = read_task(self.output_dir, job, batch) if job is not None else None
+        if payload is None:
+            log.warning("batch %d: its job keeps no task payloads; `enqueue` its list again to resend it", batch)
+        elif payload.model is None:
+            payload.model = job.model if job is not None else None
+        return payload if payload is not None and payload.model is not None else None
+
+    def _scan(self, store: str) -> None:
+        """Deliveries whose holder is gone, and batches given up, every WRITER_SCAN_S."""
+        if time.monotonic() < self._next_scan:
+            return
+        self._next_scan = time.monotonic() + config.WRITER_SCAN_S
+        for info in deliveries.expired_leases(self.client, store):
+            if deliveries.claim(self.client, info.token) is None:
+                continue  # its worker ended it meanwhile
+            why = f"lease expired: its holder {info.holder} (pid {info.pid}) stopped renewing it"
+            if self.writer.is_committed(info.batch):
+                self.client.delete(deliveries.PAGE_MARK.format(store=store, token=info.token))
+                continue
+            log.error(deliveries.lost(self.client, store, info, info.batch, why, self._payload(info.batch)))
+        for batch, reason in deliveries.given_up(self.client, store).items():
+            if not self.writer.is_committed(batch):
+                self._commit_given_up(store, batch, reason)
+            deliveries.forget_given_up(self.client, store, batch)
+
+    def _commit_given_up(self, store: str, batch: int, reason: str) -> None:
+        job = self.writer.job_of(batch)
+        if job is None:
+            log.error("batch %d was given up but belongs to no job of %s", batch, self.output_dir)
+            return
+        start, end = job.batch(batch)
+        crashed = deliveries.crashed_pages(self.client, store, list(range(start, end)))
+        payload = read_task(self.output_dir, job, batch)
+        images = [p.image for p in payload.pages] if payload is not None else [""] * (end - start)
+        self._may_commit()
+        try:
+            if self.writer.commit_failed(job, batch, crashed, reason, images):
+                log.error("batch %d committed as %d failed pages: %s", batch, end - start, reason)
+        except (InvalidResult, ModelMismatch) as exc:
+            log.error("batch %d was given up but cannot be committed as failed rows: %s", batch, exc)
 
 
 def run(args: argparse.Namespace) -> int:
