@@ -106,15 +106,18 @@ class Embedder:
         return page
 
     def _prepared_chunks(
-        self, tasks: list[PageTask], stats: dict[str, float]
+        self, tasks: list[PageTask], stats: dict[str, float], failures: dict[int, str]
     ) -> Iterator[list[tuple[int, PreparedPage]]]:
-        """Prepared pages in groups of about `encode_batch` crops, decoded ahead by the pool."""
+        """Prepared pages in groups of about `encode_batch` crops, decoded ahead by the pool.
+
+        A page that cannot be read goes to `failures` (its index and reason) and into no group.
+        """
         chunk: list[tuple[int, PreparedPage]] = []
         crops = 0
         wait0 = time.perf_counter()
         for i, item in enumerate(self._pool.map(self._prepare, tasks)):
             if isinstance(item, str):
-                stats.setdefault("failures", {})[i] = item  # type: ignore[index]
+                failures[i] = item
                 continue
             stats["read"] += item.timings["read"]
             stats["decode_crop"] += item.timings["decode_crop"]
@@ -253,23 +256,24 @@ class Embedder:
         pages one by one changes the encoders' batches, so numbers may differ in the last bits.
         """
         t0 = time.perf_counter()
-        stats: dict = {k: 0.0 for k in ("read", "decode_crop", "decode_wait", "tokenize", "encode")}
+        stats = {k: 0.0 for k in ("read", "decode_crop", "decode_wait", "tokenize", "encode")}
+        failures: dict[int, str] = {}
         arrays = self.empty_arrays(len(tasks))
         if guard is None:
-            for chunk in self._prepared_chunks(tasks, stats):
+            for chunk in self._prepared_chunks(tasks, stats, failures):
                 self._encode_chunk(chunk, arrays, stats)
         else:
             for i, task in enumerate(tasks):
                 with guard(task, "decode"):
                     item = self._prepare(task)
                 if isinstance(item, str):
-                    stats.setdefault("failures", {})[i] = item
+                    failures[i] = item
                     continue
                 stats["read"] += item.timings["read"]
                 stats["decode_crop"] += item.timings["decode_crop"]
                 with guard(task, "encode"):
                     self._encode_chunk([(i, item)], arrays, stats)
-        for i, reason in stats.pop("failures", {}).items():
+        for i, reason in failures.items():
             arrays["status"][i] = STATUS_FAILED
             arrays["error"][i] = reason
             log.warning("page %s (row %d) failed: %s", tasks[i].page_id, tasks[i].row, reason)

@@ -82,7 +82,7 @@ def _hf_cache_roberta() -> Path | None:
         return None
 
 
-def load_tokenizer(tokenizer_dir: Path | None, checkpoint: Path | None = None) -> LoadedTokenizer:
+def load_tokenizer(tokenizer_dir: str | Path | None, checkpoint: str | Path | None = None) -> LoadedTokenizer:
     """The tokenizer to use with `checkpoint`, or a UsageError that says what to pass."""
     if tokenizer_dir is not None:
         directory = Path(tokenizer_dir)

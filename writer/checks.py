@@ -84,7 +84,7 @@ def write_check(
     """--write-check: read rows [start, start+n) back from disk; any difference raises CheckFailed."""
     end = start + len(page_ids)
     for name, want in written.items():
-        got = arrays[name][start:end]
+        got = np.asarray(arrays[name][start:end])
         for i in range(len(page_ids)):
             if not _same(got[i], want[i]):
                 raise CheckFailed(
