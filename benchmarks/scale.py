@@ -494,15 +494,20 @@ def exact_top_pages(store: Path, queries: np.ndarray, k: int = K, step: int = 40
     """The k pages with the best panel for each query, by cosine over every valid panel of every
     searchable committed row: the ground truth for recall, read slice by slice."""
     group = zarr.open_group(store, mode="r")
+    arrays: dict[str, zarr.Array] = {}
+    for name in ("panel_embeddings", "status", "panel_mask"):
+        array = group[name]
+        assert isinstance(array, zarr.Array), f"{store}: {name} is not an array"
+        arrays[name] = array
     committed = read_committed_rows(store)
     best_scores = np.full((len(queries), 0), -np.inf, np.float32)
     best_rows = np.zeros((len(queries), 0), np.int64)
     for start in range(0, committed, step):
         stop = min(start + step, committed)
-        panels = np.asarray(group["panel_embeddings"][start:stop])
-        status = np.asarray(group["status"][start:stop])
+        panels = np.asarray(arrays["panel_embeddings"][start:stop])
+        status = np.asarray(arrays["status"][start:stop])
         norms = np.linalg.norm(panels, axis=2)
-        valid = np.asarray(group["panel_mask"][start:stop]) & (norms > 1e-6)
+        valid = np.asarray(arrays["panel_mask"][start:stop]) & (norms > 1e-6)
         valid &= np.isin(status, (STATUS_OK, STATUS_FULL_PAGE))[:, None]
         scores = (panels / np.maximum(norms, 1e-12)[:, :, None]) @ queries.T  # rows, slots, queries
         scores[~valid] = -np.inf
@@ -557,7 +562,7 @@ def grow_store(output_dir: Path, pages: int, batch_size: int, d: int) -> dict[st
             written = write_bytes(writer.pid)
         finally:
             stop_writer(writer)
-        figures = progress.tenths(pages)
+        figures: dict[str, Any] = dict(progress.tenths(pages))
         size = disk_bytes(store_path(output_dir))
         figures["write_amplification"] = round(written / size, 3)
         figures.update(file_counts(store_path(output_dir)))
