@@ -413,7 +413,7 @@ def index_build_s(output_dir: Path, env: dict[str, str]) -> float | None:
     if "index" not in COMMANDS:
         note("index_build_s: null (no `comix-embed index` command yet: queries use exact search)")
         return None
-    return command_s(["index", "--output-dir", str(output_dir)], env)
+    return command_s(["index", "--zarr", str(output_dir), "--no-progress"], env)
 
 
 # --- queries (run in their own process, to measure its peak memory) ---
