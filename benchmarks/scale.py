@@ -31,6 +31,7 @@ figures not available yet) go to stderr.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -121,6 +122,7 @@ class Corpus:
         text_rng = random.Random(seed)
         self.texts = [sample_text.panel_text(text_rng) for _ in range(TEXT_POOL)]
         self.text_json = np.array([text_to_json(t) for t in self.texts], dtype=object)
+        self.bounds = np.round(np.cumsum((0.0, *JOB_SHARES)) * pages).astype(int)  # rows of the 10 lists
 
     def draw(self, rng: np.random.Generator, centre_ids: np.ndarray) -> np.ndarray:
         """Vectors around the given centres: centre + noise of norm about NOISE."""
@@ -134,7 +136,15 @@ class Corpus:
         vectors = self.draw(rng, rng.integers(0, CENTRES, count))
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
-    def rows(self, job: Job, start: int, stop: int) -> dict[str, np.ndarray]:
+    def page_id(self, row: int) -> str:
+        """A page id as users' paths look, in one of the 10 collections."""
+        series, volume = f"Series {row // 2000:04d}", f"v{(row // 200) % 10:02d}"
+        return f"collection{self.collection(row):02d}/{series} {volume}/JPG4CBZ/{row:07d}.json"
+
+    def collection(self, row: int) -> int:
+        return int(np.searchsorted(self.bounds, row, side="right")) - 1
+
+    def rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Every result array of rows [start, stop), as workers would compute them."""
         n = stop - start
         rng = np.random.default_rng([self.seed, 2, start])
@@ -159,7 +169,7 @@ class Corpus:
         for i in np.flatnonzero(~failed):
             panel_texts = [self.texts[t] for t in text_ids[i, : counts[i]]]
             page_text[i] = text_to_json({k: [s for t in panel_texts for s in t[k]] for k in config.TEXT_KEYS})
-        ids = [job.page(r).page_id for r in range(start, stop)]
+        ids = [self.page_id(r) for r in range(start, stop)]
         return {
             "page_embeddings": pages.astype(np.float32),
             "panel_embeddings": panels,
@@ -176,22 +186,20 @@ class Corpus:
         }
 
 
-def job_pages(corpus: Corpus, pages: int) -> list[list[JobPage]]:
-    """The N pages split into the 10 lists, page ids as users' paths look."""
-    bounds = np.round(np.cumsum((0.0, *JOB_SHARES)) * pages).astype(int)
+def job_pages(corpus: Corpus) -> list[list[JobPage]]:
+    """The pages of the 10 lists, with the metadata the producer reads from DataSpecs."""
     lists = []
     for j in range(len(JOB_SHARES)):
         out = []
-        for row in range(bounds[j], bounds[j + 1]):
-            series, volume = f"Series {row // 2000:04d}", f"v{(row // 200) % 10:02d}"
-            page_id = f"collection{j:02d}/{series} {volume}/JPG4CBZ/{row:07d}.json"
+        for row in range(corpus.bounds[j], corpus.bounds[j + 1]):
+            page_id = corpus.page_id(row)
             out.append(
                 JobPage(
                     page_id=page_id,
                     manifest_path=f"/data/dataspecs/{page_id}",
                     source=f"collection{j:02d}",
-                    series=series,
-                    volume=volume,
+                    series=page_id.split("/")[1].rsplit(" ", 1)[0],
+                    volume=page_id.split("/")[1].rsplit(" ", 1)[1],
                     issue="1",
                     page_num=str(row % 200),
                     panel_count=int(corpus.panel_counts[row]),
@@ -212,30 +220,26 @@ def register_jobs(output_dir: Path, lists: list[list[JobPage]], batch_size: int,
     for n, pages in enumerate(lists):
         list_path = folder / f"list_{n:02d}.txt"
         list_path.write_text("".join(p.manifest_path + "\n" for p in pages), encoding="utf-8")
-
-        def tasks(job: Job, first: Job) -> Iterator[TaskPayload]:
-            store = store_id_of(first)
-            for batch_id, start, end in job.batches():
-                tasks_ = [
-                    PageTask(
-                        row=row,
-                        page_id=job.page(row).page_id,
-                        image=job.page(row).page_id.replace(".json", ".jpg"),
-                        spec=PageSpec(
-                            image=job.page(row).page_id.replace(".json", ".jpg"),
-                            panels=[PanelSpec(box=[0.0, 0.0, 100.0, 100.0]) for _ in range(job.page(row).panel_count)],
-                        ),
-                    )
-                    for row in range(start, end)
-                ]
-                yield TaskPayload(
-                    v=TASK_FORMAT, job=job.job_id, batch_id=batch_id, store_id=store, pages=tasks_, model=model
-                )
-
+        tasks = functools.partial(task_payloads, pages=pages, model=model)
         job, _ = plan_job(output_dir, list_path, pages, batch_size, incremental=n > 0, model=model, tasks=tasks)
         assert job is not None
         jobs.append(job)
     return jobs
+
+
+def task_payloads(job: Job, first: Job, pages: list[JobPage], model: ModelIdentity) -> Iterator[TaskPayload]:
+    """Every batch's task payload, as the producer keeps them beside the job file."""
+    store = store_id_of(first)
+    for batch_id, start, end in job.batches():
+        tasks = [page_task(row, pages[row - job.start_row]) for row in range(start, end)]
+        yield TaskPayload(v=TASK_FORMAT, job=job.job_id, batch_id=batch_id, store_id=store, pages=tasks, model=model)
+
+
+def page_task(row: int, page: JobPage) -> PageTask:
+    """A page as the producer sends it: its row, image and panel boxes (their text left out)."""
+    image = page.page_id.replace(".json", ".jpg")
+    panels = [PanelSpec(box=[0.0, 0.0, 100.0, 100.0]) for _ in range(page.panel_count)]
+    return PageTask(row=row, page_id=page.page_id, image=image, spec=PageSpec(image=image, panels=panels))
 
 
 # --- the writer process ---
@@ -339,11 +343,11 @@ def feed(client: Any, store: str, corpus: Corpus, jobs: list[Job], progress: Pro
         for w in range(0, len(batches), WINDOW):
             window = batches[w : w + WINDOW]
             base = window[0][1]
-            arrays = corpus.rows(job, base, window[-1][2])
+            arrays = corpus.rows(base, window[-1][2])
             for k in order.permutation(len(window)):
                 batch_id, start, end = window[k]
                 part = {name: a[start - base : end - base] for name, a in arrays.items()}
-                ids = [job.page(r).page_id for r in range(start, end)]
+                ids = [corpus.page_id(r) for r in range(start, end)]
                 result = BatchResult(job.job_id, batch_id, start, ids, part, model)
                 deliver(client, store, result, progress)
                 progress.poll()
@@ -548,7 +552,7 @@ def grow_store(output_dir: Path, pages: int, batch_size: int, d: int) -> dict[st
     corpus = Corpus(pages, d, SEED)
     model = corpus_model(corpus)
     t0 = time.perf_counter()
-    jobs = register_jobs(output_dir, job_pages(corpus, pages), batch_size, model)
+    jobs = register_jobs(output_dir, job_pages(corpus), batch_size, model)
     note(f"registered {len(jobs)} jobs ({pages} pages, batches of {batch_size}) in {time.perf_counter() - t0:.1f} s")
     store = store_id_of(jobs[0])
     with PrivateRedis() as redis_server:
