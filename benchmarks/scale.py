@@ -247,13 +247,13 @@ def page_task(row: int, page: JobPage) -> PageTask:
 
 def start_writer(output_dir: Path, env: dict[str, str], log_path: Path) -> subprocess.Popen:
     """`comix-embed writer` on the store, once it reads the results stream."""
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "comix_embed", "writer", "--output-dir", str(output_dir)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
+    with open(log_path, "wb") as log:  # the child keeps its own copy of the file
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "comix_embed", "writer", "--output-dir", str(output_dir)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     deadline = time.monotonic() + 120
     while b"reading results of store" not in log_path.read_bytes():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -264,8 +264,13 @@ def start_writer(output_dir: Path, env: dict[str, str], log_path: Path) -> subpr
 
 
 def stop_writer(proc: subprocess.Popen) -> None:
+    """SIGTERM: the writer stops after the commit at hand; killed if it does not within a minute."""
     proc.terminate()
-    proc.wait(60)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def cpu_seconds(pid: int) -> float:
