@@ -433,17 +433,13 @@ def open_search(store: Path) -> Any:
     from comix_embed.tools.search import SearchIndex
 
     index = SearchIndex.load(store)
-    assert len(index.page_texts) == index.committed
+    index.keyword("the", K)  # builds the keyword index on first use
     index.load_panels()
     return index
 
 
 def searchable_rows(index: Any) -> np.ndarray:
     return index.rows
-
-
-def page_words(index: Any, row: int) -> list[str]:
-    return re.findall(r"[A-Za-z]{3,}", index.page_texts.texts[row])
 
 
 def search_like(index: Any, row: int) -> list[int]:
@@ -469,8 +465,9 @@ def query_process(store: Path, d: int, pages: int) -> dict[str, Any]:
     rows = searchable_rows(index)
     like_rows = [int(rng.choice(rows)) for _ in range(TIMED_QUERIES)]
     words: list[str] = []
-    while len(words) < TIMED_QUERIES:  # words of random pages: common ones and rare ones alike
-        candidates = page_words(index, int(rng.choice(rows)))
+    while len(words) < TIMED_QUERIES:  # words of the texts pages carry: common ones and rare ones alike
+        text = rng.choice(corpus.texts)
+        candidates = re.findall(r"[A-Za-z]{3,}", " ".join(s for k in config.TEXT_KEYS for s in text[k]))
         if candidates:
             words.append(rng.choice(candidates))
 
