@@ -327,12 +327,17 @@ class Progress:
         return out
 
 
+def stream_bound(rows_per_result: int) -> int:
+    """Results the stream may hold before a worker waits, as workers compute it (COMIX_MAX_PENDING_RESULTS)."""
+    return config.MAX_PENDING_RESULTS
+
+
 def deliver(client: Any, store: str, result: BatchResult, progress: Progress) -> None:
     """Publish a result as a worker does (the same bounded push), waiting while the stream is full."""
     blob = result.to_bytes()
     while True:
         try:
-            push(client, store, result.batch_id, blob, config.MAX_PENDING_RESULTS, timeout=0)
+            push(client, store, result.batch_id, blob, stream_bound(len(result.page_ids)), timeout=0)
             return
         except ResultsFull:
             progress.poll()
