@@ -32,7 +32,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.query import build_store, random_words  # noqa: E402
-from comix_embed.common.checkpoint import file_sha256  # noqa: E402
+from comix_embed.common.digest import file_sha256  # noqa: E402
 from comix_embed.common.store import read_attrs, write_attrs  # noqa: E402
 from comix_embed.common.tokenizer import load_tokenizer  # noqa: E402
 from comix_embed.tools.init_checkpoint import init_checkpoint  # noqa: E402
