@@ -54,3 +54,11 @@ def test_python_paths_in_the_docs_exist() -> None:
             found += 1
             assert module.startswith("comix_embed.") and importlib.util.find_spec(module), f"{doc}: celery -A {module}"
     assert found >= 2  # the README's reader example and its Flower command
+
+
+def test_module_files_named_in_the_docs_exist() -> None:
+    for doc in ("README.md", "ARCHITECTURE.md", "benchmarks/RESULTS.md"):
+        text = (ROOT / doc).read_text(encoding="utf-8")
+        named = set(re.findall(rf"\b((?:{'|'.join(FOLDERS)})/[a-z0-9_/]+\.py)\b", text))  # upper case: a placeholder
+        assert named, doc
+        assert sorted(p for p in named if not (ROOT / p).is_file()) == [], f"{doc} names files that do not exist"
