@@ -90,6 +90,9 @@ def test_recall_at_10_against_exact_search(tmp_path: Path) -> None:
             assert (found[0].row, found[0].panel) == (row, slots[0])
             assert found[0].score == pytest.approx(1.0, abs=2e-3)  # float16 re-ranking
         assert [h.row for h in indexed.like(int(row), 1)] == [row]
+    # keywords through the index's word index: the same counts as exact search, words and phrases
+    for word in ("line", "LINE 1", "é", "ne 20", "1.1", "zzz"):
+        assert indexed.keyword(word, 50) == exact.keyword(word, 50), word
 
 
 def test_incremental_build_adds_only_what_was_committed_since(tmp_path: Path) -> None:
@@ -112,6 +115,8 @@ def test_incremental_build_adds_only_what_was_committed_since(tmp_path: Path) ->
         "pages_000002.f16",
         "panels_000001.f16",
         "panels_000002.f16",
+        "text_000001",
+        "text_000002",
     ]
     indexed = SearchIndex.load(tmp_path)
     assert indexed.covered == PAGES and not len(indexed.exact.page_rows)
@@ -207,7 +212,7 @@ def test_query_with_and_without_the_index(pipeline_store: Path, tmp_path: Path) 
     assert built.returncode == 0, built.stderr
     exact = SearchIndex.load(out, use_index=False)
     page = str(exact.page_ids[int(exact.rows[3])])
-    word = next(w for w in exact.page_texts.texts[int(exact.rows[3])].split() if len(w) > 3)
+    word = next(w for w in exact.page_text(exact.rows[3:4])[0].split() if len(w) > 3)
 
     def ask(*argv: str) -> dict:
         proc = run_cli("query", "--zarr", str(out), *argv, "--json")

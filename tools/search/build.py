@@ -43,6 +43,7 @@ from comix_embed.tools.search.layout import (
     store_identity,
 )
 from comix_embed.tools.search.rows import StoreRows
+from comix_embed.tools.search.text import Postings, plain_text
 
 log = logging.getLogger("comix.index")
 KINDS = ("pages", "panels")
@@ -113,6 +114,9 @@ def build_index(
             )
             if fresh:
                 retrained.append(kind)
+            if kind == "pages":
+                text_before = meta["parts"]["text"]["segments"] if meta is not None else []
+                parts["text"] = {"segments": [*text_before, _write_text(store, folder, number, builder.added_rows)]}
         save_array(generation / "status.npy", store.status)
         new_meta = {
             "format": FORMAT,
@@ -160,6 +164,21 @@ def _report(
     )
 
 
+def _write_text(store: StoreRows, folder: Path, number: int, rows: np.ndarray) -> dict[str, Any]:
+    """The word index of these (searchable) rows' page text, as a new segment; its entry.
+
+    A row's text is in one segment only: rows indexed again are pages `--retry-failed` embedded,
+    whose failed rows had no text indexed (only searchable pages' text is).
+    """
+    name = f"text_{number:06d}"
+    parts = [
+        Postings.of_texts([plain_text(raw).lower() for raw in store.read("page_text", batch)], batch, store.committed)
+        for batch in store.batches(rows)
+    ]
+    Postings.merge(parts, store.committed).save(folder / SEGMENTS / name)
+    return {"file": name, "count": len(rows)}
+
+
 class _PartBuilder:
     """One kind's part of a new generation (pages: one vector a row; panels: one per valid slot)."""
 
@@ -169,6 +188,7 @@ class _PartBuilder:
         self.store, self.folder, self.generation, self.kind = store, folder, generation, kind
         self.number, self.ivf_min, self.progress = number, ivf_min, progress
         self.dim = store.dim
+        self.added_rows = np.empty(0, np.int64)
 
     def build(
         self, previous: Path | None, before: dict[str, Any] | None, changed: np.ndarray, to_add: np.ndarray
@@ -182,6 +202,7 @@ class _PartBuilder:
         else:
             rows, slots = np.empty(0, np.int64), np.empty(0, np.int8)
         segment, new_rows, new_slots = self._write_segment(to_add)
+        self.added_rows = new_rows
         segments.append(segment)
         rows = np.concatenate([rows, new_rows]).astype(np.int64)
         slots = np.concatenate([slots, new_slots]).astype(np.int8)

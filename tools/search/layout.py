@@ -5,6 +5,7 @@
         gen_000003/meta.json    what the generation covers (rows, the store's identity, its parts)
         gen_000003/...          faiss indexes, position -> row (and slot) arrays, status snapshot
         segments/*.f16          float16 unit vectors (re-ranking), written once, shared by generations
+        segments/text_*/        the page text's word index of the rows a build added (text.Postings)
 
 A build writes a new generation folder completely (every file fsynced), then replaces CURRENT:
 a build killed at any instant leaves CURRENT naming the previous, whole generation. What a killed
@@ -97,7 +98,10 @@ def remove_leftovers(folder: Path, keep: Path | None) -> None:
             shutil.rmtree(path, ignore_errors=True)
     for path in (folder / SEGMENTS).glob("*"):
         if path.name not in used:
-            path.unlink(missing_ok=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def segment_files(meta: dict[str, Any]) -> list[str]:

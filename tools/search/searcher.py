@@ -22,11 +22,11 @@ import numpy as np
 from comix_embed.common.errors import UsageError
 from comix_embed.tools.search.ann import AnnPart
 from comix_embed.tools.search.exact import DEFAULT_PANEL_MEMORY, ExactPart
-from comix_embed.tools.search.layout import current_generation, index_dir, read_meta, store_identity
+from comix_embed.tools.search.layout import SEGMENTS, current_generation, index_dir, read_meta, store_identity
 from comix_embed.tools.search.lookup import PageLookup
 from comix_embed.tools.search.ranking import Candidates, Hit
 from comix_embed.tools.search.rows import LOAD_ROWS, SEARCHABLE, StoreRows
-from comix_embed.tools.search.text import TextIndex, plain_text, snippet
+from comix_embed.tools.search.text import Postings, TextIndex, count_matches, plain_text, snippet
 
 log = logging.getLogger("comix.search")
 
@@ -48,6 +48,7 @@ class SearchIndex:
         self.covered = 0
         self.changed = np.empty(0, np.int64)
         self.ann: dict[str, AnnPart] = {}
+        self._text_segments: list[dict[str, Any]] = []
         if use_index:
             self._open_index()
         delta = np.union1d(self.changed, np.arange(self.covered, self.committed)).astype(np.int64)
@@ -74,6 +75,7 @@ class SearchIndex:
         self.covered = min(int(meta["rows"]), self.committed)
         indexed_status = np.load(generation / "status.npy")[: self.covered]
         self.changed = np.flatnonzero(self.status[: self.covered] != indexed_status).astype(np.int64)
+        self._text_segments = meta["parts"]["text"]["segments"]
         faiss.omp_set_num_threads(1)  # queries: one thread each (shared 2-core machines, serve's threads)
         self.ann = {
             kind: AnnPart(folder, generation, kind, meta["parts"][kind], self.store.dim) for kind in ("pages", "panels")
@@ -194,13 +196,26 @@ class SearchIndex:
     # --- keywords ---
 
     @cached_property
-    def page_texts(self) -> TextIndex:
-        """Plain page text of searchable rows (strings joined as the model saw them) and its word index."""
-        texts = [""] * self.committed
-        for batch in self.store.batches(self.rows, LOAD_ROWS):
-            for r, raw in zip(batch, self.store.read("page_text", batch)):
-                texts[r] = plain_text(raw)
-        return TextIndex(texts)
+    def keywords(self) -> list[Postings]:
+        """The word indexes of the searchable pages' text: the index's segments (memory-mapped)
+        and one over the rows they do not cover (every row, without an index), in memory."""
+        found = []
+        if self.generation is not None:
+            folder = index_dir(self.path)
+            for segment in self._text_segments:
+                found.append(Postings.load(folder / SEGMENTS / segment["file"], self.committed))
+        rows = self.exact.page_rows
+        lower = [t.lower() for t in self.page_text(rows)]
+        found.append(Postings.of_texts(lower, rows, self.committed))
+        return found
+
+    def page_text(self, rows: np.ndarray) -> list[str]:
+        """Plain page text (strings joined as the model saw them) of sorted rows, read in batches."""
+        return [
+            plain_text(raw)
+            for batch in self.store.batches(rows, LOAD_ROWS)
+            for raw in self.store.read("page_text", batch)
+        ]
 
     @cached_property
     def panel_texts(self) -> tuple[TextIndex, np.ndarray, np.ndarray]:
@@ -221,9 +236,10 @@ class SearchIndex:
         """Pages (or panels) by how often `word` occurs in their text, case-insensitive; ties by row."""
         if panels:
             index, rows, slots = self.panel_texts
+            counts = index.counts(word)
         else:
-            index, rows, slots = self.page_texts, np.arange(self.committed), None
-        counts = index.counts(word)
+            rows, slots = np.arange(self.committed), None
+            counts = count_matches(word, self.keywords, lambda docs: [t.lower() for t in self.page_text(docs)])
         found = np.flatnonzero(counts)
         candidates = Candidates(
             counts[found].astype(np.float32),
@@ -235,14 +251,10 @@ class SearchIndex:
     # --- describing hits ---
 
     def texts_of(self, hits: list[Hit]) -> list[str]:
-        """The plain text each hit is about: its panel's, else its page's (read for the hits
-        alone, unless the page text index is already loaded)."""
+        """The plain text each hit is about: its panel's, else its page's (read for the hits alone)."""
         rows = [h.row for h in hits]
         panels = self.store.cells("text_content", rows, [h.panel or 0 for h in hits])
-        if "page_texts" in self.__dict__:
-            pages = [self.page_texts.texts[r] for r in rows]
-        else:
-            pages = [plain_text(t) for t in self.store.cells("page_text", rows)]
+        pages = [plain_text(t) for t in self.store.cells("page_text", rows)]
         return [pages[i] if h.panel is None else plain_text(panels[i]) for i, h in enumerate(hits)]
 
     def describe(self, hits: list[Hit], keyword: str | None = None) -> list[dict[str, Any]]:

@@ -101,7 +101,7 @@ class ServedStore:
         """The index with everything a query needs already built (see the module's docstring)."""
         index = SearchIndex.load(self.path, self.panel_memory)
         index.load_panels()
-        _ = index.page_texts  # the keyword index
+        _ = index.keywords  # the keyword index
         if index.committed:
             index.find_row(str(index.page_ids[0]))  # builds the id lookup of `like`
         return index
