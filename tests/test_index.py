@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import zarr
 
+from comix_embed.cli import main
 from comix_embed.common.child import cli_argv
 from comix_embed.common.jobs import Job
 from comix_embed.common.results import STATUS_FAILED, STATUS_OK
@@ -204,7 +205,9 @@ def test_a_killed_build_leaves_the_previous_index_in_use(tmp_path: Path) -> None
     assert SearchIndex.load(tmp_path).covered == committed
 
 
-def test_query_with_and_without_the_index(pipeline_store: Path, tmp_path: Path) -> None:
+def test_query_with_and_without_the_index(
+    pipeline_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """On a pipeline store: `query` says which index it used; the top hits agree with exact search."""
     out = tmp_path / "out"
     shutil.copytree(pipeline_store, out, ignore=shutil.ignore_patterns("logs"))
@@ -215,9 +218,10 @@ def test_query_with_and_without_the_index(pipeline_store: Path, tmp_path: Path) 
     word = next(w for w in exact.page_text(exact.rows[3:4])[0].split() if len(w) > 3)
 
     def ask(*argv: str) -> dict:
-        proc = run_cli("query", "--zarr", str(out), *argv, "--json")
-        assert proc.returncode == 0, proc.stderr
-        return json.loads(proc.stdout)
+        code = main(["query", "--zarr", str(out), *argv, "--json"])
+        printed = capsys.readouterr()
+        assert code == 0, printed.err
+        return json.loads(printed.out)
 
     for mode in (("--like", page), ("--like", page, "--panels"), ("--keyword", word)):
         with_index, without = ask(*mode), ask(*mode, "--no-index")

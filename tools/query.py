@@ -26,9 +26,9 @@ with `--keyword` the panels whose text holds the word; with `--image` the panels
 image's panel embedding.
 
 Only committed rows are searched; failed pages never appear. `--json` prints one object:
-`{store, query, mode, panels, committed_rows, searchable_pages, results: [{rank, score, page_id,
-series, page_num, row, panel, manifest_path, snippet}]}` (`comix-embed serve` answers with the
-same object). Exit 2 on bad usage (unknown page, missing or foreign checkpoint, unreadable image).
+`{store, query, mode, panels, committed_rows, searchable_pages, index_generation (null: none used),
+indexed_rows, results: [{rank, score, page_id, series, page_num, row, panel, manifest_path,
+snippet}]}` (`comix-embed serve` answers with the same object). Exit 2 on bad usage (unknown page, missing or foreign checkpoint, unreadable image).
 
 With an index beside the store (`comix-embed index`, tools/search/), pages and panels are found
 through it, and rows committed (or changed by `--retry-failed`) since it was built are searched

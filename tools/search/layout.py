@@ -66,6 +66,15 @@ def current_generation(folder: Path) -> Path | None:
     return path
 
 
+def generation_in_use(store: Path) -> int | None:
+    """The number of the generation CURRENT names (None: no index); one small file read."""
+    try:
+        name = (index_dir(store) / CURRENT).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    return int(name.removeprefix("gen_"))
+
+
 def read_meta(generation: Path) -> dict[str, Any]:
     with open(generation / META, encoding="utf-8") as fh:
         meta: dict[str, Any] = json.load(fh)
