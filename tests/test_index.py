@@ -184,6 +184,7 @@ def test_a_killed_build_leaves_the_previous_index_in_use(tmp_path: Path) -> None
         if current(tmp_path) == "gen_000001":
             proc.kill()
             proc.wait(timeout=60)
+            proc.stderr.close()
             break
         os.kill(proc.pid, signal.SIGCONT)
         assert proc.wait(timeout=300) == 0

@@ -64,10 +64,14 @@ class SearchIndex:
 
     def _open_index(self) -> None:
         folder = index_dir(self.path)
-        generation = current_generation(folder)
-        if generation is None:
+        try:
+            generation = current_generation(folder)
+            meta = read_meta(generation) if generation is not None else None
+        except UsageError as exc:
+            log.warning("the index beside the store is unusable (%s): searching exactly", exc)
             return
-        meta = read_meta(generation)
+        if generation is None or meta is None:
+            return
         if meta["store"] != store_identity(self.attrs):
             log.warning("%s is the index of another store (or model): searching exactly; build it again", folder)
             return
