@@ -38,12 +38,12 @@ IVF_MIN = 1000
 class Store:
     """An output folder whose synthetic job the writer commits batch range by batch range."""
 
-    def __init__(self, out: Path, pages: int = PAGES) -> None:
+    def __init__(self, out: Path, pages: int = PAGES, checkpoint: str = synthetic.CHECKPOINT_A) -> None:
         self.out = out
         job, _ = synthetic.plan(out, synthetic.make_pages(pages), BATCH)
         assert job is not None
         self.job: Job = job
-        self.model = synthetic.model_info()
+        self.model = synthetic.model_info(checkpoint=checkpoint)
 
     def commit(self, first_row: int, stop_row: int) -> None:
         with StoreWriter(self.out, fsync=False) as writer:
@@ -232,3 +232,23 @@ def test_query_with_and_without_the_index(
         assert with_index["results"][0]["score"] == pytest.approx(without["results"][0]["score"], abs=2e-3)
         assert {r["page_id"] for r in with_index["results"][:3]} == {r["page_id"] for r in without["results"][:3]}
     assert ask("--keyword", word)["results"] == ask("--keyword", word, "--no-index")["results"]
+
+
+def test_an_unreadable_index_is_searched_around(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A damaged index file, or an index of another store, is never used: exact search, with a warning."""
+    store = Store(tmp_path, pages=400)
+    store.commit(0, 400)
+    build_index(tmp_path)
+    exact = SearchIndex.load(tmp_path, use_index=False)
+    row = int(exact.rows[0])
+    (index_dir(store.path) / current(tmp_path) / "panels.faiss").write_bytes(b"not an index")
+    damaged = SearchIndex.load(tmp_path)
+    assert damaged.generation is None and "panels.faiss" not in str(damaged.ann)
+    assert "cannot be read" in caplog.text and "searching exactly" in caplog.text
+    assert damaged.like(row, 5) == exact.like(row, 5)
+    shutil.rmtree(store.path)  # the same output folder, a new store of another model
+    Store(tmp_path, pages=400, checkpoint=synthetic.CHECKPOINT_B).commit(0, 400)
+    caplog.clear()
+    assert SearchIndex.load(tmp_path).generation is None
+    assert "index of another store" in caplog.text
+    assert build_index(tmp_path).generation == 2  # built afresh, as the next generation

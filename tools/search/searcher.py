@@ -75,15 +75,22 @@ class SearchIndex:
         if meta["store"] != store_identity(self.attrs):
             log.warning("%s is the index of another store (or model): searching exactly; build it again", folder)
             return
-        self.generation = int(meta["generation"])
-        self.covered = min(int(meta["rows"]), self.committed)
-        indexed_status = np.load(generation / "status.npy")[: self.covered]
-        self.changed = np.flatnonzero(self.status[: self.covered] != indexed_status).astype(np.int64)
-        self._text_segments = meta["parts"]["text"]["segments"]
         faiss.omp_set_num_threads(1)  # queries: one thread each (shared 2-core machines, serve's threads)
-        self.ann = {
-            kind: AnnPart(folder, generation, kind, meta["parts"][kind], self.store.dim) for kind in ("pages", "panels")
-        }
+        try:
+            covered = min(int(meta["rows"]), self.committed)
+            indexed_status = np.load(generation / "status.npy")[:covered]
+            ann = {
+                kind: AnnPart(folder, generation, kind, meta["parts"][kind], self.store.dim)
+                for kind in ("pages", "panels")
+            }
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:  # faiss raises RuntimeError for a bad file
+            log.warning("%s cannot be read (%s): searching exactly; build the index again", generation, exc)
+            return
+        self.generation = int(meta["generation"])
+        self.covered = covered
+        self.changed = np.flatnonzero(self.status[:covered] != indexed_status).astype(np.int64)
+        self._text_segments = meta["parts"]["text"]["segments"]
+        self.ann = ann
 
     # --- what the store holds ---
 
