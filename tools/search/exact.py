@@ -36,14 +36,6 @@ class ExactPart:
         self._panels: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._panel_count: int | None = None
 
-    def holds(self, row: int) -> bool:
-        """Whether `row` is one of this part's searchable pages."""
-        at = int(np.searchsorted(self.page_rows, row))
-        return at < len(self.page_rows) and int(self.page_rows[at]) == row
-
-    def page_vector(self, row: int) -> np.ndarray:
-        return np.asarray(self.pages[int(np.searchsorted(self.page_rows, row))])
-
     def panel_bytes(self) -> int:
         """Memory the panel matrix needs: 4*d bytes per valid panel of a searchable page."""
         if not len(self.page_rows):
