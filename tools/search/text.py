@@ -98,8 +98,9 @@ class Postings:
         )
         return cls(vocab, start, doc, count, total)
 
-    def word_counts(self, q: str) -> np.ndarray:
-        """Occurrences of a lower-cased query of word characters only, per document."""
+    def word_hits(self, q: str) -> tuple[np.ndarray, np.ndarray]:
+        """(documents, occurrences there) of a lower-cased query of word characters only; a
+        document may come more than once (once per word that holds the query)."""
         hits = np.fromiter((m.start() for m in re.finditer(re.escape(q), self.vocab)), dtype=np.int64)
         words, per_word = np.unique(np.searchsorted(self.offsets, hits, side="right") - 1, return_counts=True)
         starts = self.word_start[words]
@@ -108,7 +109,7 @@ class Postings:
         weights = self.post_count[postings] * np.repeat(per_word, lens)
         docs = self.post_doc[postings]
         keep = docs < self.docs  # an index built after the reader's snapshot holds rows past it
-        return np.bincount(docs[keep], weights=weights[keep], minlength=self.docs).astype(np.int64)
+        return docs[keep], weights[keep]
 
 
 def count_matches(query: str, postings: list[Postings], texts: Callable[[np.ndarray], list[str]]) -> np.ndarray:
@@ -124,14 +125,18 @@ def count_matches(query: str, postings: list[Postings], texts: Callable[[np.ndar
     q = query.lower()
     if not q.strip():
         raise UsageError("--keyword: give a non-empty word")
-    if _WORD.fullmatch(q):
-        return np.sum([p.word_counts(q) for p in postings], axis=0)
-    parts = _WORD.findall(q)
     docs = postings[0].docs
+
+    def word_counts(word: str) -> np.ndarray:  # one pass over the documents, however many indexes
+        found = [p.word_hits(word) for p in postings]
+        at, weights = np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
+        return np.bincount(at, weights=weights, minlength=docs).astype(np.int64)
+
+    if _WORD.fullmatch(q):
+        return word_counts(q)
     candidates = np.arange(docs)
-    for part in parts:
-        held = np.sum([p.word_counts(part) for p in postings], axis=0)
-        candidates = np.intersect1d(candidates, np.flatnonzero(held))
+    for part in _WORD.findall(q):
+        candidates = np.intersect1d(candidates, np.flatnonzero(word_counts(part)))
     out = np.zeros(docs, dtype=np.int64)
     for doc, text in zip(candidates, texts(candidates)):
         out[doc] = text.count(q)
