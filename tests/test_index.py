@@ -1,5 +1,7 @@
-"""The search index beside a store (`comix-embed index`): recall against exact search, incremental
-builds, never-stale merging of rows committed or changed since, and a build killed midway.
+"""The search index beside a store (`comix-embed index`): recall, incremental builds, never stale, a killed build.
+
+Recall is measured against exact search; never stale means rows committed or changed (by
+`--retry-failed`) after a build are found, searched exactly and merged in.
 
 Stores are real: written by the writer (StoreWriter) from tests/synthetic.py's results, or made
 by `comix-embed run` (the pipeline store, copied so that other tests keep searching it exactly).
