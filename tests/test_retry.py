@@ -10,22 +10,26 @@ retried rows puts them back as they were when it starts again.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import zarr
 
+from comix_embed.common.identity import identity_of
 from comix_embed.common.manifests import manifest_dir
-from comix_embed.common.results import RESULT_ARRAYS, STATUS_FAILED, STATUS_OK
-from comix_embed.common.retries import RETRY_INFLIGHT, retry_manifest_ids
-from comix_embed.common.store import row_arrays, store_path
+from comix_embed.common.results import RESULT_ARRAYS, STATUS_FAILED, STATUS_OK, failed_result
+from comix_embed.common.retries import RETRY_INFLIGHT, retry_manifest_file, retry_manifest_ids
+from comix_embed.common.store import read_attrs, row_arrays, store_path
+from comix_embed.producer.retry import prepare
 from comix_embed.tools.sample.corpus import make_sample
 from comix_embed.writer import retry
 from comix_embed.writer.commit import StoreWriter
 from tests.conftest import run_cli
-from tests.harness import assert_same_store, store_arrays
+from tests.harness import assert_same_store, enqueue_argv, store_arrays, wait_committed, worker, writer
 
 
 def _run(ckpt: Path, corpus: Path, out: Path, *extra: str):
@@ -130,7 +134,9 @@ def test_retry_failed_embeds_the_failed_row_and_changes_nothing_else(tiny_checkp
     assert flagged.returncode == 1 and "statuses in the store" in flagged.stdout, flagged.stdout
 
 
-def test_a_retry_killed_mid_write_puts_the_failed_rows_back(tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_a_retry_killed_mid_write_puts_the_failed_rows_back_and_a_redelivery_changes_nothing(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     corpus, _image, _aside = _missing_image_corpus(tmp_path)
     out = tmp_path / "out"
     assert _run(tiny_checkpoint, corpus, out).returncode == 3
@@ -153,3 +159,56 @@ def test_a_retry_killed_mid_write_puts_the_failed_rows_back(tiny_checkpoint: Pat
     after = store_arrays(out)
     for name in before:
         assert before[name].tolist() == after[name].tolist(), name
+
+    # a retry batch committed, then delivered again: the second changes nothing
+    args = argparse.Namespace(
+        output_dir=out,
+        list=corpus / "list.txt",
+        dataspec_root=corpus,
+        image_root=[corpus / "images"],
+        path_map=[],
+        batch_size=4,
+    )
+    plan = prepare(args, identity_of(read_attrs(store_path(out))))
+    assert plan is not None and plan.round.rows == [[row]]
+    (batch,) = plan.round.batch_ids()
+    result = failed_result(
+        plan.round.job_id, batch, row, plan.round.page_ids[0], ["again"], plan.round.model.to_dict(), [""]
+    )
+    result.rows = [row]
+    with StoreWriter(out, fsync=False) as writer:
+        assert writer.commit([result])[0].committed
+        once = store_arrays(out)
+        manifest = retry_manifest_file(store_path(out), batch).read_bytes()
+        assert not writer.commit([result])[0].committed
+    assert retry_manifest_file(store_path(out), batch).read_bytes() == manifest
+    twice = store_arrays(out)
+    assert once["error"][row] == "again" and once["status"][row] == STATUS_FAILED
+    for name in once:
+        assert once[name].tolist() == twice[name].tolist(), name
+
+
+def test_enqueue_retry_failed_with_a_separate_writer(tiny_checkpoint: Path, tmp_path: Path, broker) -> None:
+    corpus, image, aside = _missing_image_corpus(tmp_path)
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    procs = [worker(tiny_checkpoint, broker.url, logs, "w0"), writer(out, broker.url, logs)]
+    try:
+        sent = run_cli(*enqueue_argv(corpus, out, broker.url, tiny_checkpoint))
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        wait_committed(out, 10, 300, procs)
+        shutil.move(aside, image)
+        retried = run_cli(*enqueue_argv(corpus, out, broker.url, tiny_checkpoint), "--retry-failed")
+        assert retried.returncode == 0, retried.stdout + retried.stderr
+        assert "retry_000001 (planned): 1 failed pages in 1 retry batches, 1 to send" in retried.stdout
+        assert "retry batches sent: 1" in retried.stdout
+        deadline = time.monotonic() + 300
+        while not retry_manifest_ids(store_path(out)):
+            assert time.monotonic() < deadline and all(p.proc.poll() is None for p in procs), procs[1].text()[-3000:]
+            time.sleep(0.2)
+        status = store_arrays(out)["status"]
+        assert STATUS_FAILED not in status.tolist()
+        none = run_cli(*enqueue_argv(corpus, out, broker.url, tiny_checkpoint), "--retry-failed")
+        assert none.returncode == 0 and "no failed pages" in none.stdout, none.stdout + none.stderr
+    finally:
+        for p in procs:
+            p.stop()
