@@ -8,6 +8,8 @@ manifest), not only the current list's, skipping those sent within the last visi
 (`--resend` sends them all, and gives batches refused or lost before new attempts): that is how
 anything lost anywhere (a flushed or restarted Redis, a task dropped at fetch) is recovered.
 Batches sent before go ahead of new ones. The store and its manifests are the truth, never Redis.
+With `--retry-failed` it plans (or resumes) a retry round of the store's failed pages and sends
+that instead (producer/retry.py).
 """
 
 from __future__ import annotations
