@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from comix_embed.common import config, deliveries
 from comix_embed.common.jobs import load_jobs
+from comix_embed.common.manifests import store_owed
 from comix_embed.common.messages import ModelIdentity
 from comix_embed.common.results_channel import connect, store_id
 from comix_embed.common.retries import retry_manifest_ids, scan_retry_manifests
@@ -42,7 +43,11 @@ log = logging.getLogger("comix.run")
 
 
 def run_retry(args: argparse.Namespace, identity: ModelIdentity) -> int:
-    plan = retry.prepare(args, bind_model(args, load_jobs(args.output_dir), identity))
+    jobs = load_jobs(args.output_dir)
+    plan = retry.prepare(args, bind_model(args, jobs, identity))
+    owed = sum(len(b) for b in store_owed(store_path(args.output_dir), jobs).values())
+    if owed:
+        print(f"note: the store's jobs still owe {owed} batches: run without --retry-failed to finish them", flush=True)
     if plan is None:
         print(f"{retry.NO_FAILED} in {store_path(args.output_dir)}", flush=True)
         return EXIT_OK

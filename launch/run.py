@@ -42,6 +42,7 @@ from comix_embed.common.jobs import Job, load_jobs
 from comix_embed.common.manifests import manifest_file, manifest_ids, owed_batches, scan_manifests
 from comix_embed.common.messages import ModelIdentity
 from comix_embed.common.results_channel import connect, results_key
+from comix_embed.common.retries import failed_now
 from comix_embed.common.store import read_committed_rows, store_path
 from comix_embed.common.tokenizer import load_tokenizer
 from comix_embed.consumers.settings import ready_key
@@ -204,7 +205,7 @@ def _last_commit(output_dir: Path) -> float:
 
 def _failed_pages(output_dir: Path) -> int:
     found, _ = scan_manifests(store_path(output_dir))
-    return sum(m.get("statuses", {}).get("failed", 0) for m in found.values())
+    return failed_now(store_path(output_dir), found)[0]
 
 
 def _registered_rows(jobs: list[Job]) -> int:

@@ -26,7 +26,7 @@ from comix_embed.common.jobs import Job, load_jobs
 from comix_embed.common.manifests import MANIFEST_PATTERN, manifest_dir, owed_batches, scan_manifests
 from comix_embed.common.messages import ModelIdentity
 from comix_embed.common.results_channel import connect, results_key, store_id
-from comix_embed.common.retries import owed_retries, retried_rows, scan_retry_manifests
+from comix_embed.common.retries import failed_now, owed_retries
 from comix_embed.common.store import read_attrs, store_path
 
 RATE_WINDOW = 50  # most recent manifests the rate is measured over
@@ -100,9 +100,8 @@ def collect(output_dir: Path, broker: str | None) -> dict:
     registered = sum(len(j.pages) for j in jobs)
     batch_pages = {b: end - start for j in jobs for b, start, end in j.batches()}
     done = sum(batch_pages.get(b, 0) for b in found)
-    retried = retried_rows(scan_retry_manifests(path)[0])
+    failed, retried = failed_now(path, found)
     embedded_again = sum(1 for st in retried.values() if st != "failed")
-    failed = sum(m.get("statuses", {}).get("failed", 0) for m in found.values()) - embedded_again
     owed_retry = owed_retries(output_dir, path)
     rate = _rate(manifest_dir(path), batch_pages) if found else None
     owed = owed_batches(jobs, found)

@@ -97,6 +97,8 @@ def test_retry_failed_embeds_the_failed_row_and_changes_nothing_else(tiny_checkp
 
     none = _run(tiny_checkpoint, corpus, out, "--retry-failed")
     assert none.returncode == 0 and "no failed pages" in none.stdout, none.stdout + none.stderr
+    plain = _run(tiny_checkpoint, corpus, out)  # the store has no failed page any more
+    assert plain.returncode == 0 and "already committed" in plain.stdout, plain.stdout + plain.stderr
 
     status = run_cli("status", "--output-dir", str(out), "--broker", "redis://127.0.0.1:6399/0")
     assert "retries: 2 round(s); 1 failed pages retried, 1 now embedded, 0 still failed" in status.stdout, (
