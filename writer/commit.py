@@ -270,6 +270,7 @@ class StoreWriter:
 
         Raises ModelMismatch, InvalidResult or CheckFailed before writing anything of the call;
         CheckFailed from --write-check after writing, in which case no manifest is written.
+        Retry batches are committed first, each on its own (whole, or restored).
         """
         fresh: dict[int, BatchResult] = {}
         retried: dict[int, dict[str, int]] = {}

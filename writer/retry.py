@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +43,12 @@ def runs(rows: list[int]) -> list[tuple[int, int, int]]:
     return out
 
 
-def read_rows(arrays: dict[str, zarr.Array], rows: list[int]) -> dict[str, np.ndarray]:
-    """Every result array's values at `rows` (sorted), read run by run."""
+def read_rows(
+    arrays: dict[str, zarr.Array], rows: list[int], names: Iterable[str] = RESULT_ARRAYS
+) -> dict[str, np.ndarray]:
+    """The values of result arrays (all, or `names`) at `rows` (sorted), read run by run."""
     out = {}
-    for name in RESULT_ARRAYS:
+    for name in names:
         parts = [np.asarray(arrays[name][s:e]) for s, e, _ in runs(rows)]
         out[name] = np.concatenate(parts) if parts else np.asarray(arrays[name][0:0])
     return out
@@ -115,7 +117,7 @@ def commit_retry(
     """Overwrite the batch's rows that are failed now with `data` (the result's prepared arrays,
     in the round's row order); the manifest written and the audit records of the rows written."""
     rows = rnd.batch_rows(result.batch_id)
-    now = read_rows(arrays, rows)["status"]
+    now = read_rows(arrays, rows, ["status"])["status"]
     keep = [i for i, s in enumerate(now.tolist()) if s == STATUS_FAILED]
     written = [rows[i] for i in keep]
     skipped = [rows[i] for i in range(len(rows)) if i not in set(keep)]
