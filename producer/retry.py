@@ -20,8 +20,9 @@ import zarr
 
 from comix_embed.common import config, deliveries
 from comix_embed.common.celery_app import configure
+from comix_embed.common.digest import file_sha256
 from comix_embed.common.errors import UsageError
-from comix_embed.common.jobs import Job, file_sha256, iter_tasks, load_jobs, planning_lock, write_tasks
+from comix_embed.common.jobs import Job, iter_tasks, load_jobs, planning_lock, write_tasks
 from comix_embed.common.listfile import read_list
 from comix_embed.common.manifests import manifest_rows, scan_manifests
 from comix_embed.common.messages import TASK_FORMAT, ModelIdentity, TaskPayload

@@ -21,7 +21,6 @@ A retry batch (`--retry-failed`, common/retries.py) is committed apart, by `writ
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
 import shutil
@@ -38,6 +37,7 @@ from comix_embed.common import config, store
 from comix_embed.common.errors import UsageError
 from comix_embed.common.identity import check_same_model, identity_of, is_legacy_tokenizer, tokenizers_match
 from comix_embed.common.jobs import Job, JobPage, load_jobs
+from comix_embed.common.locks import try_lock
 from comix_embed.common.manifests import committed_prefix, make_manifest, manifest_rows, owed_batches, read_inflight
 from comix_embed.common.messages import ModelIdentity
 from comix_embed.common.results import (
@@ -147,14 +147,10 @@ class StoreWriter:
 
     def _lock(self) -> None:
         path = self.output_dir / config.WRITER_LOCK_NAME
-        fh = open(path, "a+")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "?"
-            fh.close()
-            raise WriterLocked(f"another writer (pid {holder}) holds {path}: one writer per store") from None
+        fh = try_lock(path)
+        if fh is None:
+            holder = path.read_text().strip() or "?"
+            raise WriterLocked(f"another writer (pid {holder}) holds {path}: one writer per store")
         fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))
