@@ -297,3 +297,9 @@ def give_new_attempts(client: redis.Redis, store: str, batches: list[int]) -> No
         for key in (LOST, REFUSALS, REFUSAL_REASON, GIVEN_UP):
             pipe.hdel(key.format(store=store), *batches)
         pipe.execute()
+
+
+def forget_crashes(client: redis.Redis, store: str, rows: list[int]) -> None:
+    """A user's retry of these rows (`--retry-failed`): a crash recorded for them no longer fails them."""
+    if rows:
+        client.hdel(CRASHED.format(store=store), *rows)

@@ -305,6 +305,7 @@ class Embedder:
             arrays=arrays,
             model=self.identity.to_dict(),
             timings=timings,
+            rows=[t.row for t in tasks],
         )
 
     def close(self) -> None:

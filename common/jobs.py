@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -98,8 +98,20 @@ class Job:
     def page(self, row: int) -> JobPage:
         return self.pages[row - self.start_row]
 
+    def batch_count(self) -> int:
+        return len(self.batches())
+
     def to_json(self) -> dict[str, Any]:
         return msgspec.to_builtins(self)
+
+
+class KeepsTasks(Protocol):
+    """What keeps task payloads beside its file: a job, or a retry round (common/retries.py)."""
+
+    job_id: str
+    first_batch: int
+
+    def batch_count(self) -> int: ...
 
 
 def jobs_dir(output_dir: str | os.PathLike[str]) -> Path:
@@ -160,7 +172,7 @@ def has_tasks(output_dir: str | os.PathLike[str], job_id: str) -> bool:
     return tasks_paths(output_dir, job_id)[1].is_file()
 
 
-def write_tasks(output_dir: str | os.PathLike[str], job: Job, payloads: Iterable[TaskPayload]) -> None:
+def write_tasks(output_dir: str | os.PathLike[str], job: KeepsTasks, payloads: Iterable[TaskPayload]) -> None:
     """Keep every batch's payload, in batch order: lines first, then the index renamed into place
     last (an index exists only beside complete lines)."""
     lines_path, index_path = tasks_paths(output_dir, job.job_id)
@@ -178,14 +190,14 @@ def write_tasks(output_dir: str | os.PathLike[str], job: Job, payloads: Iterable
         for fh in (lines, index):
             fh.flush()
             os.fsync(fh.fileno())
-    if count != len(job.batches()):
-        raise ValueError(f"{count} task payloads for the {len(job.batches())} batches of {job.job_id}")
+    if count != job.batch_count():
+        raise ValueError(f"{count} task payloads for the {job.batch_count()} batches of {job.job_id}")
     os.replace(tmp_lines, lines_path)
     os.replace(tmp_index, index_path)
     fsync_dir(lines_path.parent)
 
 
-def iter_tasks(output_dir: str | os.PathLike[str], job: Job) -> Iterator[TaskPayload] | None:
+def iter_tasks(output_dir: str | os.PathLike[str], job: KeepsTasks) -> Iterator[TaskPayload] | None:
     """Every batch's payload in order, read as a stream; None when the job keeps none (format 1)."""
     lines_path, index_path = tasks_paths(output_dir, job.job_id)
     if not index_path.is_file():
@@ -199,7 +211,7 @@ def iter_tasks(output_dir: str | os.PathLike[str], job: Job) -> Iterator[TaskPay
     return lines()
 
 
-def read_task(output_dir: str | os.PathLike[str], job: Job, batch_id: int) -> TaskPayload | None:
+def read_task(output_dir: str | os.PathLike[str], job: KeepsTasks, batch_id: int) -> TaskPayload | None:
     """One batch's payload, read by seeking; None when the job keeps none (format 1)."""
     lines_path, index_path = tasks_paths(output_dir, job.job_id)
     if not index_path.is_file():
@@ -256,7 +268,7 @@ def plan_job(
     output_dir = Path(output_dir)
     store = output_dir / config.STORE_NAME
     sha = file_sha256(list_path)
-    with _jobs_lock(output_dir):
+    with planning_lock(output_dir):
         jobs = load_jobs(output_dir)
         for job in jobs:
             if job.list_sha256 == sha:
@@ -309,8 +321,8 @@ def utc_now() -> str:
 
 
 @contextmanager
-def _jobs_lock(output_dir: Path) -> Iterator[None]:
-    """Two producers planning at once would give two jobs the same rows: serialise them."""
+def planning_lock(output_dir: Path) -> Iterator[None]:
+    """Two producers planning at once would give two jobs (or retry rounds) the same rows or ids: serialise them."""
     folder = jobs_dir(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     with held_lock(folder / ".plan.lock"):

@@ -24,7 +24,7 @@ import msgspec
 from comix_embed.common.pages import PageTask
 
 TASK_FORMAT = 2  # 1: no `v`, no `model`
-RESULT_FORMAT = 2  # 1: no `v`, no `tokenizer_legacy` in the model
+RESULT_FORMAT = 3  # 1: no `v`, no `tokenizer_legacy` in the model; 2: no `rows`
 JOB_FORMAT = 2  # 1: no `format`, no `model`, no tasks file
 
 T = TypeVar("T")
@@ -74,7 +74,8 @@ class ArrayData(msgspec.Struct, omit_defaults=True):
 
 
 class ResultEnvelope(msgspec.Struct, kw_only=True):
-    """Rows [start, start + len(page_ids)) of one job as a worker computed them."""
+    """Rows [start, start + len(page_ids)) of one job as a worker computed them; a retry batch's
+    rows, which need not be contiguous, are listed in `rows` (empty: the contiguous range)."""
 
     job: str
     batch_id: int
@@ -83,6 +84,7 @@ class ResultEnvelope(msgspec.Struct, kw_only=True):
     arrays: dict[str, ArrayData]
     model: ModelIdentity
     timings: dict[str, float] = msgspec.field(default_factory=dict)
+    rows: list[int] = msgspec.field(default_factory=list)
     v: int = 1
 
 

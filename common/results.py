@@ -64,10 +64,15 @@ class BatchResult:
     arrays: dict[str, np.ndarray]
     model: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    rows: list[int] = field(default_factory=list)  # each page's row (empty: from `start` on)
 
     @property
     def end(self) -> int:
         return self.start + len(self.page_ids)
+
+    def row_list(self) -> list[int]:
+        """Each page's row: `rows`, or the contiguous range from `start`."""
+        return list(self.rows) if self.rows else list(range(self.start, self.end))
 
     def to_bytes(self) -> bytes:
         from comix_embed.common.identity import identity_of
@@ -91,6 +96,7 @@ class BatchResult:
             arrays=packed,
             model=identity_of(self.model),
             timings=self.timings,
+            rows=list(self.rows),
         )
         return msgspec.msgpack.encode(envelope)
 
@@ -118,6 +124,7 @@ class BatchResult:
             arrays=arrays,
             model=env.model.to_dict(),
             timings=env.timings,
+            rows=list(env.rows),
         )
 
 

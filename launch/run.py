@@ -7,6 +7,8 @@ the broker lost, and stops everything when `committed_rows` covers every registe
 Ctrl-C or on a failure. Run again after a crash, it resumes: only the batches without a manifest
 are embedded, of this list's job and of any earlier one.
 
+With `--retry-failed` it embeds again the store's failed pages instead (`retry_run.py`).
+
 Exit status: 0 every page ok; 3 done, some pages failed (each recorded in the store and the audit
 log; a batch lost COMIX_MAX_ATTEMPTS times is committed as failed pages); 2 bad usage or
 configuration; 1 anything else (a child process failed, or a batch's results were refused
@@ -26,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +42,7 @@ from comix_embed.common.jobs import Job, load_jobs
 from comix_embed.common.manifests import manifest_file, manifest_ids, owed_batches, scan_manifests
 from comix_embed.common.messages import ModelIdentity
 from comix_embed.common.results_channel import connect, results_key
+from comix_embed.common.retries import failed_now
 from comix_embed.common.store import read_committed_rows, store_path
 from comix_embed.common.tokenizer import load_tokenizer
 from comix_embed.consumers.settings import ready_key
@@ -153,7 +157,7 @@ def _worker_plan(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
     return [("cpu", {})] * (args.workers or max(1, os.cpu_count() or 1))
 
 
-def _wait_for_workers(client, names: list[str], children: Children, timeout: float = 600) -> None:
+def wait_for_workers(client, names: list[str], children: Children, timeout: float = 600) -> None:
     """Until every worker's pool process has loaded its model, so timing starts with real work."""
     keys = [ready_key(n) for n in names]
     deadline = time.monotonic() + timeout
@@ -174,7 +178,7 @@ def _owed(jobs: list[Job], output_dir: Path) -> set[int]:
     return {b for batches in owed_batches(jobs, manifest_ids(store_path(output_dir))).values() for b in batches}
 
 
-def _lost_work(client, store: str, identity: ModelIdentity) -> bool:
+def lost_work(client, store: str, identity: ModelIdentity) -> bool:
     """Nothing queued, nothing held, no result waiting: anything still owed was lost."""
     return (
         deliveries.queued(client, queue_name(identity)) == 0
@@ -201,7 +205,7 @@ def _last_commit(output_dir: Path) -> float:
 
 def _failed_pages(output_dir: Path) -> int:
     found, _ = scan_manifests(store_path(output_dir))
-    return sum(m.get("statuses", {}).get("failed", 0) for m in found.values())
+    return failed_now(store_path(output_dir), found)[0]
 
 
 def _registered_rows(jobs: list[Job]) -> int:
@@ -216,6 +220,10 @@ def _covered(output_dir: Path, rows: int) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     identity = _identify(args)
+    if args.retry_failed:
+        from comix_embed.retry_run import run_retry  # it uses this module's pieces
+
+        return run_retry(args, identity)
     _job, report = plan(args, identity)
     for line in report.lines():
         print(line, flush=True)
@@ -223,6 +231,12 @@ def run(args: argparse.Namespace) -> int:
     if _covered(args.output_dir, _registered_rows(jobs)):
         print(f"every job of {store_path(args.output_dir)} is already committed", flush=True)
         return EXIT_FAILED_PAGES if _failed_pages(args.output_dir) else EXIT_OK
+    return with_system(args, lambda children: _run_jobs(args, identity, report, children))
+
+
+def with_system(args: argparse.Namespace, work: Callable[[Children], int]) -> int:
+    """Run `work` with a broker (a private Redis unless `--broker` names one) and the children it
+    starts; everything is stopped afterwards, also on Ctrl-C."""
     redis_server = None if args.broker else PrivateRedis().start()
     if redis_server is not None:
         args.broker = redis_server.url
@@ -232,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ["COMIX_BROKER_URL"] = args.broker
     children = Children(args.output_dir / "logs")
     try:
-        return _run_jobs(args, identity, report, children)
+        return work(children)
     except KeyboardInterrupt:
         print(
             "\ninterrupted: stopping workers and writer (committed batches are kept; run again to resume)", flush=True
@@ -246,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
             redis_server.stop()
 
 
-def _start_children(args: argparse.Namespace, children: Children, identity: ModelIdentity) -> list[str]:
+def start_children(args: argparse.Namespace, children: Children, identity: ModelIdentity) -> list[str]:
     """The writer and the workers; returns the workers' node names."""
     writer_argv = cli_argv("writer", "--output-dir", str(args.output_dir))
     writer_argv += [
@@ -282,8 +296,8 @@ def _run_jobs(args: argparse.Namespace, identity: ModelIdentity, report: Enqueue
     if refused:  # before anything starts: a batch refused that often needs a look, not another run
         print(f"stopping: {refused}", file=sys.stderr, flush=True)
         return EXIT_ERROR
-    names = _start_children(args, children, identity)
-    _wait_for_workers(client, names, children)
+    names = start_children(args, children, identity)
+    wait_for_workers(client, names, children)
     started = time.time()
     send_owed(args, report, skip_recent=False)
     for line in report.sent_lines():
@@ -308,7 +322,7 @@ def _run_jobs(args: argparse.Namespace, identity: ModelIdentity, report: Enqueue
         if now_done != done:
             bar.update(now_done - done)
             done, last_change = now_done, time.monotonic()
-        elif time.monotonic() - last_change > RECONCILE_EVERY_S and _lost_work(client, store, identity):
+        elif time.monotonic() - last_change > RECONCILE_EVERY_S and lost_work(client, store, identity):
             before = report.batches_sent
             send_owed(args, report, skip_recent=False)
             log.warning("re-sent %d batches the broker no longer held", report.batches_sent - before)

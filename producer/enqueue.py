@@ -8,6 +8,8 @@ manifest), not only the current list's, skipping those sent within the last visi
 (`--resend` sends them all, and gives batches refused or lost before new attempts): that is how
 anything lost anywhere (a flushed or restarted Redis, a task dropped at fetch) is recovered.
 Batches sent before go ahead of new ones. The store and its manifests are the truth, never Redis.
+With `--retry-failed` it plans (or resumes) a retry round of the store's failed pages and sends
+that instead (producer/retry.py).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from comix_embed.common.model_options import add_model_arguments
 from comix_embed.common.paths import ImageResolver, parse_path_map
 from comix_embed.common.results_channel import connect, store_id, store_id_of
 from comix_embed.common.store import read_attrs, store_path
+from comix_embed.producer import retry
 from comix_embed.producer.plan import PlannedPage, plan_pages
 
 log = logging.getLogger(__name__)
@@ -112,6 +115,11 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dataspec-root", type=Path, help="directory relative list lines resolve against")
     parser.add_argument("--incremental", action="store_true", help="append a new list to an existing store")
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="embed again the store's failed pages (status 2), reading their DataSpecs and images again",
+    )
     parser.add_argument("--broker", help="broker URL (default $COMIX_BROKER_URL, else redis://127.0.0.1:6379/0)")
 
 
@@ -256,6 +264,19 @@ def enqueue(args: argparse.Namespace, resend: bool = False) -> EnqueueReport:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.retry_failed:
+        return _retry(args)
     report = enqueue(args, resend=args.resend)
     print("\n".join(report.lines()))
+    return 0
+
+
+def _retry(args: argparse.Namespace) -> int:
+    """Plan (or resume) a retry round of the store's failed pages and send it; the writer commits it."""
+    plan_ = retry.prepare(args, bind_model(args, load_jobs(args.output_dir)))
+    if plan_ is None:
+        print(f"{retry.NO_FAILED} in {store_path(args.output_dir)}")
+        return 0
+    print("\n".join(plan_.lines()))
+    print(f"retry batches sent: {retry.send(args, plan_)}")
     return 0

@@ -1,6 +1,7 @@
 """`comix-embed status`: where a store's jobs stand, from the store and from the broker.
 
-Committed and failed pages come from the manifests (the truth); the model each job is bound to
+Committed and failed pages come from the manifests (the truth), retries (`--retry-failed`)
+from the retry manifests; the model each job is bound to
 from its job file; queued and in-flight batches, batches whose holder is gone, lost deliveries,
 batches given up and results set aside (with their reasons) from Redis (a view that may lag or be
 empty after a broker restart: `enqueue` again re-sends what is owed). The rate is measured over
@@ -25,6 +26,7 @@ from comix_embed.common.jobs import Job, load_jobs
 from comix_embed.common.manifests import MANIFEST_PATTERN, manifest_dir, owed_batches, scan_manifests
 from comix_embed.common.messages import ModelIdentity
 from comix_embed.common.results_channel import connect, results_key, store_id
+from comix_embed.common.retries import failed_now, owed_retries
 from comix_embed.common.store import read_attrs, store_path
 
 RATE_WINDOW = 50  # most recent manifests the rate is measured over
@@ -98,7 +100,9 @@ def collect(output_dir: Path, broker: str | None) -> dict:
     registered = sum(len(j.pages) for j in jobs)
     batch_pages = {b: end - start for j in jobs for b, start, end in j.batches()}
     done = sum(batch_pages.get(b, 0) for b in found)
-    failed = sum(m.get("statuses", {}).get("failed", 0) for m in found.values())
+    failed, retried = failed_now(path, found)
+    embedded_again = sum(1 for st in retried.values() if st != "failed")
+    owed_retry = owed_retries(output_dir, path)
     rate = _rate(manifest_dir(path), batch_pages) if found else None
     owed = owed_batches(jobs, found)
     models = _models(jobs, attrs)
@@ -112,10 +116,14 @@ def collect(output_dir: Path, broker: str | None) -> dict:
         "pages_with_manifest": done,
         "failed_pages": failed,
         "owed_batches": sum(len(v) for v in owed.values()),
+        "retry_rounds": len(owed_retry),
+        "retried_pages": len(retried),
+        "retried_embedded": embedded_again,
+        "owed_retry_batches": sum(len(v) for v in owed_retry.values()),
         "pages_per_s": round(rate, 2) if rate else None,
         "eta_s": round((registered - done) / rate) if rate and done < registered else None,
     }
-    all_owed = {b for v in owed.values() for b in v}
+    all_owed = {b for v in (*owed.values(), *owed_retry.values()) for b in v}
     store = store_id(output_dir)
     assert store is not None  # there is a first job
     state.update(_broker_view(configure(broker).conf.broker_url, store, models, all_owed))
@@ -141,6 +149,12 @@ def _lines(s: dict) -> list[str]:
         f"committed: {s['pages_with_manifest']} of {s['registered_pages']} pages "
         f"({s['committed_rows']} rows readable in order), failed: {s['failed_pages']}"
     )
+    if s["retry_rounds"]:
+        out.append(
+            f"retries: {s['retry_rounds']} round(s); {s['retried_pages']} failed pages retried, "
+            f"{s['retried_embedded']} now embedded, {s['retried_pages'] - s['retried_embedded']} still failed; "
+            f"{s['owed_retry_batches']} retry batches owed"
+        )
     if "broker_error" in s:
         out.append(f"broker: unreachable ({s['broker_error']})")
     else:

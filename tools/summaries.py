@@ -6,7 +6,8 @@ written, so on a shuffled, half-written store it showed zeros and people waited 
 that never came (§6.3 item 1). This tool reads the committed part only (`open_committed`), says
 how many rows that is out of how many are registered, and gives each row's status, so a zero
 is never ambiguous: a failed page shows its error instead of text, and a row not yet committed
-is never printed.
+is never printed. A row that `--retry-failed` embedded again (or that failed again) has a `*`
+after its status, and the header counts the retries.
 
 Only the rows printed are read (the slice is taken before anything is loaded), so the command
 answers at once whatever the size of the store.
@@ -26,6 +27,7 @@ from comix_embed.common import config
 from comix_embed.common.errors import UsageError
 from comix_embed.common.manifests import manifest_file, manifest_ids
 from comix_embed.common.results import STATUS_FAILED, STATUS_NAMES, STATUS_PENDING
+from comix_embed.common.retries import retried_rows, scan_retry_manifests
 from comix_embed.common.store import resolve_store
 
 SHOWN_STATUS = {STATUS_PENDING: "pending", **STATUS_NAMES}
@@ -107,10 +109,14 @@ def out_of_order_note(store: Path) -> str:
     return f"; {which} ({rows} rows) committed out of order, readable once batch {waiting} is committed"
 
 
-def header_line(store: Path, attrs: dict[str, Any], committed: int) -> str:
+def header_line(store: Path, attrs: dict[str, Any], committed: int, retried: dict[int, str]) -> str:
     registered = int(attrs.get("registered_rows", committed))
     state = "all committed" if committed == registered else f"{registered - committed} not committed yet"
-    return f"{store}: {committed} of {registered} registered rows committed ({state}){out_of_order_note(store)}"
+    line = f"{store}: {committed} of {registered} registered rows committed ({state}){out_of_order_note(store)}"
+    if retried:
+        embedded = sum(1 for st in retried.values() if st != "failed")
+        line += f"; {len(retried)} failed rows retried (*), {embedded} now embedded"
+    return line
 
 
 def load_rows(store: Path, count: int) -> tuple[dict[str, np.ndarray], dict[str, Any], int]:
@@ -125,8 +131,11 @@ def load_rows(store: Path, count: int) -> tuple[dict[str, np.ndarray], dict[str,
     return arrays, dict(ds.attrs), committed
 
 
-def format_rows(arrays: dict[str, np.ndarray], text_len: int) -> list[tuple[int, float, float, str, str, str]]:
-    """(idx, page_l2, panel_mean_l2, status, preview, page_id) per row, in row order."""
+def format_rows(
+    arrays: dict[str, np.ndarray], text_len: int, retried: dict[int, str]
+) -> list[tuple[int, float, float, str, str, str]]:
+    """(idx, page_l2, panel_mean_l2, status, preview, page_id) per row, in row order; a retried
+    row's status ends in `*`."""
     page_l2, panel_mean = row_norms(arrays["page_embeddings"], arrays["panel_embeddings"], arrays["panel_mask"])
     rows = []
     for i in range(len(page_l2)):
@@ -135,15 +144,16 @@ def format_rows(arrays: dict[str, np.ndarray], text_len: int) -> list[tuple[int,
             preview = clip(f"error: {arrays['error'][i]}", text_len)
         else:
             preview = text_preview(str(arrays["page_text"][i]), text_len)
-        name = SHOWN_STATUS.get(status, str(status))
+        name = SHOWN_STATUS.get(status, str(status)) + ("*" if i in retried else "")
         rows.append((i, float(page_l2[i]), float(panel_mean[i]), name, preview, str(arrays["page_id"][i])))
     return rows
 
 
 def print_summary(store: Path, max_pages: int, text_len: int, compact: bool, out: TextIO) -> None:
     arrays, attrs, committed = load_rows(store, max_pages)
-    rows = format_rows(arrays, text_len)
-    out.write(header_line(store, attrs, committed) + "\n")
+    retried = retried_rows(scan_retry_manifests(store)[0])
+    rows = format_rows(arrays, text_len, retried)
+    out.write(header_line(store, attrs, committed, retried) + "\n")
     if not compact:
         shown = f"rows 0-{len(rows) - 1}" if rows else "no rows"
         model = f"{attrs.get('model_name')} ({attrs.get('encoder_mode')}, d={attrs.get('embedding_dim')})"

@@ -13,7 +13,9 @@ folder after, and the manifests by `common/durable.py`, which does the same; `co
 is fsynced before its rename (the rename may be lost: recovery repairs a lagging value), and
 `inflight.json` only renamed (a hint for recovery after a kill; see `_commit_new`).
 On open it takes the output folder's lock, removes temporary files, zeroes the rows of batches
-that were being written without reaching their manifest, and repairs a lagging `committed_rows`.
+that were being written without reaching their manifest, puts back the failed rows a killed
+retry was overwriting (`writer/retry.py`), and repairs a lagging `committed_rows`.
+A retry batch (`--retry-failed`, common/retries.py) is committed apart, by `writer/retry.py`.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from zarr.core.sync import sync
 from comix_embed.common import config, store
 from comix_embed.common.errors import UsageError
 from comix_embed.common.identity import check_same_model, identity_of, is_legacy_tokenizer, tokenizers_match
-from comix_embed.common.jobs import Job, load_jobs
+from comix_embed.common.jobs import Job, JobPage, load_jobs
 from comix_embed.common.locks import try_lock
 from comix_embed.common.manifests import committed_prefix, make_manifest, manifest_rows, owed_batches, read_inflight
 from comix_embed.common.messages import ModelIdentity
@@ -46,7 +48,15 @@ from comix_embed.common.results import (
     BatchResult,
     failed_result,
 )
-from comix_embed.writer import audit, checks, manifests
+from comix_embed.common.retries import (
+    RetryRound,
+    batch_rows,
+    is_retry_batch,
+    owed_retries,
+    retry_manifest_ids,
+    round_of,
+)
+from comix_embed.writer import audit, checks, manifests, retry
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +106,7 @@ class StoreWriter:
         self._audit: audit.AuditLog | None = None
         self._jobs: dict[str, Job] = {}  # registered in the store
         self._batches: dict[int, tuple[int, int]] = {}  # batch id -> rows, for every manifest
+        self._retried: set[int] = set()  # retry batch ids that have a manifest
         self._next_batch = 0  # first batch id past the committed prefix
         self._attrs: dict[str, Any] = {}
         self._arrays: dict[str, zarr.Array] = {}
@@ -157,30 +168,43 @@ class StoreWriter:
         return sorted(self._jobs.values(), key=lambda j: j.number)
 
     def owed(self) -> dict[str, list[int]]:
-        """Owed batches of every job planned in the output folder (registered or not yet)."""
-        return owed_batches(load_jobs(self.output_dir), self._batches)
+        """Owed batches of every job planned in the output folder (registered or not yet), and of
+        every retry round that still owes some."""
+        owed = owed_batches(load_jobs(self.output_dir), self._batches)
+        owed.update({k: v for k, v in owed_retries(self.output_dir, self.path).items() if v})
+        return owed
 
     def is_committed(self, batch_id: int) -> bool:
-        return batch_id in self._batches
+        return batch_id in self._batches or batch_id in self._retried
 
-    def job_of(self, batch_id: int) -> Job | None:
-        """The job a batch belongs to; job files are read only for a batch of a job not registered yet."""
+    def job_of(self, batch_id: int) -> Job | RetryRound | None:
+        """The job (or retry round) a batch belongs to; job files are read only for a batch of a
+        job not registered yet."""
+        if is_retry_batch(batch_id):
+            return round_of(self.output_dir, batch_id)
         registered = [j for j in self._jobs.values() if j.first_batch <= batch_id < j.first_batch + len(j.batches())]
         if registered:
             return registered[0]
         planned = load_jobs(self.output_dir)
         return next((j for j in planned if j.first_batch <= batch_id < j.first_batch + len(j.batches())), None)
 
-    def commit_failed(self, job: Job, batch_id: int, reasons: dict[int, str], default: str, images: list[str]) -> bool:
+    def commit_failed(
+        self, job: Job | RetryRound, batch_id: int, reasons: dict[int, str], default: str, images: list[str]
+    ) -> bool:
         """Commit a batch that can never be embedded as failed rows, each with its reason (a row's
-        own from `reasons`, else `default`): `committed_rows` moves past it. False if committed already."""
-        start, end = job.batch(batch_id)
-        model = self._reference_model(job)
+        own from `reasons`, else `default`): `committed_rows` moves past it (a retry batch's rows
+        stay failed, with that reason). False if committed already."""
+        rows = batch_rows(job, batch_id)
+        if isinstance(job, RetryRound):
+            model, page_ids = job.model, job.page_ids[batch_id - job.first_batch]
+        else:
+            model, page_ids = self._reference_model(job), [job.page(row).page_id for row in rows]
         if model is None:
             raise InvalidResult(f"batch {batch_id}: no model known for {job.job_id} yet; cannot write failed rows")
-        page_ids = [job.page(row).page_id for row in range(start, end)]
-        rows = [reasons.get(row, default) for row in range(start, end)]
-        result = failed_result(job.job_id, batch_id, start, page_ids, rows, model.to_dict(), images)
+        why = [reasons.get(row, default) for row in rows]
+        result = failed_result(job.job_id, batch_id, rows[0], page_ids, why, model.to_dict(), images)
+        if isinstance(job, RetryRound):
+            result.rows = rows
         return self.commit([result])[0].committed
 
     # --- recovery and registration ---
@@ -193,6 +217,8 @@ class StoreWriter:
         self._open_arrays()
         found = manifests.read_manifests(self.path)
         self._batches = {b: manifest_rows(m) for b, m in found.items()}
+        self._retried = retry_manifest_ids(self.path)
+        retry.recover(self.path, self._arrays, self._retried, self.fsync)
         unfinished = [r for r in read_inflight(self.path) if r[0] not in self._batches]
         if unfinished:
             log.info("clearing rows of %d batches a previous writer left without manifest", len(unfinished))
@@ -240,20 +266,65 @@ class StoreWriter:
 
         Raises ModelMismatch, InvalidResult or CheckFailed before writing anything of the call;
         CheckFailed from --write-check after writing, in which case no manifest is written.
+        Retry batches are committed first, each on its own (whole, or restored).
         """
         fresh: dict[int, BatchResult] = {}
+        retried: dict[int, dict[str, int]] = {}
         for r in results:
-            if r.batch_id not in self._batches and r.batch_id not in fresh:
+            if is_retry_batch(r.batch_id):
+                if r.batch_id not in self._retried:
+                    retried[r.batch_id] = self._commit_retry(r)
+            elif r.batch_id not in self._batches and r.batch_id not in fresh:
                 fresh[r.batch_id] = r
         if fresh:
             self._commit_new(sorted(fresh.values(), key=lambda r: r.start))
         outcomes, seen = [], set()
         for r in results:
-            written = r.batch_id in fresh and r.batch_id not in seen
+            written = (r.batch_id in fresh or r.batch_id in retried) and r.batch_id not in seen
             seen.add(r.batch_id)
-            counts = _status_counts(r.arrays["status"]) if written else {}
+            if not written:
+                counts = {}
+            else:
+                counts = retried[r.batch_id] if r.batch_id in retried else _status_counts(r.arrays["status"])
             outcomes.append(CommitOutcome(r.batch_id, r.job, r.start, r.end, written, counts))
         return outcomes
+
+    def _commit_retry(self, r: BatchResult) -> dict[str, int]:
+        """One retry batch (writer/retry.py); the status counts of the rows it overwrote."""
+        rnd = round_of(self.output_dir, r.batch_id)
+        if rnd is None:
+            raise InvalidResult(f"retry batch {r.batch_id} ({r.job}) belongs to no retry round of {self.output_dir}")
+        if not self.path.exists():
+            raise InvalidResult(f"retry batch {r.batch_id}: there is no store at {self.path} to retry rows of")
+        rows = rnd.batch_rows(r.batch_id)
+        if r.job != rnd.job_id or r.row_list() != rows:
+            raise InvalidResult(
+                f"retry batch {r.batch_id} ({r.job}) carries rows {r.row_list()}, {rnd.job_id} says {rows}"
+            )
+        if r.page_ids != rnd.page_ids[r.batch_id - rnd.first_batch]:
+            raise InvalidResult(f"retry batch {r.batch_id}: page ids differ from {rnd.job_id}'s")
+        check_same_model(
+            self._attrs, identity_of(r.model), what=f"result of retry batch {r.batch_id}", whose=f"store {self.path}"
+        )
+        identity = identity_of(self._attrs)
+        problems = checks.shape_problems(r.arrays, len(rows), identity.embedding_dim, identity.max_panels)
+        bad = sorted(set(np.unique(r.arrays["status"]).tolist()) - set(_VALID_STATUSES))
+        if problems or bad:
+            raise InvalidResult(f"retry batch {r.batch_id}: {'; '.join(problems) or f'status values {bad}'}")
+        manifest, records = retry.commit_retry(
+            self.path, self._arrays, rnd, r, _prepared(r.arrays), self._page_of, self.fsync
+        )
+        self._retried.add(r.batch_id)
+        assert self._audit is not None
+        self._audit.write(records)
+        if self.verbose:
+            self.out.write("".join(audit.verbose_line(rec) + "\n" for rec in records))
+            self.out.flush()
+        return dict(manifest["statuses"])
+
+    def _page_of(self, row: int) -> JobPage:
+        job = next(j for j in self._jobs.values() if j.start_row <= row < j.end_row)
+        return job.page(row)
 
     def _commit_new(self, results: list[BatchResult]) -> None:
         jobs = {r.batch_id: self._job_for(r.job) for r in results}

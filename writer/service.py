@@ -34,6 +34,7 @@ from comix_embed.common.jobs import read_task
 from comix_embed.common.messages import MalformedMessage, TaskPayload
 from comix_embed.common.results import BatchResult
 from comix_embed.common.results_channel import Entry, Malformed, ResultsReader, connect, store_id
+from comix_embed.common.retries import batch_rows
 from comix_embed.writer.checks import CheckFailed
 from comix_embed.writer.commit import InvalidResult, StoreWriter
 
@@ -226,14 +227,14 @@ class WriterService:
         if job is None:
             log.error("batch %d was given up but belongs to no job of %s", batch, self.output_dir)
             return
-        start, end = job.batch(batch)
-        crashed = deliveries.crashed_pages(self.client, store, list(range(start, end)))
+        rows = batch_rows(job, batch)
+        crashed = deliveries.crashed_pages(self.client, store, rows)
         payload = read_task(self.output_dir, job, batch)
-        images = [p.image for p in payload.pages] if payload is not None else [""] * (end - start)
+        images = [p.image for p in payload.pages] if payload is not None else [""] * len(rows)
         self._may_commit()
         try:
             if self.writer.commit_failed(job, batch, crashed, reason, images):
-                log.error("batch %d committed as %d failed pages: %s", batch, end - start, reason)
+                log.error("batch %d committed as %d failed pages: %s", batch, len(rows), reason)
         except (InvalidResult, ModelMismatch) as exc:
             log.error("batch %d was given up but cannot be committed as failed rows: %s", batch, exc)
 

@@ -7,6 +7,7 @@ WARN or FAIL), then a verdict. Each family of checks is a module that says what 
 
 - `layout.py`: layout (the arrays against the schema) and zarr-vs-xarray;
 - `manifests.py`: manifests (against themselves and their job files) and manifest-rows;
+- `retries.py`: retries (retry manifests against their rounds and the store);
 - `page_ids.py`: page-ids (unique, each in the row its job file gave it);
 - `values.py`: values (finite, non-zero, zero where failed) and panel-masks;
 - `leftovers.py`: leftovers (temporary files, moved-aside manifests, unfinished batches);

@@ -18,6 +18,7 @@ from comix_embed.tools.diagnose.load import Store, load_store, open_xarray
 from comix_embed.tools.diagnose.manifests import check_manifest_rows, check_manifests
 from comix_embed.tools.diagnose.page_ids import check_page_ids
 from comix_embed.tools.diagnose.report import Check, header, verdict
+from comix_embed.tools.diagnose.retries import check_retries
 from comix_embed.tools.diagnose.values import check_masks, check_values
 
 
@@ -41,6 +42,7 @@ def diagnose(path: Path) -> tuple[Store | None, list[Check]]:
         check_xarray(s, ds, error, facts),
         check_manifests(s),
         check_manifest_rows(s),
+        check_retries(s),
         check_page_ids(s),
         check_values(s, facts),
         check_masks(s, facts),

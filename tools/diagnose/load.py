@@ -1,5 +1,7 @@
 """The store as diagnose reads it, once: attributes, arrays, manifests, job files, small columns.
 
+Retry manifests (`--retry-failed`, common/retries.py) are read with the manifests.
+
 Every check works on this snapshot, so that the checks agree on one state of a store that a
 running writer may be changing, and the store is opened read only in one place.
 """
@@ -17,6 +19,7 @@ import zarr
 from comix_embed.common import config
 from comix_embed.common.jobs import Job, load_jobs
 from comix_embed.common.manifests import manifest_rows, scan_manifests
+from comix_embed.common.retries import scan_retry_manifests
 from comix_embed.common.store import read_attrs, row_arrays
 
 
@@ -32,6 +35,8 @@ class Store:
     rows: int  # rows worth reading: registered, committed or claimed by a manifest
     manifests: dict[int, dict[str, Any]]
     bad_manifests: list[str]
+    retries: dict[int, dict[str, Any]]  # retry manifests by retry batch id (common/retries.py)
+    bad_retries: list[str]
     jobs: list[Job]
     page_ids: np.ndarray
     status: np.ndarray
@@ -103,6 +108,7 @@ def load_store(path: Path) -> Store:
     lengths = [arrays[name].shape[0] for name in row_arrays() if name in arrays]
     capacity = min(lengths, default=0)
     manifests, bad_files = scan_manifests(path)
+    retries, bad_retries = scan_retry_manifests(path)
     claimed = max((manifest_rows(m)[1] for m in manifests.values()), default=0)
     attr_rows = max(int(attrs.get("registered_rows", 0)), int(attrs.get("committed_rows", 0)))
     rows = min(capacity, max(attr_rows, claimed))
@@ -119,6 +125,8 @@ def load_store(path: Path) -> Store:
         rows=rows,
         manifests=manifests,
         bad_manifests=list(bad_files.values()),
+        retries=retries,
+        bad_retries=bad_retries,
         jobs=load_jobs(path.parent),
         page_ids=np.asarray(column("page_id", ""), dtype=object),
         status=np.asarray(column("status", 0), dtype=np.int16),

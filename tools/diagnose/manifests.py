@@ -6,7 +6,8 @@
   Manifests past a gap are normal while a job runs ("committed out of order, waiting for batch
   N"): reported, not an error.
 - manifest-rows: each manifest's page ids are the store's rows, its status counts are the
-  store's `status` values.
+  store's `status` values, once the rows a retry manifest changed (failed to its new status,
+  common/retries.py) are counted as that retry left them; any other change is a FAIL.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from comix_embed.common.manifests import committed_prefix, manifest_rows
 from comix_embed.common.results import STATUS_NAMES
+from comix_embed.common.retries import retried_rows
 from comix_embed.tools.diagnose.load import Store
 from comix_embed.tools.diagnose.report import Check, listed, plural
 
@@ -92,6 +94,7 @@ def overlap_problems(manifests: dict[int, dict[str, Any]]) -> list[str]:
 
 def check_manifest_rows(s: Store) -> Check:
     check = Check("manifest-rows")
+    retried = retried_rows(s.retries)
     for batch_id, manifest in sorted(s.manifests.items()):
         start, end = manifest_rows(manifest)
         if end > s.rows:
@@ -102,9 +105,16 @@ def check_manifest_rows(s: Store) -> Check:
         if wrong:
             check.fails.append(f"batch {batch_id}: page_id of rows {listed(wrong)} differs from its manifest")
         counts = dict(Counter(STATUS_NAMES.get(int(v), str(int(v))) for v in s.status[start:end]))
-        if counts != dict(manifest.get("statuses", {})):
+        expected = Counter(manifest.get("statuses", {}))
+        changed = [r for r in range(start, end) if r in retried]
+        for row in changed:
+            expected["failed"] -= 1
+            expected[retried[row]] += 1
+        expected_counts = {k: v for k, v in expected.items() if v}
+        if counts != expected_counts:
+            after = f" after the retries of rows {listed(changed)} ({expected_counts})" if changed else ""
             check.fails.append(
-                f"batch {batch_id}: statuses in the store {counts}, in its manifest {manifest.get('statuses')}"
+                f"batch {batch_id}: statuses in the store {counts}, in its manifest {manifest.get('statuses')}{after}"
             )
     if not check.fails:
         check.notes.append(f"page ids and status counts of {len(s.manifests)} manifests match the store's rows")

@@ -1,0 +1,146 @@
+"""Committing a retry batch: failed rows overwritten in place, each batch under its own manifest.
+
+The one change a committed row may undergo (common/retries.py). A retry commit overwrites only
+the rows of its batch that are failed (status 2) at that moment; a row already embedded is left
+alone and listed as skipped. Crash safety, whatever is killed when: before any row is written,
+the rows' current values (every result array) are saved whole to `manifest/retry_inflight.json`
+(fsynced with fsync on); then the rows are written; then the retry manifest; then the saved
+copy is removed. A writer that starts and finds the saved copy without its batch's manifest
+puts the rows back as they were: a killed retry never zeroes a committed row, unlike an
+unfinished first commit, whose rows were never committed and are cleared. A redelivered retry
+batch whose manifest exists changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from comix_embed.common.durable import fsync_dir, write_json_atomic
+from comix_embed.common.jobs import JobPage
+from comix_embed.common.manifests import manifest_dir
+from comix_embed.common.results import RESULT_ARRAYS, STATUS_FAILED, STATUS_NAMES, BatchResult
+from comix_embed.common.retries import RETRY_INFLIGHT, RetryRound, make_retry_manifest, retry_manifest_file
+from comix_embed.writer import audit
+
+log = logging.getLogger(__name__)
+
+
+def runs(rows: list[int]) -> list[tuple[int, int, int]]:
+    """Sorted rows as (first row, end row, position of the first in `rows`) of contiguous runs."""
+    out: list[tuple[int, int, int]] = []
+    for i, row in enumerate(rows):
+        if out and out[-1][1] == row:
+            out[-1] = (out[-1][0], row + 1, out[-1][2])
+        else:
+            out.append((row, row + 1, i))
+    return out
+
+
+def read_rows(
+    arrays: dict[str, zarr.Array], rows: list[int], names: Iterable[str] = RESULT_ARRAYS
+) -> dict[str, np.ndarray]:
+    """The values of result arrays (all, or `names`) at `rows` (sorted), read run by run."""
+    out = {}
+    for name in names:
+        parts = [np.asarray(arrays[name][s:e]) for s, e, _ in runs(rows)]
+        out[name] = np.concatenate(parts) if parts else np.asarray(arrays[name][0:0])
+    return out
+
+
+def write_rows(arrays: dict[str, zarr.Array], rows: list[int], values: dict[str, np.ndarray]) -> None:
+    """Write `values` (one entry per row of `rows`, sorted) run by run."""
+    for name in RESULT_ARRAYS:
+        for s, e, i in runs(rows):
+            arrays[name][s:e] = values[name][i : i + e - s]
+
+
+def _inflight_path(store: Path) -> Path:
+    return manifest_dir(store) / RETRY_INFLIGHT
+
+
+def _save(store: Path, batch_id: int, rows: list[int], values: dict[str, np.ndarray], fsync: bool) -> None:
+    saved = {name: np.asarray(v).tolist() for name, v in values.items()}
+    write_json_atomic(_inflight_path(store), {"batch_id": batch_id, "rows": rows, "arrays": saved}, fsync)
+
+
+def _drop_saved(store: Path, fsync: bool) -> None:
+    path = _inflight_path(store)
+    if path.exists():
+        path.unlink()
+        if fsync:
+            fsync_dir(path.parent)
+
+
+def recover(store: Path, arrays: dict[str, zarr.Array], committed: set[int], fsync: bool) -> int | None:
+    """Put back the rows a killed retry commit was overwriting (its manifest missing); the batch
+    id whose rows were put back, else None."""
+    path = _inflight_path(store)
+    if not path.exists():
+        return None
+    with open(path, encoding="utf-8") as fh:
+        saved = json.load(fh)  # written whole (renamed into place): never torn
+    batch_id = int(saved["batch_id"])
+    restored = None
+    if batch_id not in committed:
+        rows = [int(r) for r in saved["rows"]]
+        values = {name: np.array(saved["arrays"][name], dtype=_dtype(name)) for name in RESULT_ARRAYS}
+        write_rows(arrays, rows, values)
+        restored = batch_id
+        log.info(
+            "retry batch %d was being written when a writer stopped: rows %s put back as they were", batch_id, rows
+        )
+    _drop_saved(store, fsync)
+    return restored
+
+
+def _dtype(name: str) -> Any:
+    dtype = RESULT_ARRAYS[name][1]
+    return object if dtype == "str" else dtype
+
+
+def commit_retry(
+    store: Path,
+    arrays: dict[str, zarr.Array],
+    rnd: RetryRound,
+    result: BatchResult,
+    data: dict[str, np.ndarray],
+    page_of: Callable[[int], JobPage],
+    fsync: bool,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Overwrite the batch's rows that are failed now with `data` (the result's prepared arrays,
+    in the round's row order); the manifest written and the audit records of the rows written."""
+    rows = rnd.batch_rows(result.batch_id)
+    now = read_rows(arrays, rows, ["status"])["status"]
+    keep = [i for i, s in enumerate(now.tolist()) if s == STATUS_FAILED]
+    written = [rows[i] for i in keep]
+    skipped = [rows[i] for i in range(len(rows)) if i not in set(keep)]
+    new = {name: np.asarray(v)[keep] for name, v in data.items()}
+    if written:
+        _save(store, result.batch_id, written, read_rows(arrays, written), fsync)
+        try:
+            write_rows(arrays, written, new)
+        except BaseException:
+            recover(store, arrays, set(), fsync)  # what was written goes now, not at restart
+            raise
+    statuses = [STATUS_NAMES.get(int(s), str(int(s))) for s in new["status"].tolist()]
+    page_ids = [result.page_ids[i] for i in keep]
+    manifest = make_retry_manifest(result.batch_id, rnd.job_id, written, page_ids, statuses, skipped)
+    write_json_atomic(retry_manifest_file(store, result.batch_id), manifest, fsync)
+    _drop_saved(store, fsync)
+    records = []
+    for k, row in enumerate(written):
+        one = {name: v[k : k + 1] for name, v in new.items()}
+        (record,) = audit.page_records(
+            result.batch_id, rnd.job_id, row, [page_ids[k]], [page_of(row).manifest_path], one
+        )
+        records.append({**record, "retry": True})
+    if skipped:
+        log.info("retry batch %d: rows %s are no longer failed and were left alone", result.batch_id, skipped)
+    return manifest, records
