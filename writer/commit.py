@@ -14,6 +14,9 @@ is fsynced before its rename (the rename may be lost: recovery repairs a lagging
 `inflight.json` only renamed (a hint for recovery after a kill; see `_commit_new`).
 On open it takes the output folder's lock, removes temporary files, zeroes the rows of batches
 that were being written without reaching their manifest, and repairs a lagging `committed_rows`.
+With a `fence` (the store's lease in Redis, writer/lease.py) it also sets aside the manifests a
+writer wrote after losing the lease, checks the lease before each manifest and records its token
+in it. A full disk (ENOSPC) stops a commit as `DiskFull`, naming the folder and the room needed.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ from comix_embed.common.results import (
     failed_result,
 )
 from comix_embed.writer import audit, checks, manifests
+from comix_embed.writer.diskfull import is_disk_full, needed_bytes, raise_disk_full
+from comix_embed.writer.lease import WriterLease
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +89,7 @@ class StoreWriter:
         verbose: bool = False,
         fsync: bool = config.WRITER_FSYNC,
         out: TextIO | None = None,
+        fence: WriterLease | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.path = store.store_path(self.output_dir)
@@ -92,6 +98,7 @@ class StoreWriter:
         self.verbose = verbose
         self.fsync = fsync
         self.out = out if out is not None else sys.stdout
+        self.fence = fence
         self._lock_fh: Any = None
         self._audit: audit.AuditLog | None = None
         self._jobs: dict[str, Job] = {}  # registered in the store
@@ -118,9 +125,18 @@ class StoreWriter:
                 shutil.rmtree(leftover)
             if self.path.exists():
                 self._recover()
+            if self.fence is not None:  # before anything of this token is written
+                self.fence.committed = self._batches.keys
+                self.fence.seal(self._batches)
+            if self.path.exists():
                 self._register_pending()
                 self._migrate_tokenizer([j.model for j in self._jobs.values() if j.model is not None])
             self._audit = audit.AuditLog(self.output_dir / config.AUDIT_LOG_NAME)
+        except OSError as exc:
+            self.close()
+            if is_disk_full(exc):
+                raise_disk_full(exc, self.output_dir, 0, "opening the store")
+            raise
         except BaseException:
             self.close()
             raise
@@ -135,6 +151,9 @@ class StoreWriter:
             self._lock_fh = None
 
     def _lock(self) -> None:
+        if not config.writer_flock():
+            log.warning("%s=0: the output folder is not locked (for tests of the Redis lease)", config.WRITER_FLOCK_ENV)
+            return
         path = self.output_dir / config.WRITER_LOCK_NAME
         fh = open(path, "a+")
         try:
@@ -196,8 +215,19 @@ class StoreWriter:
         self._attrs = store.read_attrs(self.path)
         self._open_arrays()
         found = manifests.read_manifests(self.path)
+        fenced: dict[int, dict[str, Any]] = {}
+        if self.fence is not None:
+            found, fenced = self.fence.admit(found)
+        for batch_id, m in fenced.items():
+            log.error(
+                "batch %d: manifest written under token %s after the lease had passed on: never committed",
+                batch_id,
+                m.get("token", 0),
+            )
+            manifests.set_aside(self.path, batch_id, ".fenced")
         self._batches = {b: manifest_rows(m) for b, m in found.items()}
         unfinished = [r for r in read_inflight(self.path) if r[0] not in self._batches]
+        unfinished += [(b, *manifest_rows(m)) for b, m in fenced.items()]
         if unfinished:
             log.info("clearing rows of %d batches a previous writer left without manifest", len(unfinished))
             self._clear_rows(unfinished)
@@ -250,7 +280,14 @@ class StoreWriter:
             if r.batch_id not in self._batches and r.batch_id not in fresh:
                 fresh[r.batch_id] = r
         if fresh:
-            self._commit_new(sorted(fresh.values(), key=lambda r: r.start))
+            batch = sorted(fresh.values(), key=lambda r: r.start)
+            try:
+                self._commit_new(batch)
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                ids = ", ".join(str(r.batch_id) for r in batch)
+                raise_disk_full(exc, self.path, needed_bytes([r.arrays for r in batch]), f"committing batches {ids}")
         outcomes, seen = [], set()
         for r in results:
             written = r.batch_id in fresh and r.batch_id not in seen
@@ -289,9 +326,9 @@ class StoreWriter:
             raise
         for r in results:
             statuses = _status_counts(data[r.batch_id]["status"])
-            manifests.write_manifest(
-                self.path, make_manifest(r.batch_id, r.start, r.page_ids, r.job, statuses), self.fsync
-            )
+            token = self.fence.check() if self.fence is not None else None
+            manifest = make_manifest(r.batch_id, r.start, r.page_ids, r.job, statuses, token)
+            manifests.write_manifest(self.path, manifest, self.fsync)
             self._batches[r.batch_id] = (r.start, r.end)
         # inflight.json stays: its batches now have manifests, which recovery reads first
         self._advance()
