@@ -1,7 +1,8 @@
 """Batch results from workers to the writer: a bounded Redis stream with a consumer group.
 
 Workers add a packed BatchResult only while the stream holds fewer than a bound of entries (one
-atomic script), otherwise they wait: when the writer falls behind, Redis does not fill up. The
+atomic script), otherwise they wait: when the writer falls behind, Redis does not fill up. They
+also wait, saying why, while Redis refuses writes for lack of memory. The
 writer reads through a consumer group and acknowledges (and deletes) an entry only after the
 batch's manifest exists; after a writer crash it re-reads its own pending entries first, each
 once (a cursor walks the pending list; reading it from id 0 every time would return the same
@@ -13,6 +14,7 @@ producer's reconciliation sends the batches that have no manifest again.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -21,6 +23,9 @@ from typing import Any
 import redis
 
 from comix_embed.common.jobs import Job, first_job
+from comix_embed.common.redis_memory import describe_limit, is_out_of_memory
+
+log = logging.getLogger("comix.results")
 
 GROUP = "writer"
 # The consumer of a writer without a lease token (tests of the writer alone, and writers from
@@ -69,12 +74,22 @@ def push(client: redis.Redis, store: str, batch_id: int, payload: bytes, bound: 
     script = client.register_script(_BOUNDED_ADD)
     deadline = time.monotonic() + timeout
     delay = 0.05
+    refused = ""  # why Redis refused the last write (out of memory), said once
     while True:
-        entry = script(keys=[results_key(store)], args=[bound, batch_id, payload])
+        try:
+            entry = script(keys=[results_key(store)], args=[bound, batch_id, payload])
+        except redis.ResponseError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            if not refused:
+                refused = describe_limit(client)
+                log.warning("batch %d waits: %s; its result is handed over once Redis takes writes", batch_id, refused)
+            entry = None
         if entry:
             return entry
         if time.monotonic() > deadline:
-            raise ResultsFull(f"results for store {store} stayed at {bound} entries for {timeout:.0f} s")
+            why = refused or f"results for store {store} stayed at {bound} entries"
+            raise ResultsFull(f"{why} for {timeout:.0f} s")
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
 

@@ -54,13 +54,13 @@ def _mib(n: int) -> str:
 
 def raise_disk_full(exc: OSError, folder: Path, needed: int, doing: str) -> NoReturn:
     """Raise DiskFull with what the user needs: which folder, how much room, what to do."""
-    where = Path(exc.filename).parent if exc.filename else folder
-    while not where.exists() and where != where.parent:
-        where = where.parent
-    free = shutil.disk_usage(where).free if where.exists() else 0
+    mount = folder if folder.exists() else folder.parent
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    free = shutil.disk_usage(mount).free
     need = f"about {_mib(needed)} free" if needed else "room for a few small files"
     raise DiskFull(
-        f"disk full ({os.strerror(exc.errno or errno.ENOSPC)}) while {doing}: {where} "
-        f"(its filesystem has {_mib(free)} free) needs {need}. Nothing of the commit was acknowledged: "
-        f"free space there and start the writer again, it resumes where it stopped"
+        f"disk full ({os.strerror(exc.errno or errno.ENOSPC)}) while {doing}: {folder} "
+        f"(filesystem mounted at {mount}: {_mib(free)} free) needs {need}. Nothing of the commit was "
+        f"acknowledged: free space there and start the writer again, it resumes where it stopped"
     ) from exc
