@@ -1,5 +1,7 @@
-"""`comix-embed query` on stores made by the pipeline: a complete one with failed pages, and one
-interrupted mid-job, plus the search index's own pieces (keyword counts, streaming, top-k)."""
+"""`comix-embed query` on stores made by the pipeline, and the search index's own pieces.
+
+The stores: a complete one with failed pages, and one interrupted mid-job; the pieces: keyword
+counts, streaming, top-k."""
 
 from __future__ import annotations
 

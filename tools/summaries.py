@@ -24,7 +24,7 @@ import numpy as np
 
 from comix_embed.common import config
 from comix_embed.common.errors import UsageError
-from comix_embed.common.manifests import manifest_ids
+from comix_embed.common.manifests import manifest_file, manifest_ids
 from comix_embed.common.results import STATUS_FAILED, STATUS_NAMES, STATUS_PENDING
 from comix_embed.common.store import resolve_store
 
@@ -89,7 +89,6 @@ def out_of_order_note(store: Path) -> str:
 
     Manifest names are listed, not read, except the few past the prefix (cheap on any store).
     """
-    folder = store / config.MANIFEST_GROUP
     present = manifest_ids(store)
     ids = sorted(present)
     waiting = next(i for i in range(len(ids) + 1) if i not in present)
@@ -99,7 +98,7 @@ def out_of_order_note(store: Path) -> str:
     rows = 0
     for batch_id in later:
         try:
-            with open(folder / f"batch_{batch_id:06d}.json", encoding="utf-8") as fh:
+            with open(manifest_file(store, batch_id), encoding="utf-8") as fh:
                 rows += int(json.load(fh)["num_pages"])
         except (OSError, ValueError, KeyError, TypeError):
             continue  # a broken manifest is diagnose's business; here it only is not counted

@@ -22,7 +22,6 @@ in it. A full disk (ENOSPC) stops a commit as `DiskFull`, naming the folder and 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
 import shutil
@@ -39,6 +38,7 @@ from comix_embed.common import config, store
 from comix_embed.common.errors import UsageError
 from comix_embed.common.identity import check_same_model, identity_of, is_legacy_tokenizer, tokenizers_match
 from comix_embed.common.jobs import Job, load_jobs
+from comix_embed.common.locks import try_lock
 from comix_embed.common.manifests import committed_prefix, make_manifest, manifest_rows, owed_batches, read_inflight
 from comix_embed.common.messages import ModelIdentity
 from comix_embed.common.results import (
@@ -155,14 +155,10 @@ class StoreWriter:
             log.warning("%s=0: the output folder is not locked (for tests of the Redis lease)", config.WRITER_FLOCK_ENV)
             return
         path = self.output_dir / config.WRITER_LOCK_NAME
-        fh = open(path, "a+")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "?"
-            fh.close()
-            raise WriterLocked(f"another writer (pid {holder}) holds {path}: one writer per store") from None
+        fh = try_lock(path)
+        if fh is None:
+            holder = path.read_text().strip() or "?"
+            raise WriterLocked(f"another writer (pid {holder}) holds {path}: one writer per store")
         fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))
