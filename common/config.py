@@ -53,8 +53,16 @@ CHUNK_ROWS = 64
 GROWTH_ROWS = 4096
 AUDIT_LOG_NAME = "audit.jsonl"
 JOBS_DIR_NAME = "jobs"
-# The writer's lock file in the output folder: one writer per store.
+# The writer's lock file in the output folder: one writer per store on one host.
 WRITER_LOCK_NAME = "writer.lock"
+# For tests only: 0 skips that lock, so that two writer processes on one store meet the Redis lease.
+WRITER_FLOCK_ENV = "COMIX_WRITER_FLOCK"
+# One writer per store across hosts: a lease in Redis with a fencing token (writer/lease.py), held
+# for this many seconds and renewed every third of it. A writer killed without releasing it keeps
+# a restarted one waiting at most this long; a network blip longer than it costs the lease.
+WRITER_LEASE_TTL_S = float(_number("COMIX_WRITER_LEASE_TTL_S", 10.0))
+# The latest lease token, recorded in the output folder: tokens grow even across a wiped Redis.
+WRITER_TOKEN_NAME = "writer.token.json"
 # The writer waits this long for a chunk's worth of results before committing what it has.
 WRITER_LINGER_S = float(_number("COMIX_WRITER_LINGER_S", 0.25))
 # fsync what the writer writes (chunks, zarr.json, manifests, committed_rows) before its rename and
@@ -108,6 +116,11 @@ WRITER_SCAN_S = float(os.environ.get("COMIX_WRITER_SCAN_S", 2))
 MAX_PENDING_RESULTS = int(_number("COMIX_MAX_PENDING_RESULTS", 16))
 
 
+def writer_flock() -> bool:
+    """Whether the writer locks its output folder (always, except in tests of the Redis lease)."""
+    return os.environ.get(WRITER_FLOCK_ENV, "1") not in ("0", "false", "no")
+
+
 def broker_url(cli_value: str | None = None) -> str:
     """The broker URL: the command-line value, else $COMIX_BROKER_URL, else local Redis."""
     return cli_value or os.environ.get("COMIX_BROKER_URL") or DEFAULT_BROKER_URL
@@ -133,6 +146,8 @@ def check() -> None:
     ):
         if value <= 0:
             problems.append(f"{name} must be positive, got {value}")
+    if WRITER_LEASE_TTL_S < 1:
+        problems.append(f"COMIX_WRITER_LEASE_TTL_S must be at least 1 second, got {WRITER_LEASE_TTL_S}")
     if WRITER_LINGER_S < 0:
         problems.append(f"COMIX_WRITER_LINGER_S must be 0 or more seconds, got {WRITER_LINGER_S}")
     if 0 < TASK_TIME_LIMIT <= SOFT_LIMIT_MARGIN_S:

@@ -34,8 +34,11 @@ def manifest_file(store: str | os.PathLike[str], batch_id: int) -> Path:
     return manifest_dir(store) / f"batch_{batch_id:06d}.json"
 
 
-def make_manifest(batch_id: int, start: int, page_ids: list[str], job: str, statuses: dict[str, int]) -> dict[str, Any]:
-    return {
+def make_manifest(
+    batch_id: int, start: int, page_ids: list[str], job: str, statuses: dict[str, int], token: int | None = None
+) -> dict[str, Any]:
+    """A batch's manifest; `token` is the writer lease's fencing token (absent in manifests from before)."""
+    manifest = {
         "batch_id": batch_id,
         "start_idx": start,
         "end_idx": start + len(page_ids) - 1,
@@ -45,6 +48,9 @@ def make_manifest(batch_id: int, start: int, page_ids: list[str], job: str, stat
         "job": job,
         "statuses": statuses,
     }
+    if token is not None:
+        manifest["token"] = token
+    return manifest
 
 
 def manifest_rows(manifest: dict[str, Any]) -> tuple[int, int]:

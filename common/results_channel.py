@@ -1,7 +1,8 @@
 """Batch results from workers to the writer: a bounded Redis stream with a consumer group.
 
 Workers add a packed BatchResult only while the stream holds fewer than a bound of entries (one
-atomic script), otherwise they wait: when the writer falls behind, Redis does not fill up. The
+atomic script), otherwise they wait: when the writer falls behind, Redis does not fill up. They
+also wait, saying why, while Redis refuses writes for lack of memory. The
 writer reads through a consumer group and acknowledges (and deletes) an entry only after the
 batch's manifest exists; after a writer crash it re-reads its own pending entries first, each
 once (a cursor walks the pending list; reading it from id 0 every time would return the same
@@ -13,6 +14,7 @@ producer's reconciliation sends the batches that have no manifest again.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -21,9 +23,15 @@ from typing import Any
 import redis
 
 from comix_embed.common.jobs import Job, first_job
+from comix_embed.common.redis_memory import describe_limit, is_out_of_memory
+
+log = logging.getLogger("comix.results")
 
 GROUP = "writer"
-CONSUMER = "writer-1"  # one writer per store, so one consumer name: a restart inherits its pending
+# The consumer of a writer without a lease token (tests of the writer alone, and writers from
+# before the lease); a writer with a lease reads as `writer-t<token>` and adopts what the others
+# left pending (`adopt`).
+CONSUMER = "writer-1"
 
 # Adds the entry only below the bound; returns the entry id, or false when full.
 _BOUNDED_ADD = """
@@ -66,12 +74,22 @@ def push(client: redis.Redis, store: str, batch_id: int, payload: bytes, bound: 
     script = client.register_script(_BOUNDED_ADD)
     deadline = time.monotonic() + timeout
     delay = 0.05
+    refused = ""  # why Redis refused the last write (out of memory), said once
     while True:
-        entry = script(keys=[results_key(store)], args=[bound, batch_id, payload])
+        try:
+            entry = script(keys=[results_key(store)], args=[bound, batch_id, payload])
+        except redis.ResponseError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            if not refused:
+                refused = describe_limit(client)
+                log.warning("batch %d waits: %s; its result is handed over once Redis takes writes", batch_id, refused)
+            entry = None
         if entry:
             return entry
         if time.monotonic() > deadline:
-            raise ResultsFull(f"results for store {store} stayed at {bound} entries for {timeout:.0f} s")
+            why = refused or f"results for store {store} stayed at {bound} entries"
+            raise ResultsFull(f"{why} for {timeout:.0f} s")
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
 
@@ -102,9 +120,10 @@ class Malformed:
 class ResultsReader:
     """The writer's side of the stream."""
 
-    def __init__(self, client: redis.Redis, store: str) -> None:
+    def __init__(self, client: redis.Redis, store: str, consumer: str = CONSUMER) -> None:
         self.client = client
         self.store = store
+        self.consumer = consumer
         self.key = results_key(store)
         self._pending: bytes | str | None = "0"  # cursor in our own pending entries; None: read new ones
 
@@ -124,6 +143,27 @@ class ResultsReader:
                 raise
             return []
 
+    def adopt(self, idle_ms: int) -> int:
+        """Take over the entries other consumers of the group read without acknowledging (earlier
+        writers, whose tokens are lower), to read them again first; consumers left with nothing,
+        idle for `idle_ms`, are removed. Returns how many entries were taken over."""
+        self.ensure_group()
+        taken = 0
+        for info in self.client.xinfo_consumers(self.key, GROUP):
+            name = info["name"].decode() if isinstance(info["name"], bytes) else str(info["name"])
+            if name == self.consumer:
+                continue
+            if info["pending"]:
+                pending = self.client.xpending_range(self.key, GROUP, "-", "+", info["pending"], consumername=name)
+                ids: list[Any] = [p["message_id"] for p in pending]
+                if ids:
+                    taken += len(self.client.xclaim(self.key, GROUP, self.consumer, 0, ids, justid=True))
+            elif info["idle"] >= idle_ms:
+                self.client.xgroup_delconsumer(self.key, GROUP, name)
+        if taken:
+            self._pending = "0"
+        return taken
+
     def reread_pending(self) -> None:
         """After a Redis error: what was read but not acknowledged is read again, from the start."""
         self._pending = "0"
@@ -131,7 +171,7 @@ class ResultsReader:
     def _read(self, count: int, block_ms: int) -> list[Entry | Malformed]:
         self.ensure_group()  # also after a FLUSHALL wiped the stream and its group
         while self._pending is not None:
-            got: Any = self.client.xreadgroup(GROUP, CONSUMER, {self.key: self._pending}, count=count)
+            got: Any = self.client.xreadgroup(GROUP, self.consumer, {self.key: self._pending}, count=count)
             items = [item for _key, batch in got or [] for item in batch]
             if not items:
                 self._pending = None
@@ -140,7 +180,7 @@ class ResultsReader:
             entries = self._entries(items)
             if entries:
                 return entries
-        new: Any = self.client.xreadgroup(GROUP, CONSUMER, {self.key: ">"}, count=count, block=block_ms)
+        new: Any = self.client.xreadgroup(GROUP, self.consumer, {self.key: ">"}, count=count, block=block_ms)
         return self._entries([item for _key, batch in new or [] for item in batch])
 
     @staticmethod

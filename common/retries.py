@@ -112,9 +112,17 @@ def retry_manifest_file(store: str | os.PathLike[str], batch_id: int) -> Path:
 
 
 def make_retry_manifest(
-    batch_id: int, job: str, rows: list[int], page_ids: list[str], statuses: list[str], skipped: list[int]
+    batch_id: int,
+    job: str,
+    rows: list[int],
+    page_ids: list[str],
+    statuses: list[str],
+    skipped: list[int],
+    token: int | None = None,
 ) -> dict[str, Any]:
-    """`rows` were overwritten with `statuses` (names, per row); `skipped` were no longer failed."""
+    """`rows` were overwritten with `statuses` (names, per row); `skipped` were no longer failed.
+
+    `token` is the writer lease's fencing token, as in a batch's manifest."""
     counts: dict[str, int] = {}
     for s in statuses:
         counts[s] = counts.get(s, 0) + 1
@@ -127,6 +135,7 @@ def make_retry_manifest(
         "row_statuses": list(statuses),
         "skipped_rows": list(skipped),
         "statuses": counts,
+        **({"token": token} if token is not None else {}),
     }
 
 

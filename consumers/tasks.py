@@ -169,7 +169,7 @@ def embed_batch(self, payload: dict[str, Any]) -> dict[str, Any]:
         raise Reject(str(exc), requeue=False) from None
     store, batch_id = task.store_id, task.batch_id
     queue = (self.request.delivery_info or {}).get("routing_key") or ""
-    lease = deliveries.Lease.take(client, task, queue, self.request.id)
+    lease = _take_lease(client, task, queue, self.request.id)
     try:
         if task.model is not None:
             check_same_model(task.model, _state["identity"], what="worker", whose="job")
@@ -217,6 +217,27 @@ def embed_batch(self, payload: dict[str, Any]) -> dict[str, Any]:
         "stages": {k: round(v, 3) for k, v in result.timings.items()},
         "bytes": len(blob),
     }
+
+
+def _take_lease(client, task, queue: str, task_id: str):
+    """The delivery's lease. While Redis refuses writes for lack of memory the batch is held here,
+    saying why, not failed: giving it back would need a write too, and failing it would drop it."""
+    import redis
+
+    from comix_embed.common import deliveries
+    from comix_embed.common.redis_memory import describe_limit, is_out_of_memory
+
+    said = False
+    while True:
+        try:
+            return deliveries.Lease.take(client, task, queue, task_id)
+        except redis.ResponseError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            if not said:
+                log.warning("batch %d waits before it starts: %s", task.batch_id, describe_limit(client))
+                said = True
+            time.sleep(1.0)
 
 
 def _my_leases(task_id: str | None = None) -> list:

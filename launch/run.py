@@ -50,6 +50,7 @@ from comix_embed.consumers.worker import add_arguments as add_worker_arguments
 from comix_embed.consumers.worker import worker_command
 from comix_embed.private_redis import PrivateRedis
 from comix_embed.producer.enqueue import EnqueueReport, add_source_arguments, plan, send_owed
+from comix_embed.writer.diskfull import EXIT_DISK_FULL
 
 log = logging.getLogger("comix.run")
 EXIT_OK, EXIT_FAILED_PAGES, EXIT_ERROR = 0, 3, 1
@@ -314,6 +315,11 @@ def _run_jobs(args: argparse.Namespace, identity: ModelIdentity, report: Enqueue
             "" if children.alive("worker") else f"every worker exited (see {children.log_dir})"
         )
         problem = problem or _refused(client, store, jobs, args.output_dir)
+        if children.procs["writer"].poll() == EXIT_DISK_FULL:  # its error says where and how much
+            bar.close()
+            said = (children.log_dir / "writer.log").read_text(errors="replace").splitlines()
+            print(next((x for x in reversed(said) if x.startswith("error:")), problem), file=sys.stderr, flush=True)
+            return EXIT_DISK_FULL
         if problem:
             bar.close()
             print(f"stopping: {problem}", file=sys.stderr, flush=True)

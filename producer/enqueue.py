@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import redis
 
 from comix_embed.common import config, deliveries
 from comix_embed.common.celery_app import configure
@@ -30,6 +34,7 @@ from comix_embed.common.manifests import store_owed
 from comix_embed.common.messages import TASK_FORMAT, ModelIdentity, TaskPayload
 from comix_embed.common.model_options import add_model_arguments
 from comix_embed.common.paths import ImageResolver, parse_path_map
+from comix_embed.common.redis_memory import describe_limit, is_out_of_memory
 from comix_embed.common.results_channel import connect, store_id, store_id_of
 from comix_embed.common.store import read_attrs, store_path
 from comix_embed.producer import retry
@@ -210,18 +215,48 @@ def send_owed(
 ) -> dict[str, list[int]]:
     """Send every batch that any job of the store still owes (no manifest), unless it was sent
     within the visibility timeout (`skip_recent`); batches sent before go ahead of new ones.
-    Returns what each job owed."""
+    Returns what each job owed. A Redis out of memory stops it with RedisFull, naming the limit:
+    what was sent stays sent, and running it again sends the rest."""
     app = configure(args.broker)
     client = connect(app.conf.broker_url)
     jobs = load_jobs(args.output_dir)
     owed = store_owed(store_path(args.output_dir), jobs)
     store = report.store
     assert store is not None
-    sent = deliveries.recently_sent(client, store)
-    now = time.time()
     report.batches_committed = sum(len(j.batches()) - len(owed[j.job_id]) for j in jobs)
     report.other_jobs = []
     sent_now: list[int] = []
+    try:
+        _send(args, report, client, app, jobs, owed, skip_recent, sent_now)
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        total = sum(len(b) for b in owed.values())
+        raise RedisFull(
+            f"{describe_limit(client)}. enqueue sent {len(sent_now)} of {total} batches owed; once Redis has "
+            "room, run it again: it sends the rest"
+        ) from None
+    if new_attempts:
+        deliveries.give_new_attempts(client, store, sent_now)
+    report.batches_sent += len(sent_now)
+    report.sent = True
+    return owed
+
+
+def _send(
+    args: argparse.Namespace,
+    report: EnqueueReport,
+    client: redis.Redis,
+    app: Any,
+    jobs: list[Job],
+    owed: dict[str, list[int]],
+    skip_recent: bool,
+    sent_now: list[int],
+) -> None:
+    """The sending loop of `send_owed`; `sent_now` gets each batch id once it is sent."""
+    assert report.store is not None
+    sent = deliveries.recently_sent(client, report.store)
+    now = time.time()
     with app.producer_or_acquire() as producer:
         for job in jobs:
             wanted = set(owed[job.job_id])
@@ -250,11 +285,10 @@ def send_owed(
                     client, payload, None, config.PRIORITY_AGAIN if again else config.PRIORITY_NEW, producer
                 )
                 sent_now.append(payload.batch_id)
-    if new_attempts:
-        deliveries.give_new_attempts(client, store, sent_now)
-    report.batches_sent += len(sent_now)
-    report.sent = True
-    return owed
+
+
+class RedisFull(Exception):
+    """Redis refused the batches for lack of memory: `enqueue` stops with exit status 1."""
 
 
 def enqueue(args: argparse.Namespace, resend: bool = False) -> EnqueueReport:
@@ -264,9 +298,13 @@ def enqueue(args: argparse.Namespace, resend: bool = False) -> EnqueueReport:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.retry_failed:
-        return _retry(args)
-    report = enqueue(args, resend=args.resend)
+    try:
+        if args.retry_failed:
+            return _retry(args)
+        report = enqueue(args, resend=args.resend)
+    except RedisFull as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print("\n".join(report.lines()))
     return 0
 

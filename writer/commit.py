@@ -16,6 +16,9 @@ On open it takes the output folder's lock, removes temporary files, zeroes the r
 that were being written without reaching their manifest, puts back the failed rows a killed
 retry was overwriting (`writer/retry.py`), and repairs a lagging `committed_rows`.
 A retry batch (`--retry-failed`, common/retries.py) is committed apart, by `writer/retry.py`.
+With a `fence` (the store's lease in Redis, writer/lease.py) it also sets aside the manifests a
+writer wrote after losing the lease, checks the lease before each manifest and records its token
+in it. A full disk (ENOSPC) stops a commit as `DiskFull`, naming the folder and the room needed.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ from comix_embed.common.retries import (
     round_of,
 )
 from comix_embed.writer import audit, checks, manifests, retry
+from comix_embed.writer.diskfull import is_disk_full, needed_bytes, raise_disk_full
+from comix_embed.writer.lease import WriterLease
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +99,7 @@ class StoreWriter:
         verbose: bool = False,
         fsync: bool = config.WRITER_FSYNC,
         out: TextIO | None = None,
+        fence: WriterLease | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.path = store.store_path(self.output_dir)
@@ -102,6 +108,7 @@ class StoreWriter:
         self.verbose = verbose
         self.fsync = fsync
         self.out = out if out is not None else sys.stdout
+        self.fence = fence
         self._lock_fh: Any = None
         self._audit: audit.AuditLog | None = None
         self._jobs: dict[str, Job] = {}  # registered in the store
@@ -129,9 +136,18 @@ class StoreWriter:
                 shutil.rmtree(leftover)
             if self.path.exists():
                 self._recover()
+            if self.fence is not None:  # before anything of this token is written
+                self.fence.committed = self._batches.keys
+                self.fence.seal(self._batches)
+            if self.path.exists():
                 self._register_pending()
                 self._migrate_tokenizer([j.model for j in self._jobs.values() if j.model is not None])
             self._audit = audit.AuditLog(self.output_dir / config.AUDIT_LOG_NAME)
+        except OSError as exc:
+            self.close()
+            if is_disk_full(exc):
+                raise_disk_full(exc, self.output_dir, 0, "opening the store")
+            raise
         except BaseException:
             self.close()
             raise
@@ -146,6 +162,9 @@ class StoreWriter:
             self._lock_fh = None
 
     def _lock(self) -> None:
+        if not config.writer_flock():
+            log.warning("%s=0: the output folder is not locked (for tests of the Redis lease)", config.WRITER_FLOCK_ENV)
+            return
         path = self.output_dir / config.WRITER_LOCK_NAME
         fh = try_lock(path)
         if fh is None:
@@ -216,10 +235,21 @@ class StoreWriter:
         self._attrs = store.read_attrs(self.path)
         self._open_arrays()
         found = manifests.read_manifests(self.path)
+        fenced: dict[int, dict[str, Any]] = {}
+        if self.fence is not None:
+            found, fenced = self.fence.admit(found)
+        for batch_id, m in fenced.items():
+            log.error(
+                "batch %d: manifest written under token %s after the lease had passed on: never committed",
+                batch_id,
+                m.get("token", 0),
+            )
+            manifests.set_aside(self.path, batch_id, ".fenced")
         self._batches = {b: manifest_rows(m) for b, m in found.items()}
         self._retried = retry_manifest_ids(self.path)
         retry.recover(self.path, self._arrays, self._retried, self.fsync)
         unfinished = [r for r in read_inflight(self.path) if r[0] not in self._batches]
+        unfinished += [(b, *manifest_rows(m)) for b, m in fenced.items()]
         if unfinished:
             log.info("clearing rows of %d batches a previous writer left without manifest", len(unfinished))
             self._clear_rows(unfinished)
@@ -277,7 +307,14 @@ class StoreWriter:
             elif r.batch_id not in self._batches and r.batch_id not in fresh:
                 fresh[r.batch_id] = r
         if fresh:
-            self._commit_new(sorted(fresh.values(), key=lambda r: r.start))
+            batch = sorted(fresh.values(), key=lambda r: r.start)
+            try:
+                self._commit_new(batch)
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                ids = ", ".join(str(r.batch_id) for r in batch)
+                raise_disk_full(exc, self.path, needed_bytes([r.arrays for r in batch]), f"committing batches {ids}")
         outcomes, seen = [], set()
         for r in results:
             written = (r.batch_id in fresh or r.batch_id in retried) and r.batch_id not in seen
@@ -311,9 +348,15 @@ class StoreWriter:
         bad = sorted(set(np.unique(r.arrays["status"]).tolist()) - set(_VALID_STATUSES))
         if problems or bad:
             raise InvalidResult(f"retry batch {r.batch_id}: {'; '.join(problems) or f'status values {bad}'}")
-        manifest, records = retry.commit_retry(
-            self.path, self._arrays, rnd, r, _prepared(r.arrays), self._page_of, self.fsync
-        )
+        fence = self.fence.check if self.fence is not None else None
+        try:
+            manifest, records = retry.commit_retry(
+                self.path, self._arrays, rnd, r, _prepared(r.arrays), self._page_of, self.fsync, fence
+            )
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            raise_disk_full(exc, self.path, needed_bytes([r.arrays]), f"committing retry batch {r.batch_id}")
         self._retried.add(r.batch_id)
         assert self._audit is not None
         self._audit.write(records)
@@ -356,9 +399,9 @@ class StoreWriter:
             raise
         for r in results:
             statuses = _status_counts(data[r.batch_id]["status"])
-            manifests.write_manifest(
-                self.path, make_manifest(r.batch_id, r.start, r.page_ids, r.job, statuses), self.fsync
-            )
+            token = self.fence.check() if self.fence is not None else None
+            manifest = make_manifest(r.batch_id, r.start, r.page_ids, r.job, statuses, token)
+            manifests.write_manifest(self.path, manifest, self.fsync)
             self._batches[r.batch_id] = (r.start, r.end)
         # inflight.json stays: its batches now have manifests, which recovery reads first
         self._advance()

@@ -32,6 +32,12 @@ def read_manifests(store: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
     return found
 
 
+def set_aside(store: str | os.PathLike[str], batch_id: int, suffix: str) -> None:
+    """Rename a batch's manifest so that no reader takes it for one: its batch is owed again."""
+    path = manifest_file(store, batch_id)
+    os.replace(path, path.with_name(path.name + suffix))
+
+
 def write_inflight(store: str | os.PathLike[str], ranges: list[tuple[int, int, int]], fsync: bool = True) -> None:
     """Record (batch_id, start, end) of the batches about to be written, before any row is."""
     write_json_atomic(manifest_dir(store) / INFLIGHT_NAME, {"batches": [list(r) for r in ranges]}, fsync)

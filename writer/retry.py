@@ -113,9 +113,13 @@ def commit_retry(
     data: dict[str, np.ndarray],
     page_of: Callable[[int], JobPage],
     fsync: bool,
+    fence: Callable[[], int] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Overwrite the batch's rows that are failed now with `data` (the result's prepared arrays,
-    in the round's row order); the manifest written and the audit records of the rows written."""
+    in the round's row order); the manifest written and the audit records of the rows written.
+
+    `fence` (the writer lease's check) gives the token the manifest records, and raises, before
+    the manifest, when the lease has passed to another writer."""
     rows = rnd.batch_rows(result.batch_id)
     now = read_rows(arrays, rows, ["status"])["status"]
     keep = [i for i, s in enumerate(now.tolist()) if s == STATUS_FAILED]
@@ -131,7 +135,8 @@ def commit_retry(
             raise
     statuses = [STATUS_NAMES.get(int(s), str(int(s))) for s in new["status"].tolist()]
     page_ids = [result.page_ids[i] for i in keep]
-    manifest = make_retry_manifest(result.batch_id, rnd.job_id, written, page_ids, statuses, skipped)
+    token = fence() if fence is not None else None
+    manifest = make_retry_manifest(result.batch_id, rnd.job_id, written, page_ids, statuses, skipped, token)
     write_json_atomic(retry_manifest_file(store, result.batch_id), manifest, fsync)
     _drop_saved(store, fsync)
     records = []

@@ -11,8 +11,10 @@ waiting up to a short linger for a whole chunk's worth, commits them (rows, then
 Being the one process always there, it also ends deliveries whose holder is gone: every
 WRITER_SCAN_S it sends again (from the job's kept payloads) each batch whose lease expired
 without a manifest, and commits as failed rows the batches lost COMIX_MAX_ATTEMPTS times
-(common/deliveries.py). Every commit goes through `_may_commit`, the one place where a writer
-that may no longer write (a single-writer lease it could not renew, issue 10) stops committing.
+(common/deliveries.py). Every commit goes through `_may_commit`, where the store's lease
+(writer/lease.py) is checked: a writer whose lease passed to another stops (exit status 2), as
+does a writer that finds the lease held when it starts. A full disk stops it with exit status 4
+(writer/diskfull.py); started again once there is room, it resumes.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import redis
 
 from comix_embed.common import config, deliveries
 from comix_embed.common.celery_app import configure
-from comix_embed.common.errors import UsageError
 from comix_embed.common.identity import ModelMismatch
 from comix_embed.common.jobs import read_task
 from comix_embed.common.messages import MalformedMessage, TaskPayload
@@ -37,6 +38,8 @@ from comix_embed.common.results_channel import Entry, Malformed, ResultsReader, 
 from comix_embed.common.retries import batch_rows
 from comix_embed.writer.checks import CheckFailed
 from comix_embed.writer.commit import InvalidResult, StoreWriter
+from comix_embed.writer.diskfull import EXIT_DISK_FULL, DiskFull
+from comix_embed.writer.lease import WriterLease
 
 log = logging.getLogger("comix.writer")
 _KEPT_BYTES = 4096  # of a malformed entry's data, kept beside its reason
@@ -54,8 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class WriterService:
     """The loop: read results, commit, acknowledge; stops on SIGTERM/SIGINT after the commit at hand."""
 
-    def __init__(self, writer: StoreWriter, client: redis.Redis, output_dir: Path, read: int) -> None:
+    def __init__(
+        self, writer: StoreWriter, client: redis.Redis, output_dir: Path, read: int, lease: WriterLease | None = None
+    ) -> None:
         self.writer = writer
+        self.lease = lease
         self.client = client
         self.output_dir = output_dir
         self.read = read
@@ -72,14 +78,32 @@ class WriterService:
             store = store_id(self.output_dir)
             if store is None:
                 return None
-            self.reader = ResultsReader(self.client, store)
-            log.info("reading results of store %s from %s", store, self.reader.key)
+            if self.lease is None:
+                self.reader = ResultsReader(self.client, store)
+            else:
+                self.reader = ResultsReader(self.client, store, self.lease.consumer)
+                self._adopt()
+            log.info("reading results of store %s from %s as %s", store, self.reader.key, self.reader.consumer)
         return self.reader
 
+    def _adopt(self) -> None:
+        """Read again first what earlier writers (lower tokens) read without acknowledging."""
+        if self.reader is not None and self.lease is not None:
+            taken = self.reader.adopt(idle_ms=int(2000 * self.lease.ttl_s))
+            if taken:
+                log.info("took over %d results that earlier writers left unacknowledged", taken)
+
     def _may_commit(self) -> None:
-        """Where a single-writer lease (issue 10) is checked before each commit: a writer that
-        could not renew it raises here and commits nothing more. One writer per store is held by
-        the output folder's lock today (StoreWriter)."""
+        """Checked before each commit: a writer whose lease passed to another raises LeaseLost
+        here and commits nothing more; a lease taken again after Redis lost it brings a new token,
+        and so a new consumer name."""
+        if self.lease is None:
+            return
+        self.lease.check()
+        if self.reader is not None and self.reader.consumer != self.lease.consumer:
+            self.reader.consumer = self.lease.consumer
+            self.reader.reread_pending()
+            self._adopt()
 
     def serve(self) -> None:
         waited = False
@@ -209,6 +233,7 @@ class WriterService:
         if time.monotonic() < self._next_scan:
             return
         self._next_scan = time.monotonic() + config.WRITER_SCAN_S
+        self._adopt()
         for info in deliveries.expired_leases(self.client, store):
             if deliveries.claim(self.client, info.token) is None:
                 continue  # its worker ended it meanwhile
@@ -239,23 +264,51 @@ class WriterService:
             log.error("batch %d was given up but cannot be committed as failed rows: %s", batch, exc)
 
 
+def _wait_for_store(output_dir: Path, stopping: list[bool]) -> str | None:
+    """The store's id once its first job exists (the lease is per store); None if stopped first."""
+    store = store_id(output_dir)
+    if store is None:
+        log.info("waiting for a job in %s", output_dir / config.JOBS_DIR_NAME)
+    while store is None and not stopping:
+        time.sleep(0.5)
+        store = store_id(output_dir)
+    return store
+
+
 def run(args: argparse.Namespace) -> int:
     app = configure(args.broker)
     client = connect(app.conf.broker_url)
-    with StoreWriter(
-        args.output_dir, verify_batches=args.verify_batches, write_check=args.write_check, verbose=args.verbose
-    ) as writer:
-        service = WriterService(writer, client, args.output_dir, args.read)
-        signal.signal(signal.SIGTERM, service.stop)
-        signal.signal(signal.SIGINT, service.stop)
-        log.info("writer for %s: %d rows committed", writer.path, writer.committed_rows)
-        try:
+    stopping: list[bool] = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
+    store = _wait_for_store(args.output_dir, stopping)
+    if store is None:
+        return 0
+    try:
+        with (
+            WriterLease(client, store, args.output_dir) as lease,
+            StoreWriter(
+                args.output_dir,
+                verify_batches=args.verify_batches,
+                write_check=args.write_check,
+                verbose=args.verbose,
+                fence=lease,
+            ) as writer,
+        ):
+            service = WriterService(writer, client, args.output_dir, args.read, lease)
+            signal.signal(signal.SIGTERM, service.stop)
+            signal.signal(signal.SIGINT, service.stop)
+            log.info(
+                "writer for %s: %d rows committed (lease token %d)", writer.path, writer.committed_rows, lease.token
+            )
             service.serve()
-        except CheckFailed as exc:
-            log.error("check failed, stopping: %s", exc)
-            print(f"error: {exc}", flush=True)
-            return 1
-        except UsageError:
-            raise
+    except CheckFailed as exc:
+        log.error("check failed, stopping: %s", exc)
+        print(f"error: {exc}", flush=True)
+        return 1
+    except DiskFull as exc:
+        log.error("%s", exc)
+        print(f"error: {exc}", flush=True)
+        return EXIT_DISK_FULL
     log.info("writer stopped")
     return 0

@@ -1,0 +1,205 @@
+"""One writer per store across hosts: the Redis lease and its fencing token (issue 10 §2).
+
+Real writer processes on one store with the output folder's flock off (COMIX_WRITER_FLOCK=0, a
+setting for tests: the flock would stop the second writer first), over a private Redis that the
+tests wipe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import redis
+import zarr
+
+from comix_embed.common.jobs import Job
+from comix_embed.common.manifests import manifest_file, manifest_ids
+from comix_embed.common.results_channel import push, results_key, store_id
+from comix_embed.common.store import store_path
+from comix_embed.private_redis import PrivateRedis
+from comix_embed.writer.commit import StoreWriter
+from comix_embed.writer.lease import LEASE_KEY, WriterLease
+from comix_embed.writer.manifests import read_manifests
+from tests import synthetic
+from tests.conftest import run_cli
+from tests.harness import writer
+
+TTL = "3"  # seconds: a short lease keeps the takeover tests short
+ENV = {"COMIX_WRITER_FLOCK": "0", "COMIX_WRITER_LEASE_TTL_S": TTL, "COMIX_WRITER_LINGER_S": "0"}
+
+
+def _wait(condition, timeout: float, what) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what() if callable(what) else what}"
+        time.sleep(0.02)
+
+
+def _job(out: Path) -> tuple[Job, str]:
+    job, _ = synthetic.plan(out, synthetic.make_pages(48), 8)
+    assert job is not None
+    store = store_id(out)
+    assert store is not None
+    return job, store
+
+
+def _send(client: redis.Redis, store: str, job: Job, batches: list[int]) -> None:
+    for b in batches:
+        push(client, store, b, synthetic.make_result(job, b, synthetic.model_info()).to_bytes(), 64, 10)
+
+
+def _tokens(out: Path) -> dict[int, int]:
+    return {b: m.get("token", 0) for b, m in read_manifests(store_path(out)).items()}
+
+
+def test_second_writer_exits_2_naming_the_holder(tmp_path: Path, broker: PrivateRedis) -> None:
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    job, store = _job(out)
+    client = redis.Redis.from_url(broker.url)
+    first = writer(out, broker.url, logs, "first", env=ENV)
+    try:
+        _wait(lambda: "lease token 1" in first.text(), 60, first.text)
+        second = run_cli("writer", "--output-dir", str(out), "--broker", broker.url, env=ENV, timeout=60)
+        assert second.returncode == 2, second.stdout + second.stderr
+        holder = f"has a writer: host {socket.gethostname()}, pid {first.pid}, token 1, since 20"
+        assert holder in second.stderr, second.stderr
+        _send(client, store, job, [0, 1])  # the first writer goes on, undisturbed
+        _wait(lambda: manifest_ids(store_path(out)) == {0, 1}, 60, first.text)
+        assert first.proc.poll() is None
+    finally:
+        first.stop()
+    assert _tokens(out) == {0: 1, 1: 1}
+
+
+def test_killed_writer_is_taken_over_and_tokens_grow_across_a_wiped_redis(tmp_path: Path, broker: PrivateRedis) -> None:
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    job, store = _job(out)
+    client = redis.Redis.from_url(broker.url)
+    slow = {**ENV, "COMIX_WRITER_LEASE_TTL_S": "20"}  # longer than a writer takes to start
+    first = writer(out, broker.url, logs, "first", env=slow)
+    _send(client, store, job, [0, 1])
+    _wait(lambda: manifest_ids(store_path(out)) == {0, 1}, 60, first.text)
+    # the restarted writer is started (and waits for a job) before the kill, with the job files out
+    # of its sight: how long it takes to start does not decide whether the lease is still there
+    (out / "jobs").rename(out / "jobs.away")
+    restarted = writer(out, broker.url, logs, "restarted", env=slow)
+    try:
+        _wait(lambda: "waiting for a job" in restarted.text(), 120, restarted.text)
+        first.kill()  # SIGKILL: its lease stays in Redis until it expires
+        assert client.exists(LEASE_KEY.format(store=store))
+        (out / "jobs.away").rename(out / "jobs")
+        _wait(lambda: "lease token 2" in restarted.text(), 60, restarted.text)
+        text = restarted.text()
+        assert f"held by a writer of this host that is no longer running (host {socket.gethostname()}, " in text
+        waited = float(text.split("waiting up to ")[1].split(" s")[0])
+        assert 0 <= waited <= 20
+        _send(client, store, job, [2])
+        _wait(lambda: 2 in manifest_ids(store_path(out)), 60, restarted.text)
+        client.flushall()  # Redis loses everything, the lease and its counter with it
+        _wait(lambda: "was gone (Redis wiped, or expired): token 3 now" in restarted.text(), 60, restarted.text)
+        _send(client, store, job, [3])
+        _wait(lambda: 3 in manifest_ids(store_path(out)), 60, restarted.text)
+    finally:
+        restarted.stop()
+    client.flushall()
+    again = writer(out, broker.url, logs, "again", env=ENV)  # a wiped Redis: the token comes from the folder
+    try:
+        _wait(lambda: "lease token 4" in again.text(), 60, again.text)
+        _send(client, store, job, [4, 5])
+        _wait(lambda: len(manifest_ids(store_path(out))) == 6, 60, again.text)
+    finally:
+        again.stop()
+    assert _tokens(out) == {0: 1, 1: 1, 2: 2, 3: 3, 4: 4, 5: 4}
+    record = json.loads((out / "writer.token.json").read_text())
+    assert record["token"] == 4 and record["accepted"] == [[0, 3]]
+
+
+def test_a_writer_that_lost_its_lease_writes_nothing_more(tmp_path: Path, broker: PrivateRedis) -> None:
+    """The first writer stalls (SIGSTOP) past its lease; a second one takes the store; the first,
+    woken, finds its token superseded and exits 2 without writing another manifest."""
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    job, store = _job(out)
+    client = redis.Redis.from_url(broker.url)
+    key = LEASE_KEY.format(store=store)
+    first = writer(out, broker.url, logs, "first", env=ENV)
+    second = None
+    try:
+        _send(client, store, job, [0])
+        _wait(lambda: manifest_ids(store_path(out)) == {0}, 60, first.text)
+        os.killpg(first.pid, signal.SIGSTOP)
+        _wait(lambda: not client.exists(key), 60, "the stalled writer's lease did not expire")
+        second = writer(out, broker.url, logs, "second", env=ENV)
+        _wait(lambda: "lease token 2" in second.text(), 60, second.text)
+        _send(client, store, job, [1, 2])
+        os.killpg(first.pid, signal.SIGCONT)
+        assert first.proc.wait(60) == 2
+        _wait(lambda: manifest_ids(store_path(out)) == {0, 1, 2}, 60, second.text)
+        assert second.proc.poll() is None
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+    text = first.text()
+    assert f"passed to another writer (host {socket.gethostname()}, pid {second.pid}, token 2, since" in text
+    assert "writes nothing more" in text
+    assert _tokens(out) == {0: 1, 1: 2, 2: 2}
+
+
+def test_recovery_sets_aside_what_a_lower_token_wrote_after_the_takeover(tmp_path: Path, broker: PrivateRedis) -> None:
+    """A writer that lost its lease between its check and its write can still land a manifest (a
+    filesystem checks no token). The next holder's recovery treats it as never committed."""
+    job, store = _job(tmp_path)
+    client = redis.Redis.from_url(broker.url)
+    model = synthetic.model_info()
+    results = {b: synthetic.make_result(job, b, model) for b in range(4)}
+    with WriterLease(client, store, tmp_path) as lease, StoreWriter(tmp_path, fsync=False, fence=lease) as w:
+        w.commit([results[0], results[1]])
+    with WriterLease(client, store, tmp_path) as lease, StoreWriter(tmp_path, fsync=False, fence=lease) as w:
+        assert lease.token == 2 and w.committed_rows == 16
+        w.commit([results[2]])
+        # what the writer of token 1 wrote once it had lost the lease: rows, then a manifest
+        group = zarr.open_group(store_path(tmp_path), mode="r+")
+        group["page_embeddings"][24:32] = results[3].arrays["page_embeddings"]
+        group["status"][24:32] = results[3].arrays["status"]
+        zombie = json.loads(manifest_file(store_path(tmp_path), 2).read_text())
+        zombie.update(batch_id=3, start_idx=24, end_idx=31, page_ids=results[3].page_ids, token=1)
+        manifest_file(store_path(tmp_path), 3).write_text(json.dumps(zombie))
+    with WriterLease(client, store, tmp_path) as lease, StoreWriter(tmp_path, fsync=False, fence=lease) as w:
+        assert lease.token == 3
+        assert w.committed_rows == 24 and not w.is_committed(3) and w.owed() == {job.job_id: [3, 4, 5]}
+    path = store_path(tmp_path)
+    assert (path / "manifest" / "batch_000003.json.fenced").exists()
+    assert not np.asarray(zarr.open_group(path, mode="r")["page_embeddings"][24:32]).any()
+    assert _tokens(tmp_path) == {0: 1, 1: 1, 2: 2}
+
+
+def test_lease_ttl_is_checked_at_start(tmp_path: Path) -> None:
+    done = run_cli("writer", "--output-dir", str(tmp_path), env={"COMIX_WRITER_LEASE_TTL_S": "0.2"}, timeout=60)
+    assert done.returncode == 2
+    assert "COMIX_WRITER_LEASE_TTL_S must be at least 1 second, got 0.2" in done.stderr
+
+
+def test_results_left_by_an_earlier_writer_are_read_again(tmp_path: Path, broker: PrivateRedis) -> None:
+    """The consumer's name carries the token: what a writer of a lower token read without
+    acknowledging is taken over by the next one, and committed."""
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    job, store = _job(out)
+    client = redis.Redis.from_url(broker.url)
+    key = results_key(store)
+    client.xgroup_create(key, "writer", id="0", mkstream=True)
+    _send(client, store, job, [0, 1])
+    assert len(client.xreadgroup("writer", "writer-t7", {key: ">"})[0][1]) == 2  # read, then it died
+    w = writer(out, broker.url, logs, "w", env=ENV)
+    try:
+        _wait(lambda: manifest_ids(store_path(out)) == {0, 1}, 60, w.text)
+        _wait(lambda: client.xlen(key) == 0, 60, w.text)
+    finally:
+        w.stop()
+    assert "took over 2 results that earlier writers left unacknowledged" in w.text()
+    assert "writer-t1" in w.text()

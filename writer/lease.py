@@ -1,0 +1,336 @@
+"""One writer per store, also across hosts: a lease in Redis with a fencing token that only grows.
+
+Why: the output folder's flock holds on one host; on a network filesystem, where stores often
+live, it may not. The lease is one key per store, `comix:writer-lease:<store>`, set only if absent
+(one Lua script) with a short TTL (COMIX_WRITER_LEASE_TTL_S), holding its token, host, pid and
+since when; a thread renews it every third of the TTL, so renewal never waits on a commit.
+- Tokens grow even across a wiped Redis: a new token is max(the token recorded in the output
+  folder, Redis's counter) + 1, recorded in the folder (`writer.token.json`) before the writer
+  writes anything, and in every manifest it writes.
+- `check()` comes before each manifest: within half a TTL of the last renewal it is a local test
+  (no other writer can hold the key before it expires), else it asks Redis. A lease another token
+  holds raises `LeaseLost` and the writer writes nothing more. A lease simply gone (Redis wiped,
+  or expired while no one took it) is taken again with a new token, unless another writer held
+  the store meanwhile.
+- A filesystem checks no token, so a writer that lost its lease between its check and its write
+  can still land a manifest. Recovery treats those as never committed: the record names the
+  batches whose manifests the holder accepted when it took the store (as ranges), and a manifest
+  of a lower token that is not among them is set aside and its rows cleared (`admit`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from comix_embed.common import config
+from comix_embed.common.durable import write_json_atomic
+from comix_embed.common.errors import UsageError
+from comix_embed.common.jobs import utc_now
+
+log = logging.getLogger(__name__)
+
+LEASE_KEY = "comix:writer-lease:{store}"
+TOKEN_KEY = "comix:writer-token:{store}"
+
+# KEYS: lease, counter. ARGV: floor, host, pid, since, ttl ms, expected counter (or -1).
+# Returns {1, value} when taken, {0, value of the holder}, or {-1, counter} when a writer with a
+# token above the expected one held the store meanwhile.
+_ACQUIRE = """
+local held = redis.call('GET', KEYS[1])
+if held then return {0, held} end
+local counter = tonumber(redis.call('GET', KEYS[2]) or '0')
+local expected = tonumber(ARGV[6])
+if expected >= 0 and counter > expected then return {-1, tostring(counter)} end
+local token = math.max(counter, tonumber(ARGV[1])) + 1
+local value = cjson.encode({token = token, host = ARGV[2], pid = tonumber(ARGV[3]), since = ARGV[4]})
+redis.call('SET', KEYS[2], token)
+redis.call('SET', KEYS[1], value, 'PX', tonumber(ARGV[5]))
+return {1, value}
+"""
+# KEYS: lease. ARGV: token, ttl ms. 1 renewed, 0 gone, -1 held by another token (PEXPIRE passes
+# a Redis out of memory: renewal goes on while Redis refuses new data).
+_RENEW = """
+local held = redis.call('GET', KEYS[1])
+if not held then return 0 end
+if cjson.decode(held).token ~= tonumber(ARGV[1]) then return -1 end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+return 1
+"""
+_RELEASE = """
+local held = redis.call('GET', KEYS[1])
+if held and cjson.decode(held).token == tonumber(ARGV[1]) then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class WriterLeaseHeld(UsageError):
+    """Another writer holds the store's lease (exit status 2)."""
+
+
+class LeaseLost(UsageError):
+    """This writer's lease passed to another writer: it must write nothing more (exit status 2)."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    token: int
+    host: str
+    pid: int
+    since: str
+
+    @classmethod
+    def parse(cls, raw: bytes | str) -> Holder:
+        d = json.loads(raw)
+        return cls(int(d["token"]), str(d["host"]), int(d["pid"]), str(d["since"]))
+
+    def __str__(self) -> str:
+        return f"host {self.host}, pid {self.pid}, token {self.token}, since {self.since}"
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the output folder keeps of the latest lease: its holder and the batches whose
+    manifests that holder accepted when it took the store (inclusive ranges of batch ids)."""
+
+    holder: Holder
+    accepted: list[tuple[int, int]]
+
+    def accepts(self, batch_id: int) -> bool:
+        return any(a <= batch_id <= b for a, b in self.accepted)
+
+
+def read_record(output_dir: Path) -> Record | None:
+    path = output_dir / config.WRITER_TOKEN_NAME
+    if not path.exists():
+        return None
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        holder = Holder(int(d["token"]), str(d["host"]), int(d["pid"]), str(d["since"]))
+        return Record(holder, [(int(a), int(b)) for a, b in d["accepted"]])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(
+            f"{path} is unreadable ({type(exc).__name__}: {exc}): it records the writer's lease token"
+        ) from None
+
+
+def ranges(ids: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted ids as inclusive ranges: a million batches committed mostly in order stay a few lines."""
+    out: list[list[int]] = []
+    for i in sorted(ids):
+        if out and out[-1][1] + 1 == i:
+            out[-1][1] = i
+        else:
+            out.append([i, i])
+    return [(a, b) for a, b in out]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class WriterLease:
+    """The store's lease, held from `acquire()` to `release()`; `token` is the current fencing token."""
+
+    def __init__(self, client: redis.Redis, store: str, output_dir: Path, ttl_s: float = config.WRITER_LEASE_TTL_S):
+        self.client = client
+        self.store = store
+        self.output_dir = Path(output_dir)
+        self.ttl_s = ttl_s
+        self.key = LEASE_KEY.format(store=store)
+        self.counter = TOKEN_KEY.format(store=store)
+        self.host = socket.gethostname()
+        self.token = 0
+        self.committed: Callable[[], Iterable[int]] = lambda: ()  # the writer's batches, for re-sealing
+        self._acquire = client.register_script(_ACQUIRE)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+        self._confirmed = 0.0  # monotonic time of the last renewal Redis confirmed
+        self._state = 1  # the renewal thread's latest answer: 1 held, 0 gone, -1 another token
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def consumer(self) -> str:
+        """The results consumer's name: it carries the token, so a writer's reads are its own."""
+        return f"writer-t{self.token}"
+
+    # --- taking and giving back ---
+
+    def acquire(self) -> WriterLease:
+        """Take the lease, or raise WriterLeaseHeld naming its holder. A lease left by a writer of
+        this host that is no longer running is waited for (at most its TTL) and taken over."""
+        record = read_record(self.output_dir)
+        floor = record.holder.token if record else 0
+        waited_for: Holder | None = None
+        deadline = 0.0
+        while True:
+            taken, raw = self._try(floor, expected=-1)
+            if taken == 1:
+                break
+            holder = Holder.parse(raw)
+            own_dead = holder.host == self.host and holder.pid != os.getpid() and not _pid_alive(holder.pid)
+            if not own_dead or (waited_for is not None and holder != waited_for):
+                raise WriterLeaseHeld(
+                    f"store {self.store} ({self.output_dir}) has a writer: {holder}; one writer per store "
+                    f"(lease {self.key} in Redis, TTL {self.ttl_s:g} s)"
+                )
+            if waited_for is None:
+                left = self.client.pttl(self.key)
+                log.warning(
+                    "the lease of store %s is held by a writer of this host that is no longer running (%s): "
+                    "waiting up to %.1f s for it to expire",
+                    self.store,
+                    holder,
+                    max(left, 0) / 1000,
+                )
+                waited_for = holder
+                deadline = time.monotonic() + self.ttl_s + 5
+            if time.monotonic() > deadline:
+                raise WriterLeaseHeld(f"store {self.store}: the lease of {holder} did not expire within its TTL")
+            time.sleep(0.1)
+        self._took(raw)
+        self._thread = threading.Thread(target=self._renew_loop, name="writer-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def _try(self, floor: int, expected: int) -> tuple[int, Any]:
+        since = utc_now()
+        ttl_ms = int(self.ttl_s * 1000)
+        taken, raw = self._acquire(
+            keys=[self.key, self.counter], args=[floor, self.host, os.getpid(), since, ttl_ms, expected]
+        )
+        return int(taken), raw
+
+    def _took(self, raw: Any) -> None:
+        holder = Holder.parse(raw)
+        self.token = holder.token
+        self._confirmed = time.monotonic()
+        self._state = 1
+        log.info("writer lease of store %s taken: %s", self.store, holder)
+
+    def seal(self, committed: Iterable[int]) -> None:
+        """Record the token in the output folder with the batches this holder accepted, before it
+        writes anything else: a later recovery sets aside what a lower token wrote past them."""
+        holder = self._holder()
+        data = {**holder.__dict__, "accepted": [list(r) for r in ranges(committed)]}
+        write_json_atomic(self.output_dir / config.WRITER_TOKEN_NAME, data, fsync=True)
+
+    def _holder(self) -> Holder:
+        raw = self.client.get(self.key)
+        if raw is not None:
+            holder = Holder.parse(raw)
+            if holder.token == self.token:
+                return holder
+        return Holder(self.token, self.host, os.getpid(), utc_now())
+
+    def release(self) -> None:
+        """Stop renewing and delete the lease if it is still ours: a restart need not wait."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.ttl_s)
+            self._thread = None
+        if self.token and self._state != -1:
+            try:
+                self._release(keys=[self.key], args=[self.token])
+            except redis.RedisError as exc:
+                log.warning("could not release the writer lease (%s); it expires in %g s", exc, self.ttl_s)
+
+    def __enter__(self) -> WriterLease:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    # --- holding ---
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                self._renew_once()
+            except redis.RedisError as exc:
+                log.warning("could not renew the writer lease (%s: %s); retrying", type(exc).__name__, exc)
+
+    def _renew_once(self) -> int:
+        state = int(self._renew(keys=[self.key], args=[self.token, int(self.ttl_s * 1000)]))
+        if state == 1:
+            self._confirmed = time.monotonic()
+        elif state == -1 and self._state != -1:
+            log.error("the writer lease of store %s passed to another writer: committing nothing more", self.store)
+        self._state = state
+        return state
+
+    def check(self) -> int:
+        """The token to write under, or LeaseLost: called before each manifest. Redis errors
+        propagate (the writer retries, writing nothing meanwhile)."""
+        fresh = time.monotonic() - self._confirmed < self.ttl_s / 2
+        if self._state == 1 and fresh:
+            return self.token
+        state = self._state if self._state == -1 else self._renew_once()
+        if state == 1:
+            return self.token
+        if state == -1:
+            raw = self.client.get(self.key)
+            now = Holder.parse(raw) if raw is not None else "unknown"
+            raise LeaseLost(
+                f"the writer lease of store {self.store} passed to another writer ({now}); this writer "
+                f"(token {self.token}) stops and writes nothing more"
+            )
+        return self._take_again()
+
+    def _take_again(self) -> int:
+        """The lease is gone (Redis wiped, or it expired while no one took it): take it again with a
+        new token, unless another writer held the store meanwhile."""
+        record = read_record(self.output_dir)
+        if record is not None and record.holder.token > self.token:
+            self._state = -1
+            raise LeaseLost(
+                f"the writer lease of store {self.store} expired and another writer held the store "
+                f"meanwhile ({record.holder}); this writer (token {self.token}) stops and writes nothing more"
+            )
+        old = self.token
+        taken, raw = self._try(self.token, expected=self.token)
+        if taken != 1:
+            self._state = -1
+            who = Holder.parse(raw) if taken == 0 else f"token {int(raw)} was issued meanwhile"
+            raise LeaseLost(
+                f"the writer lease of store {self.store} expired and another writer took the store ({who}); "
+                f"this writer (token {old}) stops and writes nothing more"
+            )
+        self._took(raw)
+        self.seal(self.committed())
+        log.warning("writer lease of store %s was gone (Redis wiped, or expired): token %d now", self.store, self.token)
+        return self.token
+
+    # --- recovery ---
+
+    def admit(self, found: dict[int, dict[str, Any]]) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]]]:
+        """Split the manifests found on disk into those committed and those a writer wrote after it
+        had lost the lease (a token below the record's, for a batch the record did not accept)."""
+        record = read_record(self.output_dir)
+        if record is None:
+            return found, {}
+        valid, fenced = {}, {}
+        for batch_id, manifest in found.items():
+            token = int(manifest.get("token", 0))
+            if token >= record.holder.token or record.accepts(batch_id):
+                valid[batch_id] = manifest
+            else:
+                fenced[batch_id] = manifest
+        return valid, fenced
