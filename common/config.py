@@ -46,11 +46,15 @@ MAX_IMAGE_PIXELS = int(_number("COMIX_MAX_IMAGE_PIXELS", 64_000_000))
 STORE_NAME = "combined_embeddings.zarr"
 MANIFEST_GROUP = "manifest"
 SCHEMA_VERSION = 1
-# Rows per chunk along page_id: a multiple of common batch sizes, so a batch rewrites at most one
-# partial chunk per array and a writer that is behind writes whole chunks (research/zarr-durability.md §4).
+# Chunking along page_id (research at 1.2M pages, batch 8, d=384): at most a few thousand files
+# per array, and a committed region rewritten only while its shard or chunk fills.
+# The embedding arrays: chunks of CHUNK_ROWS rows, packed in shards of SHARD_ROWS rows (one file).
 CHUNK_ROWS = 64
-# Capacity grows in steps this large, all arrays back to back (readers see equal shapes).
-GROWTH_ROWS = 4096
+SHARD_ROWS = 1024
+# The other result arrays: one chunk per SHARD_ROWS rows. The writer commits in runs cut at
+# multiples of SHARD_ROWS (writer/service.py), so a shard or chunk is written whole when it can be.
+# The page columns written at registration (page_id, paths): chunks of PAGE_COLUMN_ROWS rows.
+PAGE_COLUMN_ROWS = 16384
 AUDIT_LOG_NAME = "audit.jsonl"
 JOBS_DIR_NAME = "jobs"
 # The writer's lock file in the output folder: one writer per store.

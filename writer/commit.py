@@ -355,9 +355,7 @@ class StoreWriter:
             raise InvalidResult(f"batch {r.batch_id} ({r.job}): status values {bad} are not ok/failed/full_page")
 
     def _create(self, model: ModelIdentity) -> None:
-        rows = max((j.end_row for j in load_jobs(self.output_dir)), default=0)
-        capacity = max(1, -(-rows // config.GROWTH_ROWS)) * config.GROWTH_ROWS
-        store.create_store(self.path, model, capacity, self.fsync)
+        store.create_store(self.path, model, self.fsync)
         self._attrs = store.read_attrs(self.path)
         self._open_arrays()
         self._register_pending()
