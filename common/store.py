@@ -109,6 +109,7 @@ def create_store(path: str | os.PathLike[str], model: ModelIdentity | dict[str, 
         "created": utc_now(),
         "schema_version": config.SCHEMA_VERSION,
         "committed_rows": 0,
+        "manifest_checkpoint": {"batches": 0, "rows": 0, "statuses": {}},  # see common/manifests.py
         "registered_rows": 0,
         "jobs": [],
         "coordinates": " ".join(config.STORE_COORDINATES),

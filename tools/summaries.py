@@ -24,7 +24,7 @@ import numpy as np
 
 from comix_embed.common import config
 from comix_embed.common.errors import UsageError
-from comix_embed.common.manifests import manifest_ids
+from comix_embed.common.manifests import load_committed
 from comix_embed.common.results import STATUS_FAILED, STATUS_NAMES, STATUS_PENDING
 from comix_embed.common.store import resolve_store
 
@@ -87,25 +87,16 @@ def row_norms(page_emb: np.ndarray, panel_emb: np.ndarray, mask: np.ndarray) -> 
 def out_of_order_note(store: Path) -> str:
     """Batches with a manifest past the committed prefix: written, not yet readable.
 
-    Manifest names are listed, not read, except the few past the prefix (cheap on any store).
+    Read from the checkpoint and the few manifests past it (cheap on any store).
     """
-    folder = store / config.MANIFEST_GROUP
-    present = manifest_ids(store)
-    ids = sorted(present)
-    waiting = next(i for i in range(len(ids) + 1) if i not in present)
-    later = [i for i in ids if i > waiting]
+    committed, _ = load_committed(store)
+    later = sorted(committed.beyond)
     if not later:
         return ""
-    rows = 0
-    for batch_id in later:
-        try:
-            with open(folder / f"batch_{batch_id:06d}.json", encoding="utf-8") as fh:
-                rows += int(json.load(fh)["num_pages"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # a broken manifest is diagnose's business; here it only is not counted
+    rows = sum(end - start for start, end, _ in committed.beyond.values())
     shown = ", ".join(str(i) for i in later[:8]) + (", ..." if len(later) > 8 else "")
     which = f"batch {shown}" if len(later) == 1 else f"batches {shown}"
-    return f"; {which} ({rows} rows) committed out of order, readable once batch {waiting} is committed"
+    return f"; {which} ({rows} rows) committed out of order, readable once batch {committed.batches} is committed"
 
 
 def header_line(store: Path, attrs: dict[str, Any], committed: int) -> str:

@@ -36,7 +36,7 @@ from comix_embed.common import config, store
 from comix_embed.common.errors import UsageError
 from comix_embed.common.identity import check_same_model, identity_of, is_legacy_tokenizer, tokenizers_match
 from comix_embed.common.jobs import Job, load_jobs
-from comix_embed.common.manifests import committed_prefix, make_manifest, manifest_rows, owed_batches, read_inflight
+from comix_embed.common.manifests import CHECKPOINT_ATTR, Committed, make_manifest, owed_batches, read_inflight
 from comix_embed.common.messages import ModelIdentity
 from comix_embed.common.results import (
     RESULT_ARRAYS,
@@ -95,8 +95,7 @@ class StoreWriter:
         self._lock_fh: Any = None
         self._audit: audit.AuditLog | None = None
         self._jobs: dict[str, Job] = {}  # registered in the store
-        self._batches: dict[int, tuple[int, int]] = {}  # batch id -> rows, for every manifest
-        self._next_batch = 0  # first batch id past the committed prefix
+        self._committed = Committed()  # every batch that has a manifest
         self._attrs: dict[str, Any] = {}
         self._arrays: dict[str, zarr.Array] = {}
 
@@ -162,10 +161,10 @@ class StoreWriter:
 
     def owed(self) -> dict[str, list[int]]:
         """Owed batches of every job planned in the output folder (registered or not yet)."""
-        return owed_batches(load_jobs(self.output_dir), self._batches)
+        return owed_batches(load_jobs(self.output_dir), self._committed)
 
     def is_committed(self, batch_id: int) -> bool:
-        return batch_id in self._batches
+        return batch_id in self._committed
 
     def job_of(self, batch_id: int) -> Job | None:
         """The job a batch belongs to; job files are read only for a batch of a job not registered yet."""
@@ -195,9 +194,8 @@ class StoreWriter:
             log.info("removed %d temporary files left by a previous writer", removed)
         self._attrs = store.read_attrs(self.path)
         self._open_arrays()
-        found = manifests.read_manifests(self.path)
-        self._batches = {b: manifest_rows(m) for b, m in found.items()}
-        unfinished = [r for r in read_inflight(self.path) if r[0] not in self._batches]
+        self._committed = manifests.read_committed(self.path)
+        unfinished = [r for r in read_inflight(self.path) if r[0] not in self._committed]
         if unfinished:
             log.info("clearing rows of %d batches a previous writer left without manifest", len(unfinished))
             self._clear_rows(unfinished)
@@ -247,7 +245,7 @@ class StoreWriter:
         """
         fresh: dict[int, BatchResult] = {}
         for r in results:
-            if r.batch_id not in self._batches and r.batch_id not in fresh:
+            if r.batch_id not in self._committed and r.batch_id not in fresh:
                 fresh[r.batch_id] = r
         if fresh:
             self._commit_new(sorted(fresh.values(), key=lambda r: r.start))
@@ -292,7 +290,7 @@ class StoreWriter:
             manifests.write_manifest(
                 self.path, make_manifest(r.batch_id, r.start, r.page_ids, r.job, statuses), self.fsync
             )
-            self._batches[r.batch_id] = (r.start, r.end)
+            self._committed.add(r.batch_id, r.start, r.end, statuses)
         # inflight.json stays: its batches now have manifests, which recovery reads first
         self._advance()
         self._report(results, jobs, data)
@@ -382,19 +380,18 @@ class StoreWriter:
                 arr[start:end] = np.full((end - start, *arr.shape[1:]), specs[name].fill, dtype=_np_dtype(specs[name]))
 
     def _advance(self) -> None:
-        """Publish the contiguous prefix of manifests as `committed_rows` (only ever grows)."""
-        self._next_batch, rows = committed_prefix(self._batches)
-        if rows > int(self._attrs.get("committed_rows", 0)):
+        """Publish the contiguous prefix of manifests as `committed_rows` (only ever grows), with
+        the checkpoint that lets the next open skip the manifests it covers (common/manifests.py)."""
+        self._committed.advance()
+        rows, published = self._committed.rows, int(self._attrs.get("committed_rows", 0))
+        saved = self._attrs.get(CHECKPOINT_ATTR, {}).get("batches")
+        if rows > published or (rows == published and saved != self._committed.batches):
             # the content is fsynced (a torn root zarr.json would lose the store's metadata); the
             # rename need not be: after a power loss the previous zarr.json, whose committed_rows
             # lags, is repaired from the manifests when the writer starts
-            self._attrs = store.write_attrs(self.path, {"committed_rows": rows}, self.fsync, durable_rename=False)
-        elif rows < int(self._attrs.get("committed_rows", 0)):
-            log.error(
-                "manifests cover %d rows but committed_rows says %d: manifests were lost",
-                rows,
-                self._attrs.get("committed_rows"),
-            )
+            self._attrs = store.write_attrs(self.path, self._committed.checkpoint(), self.fsync, durable_rename=False)
+        elif rows < published:
+            log.error("manifests cover %d rows but committed_rows says %d: manifests were lost", rows, published)
 
     def _report(self, results: list[BatchResult], jobs: dict[int, Job], data: dict[int, dict[str, np.ndarray]]) -> None:
         assert self._audit is not None
