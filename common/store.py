@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
+from zarr.codecs import ZstdCodec
 
 from comix_embed.common import config
 from comix_embed.common.durable import fsync_dir, write_json_atomic
@@ -86,7 +87,7 @@ def array_layout(spec: ArraySpec) -> dict[str, Any]:
         return {
             "chunks": (config.CHUNK_ROWS,),
             "shards": (config.SHARD_ROWS,),
-            "compressors": zarr.codecs.ZstdCodec(level=1) if spec.name == "panel_embeddings" else None,
+            "compressors": ZstdCodec(level=1) if spec.name == "panel_embeddings" else None,
         }
     rows = config.PAGE_COLUMN_ROWS if spec.name in PAGE_COLUMNS else config.SHARD_ROWS
     return {"chunks": (rows,), "shards": None, "compressors": None if spec.dtype == "float32" else "auto"}
