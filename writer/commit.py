@@ -166,6 +166,10 @@ class StoreWriter:
     def is_committed(self, batch_id: int) -> bool:
         return batch_id in self._committed
 
+    def __contains__(self, batch_id: object) -> bool:
+        """`batch_id in writer`: whether the batch has a manifest (as `is_committed`)."""
+        return batch_id in self._committed
+
     def job_of(self, batch_id: int) -> Job | None:
         """The job a batch belongs to; job files are read only for a batch of a job not registered yet."""
         registered = [j for j in self._jobs.values() if j.first_batch <= batch_id < j.first_batch + len(j.batches())]
