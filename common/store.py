@@ -207,10 +207,11 @@ def register_job(path: str | os.PathLike[str], job: Job, fsync: bool = True) -> 
         )
     arrays = open_row_arrays(path, fsync)
     grow(arrays, job.end_row)
-    for name in PAGE_COLUMNS:
-        values = np.array([getattr(p, name) for p in job.pages], dtype=object)
-        if len(values):
-            arrays[name][job.start_row : job.end_row] = values
+    for start in range(job.start_row, job.end_row, config.PAGE_COLUMN_ROWS):  # bounded memory, whole chunks
+        end = min(start + config.PAGE_COLUMN_ROWS - start % config.PAGE_COLUMN_ROWS, job.end_row)
+        pages = job.page_slice(start, end)
+        for name in PAGE_COLUMNS:
+            arrays[name][start:end] = np.array([getattr(p, name) for p in pages], dtype=object)
     record = {
         "job_id": job.job_id,
         "list_path": job.list_path,

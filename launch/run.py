@@ -286,7 +286,7 @@ def _run_jobs(args: argparse.Namespace, identity: ModelIdentity, report: Enqueue
     for line in report.sent_lines():
         print(line, flush=True)
     rows = _registered_rows(jobs)
-    total = sum(len(j.pages) for j in jobs)
+    total = sum(j.page_count for j in jobs)
     bar = tqdm(total=total, unit="page", desc="committed", smoothing=0.1, dynamic_ncols=True)
     done = already_done = _committed_pages(args.output_dir)
     bar.update(done)

@@ -98,7 +98,7 @@ def collect(output_dir: Path, broker: str | None) -> dict:
     attrs = read_attrs(path) if path.exists() else None
     # the checkpoint and the few manifests past it: a million pages cost what a hundred do
     committed = load_committed(path)[0] if path.exists() else Committed()
-    registered = sum(len(j.pages) for j in jobs)
+    registered = sum(j.page_count for j in jobs)
     done = committed.pages()
     failed = committed.status_count("failed")
     rate = _rate(path, jobs) if len(committed) else None

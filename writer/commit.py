@@ -185,7 +185,7 @@ class StoreWriter:
         model = self._reference_model(job)
         if model is None:
             raise InvalidResult(f"batch {batch_id}: no model known for {job.job_id} yet; cannot write failed rows")
-        page_ids = [job.page(row).page_id for row in range(start, end)]
+        page_ids = [p.page_id for p in job.page_slice(start, end)]
         rows = [reasons.get(row, default) for row in range(start, end)]
         result = failed_result(job.job_id, batch_id, start, page_ids, rows, model.to_dict(), images)
         return self.commit([result])[0].committed
@@ -346,7 +346,7 @@ class StoreWriter:
             raise InvalidResult(
                 f"batch {r.batch_id} ({r.job}) carries rows {r.start}:{r.end}, its job says {start}:{end}"
             )
-        expected_ids = [job.page(row).page_id for row in range(start, end)]
+        expected_ids = [p.page_id for p in job.page_slice(start, end)]
         if r.page_ids != expected_ids:
             raise InvalidResult(f"batch {r.batch_id} ({r.job}): page ids differ from the job file's rows {start}:{end}")
         problems = checks.shape_problems(r.arrays, end - start, d, p)
@@ -402,7 +402,7 @@ class StoreWriter:
         records = []
         for r in results:
             job = jobs[r.batch_id]
-            paths = [job.page(row).manifest_path for row in range(r.start, r.end)]
+            paths = [p.manifest_path for p in job.page_slice(r.start, r.end)]
             records += audit.page_records(r.batch_id, r.job, r.start, r.page_ids, paths, data[r.batch_id])
         self._audit.write(records)
         if self.verbose:
