@@ -379,6 +379,7 @@ def plan_job(
             pages=kept,
             model=model,
             format=JOB_FORMAT,
+            num_pages=len(kept),
         )
         if tasks is not None:
             write_tasks(output_dir, job, tasks(job, jobs[0] if jobs else job))

@@ -158,7 +158,7 @@ def test_jobs_layout_resume_and_refusals(tmp_path: Path) -> None:
     assert skipped == [] and job.job_id == "job_000001" and job.created.endswith("Z")
     assert job.batches() == [(0, 0, 8), (1, 8, 16), (2, 16, 21)]
     again, _ = plan_job(tmp_path, tmp_path / "list.txt", pages, 16, incremental=False)
-    assert again == job  # a re-run resumes its job
+    assert again.all_pages() == job.pages and again == job  # a re-run resumes its job (its pages read when asked)
     assert [j.job_id for j in load_jobs(tmp_path)] == ["job_000001"]
     assert next_job_layout(tmp_path) == (2, 21, 3)
     assert registered_page_ids(tmp_path) == {p.page_id for p in pages}

@@ -12,14 +12,12 @@ is opened through `DurableLocalStore`, whose writes fsync each file before its r
 folder after, and the manifests by `common/durable.py`, which does the same; `committed_rows`
 is fsynced before its rename (the rename may be lost: recovery repairs a lagging value), and
 `inflight.json` only renamed (a hint for recovery after a kill; see `_commit_new`).
-On open it takes the output folder's lock, removes temporary files, zeroes the rows of batches
-that were being written without reaching their manifest, and repairs a lagging `committed_rows`.
+On open it takes the output folder's lock and recovers (writer/recovery.py), then repairs a
+lagging `committed_rows`; the zarr reads and writes are writer/rows.py's.
 """
 
 from __future__ import annotations
 
-import asyncio
-import fcntl
 import logging
 import os
 import shutil
@@ -30,31 +28,28 @@ from typing import Any, TextIO
 
 import numpy as np
 import zarr
-from zarr.core.sync import sync
 
 from comix_embed.common import config, store
 from comix_embed.common.errors import UsageError
 from comix_embed.common.identity import check_same_model, identity_of, is_legacy_tokenizer, tokenizers_match
 from comix_embed.common.jobs import Job, load_jobs
-from comix_embed.common.manifests import CHECKPOINT_ATTR, Committed, make_manifest, owed_batches, read_inflight
+from comix_embed.common.manifests import CHECKPOINT_ATTR, Committed, make_manifest, owed_batches
 from comix_embed.common.messages import ModelIdentity
 from comix_embed.common.results import (
-    RESULT_ARRAYS,
     STATUS_FAILED,
     STATUS_FULL_PAGE,
     STATUS_OK,
     BatchResult,
     failed_result,
 )
-from comix_embed.writer import audit, checks, manifests
+from comix_embed.writer import audit, checks, manifests, recovery, rows
+from comix_embed.writer.recovery import WriterLocked
+
+__all__ = ["CommitOutcome", "InvalidResult", "StoreWriter", "WriterLocked"]
 
 log = logging.getLogger(__name__)
 
 _VALID_STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_FULL_PAGE)
-
-
-class WriterLocked(UsageError):
-    """Another writer holds the store: one writer per store, always."""
 
 
 class InvalidResult(UsageError):
@@ -110,7 +105,7 @@ class StoreWriter:
     def open(self) -> StoreWriter:
         """Lock the output folder, recover from any crash, register the jobs planned since."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self._lock()
+        self._lock_fh = recovery.lock(self.output_dir)
         try:
             leftover = self.path.with_name(f".{self.path.name}.creating")
             if leftover.exists():
@@ -132,22 +127,6 @@ class StoreWriter:
         if self._lock_fh is not None:
             self._lock_fh.close()  # releases the flock
             self._lock_fh = None
-
-    def _lock(self) -> None:
-        path = self.output_dir / config.WRITER_LOCK_NAME
-        fh = open(path, "a+")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "?"
-            fh.close()
-            raise WriterLocked(f"another writer (pid {holder}) holds {path}: one writer per store") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        self._lock_fh = fh
 
     # --- state ---
 
@@ -193,17 +172,8 @@ class StoreWriter:
     # --- recovery and registration ---
 
     def _recover(self) -> None:
-        removed = manifests.remove_leftovers(self.path)
-        if removed:
-            log.info("removed %d temporary files left by a previous writer", removed)
-        self._attrs = store.read_attrs(self.path)
+        self._attrs, self._committed = recovery.recover(self.path, self.fsync)
         self._open_arrays()
-        self._committed = manifests.read_committed(self.path)
-        unfinished = [r for r in read_inflight(self.path) if r[0] not in self._committed]
-        if unfinished:
-            log.info("clearing rows of %d batches a previous writer left without manifest", len(unfinished))
-            self._clear_rows(unfinished)
-        manifests.clear_inflight(self.path)
         before = self.committed_rows
         self._advance()
         if self.committed_rows > before:
@@ -274,19 +244,19 @@ class StoreWriter:
             self._create(identity)
         elif any(j.job_id not in self._jobs for j in jobs.values()):
             self._register_pending()
-        data = {r.batch_id: _prepared(r.arrays) for r in results}
+        data = {r.batch_id: rows.prepared(r.arrays) for r in results}
         ranges = [(r.batch_id, r.start, r.end) for r in results]
         # atomic, not fsynced: it is a hint for recovery after a kill. After a power loss the rows it
         # names are past the manifests anyway and rewritten when their batch comes again (the
         # producer resends every owed batch); recovery reads a torn one as naming nothing.
         manifests.write_inflight(self.path, ranges, fsync=False)
         try:
-            self._write_rows(_regions(results, data))
+            rows.write_rows(self._arrays, rows.regions(results, data))
             if self.write_check:
                 for r in results:
                     checks.write_check(self._arrays, r.batch_id, r.start, r.page_ids, data[r.batch_id])
         except BaseException:
-            self._clear_rows(ranges)  # what was written past the manifests goes now, not at restart
+            rows.clear_rows(self._arrays, ranges)  # what was written past the manifests goes now, not at restart
             manifests.clear_inflight(self.path)
             raise
         for r in results:
@@ -362,40 +332,19 @@ class StoreWriter:
         self._open_arrays()
         self._register_pending()
 
-    def _write_rows(self, regions: list[tuple[int, int, dict[str, np.ndarray]]]) -> None:
-        """Write every region, arrays concurrently; regions of one array in turn (they may share a chunk)."""
-
-        async def one_array(name: str) -> None:
-            arr = self._arrays[name].async_array
-            for start, end, values in regions:
-                await arr.setitem(slice(start, end), values[name])
-
-        async def all_arrays() -> None:
-            await asyncio.gather(*(one_array(name) for name in RESULT_ARRAYS))
-
-        sync(all_arrays())  # with fsync, every chunk is durable when this returns
-
-    def _clear_rows(self, ranges: list[tuple[int, int, int]]) -> None:
-        """Put fill values back in rows that have no manifest (zeros in float arrays, status 0)."""
-        specs = store.row_arrays()
-        for _, start, end in ranges:
-            for name in RESULT_ARRAYS:
-                arr = self._arrays[name]
-                arr[start:end] = np.full((end - start, *arr.shape[1:]), specs[name].fill, dtype=_np_dtype(specs[name]))
-
     def _advance(self) -> None:
         """Publish the contiguous prefix of manifests as `committed_rows` (only ever grows), with
         the checkpoint that lets the next open skip the manifests it covers (common/manifests.py)."""
         self._committed.advance()
-        rows, published = self._committed.rows, int(self._attrs.get("committed_rows", 0))
+        prefix, published = self._committed.rows, int(self._attrs.get("committed_rows", 0))
         saved = self._attrs.get(CHECKPOINT_ATTR, {}).get("batches")
-        if rows > published or (rows == published and saved != self._committed.batches):
+        if prefix > published or (prefix == published and saved != self._committed.batches):
             # the content is fsynced (a torn root zarr.json would lose the store's metadata); the
             # rename need not be: after a power loss the previous zarr.json, whose committed_rows
             # lags, is repaired from the manifests when the writer starts
             self._attrs = store.write_attrs(self.path, self._committed.checkpoint(), self.fsync, durable_rename=False)
-        elif rows < published:
-            log.error("manifests cover %d rows but committed_rows says %d: manifests were lost", rows, published)
+        elif prefix < published:
+            log.error("manifests cover %d rows but committed_rows says %d: manifests were lost", prefix, published)
 
     def _report(self, results: list[BatchResult], jobs: dict[int, Job], data: dict[int, dict[str, np.ndarray]]) -> None:
         assert self._audit is not None
@@ -410,45 +359,6 @@ class StoreWriter:
             self.out.flush()
 
 
-def _prepared(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The arrays as they go to disk: failed pages hold zeros in every float array (spec/store.md)."""
-    failed = np.asarray(arrays["status"]) == STATUS_FAILED
-    out = {}
-    for name, (_, dtype) in RESULT_ARRAYS.items():
-        arr = arrays[name]
-        if dtype == "str":
-            arr = np.asarray(arr, dtype=object)
-        elif dtype == "float32" and failed.any():
-            arr = arr.copy()
-            arr[failed] = 0.0
-        out[name] = arr
-    return out
-
-
-def _regions(
-    results: list[BatchResult], data: dict[int, dict[str, np.ndarray]]
-) -> list[tuple[int, int, dict[str, np.ndarray]]]:
-    """Merge batches contiguous in rows (results sorted by start) into (start, end, arrays)."""
-    groups: list[list[BatchResult]] = []
-    for r in results:
-        if groups and groups[-1][-1].end == r.start:
-            groups[-1].append(r)
-        else:
-            groups.append([r])
-    regions = []
-    for group in groups:
-        if len(group) == 1:
-            merged = data[group[0].batch_id]
-        else:
-            merged = {name: np.concatenate([data[r.batch_id][name] for r in group]) for name in RESULT_ARRAYS}
-        regions.append((group[0].start, group[-1].end, merged))
-    return regions
-
-
 def _status_counts(status: np.ndarray) -> dict[str, int]:
     values, counts = np.unique(np.asarray(status), return_counts=True)
     return {audit.STATUS_NAMES.get(int(v), str(int(v))): int(c) for v, c in zip(values, counts)}
-
-
-def _np_dtype(spec: store.ArraySpec) -> Any:
-    return object if spec.dtype == "str" else spec.dtype

@@ -1,0 +1,60 @@
+"""The writer's start: one writer per output folder, and the store put back in a committed state.
+
+`lock` takes the output folder's lock (an flock on `writer.lock`, which the kernel releases with
+the process, whatever kills it). `recover` removes the temporary files a killed writer left,
+reads the committed batches (the checkpoint and the manifests past it), and zeroes the rows of
+batches that were being written without reaching their manifest (named by `inflight.json`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from pathlib import Path
+from typing import Any, TextIO
+
+from comix_embed.common import config, store
+from comix_embed.common.errors import UsageError
+from comix_embed.common.manifests import Committed, read_inflight
+from comix_embed.writer import manifests, rows
+
+log = logging.getLogger(__name__)
+
+
+class WriterLocked(UsageError):
+    """Another writer holds the store: one writer per store, always."""
+
+
+def lock(output_dir: Path) -> TextIO:
+    """Take the output folder's writer lock, or raise WriterLocked naming the holder's pid.
+    The lock is held as long as the returned file stays open."""
+    path = output_dir / config.WRITER_LOCK_NAME
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        raise WriterLocked(f"another writer (pid {holder}) holds {path}: one writer per store") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh
+
+
+def recover(path: Path, fsync: bool) -> tuple[dict[str, Any], Committed]:
+    """Put the store back in a committed state after any crash; its attributes and committed batches."""
+    removed = manifests.remove_leftovers(path)
+    if removed:
+        log.info("removed %d temporary files left by a previous writer", removed)
+    attrs = store.read_attrs(path)
+    committed = manifests.read_committed(path)
+    unfinished = [r for r in read_inflight(path) if r[0] not in committed]
+    if unfinished:
+        log.info("clearing rows of %d batches a previous writer left without manifest", len(unfinished))
+        rows.clear_rows(store.open_row_arrays(path, fsync), unfinished)
+    manifests.clear_inflight(path)
+    return attrs, committed
