@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
-from zarr.codecs import ZstdCodec
 
 from comix_embed.common import config
 from comix_embed.common.durable import fsync_dir, write_json_atomic
@@ -78,17 +77,15 @@ def array_layout(spec: ArraySpec) -> dict[str, Any]:
     """How an array is cut into files (`chunks`, `shards`, `compressors` for `create_array`).
 
     Embeddings: 64-row chunks in 1024-row shards, so that a million pages make about a thousand
-    files per array; panel embeddings compressed by zstd level 1 (their padded slots are zeros),
-    page embeddings not (floats barely compress, and compression costs write and read time).
-    The other result arrays: 1024-row chunks. The page columns, written once when a job is
-    registered: 16384-row chunks.
+    files per array, never compressed. A reader gets a shard in two reads (its index, then its
+    chunks), and the writer may replace the shard file in between: uncompressed chunks keep their
+    size and place, so the committed rows read the same from either version, whereas a compressed
+    chunk that changed length cannot be decoded (the crash test's reader saw exactly that with
+    zstd). The other result arrays: 1024-row chunks, read whole. The page columns, written once
+    when a job is registered: 16384-row chunks.
     """
     if spec.name in ("page_embeddings", "panel_embeddings"):
-        return {
-            "chunks": (config.CHUNK_ROWS,),
-            "shards": (config.SHARD_ROWS,),
-            "compressors": ZstdCodec(level=1) if spec.name == "panel_embeddings" else None,
-        }
+        return {"chunks": (config.CHUNK_ROWS,), "shards": (config.SHARD_ROWS,), "compressors": None}
     rows = config.PAGE_COLUMN_ROWS if spec.name in PAGE_COLUMNS else config.SHARD_ROWS
     return {"chunks": (rows,), "shards": None, "compressors": None if spec.dtype == "float32" else "auto"}
 
