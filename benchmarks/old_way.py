@@ -1,5 +1,4 @@
-"""The users' old way, kept only as a yardstick for the benchmarks: their per-page input
-building and their write pattern.
+"""The users' old way, kept only as the benchmarks' yardstick: per-page inputs and per-page writes.
 
 Their script wrote each page separately into arrays chunked 1000 pages deep and compressed with
 Blosc-zstd (level 6, bit shuffle): for every array, first zero the page's row, then write it

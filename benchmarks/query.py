@@ -1,6 +1,6 @@
 """Query latency on a synthetic store: `--like`, `--keyword` and a panel-level search, once loaded.
 
-    python benchmarks/query.py [--json] [--pages 100000] [--queries 50] [--keep DIR]
+    python -m benchmarks.query [--json] [--pages 100000] [--queries 50] [--keep DIR]
 
 The store has the project's layout (made with common/store.py's `create_store`, then filled a
 slice at a time, as committed rows look): d = 384, 12 panel slots of which ~60% are valid, random
@@ -28,14 +28,12 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from comix_embed.common import config  # noqa: E402
-from comix_embed.common.preprocess import text_to_json  # noqa: E402
-from comix_embed.common.results import STATUS_FAILED, STATUS_OK  # noqa: E402
-from comix_embed.common.store import create_store, read_committed_rows, store_path, write_attrs  # noqa: E402
-from comix_embed.tools.sample import text as sample_text  # noqa: E402
-from comix_embed.tools.search import SearchIndex  # noqa: E402
+from comix_embed.common import config
+from comix_embed.common.preprocess import text_to_json
+from comix_embed.common.results import STATUS_FAILED, STATUS_OK
+from comix_embed.common.store import create_store, read_committed_rows, store_path, write_attrs
+from comix_embed.tools.sample import text as sample_text
+from comix_embed.tools.search import SearchIndex
 
 D = 384
 P = config.MAX_PANELS
@@ -118,7 +116,7 @@ def random_words(index: SearchIndex, rows: np.ndarray, rng: random.Random, count
     """Words of 3+ letters taken from random pages' text: common words and rare ones alike."""
     words: list[str] = []
     while len(words) < count:
-        candidates = re.findall(r"[A-Za-z]{3,}", index.page_texts.texts[rng.choice(rows)])
+        candidates = re.findall(r"[A-Za-z]{3,}", index.page_text(np.array([rng.choice(rows)]))[0])
         if candidates:
             words.append(rng.choice(candidates))
     return words
@@ -129,7 +127,7 @@ def bench(path: Path, queries: int, seed: int = 1) -> dict[str, float]:
     index = SearchIndex.load(path)
     load_pages_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    assert len(index.page_texts) == index.committed  # built on first use: timed here, not in a query
+    assert index.keywords  # built on first use: timed here, not in a query
     load_text_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     assert index.load_panels(), "panel matrix over the memory bound: raise DEFAULT_PANEL_MEMORY"

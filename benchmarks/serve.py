@@ -1,6 +1,6 @@
 """Time to first results of `comix-embed serve` on a large store, through the whole request path.
 
-    python benchmarks/serve.py [--json] [--pages 100000] [--queries 20] [--keep DIR]
+    python -m benchmarks.serve [--json] [--pages 100000] [--queries 20] [--keep DIR]
 
 The store is benchmarks/query.py's synthetic one (d = 384, 12 slots, ~60% valid, comic-like text,
 1% failed rows), stamped with the identity of an untrained checkpoint of the real model's shape
@@ -29,15 +29,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.query import build_store, random_words  # noqa: E402
-from comix_embed.common.checkpoint import file_sha256  # noqa: E402
-from comix_embed.common.store import read_attrs, write_attrs  # noqa: E402
-from comix_embed.common.tokenizer import load_tokenizer  # noqa: E402
-from comix_embed.tools.init_checkpoint import init_checkpoint  # noqa: E402
-from comix_embed.tools.serve import command  # noqa: E402
-from comix_embed.tools.serve.app import create_app  # noqa: E402
+from benchmarks.query import build_store, random_words
+from comix_embed.common.digest import file_sha256
+from comix_embed.common.store import read_attrs, write_attrs
+from comix_embed.common.tokenizer import load_tokenizer
+from comix_embed.tools.init_checkpoint import init_checkpoint
+from comix_embed.tools.serve import command
+from comix_embed.tools.serve.app import create_app
 
 TARGET_MS = 500
 

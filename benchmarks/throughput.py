@@ -1,6 +1,6 @@
 """Throughput: the system against the same work without it, the device's bound, and the old way.
 
-    python benchmarks/throughput.py [--size tiny|base] [--pages N] [--device auto|cpu|cuda]
+    python -m benchmarks.throughput [--size tiny|base] [--pages N] [--device auto|cpu|cuda]
                                     [--workers N] [--batch-size 8] [--baseline-pages 32] [--json]
 
 On one synthetic corpus of real-size JPEG pages (made once, kept with --keep DIR), in one run:
@@ -31,21 +31,19 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.old_way import OldPatternStore, old_collate, old_page_inputs  # noqa: E402
-from comix_embed.common.checkpoint import load_model  # noqa: E402
-from comix_embed.common.child import cli_argv  # noqa: E402
-from comix_embed.common.embed import Embedder, EmbedSettings, resolve_device  # noqa: E402
-from comix_embed.common.listfile import read_list  # noqa: E402
-from comix_embed.common.pages import PageTask  # noqa: E402
-from comix_embed.common.paths import ImageResolver  # noqa: E402
-from comix_embed.common.preprocess import prepare_page, read_image_bytes  # noqa: E402
-from comix_embed.common.tokenizer import load_tokenizer  # noqa: E402
-from comix_embed.producer.plan import assign_rows, plan_pages  # noqa: E402
-from comix_embed.tools.init_checkpoint import init_checkpoint  # noqa: E402
-from comix_embed.tools.sample.corpus import make_sample  # noqa: E402
-from tests.reference import reference_embed  # noqa: E402
+from benchmarks.old_way import OldPatternStore, old_collate, old_page_inputs
+from comix_embed.common.checkpoint import load_model
+from comix_embed.common.child import cli_argv
+from comix_embed.common.embed import Embedder, EmbedSettings, resolve_device
+from comix_embed.common.listfile import read_list
+from comix_embed.common.pages import PageTask
+from comix_embed.common.paths import ImageResolver
+from comix_embed.common.preprocess import prepare_page, read_image_bytes
+from comix_embed.common.tokenizer import load_tokenizer
+from comix_embed.producer.plan import assign_rows, plan_pages
+from comix_embed.tools.init_checkpoint import init_checkpoint
+from comix_embed.tools.sample.corpus import make_sample
+from tests.reference import reference_embed
 
 
 def prepare_inputs(work: Path, size: str, pages: int) -> tuple[Path, Path]:

@@ -1,6 +1,6 @@
 """Writer throughput: pages/s committed at batch 8 and 64, and the users' old write pattern.
 
-    python benchmarks/writer.py [--json] [--pages 6400] [--old-pages 40] [--no-fsync]
+    python -m benchmarks.writer [--json] [--pages 6400] [--old-pages 40] [--no-fsync]
 
 Synthetic results (d = 384, 12 panels, JSON text) are made before timing; the timed part is
 `StoreWriter.commit` of one batch per call, as the writer receives them, with the manifests,
@@ -18,12 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.old_way import OldPatternStore  # noqa: E402
-from comix_embed.common import config  # noqa: E402
-from comix_embed.writer.commit import StoreWriter  # noqa: E402
-from tests import synthetic  # noqa: E402
+from benchmarks.old_way import OldPatternStore
+from comix_embed.common import config
+from comix_embed.writer.commit import StoreWriter
+from tests import synthetic
 
 D = 384
 P = config.MAX_PANELS

@@ -12,7 +12,6 @@ was refused, and the flag.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -24,6 +23,7 @@ from typing import Any
 
 import torch
 
+from comix_embed.common.digest import file_sha256
 from comix_embed.common.errors import UsageError
 from comix_embed.common.model import ClosureLite, ModelConfig
 from comix_embed.common.model_options import TRUST_FLAG
@@ -45,15 +45,6 @@ class LoadedModel:
     config: ModelConfig
     sha256: str
     path: Path
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of the checkpoint file, recorded in the store so models are never mixed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_checkpoint(path: Path, trust: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:

@@ -74,6 +74,17 @@ WRITER_FSYNC = os.environ.get("COMIX_WRITER_FSYNC", "1") not in ("0", "false", "
 # Non-dimension coordinates of the store, as the users' readers use them (spec/store.md).
 STORE_COORDINATES = ("manifest_path", "source", "series", "volume", "issue", "page_num")
 
+# --- search index beside the store (tools/search/) ---
+# The index's folder beside a store named STORE_NAME (`<output_dir>/index/`).
+INDEX_DIR_NAME = "index"
+# Fewer vectors than this are indexed flat (exact, float32); from here on IVF lists of 8-bit
+# scalar-quantized codes, about LISTS_PER_SQRT * sqrt(N) lists, NPROBE of them read per query.
+INDEX_IVF_MIN_VECTORS = 50_000
+INDEX_LISTS_PER_SQRT = 1.5
+INDEX_NPROBE = 32
+# A store grown past this multiple of the vectors its lists were trained on is indexed afresh.
+INDEX_RETRAIN_GROWTH = 4.0
+
 # --- broker and delivery (research/celery-reliability.md §0) ---
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 # Seconds before an unacknowledged task is handed to another worker. Far above a batch's runtime.

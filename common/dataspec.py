@@ -23,6 +23,7 @@ from typing import Any
 
 from comix_embed.common.config import MAX_PANELS
 from comix_embed.common.pages import Box, PageSpec, PanelSpec
+from comix_embed.common.user_text import decode_user_text
 
 IMAGE_KEYS = ("page_image_path", "image_path", "image", "IMAGE_PATH")
 PANEL_LIST_KEYS = (
@@ -39,10 +40,6 @@ PANEL_LIST_KEYS = (
     "segments",
     "annotations",
 )
-# The original tried utf-8, utf-8-sig, cp1252, latin-1, then utf-8 with replacement. utf-8-sig
-# succeeds exactly when utf-8 does (we strip a BOM ourselves), and latin-1 decodes any bytes,
-# so this chain reads every file the original read, the same way.
-ENCODINGS = ("utf-8", "cp1252", "latin-1")
 FRACTION_LIMIT = 1.1  # COCO boxes whose values are all <= this are fractions of the page
 # A panel's box comes from the first of these keys it has, in this order
 XYWH_KEYS = ("panel_coords", "bbox", "box")
@@ -79,7 +76,7 @@ def load_dataspec(path: Path) -> DataSpecRead:
         raw = Path(path).read_bytes()
     except OSError as exc:
         raise DataSpecError(f"DataSpec {path}: cannot read: {exc.strerror or exc}") from exc
-    text = _decode(raw)
+    text = decode_user_text(raw)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -87,16 +84,6 @@ def load_dataspec(path: Path) -> DataSpecRead:
             f"DataSpec {path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         ) from exc
     return parse_dataspec(data, str(path))
-
-
-def _decode(raw: bytes) -> str:
-    """Text of the file: the first of ENCODINGS that decodes it strictly, without a BOM."""
-    for encoding in ENCODINGS[:-1]:
-        try:
-            return raw.decode(encoding).removeprefix("\ufeff")
-        except UnicodeDecodeError:
-            continue
-    return raw.decode(ENCODINGS[-1])  # latin-1 decodes any bytes
 
 
 def parse_dataspec(data: Any, name: str) -> DataSpecRead:

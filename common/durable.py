@@ -42,6 +42,7 @@ def write_json_atomic(
     fsync: bool = True,
     tmp_dir: str | os.PathLike[str] | None = None,
     durable_rename: bool = True,
+    indent: int | None = None,
 ) -> None:
     """Write `data` as JSON to `path` atomically.
 
@@ -49,14 +50,15 @@ def write_json_atomic(
     temporary names start with a dot and end in TMP_SUFFIX so that recovery can find them.
     `durable_rename=False` (with `fsync`) fsyncs the content but not the folder: a power loss
     never leaves a torn file but may bring the previous one back, for files whose previous
-    version the reader repairs (it saves one journal commit per write).
+    version the reader repairs (it saves one journal commit per write). `indent` is for files
+    people read (the DataSpec builder's output); the store's own files stay compact.
     """
     path = Path(path)
     folder = Path(tmp_dir) if tmp_dir is not None else path.parent
     tmp = folder / f".{path.name}.{uuid.uuid4().hex}{TMP_SUFFIX}"
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, ensure_ascii=False)
+            json.dump(data, fh, ensure_ascii=False, indent=indent)
             if fsync:
                 fh.flush()
                 os.fsync(fh.fileno())

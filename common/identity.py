@@ -144,7 +144,8 @@ def describe(identity: ModelIdentity | Mapping[str, Any]) -> str:
 def identify(checkpoint: Path, tokenizer_dir: Path | None, encoder_mode: str, trust: bool = False) -> ModelIdentity:
     """The identity of a checkpoint and tokenizer on disk, reading the checkpoint's shapes (no model
     is built); UsageError naming the file when either cannot be used."""
-    from comix_embed.common.checkpoint import file_sha256, infer_config, read_checkpoint
+    from comix_embed.common.checkpoint import infer_config, read_checkpoint
+    from comix_embed.common.digest import file_sha256
     from comix_embed.common.tokenizer import load_tokenizer
 
     if encoder_mode not in config.ENCODER_MODES:

@@ -23,8 +23,6 @@ their pages inline and still load.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import os
 import re
 import struct
@@ -38,8 +36,10 @@ from typing import Any
 import msgspec
 
 from comix_embed.common import config
+from comix_embed.common.digest import file_sha256
 from comix_embed.common.durable import fsync_dir, write_json_atomic
 from comix_embed.common.errors import UsageError
+from comix_embed.common.locks import held_lock
 from comix_embed.common.messages import (
     JOB_FORMAT,
     MalformedMessage,
@@ -305,14 +305,6 @@ def registered_page_ids(output_dir: str | os.PathLike[str]) -> set[str]:
     return {p.page_id for job in load_jobs(output_dir) for p in job.all_pages()}
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def plan_job(
     output_dir: str | os.PathLike[str],
     list_path: str | os.PathLike[str],
@@ -396,9 +388,5 @@ def _jobs_lock(output_dir: Path) -> Iterator[None]:
     """Two producers planning at once would give two jobs the same rows: serialise them."""
     folder = jobs_dir(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".plan.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with held_lock(folder / ".plan.lock"):
+        yield

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from comix_embed.common.errors import UsageError
 from comix_embed.common.paths import PathMapper, PathMaps, is_windows_absolute
+from comix_embed.common.user_text import decode_user_text
 
 
 @dataclass
@@ -95,7 +96,7 @@ def read_list(list_path: Path, dataspec_root: Path | None = None, path_maps: Pat
 
     report = ListReport(list_path=list_path)
     first_line: dict[str, int] = {}
-    for line_no, raw in enumerate(_decode(data).split("\n"), start=1):
+    for line_no, raw in enumerate(decode_user_text(data).split("\n"), start=1):
         raw = raw.removesuffix("\r")
         text = raw.strip()
         if not text or text.startswith("#"):
@@ -113,21 +114,6 @@ def read_list(list_path: Path, dataspec_root: Path | None = None, path_maps: Pat
     if not report.entries:
         raise UsageError(f"No pages to process: {list_path} has no DataSpec lines")
     return report
-
-
-def _decode(data: bytes) -> str:
-    """UTF-8 (BOM removed); else cp1252, which Windows tools write; else latin-1 (any bytes).
-
-    cp1252 comes before latin-1 because a Windows list's curly quotes and dashes are cp1252.
-    """
-    try:
-        return data.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError:
-        pass
-    try:
-        return data.decode("cp1252")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
 
 
 class _LineResolver:

@@ -1,4 +1,4 @@
-"""Where images are, and what a page is called.
+"""A page's paths: where its image is (confined to the image roots), and the page id it is called by.
 
 DataSpecs come from other machines (often Windows, `E:\\...`) and are data from elsewhere, so an
 image path in one is never trusted: it is mapped onto a local directory (`--path-map`), and must

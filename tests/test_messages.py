@@ -1,5 +1,7 @@
-"""Messages declared once (common/messages.py), model identities (common/identity.py), kept task
-payloads (common/jobs.py): what decodes, what is refused and with which words."""
+"""What the messages, model identities and kept task payloads decode, and what they refuse.
+
+Messages are declared once (common/messages.py), model identities in common/identity.py, kept task
+payloads in common/jobs.py: each test says what decodes, what is refused and with which words."""
 
 from __future__ import annotations
 

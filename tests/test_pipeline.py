@@ -307,11 +307,15 @@ def test_gpu_claims_give_each_replica_its_own_gpu(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    script = "from pathlib import Path; from consumers.worker import claim_gpu; import time, sys; print(claim_gpu(Path(sys.argv[1]), 3), flush=True); time.sleep(30)"
-    procs = [
-        subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
-        for _ in range(3)
-    ]
+    # Each replica holds its claim until the test kills it (it waits on its stdin: no sleep to outlive).
+    script = "from pathlib import Path; from comix_embed.consumers.worker import claim_gpu; import sys; print(claim_gpu(Path(sys.argv[1]), 3), flush=True); sys.stdin.read()"
+
+    def replica() -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+
+    procs = [replica() for _ in range(3)]
     try:
         claimed = [int(p.stdout.readline()) for p in procs]
         assert sorted(claimed) == [0, 1, 2]
@@ -319,7 +323,7 @@ def test_gpu_claims_give_each_replica_its_own_gpu(tmp_path: Path) -> None:
         assert fourth.returncode != 0 and "all 3 GPUs of this host are claimed" in fourth.stderr
         procs[1].kill()
         procs[1].wait()
-        again = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        again = replica()
         procs.append(again)
         assert int(again.stdout.readline()) == claimed[1]  # the dead replica's GPU is free again
     finally:

@@ -1,5 +1,7 @@
-"""`comix-embed query` on stores made by the pipeline: a complete one with failed pages, and one
-interrupted mid-job, plus the search index's own pieces (keyword counts, streaming, top-k)."""
+"""`comix-embed query` on stores made by the pipeline, and the search index's own pieces.
+
+The stores: a complete one with failed pages, and one interrupted mid-job; the pieces: keyword
+counts, streaming, top-k."""
 
 from __future__ import annotations
 
@@ -327,7 +329,7 @@ def test_streamed_panels_give_the_same_answer(pipeline_store: Path) -> None:
     streamed = SearchIndex.load(pipeline_store, panel_memory=0)
     rng = np.random.default_rng(0)
     for _ in range(3):
-        q = rng.standard_normal(in_memory.pages.shape[1]).astype(np.float32)
+        q = rng.standard_normal(in_memory.store.dim).astype(np.float32)
         q /= np.linalg.norm(q)
         for per_page in (True, False):
             a, b = streamed.panels(q, 7, per_page), in_memory.panels(q, 7, per_page)

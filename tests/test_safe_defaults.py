@@ -1,5 +1,7 @@
-"""Safe defaults: checkpoints unpickled fully only when trusted, the broker password kept out of
-command lines and logs, settings checked at start, an ETA that counts days."""
+"""Safe defaults, each tested where a user would meet it.
+
+Checkpoints unpickled fully only when trusted, the broker password kept out of command lines and
+logs, settings checked at start, an ETA that counts days."""
 
 from __future__ import annotations
 

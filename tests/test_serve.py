@@ -1,7 +1,9 @@
-"""`comix-embed serve` through Flask's test client: the JSON API against `query --json`, one answer
-per store in its own encoder mode, pages, status on a growing store, image confinement,
-thumbnails and their bounded cache, credentials. Stores are made by the pipeline (a fused one,
-and a vision one from the same corpus); the browser tests are in test_serve_browser.py."""
+"""`comix-embed serve` through Flask's test client, on stores the pipeline made.
+
+The JSON API against `query --json`, one answer per store in its own encoder mode, pages,
+status on a growing store, image confinement, thumbnails and their bounded cache, credentials.
+The stores: a fused one, and a vision one from the same corpus; the browser tests are in
+test_serve_browser.py."""
 
 from __future__ import annotations
 

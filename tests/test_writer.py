@@ -23,8 +23,6 @@ from comix_embed.writer.commit import InvalidResult, StoreWriter
 from comix_embed.writer.manifests import write_inflight
 from tests import synthetic
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _snapshot(path: Path) -> dict[str, bytes]:
     """Every file of the store except the manifests' timestamps that change nothing."""
@@ -88,9 +86,9 @@ def test_recovery_clears_what_lies_past_the_manifests(tmp_path: Path) -> None:
 
 def test_one_writer_per_store(tmp_path: Path) -> None:
     synthetic.plan(tmp_path, synthetic.make_pages(8), 8)
-    code = "import sys\nfrom writer.commit import StoreWriter\ntry:\n    StoreWriter(sys.argv[1]).open()\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
+    code = "import sys\nfrom comix_embed.writer.commit import StoreWriter\ntry:\n    StoreWriter(sys.argv[1]).open()\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
     with StoreWriter(tmp_path, fsync=False):
-        second = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+        second = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
     assert second.stdout.startswith(f"WriterLocked another writer (pid {os.getpid()}) holds")
     with StoreWriter(tmp_path, fsync=False):  # released on close
         pass

@@ -1,5 +1,7 @@
-"""The writer killed with SIGKILL at random instants, restarted each time, fed duplicated and
-out-of-order batches, while a reader process polls the store.
+"""The writer killed with SIGKILL at random instants: every page ends in the store exactly once.
+
+It is restarted each time, fed duplicated and out-of-order batches, while a reader process polls
+the store.
 
 The final store must equal, array by array, the store of a run without kills; every manifest
 must match its rows; the reader must never see a partial batch, a changed committed row or

@@ -26,12 +26,15 @@ with `--keyword` the panels whose text holds the word; with `--image` the panels
 image's panel embedding.
 
 Only committed rows are searched; failed pages never appear. `--json` prints one object:
-`{store, query, mode, panels, committed_rows, searchable_pages, results: [{rank, score, page_id,
-series, page_num, row, panel, manifest_path, snippet}]}` (`comix-embed serve` answers with the
-same object). Exit 2 on bad usage (unknown page, missing or foreign checkpoint, unreadable image).
+`{store, query, mode, panels, committed_rows, searchable_pages, index_generation (null: none used),
+indexed_rows, results: [{rank, score, page_id, series, page_num, row, panel, manifest_path,
+snippet}]}` (`comix-embed serve` answers with the same object). Exit 2 on bad usage (unknown page, missing or foreign checkpoint, unreadable image).
 
-For stores larger than memory, see tools/search.py: page embeddings and text are held in memory
-(~1.5 KB + text per page); panel matrices above `--panel-memory-mb` are streamed from the store.
+With an index beside the store (`comix-embed index`, tools/search/), pages and panels are found
+through it, and rows committed (or changed by `--retry-failed`) since it was built are searched
+exactly and merged in; `--no-index` searches every row exactly. Without an index, page embeddings
+and text are held in memory (~1.5 KB + text per page); panel matrices above `--panel-memory-mb`
+are streamed from the store (tools/search/exact.py).
 """
 
 from __future__ import annotations
@@ -84,6 +87,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_PANEL_MEMORY >> 20,
         help="largest panel matrix held in memory; above it panel searches stream the store (default 4096)",
     )
+    parser.add_argument(
+        "--no-index", action="store_true", help="search every row exactly, even where the store has an index"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     mode, query = next((m, q) for m, q in zip(MODES, (args.text, args.like, args.keyword, args.image)) if q is not None)
     image = _read_image(args.image) if mode == "image" else None
     encoder = _encoder(args, store, mode) if mode in MODEL_MODES else None
-    index = SearchIndex.load(store, panel_memory=args.panel_memory_mb << 20)
+    index = SearchIndex.load(store, panel_memory=args.panel_memory_mb << 20, use_index=not args.no_index)
     try:
         hits = find(index, mode, str(query), args.top_k, args.panels, encoder, image)
     finally:
@@ -173,6 +179,8 @@ def report(index: SearchIndex, query: str, mode: str, panels: bool, hits: list[H
         "panels": panels,
         "committed_rows": index.committed,
         "searchable_pages": len(index.rows),
+        "index_generation": index.generation,
+        "indexed_rows": index.covered,
         "results": results,
     }
 
@@ -182,6 +190,7 @@ def _print_table(index: SearchIndex, query: str, mode: str, panels: bool, result
     print(
         f"{mode} {query!r}: top {len(results)} {unit} of {len(index.rows)} searchable pages "
         f"({index.committed} committed) in {index.path}"
+        + (f", index generation {index.generation} covers {index.covered} rows" if index.generation else "")
     )
     if not results:
         print("no results")

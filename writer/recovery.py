@@ -1,21 +1,21 @@
 """The writer's start: one writer per output folder, and the store put back in a committed state.
 
-`lock` takes the output folder's lock (an flock on `writer.lock`, which the kernel releases with
-the process, whatever kills it). `recover` removes the temporary files a killed writer left,
+`lock` takes the output folder's lock (common/locks.py: an flock on `writer.lock`, which the
+kernel releases with the process, whatever kills it). `recover` removes the temporary files a killed writer left,
 reads the committed batches (the checkpoint and the manifests past it), and zeroes the rows of
 batches that were being written without reaching their manifest (named by `inflight.json`).
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any
 
 from comix_embed.common import config, store
 from comix_embed.common.errors import UsageError
+from comix_embed.common.locks import try_lock
 from comix_embed.common.manifests import Committed, read_inflight
 from comix_embed.writer import manifests, rows
 
@@ -26,18 +26,14 @@ class WriterLocked(UsageError):
     """Another writer holds the store: one writer per store, always."""
 
 
-def lock(output_dir: Path) -> TextIO:
+def lock(output_dir: Path) -> IO[str]:
     """Take the output folder's writer lock, or raise WriterLocked naming the holder's pid.
     The lock is held as long as the returned file stays open."""
     path = output_dir / config.WRITER_LOCK_NAME
-    fh = open(path, "a+")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        holder = fh.read().strip() or "?"
-        fh.close()
-        raise WriterLocked(f"another writer (pid {holder}) holds {path}: one writer per store") from None
+    fh = try_lock(path)
+    if fh is None:
+        holder = path.read_text().strip() or "?"
+        raise WriterLocked(f"another writer (pid {holder}) holds {path}: one writer per store")
     fh.seek(0)
     fh.truncate()
     fh.write(str(os.getpid()))

@@ -6,12 +6,11 @@ then names exactly the DataSpecs this run wrote.
 
 from __future__ import annotations
 
-import json
-import os
 import posixpath
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from comix_embed.common.durable import write_json_atomic
 from comix_embed.common.paths import is_windows_absolute
 from comix_embed.tools.dataspec_builder.coco import Box, Predictions
 from comix_embed.tools.dataspec_builder.mapping import MappingRow, derived_rel_paths, local_path
@@ -53,7 +52,8 @@ class PageBuilder:
                     {"row": row.row, "image_path": row.image_path, "detected": detected, "vlm": vlm}
                 )
             path = out / rel
-            write_json(path, spec)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(path, spec, fsync=False, indent=2)  # an interrupted run leaves no half file
             written.append(path)
             self.report.kept += 1
             self.report.panels += len(spec["panels"])
@@ -103,14 +103,6 @@ def json_rel_path(rel: str) -> str:
     if out.casefold() == REPORT_NAME:
         raise Drop("bad_rel_path", f"{out} is the report's name")
     return out
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file, so that an interrupted run leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_list(list_path: Path, dataspecs: list[Path]) -> None:

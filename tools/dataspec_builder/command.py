@@ -11,8 +11,9 @@ import math
 import os
 from pathlib import Path
 
+from comix_embed.common.durable import write_json_atomic
 from comix_embed.common.errors import UsageError
-from comix_embed.tools.dataspec_builder.build import PageBuilder, write_json, write_list
+from comix_embed.tools.dataspec_builder.build import PageBuilder, write_list
 from comix_embed.tools.dataspec_builder.coco import read_predictions
 from comix_embed.tools.dataspec_builder.mapping import read_mapping
 from comix_embed.tools.dataspec_builder.report import REPORT_NAME, Report
@@ -71,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     builder = PageBuilder(predictions, Path(os.path.abspath(args.mapping)).parent, args.subset, args.min_score, report)
     written = builder.write_all(rows, out)
     write_list(list_path, written)
-    write_json(out / REPORT_NAME, report.to_json())
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / REPORT_NAME, report.to_json(), fsync=False, indent=2)
     print(report.text())
     return 0 if report.kept else 3

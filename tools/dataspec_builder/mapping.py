@@ -16,6 +16,7 @@ from pathlib import Path
 
 from comix_embed.common.errors import UsageError
 from comix_embed.common.paths import is_windows_absolute
+from comix_embed.common.user_text import decode_user_text
 from comix_embed.tools.dataspec_builder.coco import id_key
 
 ID_COLUMNS = ("coco_image_id", "predictions_json_id")
@@ -40,7 +41,7 @@ def read_mapping(path: Path) -> list[MappingRow]:
         raise UsageError(f"Mapping CSV not found: {path}") from None
     except OSError as exc:
         raise UsageError(f"Cannot read mapping CSV {path}: {exc.strerror or exc}") from None
-    reader = csv.reader(io.StringIO(_decode_csv(raw), newline=""))
+    reader = csv.reader(io.StringIO(decode_user_text(raw), newline=""))
     try:
         header = [name.strip().lower() for name in next(reader, [])]
         columns = _columns(header, path)
@@ -50,16 +51,6 @@ def read_mapping(path: Path) -> list[MappingRow]:
     if not rows:
         raise UsageError(f"Mapping CSV {path} has no rows")
     return rows
-
-
-def _decode_csv(raw: bytes) -> str:
-    """UTF-8 (BOM removed), else cp1252 as Excel on Windows saves CSVs, else latin-1."""
-    for encoding in ("utf-8-sig", "cp1252"):
-        try:
-            return raw.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-    return raw.decode("latin-1")
 
 
 def _columns(header: list[str], path: Path) -> dict[str, int]:

@@ -30,6 +30,7 @@ from comix_embed.common.results import STATUS_FAILED, STATUS_FULL_PAGE, STATUS_N
 from comix_embed.common.store import read_attrs, read_committed_rows, resolve_store
 from comix_embed.tools.query_model import QueryEncoder
 from comix_embed.tools.search import SearchIndex
+from comix_embed.tools.search.layout import generation_in_use
 
 log = logging.getLogger(__name__)
 
@@ -99,16 +100,21 @@ class ServedStore:
 
     def _load_index(self) -> SearchIndex:
         """The index with everything a query needs already built (see the module's docstring)."""
+        self._generation_seen = generation_in_use(self.path)  # before loading: a newer one means reload
         index = SearchIndex.load(self.path, self.panel_memory)
         index.load_panels()
-        _ = index.page_texts  # the keyword index
+        _ = index.keywords  # the keyword index
         if index.committed:
             index.find_row(str(index.page_ids[0]))  # builds the id lookup of `like`
         return index
 
     def index(self) -> SearchIndex:
-        """The current index; a background reload starts when the store has committed more rows."""
-        if read_committed_rows(self.path) > self._index.committed:
+        """The current index; a background reload starts when the store has committed more rows,
+        or `comix-embed index` has put a new generation of its index in use."""
+        if (
+            read_committed_rows(self.path) > self._index.committed
+            or generation_in_use(self.path) != self._generation_seen
+        ):
             with self._lock:
                 if not self._reloading:
                     self._reloading = True

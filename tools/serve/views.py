@@ -1,5 +1,7 @@
-"""The HTML pages: search and its results, a page with its panels, the status of the stores; and the
-images they show (thumbnails, original files)."""
+"""The HTML pages and the images they show.
+
+Search and its results, a page with its panels, the status of the stores; the thumbnails and
+original files those pages show."""
 
 from __future__ import annotations
 

@@ -1,0 +1,88 @@
+"""An approximate part of a search: one generation's faiss index of pages or of panels, re-ranked.
+
+faiss finds candidates in compressed codes (IVF lists of 8-bit scalar-quantized vectors; a flat
+float32 index for small stores), then every candidate is scored again against its float16 unit
+vector, read from the generation's segments (memory-mapped: only the candidates' pages are read).
+A position of the index maps to a store row (and panel slot) through the generation's arrays; a
+row of -1 is an entry replaced since (a page changed by `--retry-failed`), never returned.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from comix_embed.common import config
+from comix_embed.tools.search.layout import SEGMENTS
+from comix_embed.tools.search.ranking import Candidates
+
+# Candidates taken from faiss per query, at least, before re-ranking.
+MIN_FETCH = 64
+
+
+def segment_memmap(folder: Path, segment: dict[str, Any], dim: int) -> np.ndarray:
+    """One segment's float16 vectors, memory-mapped read-only."""
+    return np.memmap(folder / SEGMENTS / segment["file"], dtype=np.float16, mode="r", shape=(segment["count"], dim))
+
+
+class Segments:
+    """The float16 unit vectors of every position of one part, across its segment files."""
+
+    def __init__(self, folder: Path, segments: list[dict[str, Any]], dim: int) -> None:
+        self.arrays = [segment_memmap(folder, s, dim) for s in segments if s["count"]]
+        self.offsets = np.cumsum([0] + [len(a) for a in self.arrays])
+        self.dim = dim
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def gather(self, positions: np.ndarray) -> np.ndarray:
+        """float32 vectors at these positions (any order)."""
+        out = np.empty((len(positions), self.dim), np.float32)
+        which = np.searchsorted(self.offsets, positions, side="right") - 1
+        for s in np.unique(which):
+            at = np.flatnonzero(which == s)
+            out[at] = self.arrays[s][positions[at] - self.offsets[s]]
+        return out
+
+
+class AnnPart:
+    """One generation's index of one kind (`pages` or `panels`), loaded for queries."""
+
+    def __init__(self, folder: Path, generation: Path, kind: str, part: dict[str, Any], dim: int) -> None:
+        self.kind = kind
+        self.index = faiss.read_index(str(generation / f"{kind}.faiss"))
+        if part["type"] == "ivf":
+            faiss.extract_index_ivf(self.index).nprobe = config.INDEX_NPROBE
+        self.rows: np.ndarray = np.load(generation / f"{kind}_rows.npy")
+        self.slots: np.ndarray = (
+            np.load(generation / f"{kind}_slots.npy").astype(np.int64)
+            if kind == "panels"
+            else np.full(len(self.rows), -1, np.int64)
+        )
+        self.vectors = Segments(folder, part["segments"], dim)
+
+    @property
+    def live(self) -> int:
+        """Entries not replaced since."""
+        return int((self.rows >= 0).sum())
+
+    def search(self, queries: np.ndarray, need: int, exclude: np.ndarray) -> Candidates:
+        """The `need` best entries for any of the unit query rows, rows in sorted `exclude` left out;
+        scores are cosines against the float16 vectors."""
+        if self.index.ntotal == 0 or need <= 0:
+            return Candidates.empty()
+        fetch = min(max(2 * need, MIN_FETCH), int(self.index.ntotal))
+        _, labels = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), fetch)
+        positions = np.unique(labels[labels >= 0])
+        rows = self.rows[positions]
+        keep = rows >= 0
+        if len(exclude):
+            keep &= ~np.isin(rows, exclude)
+        positions, rows = positions[keep], rows[keep]
+        vectors = self.vectors.gather(positions)
+        scores = vectors @ queries[0] if len(queries) == 1 else (vectors @ queries.T).max(axis=1)
+        return Candidates(scores.astype(np.float32), rows, self.slots[positions]).best(need)

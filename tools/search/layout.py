@@ -1,0 +1,148 @@
+"""The index folder beside a store: generation folders, the CURRENT pointer, vector segments.
+
+    <output_dir>/index/
+        CURRENT                 the name of the generation in use ("gen_000003"), replaced atomically
+        gen_000003/meta.json    what the generation covers (rows, the store's identity, its parts)
+        gen_000003/...          faiss indexes, position -> row (and slot) arrays, status snapshot
+        segments/*.f16          float16 unit vectors (re-ranking), written once, shared by generations
+        segments/text_*/        the page text's word index of the rows a build added (text.Postings)
+
+A build writes a new generation folder completely (every file fsynced), then replaces CURRENT:
+a build killed at any instant leaves CURRENT naming the previous, whole generation. What a killed
+build left (a generation folder CURRENT does not name, segments no generation uses) is removed by
+the next build. One build at a time: the builder holds `index/build.lock`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from comix_embed.common import config
+from comix_embed.common.durable import fsync_dir
+from comix_embed.common.errors import UsageError
+
+CURRENT = "CURRENT"
+SEGMENTS = "segments"
+META = "meta.json"
+FORMAT = 1
+# The store's attributes that make it the same store: a store made afresh under the same path,
+# or with another model, is another store, and an index of the old one is never used for it.
+IDENTITY_KEYS = ("created", "checkpoint_sha256", "tokenizer", "encoder_mode", "embedding_dim", "max_panels")
+
+
+def index_dir(store: Path) -> Path:
+    """`<output_dir>/index` for a store named as the pipeline names it, else `<store>.index` beside it."""
+    if store.name == config.STORE_NAME:
+        return store.parent / config.INDEX_DIR_NAME
+    return store.with_name(store.name.removesuffix(".zarr") + ".index")
+
+
+def store_identity(attrs: dict[str, Any]) -> dict[str, Any]:
+    return {key: attrs.get(key) for key in IDENTITY_KEYS}
+
+
+def generation_name(number: int) -> str:
+    return f"gen_{number:06d}"
+
+
+def current_generation(folder: Path) -> Path | None:
+    """The generation CURRENT names (None: no index yet)."""
+    try:
+        name = (folder / CURRENT).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    path = folder / name
+    if not (path / META).is_file():
+        raise UsageError(f"{folder / CURRENT} names {name}, which has no {META}: remove {folder} and build again")
+    return path
+
+
+def generation_in_use(store: Path) -> int | None:
+    """The number of the generation CURRENT names (None: no index); one small file read."""
+    try:
+        name = (index_dir(store) / CURRENT).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    return int(name.removeprefix("gen_"))
+
+
+def read_meta(generation: Path) -> dict[str, Any]:
+    with open(generation / META, encoding="utf-8") as fh:
+        meta: dict[str, Any] = json.load(fh)
+    if meta.get("format") != FORMAT:
+        raise UsageError(f"{generation / META}: index format {meta.get('format')!r}, this version reads {FORMAT}")
+    return meta
+
+
+def generation_number(generation: Path) -> int:
+    return int(generation.name.removeprefix("gen_"))
+
+
+@contextmanager
+def build_lock(folder: Path) -> Iterator[None]:
+    """Held while building: a second `comix-embed index` on the same store is refused, not raced."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "build.lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"another `comix-embed index` is building {folder}; wait for it to finish") from None
+        yield
+
+
+def remove_leftovers(folder: Path, keep: Path | None) -> None:
+    """Generation folders other than `keep`, and segments `keep` does not use (a killed build's)."""
+    used = set(segment_files(read_meta(keep))) if keep is not None else set()
+    for path in folder.glob("gen_*"):
+        if path != keep:
+            shutil.rmtree(path, ignore_errors=True)
+    for path in (folder / SEGMENTS).glob("*"):
+        if path.name not in used:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def segment_files(meta: dict[str, Any]) -> list[str]:
+    return [s["file"] for part in meta.get("parts", {}).values() for s in part.get("segments", [])]
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    """An .npy file, fsynced."""
+    with open(path, "wb") as fh:
+        np.save(fh, array)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def publish(folder: Path, generation: Path, meta: dict[str, Any]) -> None:
+    """Write the generation's meta, make it durable, then point CURRENT at it (atomically)."""
+    with open(generation / META, "w", encoding="utf-8") as fh:
+        json.dump(meta, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    fsync_dir(generation)
+    fsync_dir(folder / SEGMENTS)
+    fsync_dir(folder)
+    tmp = folder / f".{CURRENT}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(generation.name + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, folder / CURRENT)
+    fsync_dir(folder)
