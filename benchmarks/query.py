@@ -89,8 +89,11 @@ def build_store(output_dir: Path, pages: int, seed: int = 0) -> Path:
     if path.exists():
         raise SystemExit(f"{path} exists with another row count: remove it or choose another --keep")
     output_dir.mkdir(parents=True, exist_ok=True)
-    create_store(path, MODEL, capacity=pages)
+    create_store(path, MODEL)
     group = zarr.open_group(path, mode="r+")
+    for _, arr in group.arrays():
+        if arr.metadata.dimension_names[0] == "page_id":
+            arr.resize((pages, *arr.shape[1:]))
     for start in range(0, pages, SLICE):
         stop = min(start + SLICE, pages)
         for name, values in synthetic_slice(start, stop, seed).items():

@@ -46,11 +46,15 @@ MAX_IMAGE_PIXELS = int(_number("COMIX_MAX_IMAGE_PIXELS", 64_000_000))
 STORE_NAME = "combined_embeddings.zarr"
 MANIFEST_GROUP = "manifest"
 SCHEMA_VERSION = 1
-# Rows per chunk along page_id: a multiple of common batch sizes, so a batch rewrites at most one
-# partial chunk per array and a writer that is behind writes whole chunks (research/zarr-durability.md §4).
+# Chunking along page_id (research at 1.2M pages, batch 8, d=384): at most a few thousand files
+# per array, and a committed region rewritten only while its shard or chunk fills.
+# The embedding arrays: chunks of CHUNK_ROWS rows, packed in shards of SHARD_ROWS rows (one file).
 CHUNK_ROWS = 64
-# Capacity grows in steps this large, all arrays back to back (readers see equal shapes).
-GROWTH_ROWS = 4096
+SHARD_ROWS = 1024
+# The other result arrays: one chunk per SHARD_ROWS rows. The writer commits in runs cut at
+# multiples of SHARD_ROWS (writer/service.py), so a shard or chunk is written whole when it can be.
+# The page columns written at registration (page_id, paths): chunks of PAGE_COLUMN_ROWS rows.
+PAGE_COLUMN_ROWS = 16384
 AUDIT_LOG_NAME = "audit.jsonl"
 JOBS_DIR_NAME = "jobs"
 # The writer's lock file in the output folder: one writer per store on one host.
@@ -63,8 +67,13 @@ WRITER_FLOCK_ENV = "COMIX_WRITER_FLOCK"
 WRITER_LEASE_TTL_S = float(_number("COMIX_WRITER_LEASE_TTL_S", 10.0))
 # The latest lease token, recorded in the output folder: tokens grow even across a wiped Redis.
 WRITER_TOKEN_NAME = "writer.token.json"
-# The writer waits this long for a chunk's worth of results before committing what it has.
-WRITER_LINGER_S = float(_number("COMIX_WRITER_LINGER_S", 0.25))
+# Group commit (writer/grouping.py): the writer commits the results that continue the readable
+# prefix in runs cut at multiples of SHARD_ROWS, at most WRITER_COMMIT_ROWS rows at once; a run
+# that reaches no boundary is committed once its oldest result has waited WRITER_LINGER_S, and
+# results past a gap (a batch not arrived yet) once they have waited WRITER_GAP_LINGER_S.
+WRITER_COMMIT_ROWS = 2 * SHARD_ROWS
+WRITER_LINGER_S = float(_number("COMIX_WRITER_LINGER_S", 1.0))
+WRITER_GAP_LINGER_S = float(_number("COMIX_WRITER_GAP_LINGER_S", 10.0))
 # fsync what the writer writes (chunks, zarr.json, manifests, committed_rows) before its rename and
 # the folder after, so that no manifest outlives its rows on power loss (writer/commit.py says
 # which renames need not be durable). Process crashes need no fsync (rename is atomic either way):
@@ -112,8 +121,20 @@ MAX_ATTEMPTS = int(os.environ.get("COMIX_MAX_ATTEMPTS", 3))
 LEASE_TTL_S = float(os.environ.get("COMIX_LEASE_TTL_S", 30))
 # How often the writer looks for expired leases and given-up batches.
 WRITER_SCAN_S = float(os.environ.get("COMIX_WRITER_SCAN_S", 2))
-# Results waiting for the writer are bounded: a worker waits while this many are queued.
-MAX_PENDING_RESULTS = int(_number("COMIX_MAX_PENDING_RESULTS", 16))
+# Results waiting for the writer are bounded: a worker waits while the stream holds
+# `pending_bound(its batch's pages)` results: MAX_PENDING_ROWS pages' worth (room for the writer's
+# group commits, about 85 MB at d=384), or exactly COMIX_MAX_PENDING_RESULTS results when it is set.
+MAX_PENDING_ROWS = int(_number("COMIX_MAX_PENDING_ROWS", 4096))
+MAX_PENDING_RESULTS = (
+    int(_number("COMIX_MAX_PENDING_RESULTS", 0)) if "COMIX_MAX_PENDING_RESULTS" in os.environ else None
+)
+
+
+def pending_bound(rows_per_result: int) -> int:
+    """Results the stream holds at most, for results of `rows_per_result` pages."""
+    if MAX_PENDING_RESULTS is not None:
+        return MAX_PENDING_RESULTS
+    return max(2, -(-MAX_PENDING_ROWS // max(1, rows_per_result)))
 
 
 def writer_flock() -> bool:
@@ -141,15 +162,20 @@ def check() -> None:
     for name, value in (
         ("COMIX_VISIBILITY_TIMEOUT", VISIBILITY_TIMEOUT),
         ("COMIX_TASK_TIME_LIMIT", TASK_TIME_LIMIT),
-        ("COMIX_MAX_PENDING_RESULTS", MAX_PENDING_RESULTS),
+        ("COMIX_MAX_PENDING_RESULTS", 1 if MAX_PENDING_RESULTS is None else MAX_PENDING_RESULTS),
+        ("COMIX_MAX_PENDING_ROWS", MAX_PENDING_ROWS),
         ("COMIX_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS),
     ):
         if value <= 0:
             problems.append(f"{name} must be positive, got {value}")
     if WRITER_LEASE_TTL_S < 1:
         problems.append(f"COMIX_WRITER_LEASE_TTL_S must be at least 1 second, got {WRITER_LEASE_TTL_S}")
-    if WRITER_LINGER_S < 0:
-        problems.append(f"COMIX_WRITER_LINGER_S must be 0 or more seconds, got {WRITER_LINGER_S}")
+    for name, seconds in (
+        ("COMIX_WRITER_LINGER_S", WRITER_LINGER_S),
+        ("COMIX_WRITER_GAP_LINGER_S", WRITER_GAP_LINGER_S),
+    ):
+        if seconds < 0:
+            problems.append(f"{name} must be 0 or more seconds, got {seconds}")
     if 0 < TASK_TIME_LIMIT <= SOFT_LIMIT_MARGIN_S:
         problems.append(
             f"COMIX_TASK_TIME_LIMIT must be more than {SOFT_LIMIT_MARGIN_S} s (its soft limit comes "

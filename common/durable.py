@@ -24,6 +24,18 @@ def fsync_dir(folder: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def make_folders(folder: Path) -> list[Path]:
+    """Create `folder` and its missing parents; the ones this call created, deepest first (each
+    one's entry lives in its parent: fsync those parents to make the new folders durable)."""
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        folder = folder.parent
+    for new in reversed(missing):
+        new.mkdir(exist_ok=True)  # another thread may create it at the same time
+    return missing
+
+
 def write_json_atomic(
     path: str | os.PathLike[str],
     data: Any,

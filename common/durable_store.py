@@ -22,7 +22,7 @@ from pathlib import Path
 from zarr.core.buffer import Buffer
 from zarr.storage import LocalStore
 
-from comix_embed.common.durable import fsync_dir
+from comix_embed.common.durable import fsync_dir, make_folders
 
 # zarr's own temporary suffix: a file a killed writer leaves is recognised and removed alike
 PARTIAL_SUFFIX = ".partial"
@@ -61,7 +61,7 @@ def durable_put(path: Path, value: Buffer, exclusive: bool = False) -> int:
 
     `exclusive` keeps zarr's meaning: FileExistsError when `path` already exists.
     """
-    created = _make_folders(path.parent)
+    created = make_folders(path.parent)
     tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}{PARTIAL_SUFFIX}")
     try:
         with open(tmp, "wb") as fh:
@@ -80,17 +80,6 @@ def durable_put(path: Path, value: Buffer, exclusive: bool = False) -> int:
     for folder in created:  # a new folder's own entry lives in its parent
         fsync_dir(folder.parent)
     return written
-
-
-def _make_folders(folder: Path) -> list[Path]:
-    """Create `folder` and its missing parents; the ones this call created, deepest first."""
-    missing = []
-    while not folder.is_dir():
-        missing.append(folder)
-        folder = folder.parent
-    for new in reversed(missing):
-        new.mkdir(exist_ok=True)  # another thread may create it at the same time
-    return missing
 
 
 def _fsync_existing_dir(folder: Path) -> None:

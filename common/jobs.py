@@ -11,6 +11,14 @@ task payload of every batch (`job_NNNNNN.tasks.jsonl`, one JSON line per batch, 
 `job_NNNNNN.tasks.idx`, the byte offset of each line): whatever re-sends a batch (the writer when
 a lease expires, `run` and `enqueue` resuming any unfinished job) reads that one line by seeking,
 never the whole file. Job files of format 1 (no model, no tasks file) still load.
+
+The pages live beside the job file too (format 3): `job_NNNNNN.json` is a header (everything but
+the pages, with `num_pages`), `job_NNNNNN.pages.jsonl` one JSON line per page in row order and
+`job_NNNNNN.pages.idx` the byte offset of each line. A million pages make about 300 MB of pages:
+`status`, the writer's start and the summaries read the headers only, and a batch's pages are
+read by seeking (`Job.page`, `Job.page_slice`). Pages and index are renamed into place before the
+header, so a job file exists only beside its complete pages. Job files of format 1 and 2 hold
+their pages inline and still load.
 """
 
 from __future__ import annotations
@@ -61,7 +69,11 @@ class JobPage:
 
 @dataclass
 class Job:
-    """A registered list: its pages own rows [start_row, start_row + len(pages))."""
+    """A registered list: its pages own rows [start_row, start_row + num_pages).
+
+    `pages` is filled when the job is planned, or read from an older job file; a job loaded from
+    a header (format 3) reads its pages from the pages file when asked (`all_pages`, `page`).
+    """
 
     job_id: str
     number: int
@@ -74,15 +86,24 @@ class Job:
     pages: list[JobPage] = field(default_factory=list)
     model: ModelIdentity | None = None  # the model the job is bound to (None in format 1)
     format: int = 1
+    num_pages: int = -1  # format 3; -1 in older files, whose pages are inline
+
+    def __post_init__(self) -> None:
+        # the job file whose pages file is read (set by `read_job` for a header); not part of the file
+        self._source: Path | None = None
+
+    @property
+    def page_count(self) -> int:
+        return self.num_pages if self.num_pages >= 0 else len(self.pages)
 
     @property
     def end_row(self) -> int:
-        return self.start_row + len(self.pages)
+        return self.start_row + self.page_count
 
     def batches(self) -> list[tuple[int, int, int]]:
         """(global batch id, start row, end row) of every batch, in order; the last may be short."""
         out = []
-        for k, offset in enumerate(range(0, len(self.pages), self.batch_size)):
+        for k, offset in enumerate(range(0, self.page_count, self.batch_size)):
             start = self.start_row + offset
             out.append((self.first_batch + k, start, min(start + self.batch_size, self.end_row)))
         return out
@@ -96,13 +117,32 @@ class Job:
         return start, min(start + self.batch_size, self.end_row)
 
     def page(self, row: int) -> JobPage:
-        return self.pages[row - self.start_row]
+        return self.page_slice(row, row + 1)[0]
+
+    def page_slice(self, start_row: int, end_row: int) -> list[JobPage]:
+        """The pages of rows [start_row, end_row), read with one seek when they are not in memory."""
+        first, last = start_row - self.start_row, end_row - self.start_row
+        if self._source is None or self.pages:
+            return self.pages[first:last]
+        lines, index = pages_paths(self._source)
+        raw = read_indexed_lines(lines, index, first, min(last, self.page_count))
+        return [decode_json(line, JobPage, f"{lines.name} line {first + k + 1}") for k, line in enumerate(raw)]
+
+    def all_pages(self) -> list[JobPage]:
+        """Every page, in row order (read from the pages file once, then kept)."""
+        if not self.pages and self.page_count:
+            self.pages = self.page_slice(self.start_row, self.end_row)
+        return self.pages
 
     def batch_count(self) -> int:
         return len(self.batches())
 
     def to_json(self) -> dict[str, Any]:
-        return msgspec.to_builtins(self)
+        """The job file's content: the header (the pages go to their own file)."""
+        header = msgspec.to_builtins(self)
+        header["pages"] = []
+        header["num_pages"] = self.page_count
+        return header
 
 
 class KeepsTasks(Protocol):
@@ -122,22 +162,33 @@ def job_id_of(number: int) -> str:
     return f"job_{number:06d}"
 
 
+def pages_paths(job_path: Path) -> tuple[Path, Path]:
+    """The pages file and its offsets index of a job file."""
+    stem = job_path.name.removesuffix(".json")
+    return job_path.with_name(f"{stem}.pages.jsonl"), job_path.with_name(f"{stem}.pages.idx")
+
+
 def write_job(output_dir: str | os.PathLike[str], job: Job) -> Path:
-    """Write the job file whole or not at all (temporary file, fsync, rename, directory fsync)."""
+    """Write the job: its pages and their index, then the header, each whole or not at all
+    (temporary file, fsync, rename, directory fsync)."""
     folder = jobs_dir(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{job.job_id}.json"
+    write_indexed_lines(*pages_paths(path), (msgspec.json.encode(p) for p in job.all_pages()))
     write_json_atomic(path, job.to_json())
     return path
 
 
 def read_job(path: Path) -> Job:
-    """One job file, checked as it decodes (a broken one is named with the field at fault)."""
+    """One job file, checked as it decodes (a broken one is named with the field at fault); the
+    header only, for a job of format 3 (its pages are read when asked)."""
     try:
         job = decode_json(path.read_bytes(), Job, f"job file {path}")
         check_version(f"job file {path}", job.format, JOB_FORMAT, "program")
     except MalformedMessage as exc:
         raise UsageError(str(exc)) from None
+    if job.num_pages >= 0:
+        job._source = path
     return job
 
 
@@ -172,29 +223,58 @@ def has_tasks(output_dir: str | os.PathLike[str], job_id: str) -> bool:
     return tasks_paths(output_dir, job_id)[1].is_file()
 
 
-def write_tasks(output_dir: str | os.PathLike[str], job: KeepsTasks, payloads: Iterable[TaskPayload]) -> None:
-    """Keep every batch's payload, in batch order: lines first, then the index renamed into place
-    last (an index exists only beside complete lines)."""
-    lines_path, index_path = tasks_paths(output_dir, job.job_id)
+def write_indexed_lines(lines_path: Path, index_path: Path, lines: Iterable[bytes]) -> int:
+    """Write one line per item and the byte offset of each (and of the end) in the index, both
+    fsynced; the lines are renamed into place first, the index last (an index exists only beside
+    complete lines). Returns the number of lines."""
     tmp_lines = lines_path.with_name(f".{lines_path.name}.tmp")
     tmp_index = index_path.with_name(f".{index_path.name}.tmp")
     count = 0
-    with open(tmp_lines, "wb") as lines, open(tmp_index, "wb") as index:
-        for payload in payloads:
-            if payload.batch_id != job.first_batch + count:
-                raise ValueError(f"task of batch {payload.batch_id} out of order in {job.job_id}")
-            index.write(_OFFSET.pack(lines.tell()))
-            lines.write(encode_json(payload) + b"\n")
+    with open(tmp_lines, "wb") as out, open(tmp_index, "wb") as index:
+        for line in lines:
+            index.write(_OFFSET.pack(out.tell()))
+            out.write(line + b"\n")
             count += 1
-        index.write(_OFFSET.pack(lines.tell()))
-        for fh in (lines, index):
+        index.write(_OFFSET.pack(out.tell()))
+        for fh in (out, index):
             fh.flush()
             os.fsync(fh.fileno())
-    if count != job.batch_count():
-        raise ValueError(f"{count} task payloads for the {job.batch_count()} batches of {job.job_id}")
     os.replace(tmp_lines, lines_path)
     os.replace(tmp_index, index_path)
     fsync_dir(lines_path.parent)
+    return count
+
+
+def read_indexed_lines(lines_path: Path, index_path: Path, first: int, last: int) -> list[bytes]:
+    """Lines [first, last) of a file written by `write_indexed_lines`, read with one seek each."""
+    if first < 0 or last < first:
+        raise KeyError(f"lines {first}:{last} of {lines_path.name}")
+    with open(index_path, "rb") as index:
+        index.seek(first * _OFFSET.size)
+        raw = index.read((last - first + 1) * _OFFSET.size)
+    if len(raw) != (last - first + 1) * _OFFSET.size:
+        raise KeyError(f"lines {first}:{last} of {lines_path.name}")
+    offsets = [_OFFSET.unpack_from(raw, k * _OFFSET.size)[0] for k in range(last - first + 1)]
+    with open(lines_path, "rb") as fh:
+        fh.seek(offsets[0])
+        block = fh.read(offsets[-1] - offsets[0])
+    return [block[a - offsets[0] : b - offsets[0]].rstrip(b"\n") for a, b in zip(offsets, offsets[1:])]
+
+
+def write_tasks(output_dir: str | os.PathLike[str], job: KeepsTasks, payloads: Iterable[TaskPayload]) -> None:
+    """Keep every batch's payload, in batch order (`write_indexed_lines`)."""
+    lines_path, index_path = tasks_paths(output_dir, job.job_id)
+
+    def lines() -> Iterator[bytes]:
+        for count, payload in enumerate(payloads):
+            if payload.batch_id != job.first_batch + count:
+                raise ValueError(f"task of batch {payload.batch_id} out of order in {job.job_id}")
+            yield encode_json(payload)
+
+    count = write_indexed_lines(lines_path, index_path, lines())
+    if count != job.batch_count():
+        index_path.unlink()
+        raise ValueError(f"{count} task payloads for the {job.batch_count()} batches of {job.job_id}")
 
 
 def iter_tasks(output_dir: str | os.PathLike[str], job: KeepsTasks) -> Iterator[TaskPayload] | None:
@@ -216,16 +296,10 @@ def read_task(output_dir: str | os.PathLike[str], job: KeepsTasks, batch_id: int
     lines_path, index_path = tasks_paths(output_dir, job.job_id)
     if not index_path.is_file():
         return None
-    k = batch_id - job.first_batch
-    with open(index_path, "rb") as index:
-        index.seek(k * _OFFSET.size)
-        raw = index.read(2 * _OFFSET.size)
-    if len(raw) != 2 * _OFFSET.size or k < 0:
-        raise KeyError(f"batch {batch_id} is not part of {job.job_id}")
-    start, end = _OFFSET.unpack(raw[:8])[0], _OFFSET.unpack(raw[8:])[0]
-    with open(lines_path, "rb") as lines:
-        lines.seek(start)
-        line = lines.read(end - start)
+    try:
+        (line,) = read_indexed_lines(lines_path, index_path, batch_id - job.first_batch, batch_id - job.first_batch + 1)
+    except KeyError:
+        raise KeyError(f"batch {batch_id} is not part of {job.job_id}") from None
     return decode_json(line, TaskPayload, f"{lines_path.name} batch {batch_id}")
 
 
@@ -240,7 +314,7 @@ def next_job_layout(output_dir: str | os.PathLike[str]) -> tuple[int, int, int]:
 
 def registered_page_ids(output_dir: str | os.PathLike[str]) -> set[str]:
     """page_ids of every job already planned: these pages are never embedded again."""
-    return {p.page_id for job in load_jobs(output_dir) for p in job.pages}
+    return {p.page_id for job in load_jobs(output_dir) for p in job.all_pages()}
 
 
 def plan_job(
@@ -282,7 +356,7 @@ def plan_job(
             raise UsageError(f"{store} holds {first.job_id} from {first.list_path}; pass --incremental to append")
         if not incremental and store.exists():
             raise UsageError(f"{store} exists but {jobs_dir(output_dir)} has no job files")
-        known = {p.page_id for job in jobs for p in job.pages}
+        known = {p.page_id for job in jobs for p in job.all_pages()}
         kept: list[JobPage] = []
         skipped: list[tuple[JobPage, str]] = []
         seen: set[str] = set()
@@ -309,6 +383,7 @@ def plan_job(
             pages=kept,
             model=model,
             format=JOB_FORMAT,
+            num_pages=len(kept),
         )
         if tasks is not None:
             write_tasks(output_dir, job, tasks(job, jobs[0] if jobs else job))

@@ -25,7 +25,7 @@ from comix_embed.common.pages import PageTask
 
 TASK_FORMAT = 2  # 1: no `v`, no `model`
 RESULT_FORMAT = 3  # 1: no `v`, no `tokenizer_legacy` in the model; 2: no `rows`
-JOB_FORMAT = 2  # 1: no `format`, no `model`, no tasks file
+JOB_FORMAT = 3  # 1: no `format`, no `model`, no tasks file; 2: pages inside the job file
 
 T = TypeVar("T")
 

@@ -182,12 +182,12 @@ def retried_rows(manifests: dict[int, dict[str, Any]]) -> dict[int, str]:
     return out
 
 
-def failed_now(store: str | os.PathLike[str], manifests: dict[int, dict[str, Any]]) -> tuple[int, dict[int, str]]:
-    """Pages failed now: those the batch `manifests` count as failed, less those a retry embedded
-    since; and the retried rows with their latest status."""
+def failed_now(store: str | os.PathLike[str], failed_in_batches: int) -> tuple[int, dict[int, str]]:
+    """Pages failed now: those the batch manifests count as failed (`failed_in_batches`), less
+    those a retry embedded since; and the retried rows with their latest status."""
     retried = retried_rows(scan_retry_manifests(store)[0])
     embedded_again = sum(1 for st in retried.values() if st != "failed")
-    return sum(m.get("statuses", {}).get("failed", 0) for m in manifests.values()) - embedded_again, retried
+    return failed_in_batches - embedded_again, retried
 
 
 def owed_retries(output_dir: str | os.PathLike[str], store: str | os.PathLike[str]) -> dict[str, list[int]]:

@@ -73,10 +73,25 @@ def store_path(output_dir: str | os.PathLike[str]) -> Path:
     return Path(output_dir) / config.STORE_NAME
 
 
-def create_store(
-    path: str | os.PathLike[str], model: ModelIdentity | dict[str, Any], capacity: int, fsync: bool = True
-) -> None:
-    """Create the empty store with `capacity` pre-allocated rows.
+def array_layout(spec: ArraySpec) -> dict[str, Any]:
+    """How an array is cut into files (`chunks`, `shards`, `compressors` for `create_array`).
+
+    Embeddings: 64-row chunks in 1024-row shards, so that a million pages make about a thousand
+    files per array, never compressed. A reader gets a shard in two reads (its index, then its
+    chunks), and the writer may replace the shard file in between: uncompressed chunks keep their
+    size and place, so the committed rows read the same from either version, whereas a compressed
+    chunk that changed length cannot be decoded (the crash test's reader saw exactly that with
+    zstd). The other result arrays: 1024-row chunks, read whole. The page columns, written once
+    when a job is registered: 16384-row chunks.
+    """
+    if spec.name in ("page_embeddings", "panel_embeddings"):
+        return {"chunks": (config.CHUNK_ROWS,), "shards": (config.SHARD_ROWS,), "compressors": None}
+    rows = config.PAGE_COLUMN_ROWS if spec.name in PAGE_COLUMNS else config.SHARD_ROWS
+    return {"chunks": (rows,), "shards": None, "compressors": None if spec.dtype == "float32" else "auto"}
+
+
+def create_store(path: str | os.PathLike[str], model: ModelIdentity | dict[str, Any], fsync: bool = True) -> None:
+    """Create the empty store: every page_id array with 0 rows (registering a job grows them).
 
     Built under a temporary name and renamed into place, so that a crash while creating never
     leaves a half-made store under the real name (a leftover temporary folder is deleted here).
@@ -92,6 +107,7 @@ def create_store(
         "created": utc_now(),
         "schema_version": config.SCHEMA_VERSION,
         "committed_rows": 0,
+        "manifest_checkpoint": {"batches": 0, "rows": 0, "statuses": {}},  # see common/manifests.py
         "registered_rows": 0,
         "jobs": [],
         "coordinates": " ".join(config.STORE_COORDINATES),
@@ -99,15 +115,16 @@ def create_store(
     group = zarr.open_group(writer_store(tmp, fsync), mode="w-", zarr_format=3, attributes=attrs)
     d, p = identity["embedding_dim"], identity["max_panels"]
     for spec in row_arrays().values():
-        shape = spec.shape(capacity, d, p)
+        shape = spec.shape(0, d, p)
+        layout = array_layout(spec)
         group.create_array(
             spec.name,
             shape=shape,
-            chunks=(config.CHUNK_ROWS, *shape[1:]),
+            chunks=(*layout["chunks"], *shape[1:]),
+            shards=(*layout["shards"], *shape[1:]) if layout["shards"] else None,
             dtype=str if spec.dtype == "str" else spec.dtype,
             fill_value=spec.fill,
-            # floats barely compress (~10%) and compression doubles write and read time
-            compressors=None if spec.dtype == "float32" else "auto",
+            compressors=layout["compressors"],
             dimension_names=("page_id", *spec.dims),
         )
     for name, size in (("panel_id", p), ("embedding_dim", d), ("coord_dim", 4)):
@@ -156,22 +173,22 @@ def open_row_arrays(path: str | os.PathLike[str], fsync: bool) -> dict[str, zarr
     return arrays
 
 
-def grow(arrays: dict[str, zarr.Array], rows: int) -> int:
-    """Make every page_id array hold at least `rows` rows, in GROWTH_ROWS steps; returns capacity.
+def grow(arrays: dict[str, zarr.Array], rows: int) -> None:
+    """Make every page_id array hold exactly `rows` rows (never fewer than it holds): a change
+    of each array's metadata only, the chunks stay as they are.
 
     Arrays are resized back to back; after a crash in between, the next call evens them out.
     """
-    current = max(arr.shape[0] for arr in arrays.values())
-    steps = -(-rows // config.GROWTH_ROWS)
-    target = max(current, steps * config.GROWTH_ROWS)
     for arr in arrays.values():
-        if arr.shape[0] < target:
-            arr.resize((target, *arr.shape[1:]))
-    return target
+        if arr.shape[0] < rows:
+            arr.resize((rows, *arr.shape[1:]))
 
 
 def register_job(path: str | os.PathLike[str], job: Job, fsync: bool = True) -> dict[str, Any]:
-    """Give a job its rows in the store: grow, write its page columns, record it in the attributes.
+    """Give a job its rows in the store: grow the arrays to its last row, write its page columns,
+    record it in the attributes. The arrays hold exactly the registered rows, so that
+    `xarray.open_zarr` shows the registered pages and nothing else (rows not committed yet hold
+    fill values; readers that want only committed rows slice to `committed_rows`).
 
     Idempotent: a crash before the attributes are updated is repaired by registering again.
     Jobs must be registered in order: a job starts where the registered rows end.
@@ -187,10 +204,11 @@ def register_job(path: str | os.PathLike[str], job: Job, fsync: bool = True) -> 
         )
     arrays = open_row_arrays(path, fsync)
     grow(arrays, job.end_row)
-    for name in PAGE_COLUMNS:
-        values = np.array([getattr(p, name) for p in job.pages], dtype=object)
-        if len(values):
-            arrays[name][job.start_row : job.end_row] = values
+    for start in range(job.start_row, job.end_row, config.PAGE_COLUMN_ROWS):  # bounded memory, whole chunks
+        end = min(start + config.PAGE_COLUMN_ROWS - start % config.PAGE_COLUMN_ROWS, job.end_row)
+        pages = job.page_slice(start, end)
+        for name in PAGE_COLUMNS:
+            arrays[name][start:end] = np.array([getattr(p, name) for p in pages], dtype=object)
     record = {
         "job_id": job.job_id,
         "list_path": job.list_path,

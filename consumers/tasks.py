@@ -190,7 +190,7 @@ def embed_batch(self, payload: dict[str, Any]) -> dict[str, Any]:
         blob = result.to_bytes()
         budget = config.TASK_SOFT_TIME_LIMIT - (time.monotonic() - started) - 30
         try:
-            push(client, store, batch_id, blob, config.MAX_PENDING_RESULTS, max(budget, 1))
+            push(client, store, batch_id, blob, config.pending_bound(len(task.pages)), max(budget, 1))
         except ResultsFull as exc:
             if lease.end():
                 deliveries.send(client, task, queue, config.PRIORITY_AGAIN)

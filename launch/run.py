@@ -39,7 +39,7 @@ from comix_embed.common.checkpoint import load_model
 from comix_embed.common.child import cli_argv
 from comix_embed.common.identity import make_identity, model_key, queue_name
 from comix_embed.common.jobs import Job, load_jobs
-from comix_embed.common.manifests import manifest_file, manifest_ids, owed_batches, scan_manifests
+from comix_embed.common.manifests import load_committed, recent_manifests, store_owed
 from comix_embed.common.messages import ModelIdentity
 from comix_embed.common.results_channel import connect, results_key
 from comix_embed.common.retries import failed_now
@@ -169,14 +169,13 @@ def wait_for_workers(client, names: list[str], children: Children, timeout: floa
     log.warning("not every worker was ready within %.0f s; going on", timeout)
 
 
-def _committed_pages(jobs: list[Job], output_dir: Path) -> int:
-    """Pages of every job whose batch has a manifest (cheap: file names only)."""
-    done = manifest_ids(store_path(output_dir))
-    return sum(end - start for job in jobs for b, start, end in job.batches() if b in done)
+def _committed_pages(output_dir: Path) -> int:
+    """Pages of every batch that has a manifest (cheap: the checkpoint and the few manifests past it)."""
+    return load_committed(store_path(output_dir))[0].pages()
 
 
 def _owed(jobs: list[Job], output_dir: Path) -> set[int]:
-    return {b for batches in owed_batches(jobs, manifest_ids(store_path(output_dir))).values() for b in batches}
+    return {b for batches in store_owed(store_path(output_dir), jobs).values() for b in batches}
 
 
 def lost_work(client, store: str, identity: ModelIdentity) -> bool:
@@ -200,13 +199,12 @@ def _refused(client, store: str, jobs: list[Job], output_dir: Path) -> str:
 
 def _last_commit(output_dir: Path) -> float:
     """When the newest manifest was written (wall-clock seconds)."""
-    store = store_path(output_dir)
-    return max(os.stat(manifest_file(store, b)).st_mtime for b in manifest_ids(store))
+    return recent_manifests(store_path(output_dir), 1)[-1][0]
 
 
 def _failed_pages(output_dir: Path) -> int:
-    found, _ = scan_manifests(store_path(output_dir))
-    return failed_now(store_path(output_dir), found)[0]
+    path = store_path(output_dir)
+    return failed_now(path, load_committed(path)[0].status_count("failed"))[0]
 
 
 def _registered_rows(jobs: list[Job]) -> int:
@@ -304,9 +302,9 @@ def _run_jobs(args: argparse.Namespace, identity: ModelIdentity, report: Enqueue
     for line in report.sent_lines():
         print(line, flush=True)
     rows = _registered_rows(jobs)
-    total = sum(len(j.pages) for j in jobs)
+    total = sum(j.page_count for j in jobs)
     bar = tqdm(total=total, unit="page", desc="committed", smoothing=0.1, dynamic_ncols=True)
-    done = already_done = _committed_pages(jobs, args.output_dir)
+    done = already_done = _committed_pages(args.output_dir)
     bar.update(done)
     last_change = time.monotonic()
     while not _covered(args.output_dir, rows):
@@ -324,7 +322,7 @@ def _run_jobs(args: argparse.Namespace, identity: ModelIdentity, report: Enqueue
             bar.close()
             print(f"stopping: {problem}", file=sys.stderr, flush=True)
             return EXIT_ERROR
-        now_done = _committed_pages(jobs, args.output_dir)
+        now_done = _committed_pages(args.output_dir)
         if now_done != done:
             bar.update(now_done - done)
             done, last_change = now_done, time.monotonic()
@@ -333,7 +331,7 @@ def _run_jobs(args: argparse.Namespace, identity: ModelIdentity, report: Enqueue
             send_owed(args, report, skip_recent=False)
             log.warning("re-sent %d batches the broker no longer held", report.batches_sent - before)
             last_change = time.monotonic()
-    bar.update(_committed_pages(jobs, args.output_dir) - done)
+    bar.update(_committed_pages(args.output_dir) - done)
     bar.close()
     seconds = _last_commit(args.output_dir) - started
     pending = total - already_done

@@ -76,7 +76,7 @@ class EnqueueReport:
         else:
             total = len(self.job.batches())
             out.append(
-                f"{self.job.job_id}: {len(self.job.pages)} pages in rows {self.job.start_row}-{self.job.end_row - 1}, "
+                f"{self.job.job_id}: {self.job.page_count} pages in rows {self.job.start_row}-{self.job.end_row - 1}, "
                 f"{total} batches of {self.job.batch_size}"
             )
         if self.model is not None:

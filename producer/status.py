@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from comix_embed.common.celery_app import configure
 from comix_embed.common.errors import UsageError
 from comix_embed.common.identity import describe, identity_of, is_legacy_tokenizer, queue_name
 from comix_embed.common.jobs import Job, load_jobs
-from comix_embed.common.manifests import MANIFEST_PATTERN, manifest_dir, owed_batches, scan_manifests
+from comix_embed.common.manifests import Committed, load_committed, owed_batches, recent_manifests
 from comix_embed.common.messages import ModelIdentity
 from comix_embed.common.results_channel import connect, results_key, store_id
 from comix_embed.common.retries import failed_now, owed_retries
@@ -38,17 +37,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _rate(folder: Path, sizes: dict[int, int]) -> float | None:
+def _rate(store: Path, jobs: list[Job]) -> float | None:
     """Pages per second over the last manifests, from their files' modification times."""
-    stamps = []
-    for entry in os.scandir(folder):
-        if match := MANIFEST_PATTERN.match(entry.name):
-            stamps.append((entry.stat().st_mtime, sizes.get(int(match.group(1)), 0)))
-    stamps.sort()
-    recent = stamps[-RATE_WINDOW:]
+    recent = recent_manifests(store, RATE_WINDOW)
     if len(recent) < 2 or recent[-1][0] - recent[0][0] <= 0:
         return None
-    return sum(n for _, n in recent[1:]) / (recent[-1][0] - recent[0][0])
+    return sum(_batch_pages(jobs, b) for _, b in recent[1:]) / (recent[-1][0] - recent[0][0])
+
+
+def _batch_pages(jobs: list[Job], batch_id: int) -> int:
+    for job in jobs:
+        if job.first_batch <= batch_id < job.first_batch + len(job.batches()):
+            start, end = job.batch(batch_id)
+            return end - start
+    return 0
 
 
 def _models(jobs: list[Job], attrs: dict | None) -> dict[str, ModelIdentity]:
@@ -96,15 +98,15 @@ def collect(output_dir: Path, broker: str | None) -> dict:
         raise UsageError(f"no job in {output_dir / config.JOBS_DIR_NAME}: nothing was enqueued there")
     path = store_path(output_dir)
     attrs = read_attrs(path) if path.exists() else None
-    found, _ = scan_manifests(path)
-    registered = sum(len(j.pages) for j in jobs)
-    batch_pages = {b: end - start for j in jobs for b, start, end in j.batches()}
-    done = sum(batch_pages.get(b, 0) for b in found)
-    failed, retried = failed_now(path, found)
+    # the checkpoint and the few manifests past it: a million pages cost what a hundred do
+    committed = load_committed(path)[0] if path.exists() else Committed()
+    registered = sum(j.page_count for j in jobs)
+    done = committed.pages()
+    failed, retried = failed_now(path, committed.status_count("failed"))
     embedded_again = sum(1 for st in retried.values() if st != "failed")
     owed_retry = owed_retries(output_dir, path)
-    rate = _rate(manifest_dir(path), batch_pages) if found else None
-    owed = owed_batches(jobs, found)
+    rate = _rate(path, jobs) if len(committed) else None
+    owed = owed_batches(jobs, committed)
     models = _models(jobs, attrs)
     state = {
         "store": str(path),

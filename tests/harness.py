@@ -99,7 +99,8 @@ def writer(
 
 def slow_writer(out: Path, broker: str, log_dir: Path, name: str) -> Proc:
     """A writer that commits one batch at a time, without waiting to group them: kills land mid-job."""
-    return writer(out, broker, log_dir, name, "--read", "1", env={"COMIX_WRITER_LINGER_S": "0"})
+    env = {"COMIX_WRITER_LINGER_S": "0", "COMIX_WRITER_GAP_LINGER_S": "0"}
+    return writer(out, broker, log_dir, name, "--read", "1", env=env)
 
 
 def enqueue_argv(corpus: Path, out: Path, broker: str, checkpoint: Path, batch_size: int = 4) -> list[str]:

@@ -491,7 +491,7 @@ def test_run_resumes_every_unfinished_job_of_the_store(tiny_checkpoint: Path, tm
     )
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert "job_000001 (unfinished): 1 of 1 batches owed" in ran.stdout
-    assert read_committed_rows(store_path(out)) == 12 == sum(len(j.pages) for j in load_jobs(out))
+    assert read_committed_rows(store_path(out)) == 12 == sum(j.page_count for j in load_jobs(out))
     again = run_cli("run", "--checkpoint", str(tiny_checkpoint), "--list", str(second), *source, "--incremental")
     assert again.returncode == 0 and "already committed" in again.stdout
 

@@ -108,12 +108,19 @@ def test_jobs_keep_their_payloads_and_old_job_files_still_load(tmp_path: Path) -
     assert list(iter_tasks(tmp_path, job) or []) == payloads
     with pytest.raises(KeyError):
         read_task(tmp_path, job, 3)
-    old = json.loads((tmp_path / "jobs" / "job_000001.json").read_text())
-    assert old["format"] == 2 and old["model"] is None  # synthetic jobs are planned unbound
-    del old["format"], old["model"]  # a job file of format 1
+    header = json.loads((tmp_path / "jobs" / "job_000001.json").read_text())
+    assert header["format"] == 3 and header["model"] is None  # synthetic jobs are planned unbound
+    assert header["pages"] == [] and header["num_pages"] == len(job.pages)  # the pages have their own file
+    (loaded,) = load_jobs(tmp_path)
+    assert loaded.pages == [] and loaded.batches() == job.batches()  # the header only
+    assert loaded.page_slice(9, 12) == job.pages[9:12] and loaded.page(19) == job.pages[19]
+    assert loaded.all_pages() == job.pages
+    old = {**header, "pages": [msgspec.to_builtins(p) for p in job.pages]}
+    del old["format"], old["model"], old["num_pages"]  # a job file of format 1: pages inline
     (tmp_path / "jobs" / "job_000001.json").write_text(json.dumps(old))
     (loaded,) = load_jobs(tmp_path)
     assert loaded.format == 1 and loaded.pages == job.pages and loaded.batches() == job.batches()
+    assert loaded.page(19) == job.pages[19]
     (tmp_path / "jobs" / "job_000001.json").write_text(json.dumps({**old, "batch_size": "eight"}))
     with pytest.raises(Exception, match=r"job_000001.json: Expected `int`, got `str` - at `\$.batch_size`"):
         load_jobs(tmp_path)

@@ -15,7 +15,7 @@ from comix_embed.common import config
 from comix_embed.common.errors import UsageError
 from comix_embed.common.jobs import load_jobs, next_job_layout, plan_job, registered_page_ids
 from comix_embed.common.results import RESULT_ARRAYS
-from comix_embed.common.store import open_committed, read_attrs, read_committed_rows, store_path
+from comix_embed.common.store import PAGE_COLUMNS, open_committed, read_attrs, read_committed_rows, store_path
 from comix_embed.writer.commit import StoreWriter
 from tests import synthetic
 
@@ -37,7 +37,7 @@ def test_layout_and_plain_xarray_open_without_warning(tmp_path: Path) -> None:
         warnings.simplefilter("error")
         ds = xr.open_zarr(path, consolidated=False)
         ds.load()
-    assert dict(ds.sizes) == {"page_id": config.GROWTH_ROWS, "panel_id": 12, "embedding_dim": 384, "coord_dim": 4}
+    assert dict(ds.sizes) == {"page_id": 40, "panel_id": 12, "embedding_dim": 384, "coord_dim": 4}
     assert ds.indexes["page_id"][5] == job.pages[5].page_id
     assert set(config.STORE_COORDINATES) | {"page_id", "panel_id", "embedding_dim", "coord_dim"} == set(ds.coords)
     assert ds["panel_id"].values.tolist() == list(range(12))
@@ -51,13 +51,41 @@ def test_layout_and_plain_xarray_open_without_warning(tmp_path: Path) -> None:
     group = zarr.open_group(path, mode="r")
     for name, arr in group.arrays():
         assert arr.metadata.dimension_names is not None, name
-        if arr.metadata.dimension_names[0] == "page_id":
-            assert arr.chunks[0] == config.CHUNK_ROWS, name
+        if name in ("page_embeddings", "panel_embeddings"):
+            assert (arr.chunks[0], arr.shards[0]) == (config.CHUNK_ROWS, config.SHARD_ROWS), name
+        elif name in PAGE_COLUMNS:
+            assert arr.chunks[0] == config.PAGE_COLUMN_ROWS and arr.shards is None, name
+        elif arr.metadata.dimension_names[0] == "page_id":
+            assert arr.chunks[0] == config.SHARD_ROWS and arr.shards is None, name
         if arr.dtype == np.float32:
-            assert arr.compressors == (), name
+            assert arr.compressors == (), name  # shards: see common/store.py's array_layout
+    # one file per shard: 40 rows are one shard, one chunk per other array
+    assert sorted(p.name for p in (path / "panel_embeddings" / "c").rglob("*") if p.is_file()) == ["0"]
     assert json.loads((path / "manifest" / "zarr.json").read_text())["node_type"] == "group"
     # uncommitted rows (batch 2 is owed; 3 is committed past the gap) hold zeros and status 0
     assert not ds["page_embeddings"][16:24].values.any() and not ds["status"][16:24].values.any()
+
+
+def test_xarray_shows_exactly_the_registered_rows(tmp_path: Path) -> None:
+    """A 24-page job's store opens with 24 rows and a unique page_id index (issue 12 §3), before
+    any result, part-way and once committed; registering a second job grows it to 24 + 10."""
+    pages = synthetic.make_pages(34)
+    job, _ = synthetic.plan(tmp_path, pages[:24], 8)
+    path = store_path(tmp_path)
+    for batches, committed, written in (([1], 0, 8), ([0, 2], 24, 24)):
+        _commit(tmp_path, job, batches)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            ds = xr.open_zarr(path, consolidated=False)
+        assert ds.sizes["page_id"] == 24 and ds.attrs["committed_rows"] == committed
+        assert ds.indexes["page_id"].is_unique
+        assert ds.indexes["page_id"].tolist() == [p.page_id for p in pages[:24]]
+        assert int((ds["status"].values != 0).sum()) == written
+    job2, _ = synthetic.plan(tmp_path, pages[24:], 8, incremental=True, name="list2.txt")
+    _commit(tmp_path, job2, [b for b, _, _ in job2.batches()])
+    ds = xr.open_zarr(path, consolidated=False)
+    assert ds.sizes["page_id"] == 34 and ds.indexes["page_id"].is_unique and ds.attrs["committed_rows"] == 34
+    assert ds.sel(page_id=pages[30].page_id)["status"].item() != 0
 
 
 def test_open_committed_gives_exactly_the_committed_rows(tmp_path: Path) -> None:
@@ -97,7 +125,7 @@ def test_failed_pages_hold_zeros(tmp_path: Path) -> None:
 
 def test_incremental_growth_keeps_arrays_equal(tmp_path: Path) -> None:
     model = synthetic.model_info()
-    pages = synthetic.make_pages(config.GROWTH_ROWS + 30)
+    pages = synthetic.make_pages(config.SHARD_ROWS + 30)
     job1, _ = synthetic.plan(tmp_path, pages[:20], 8)
     _commit(tmp_path, job1, [b for b, _, _ in job1.batches()])
     job2, skipped = synthetic.plan(tmp_path, pages[10:], 64, incremental=True, name="list2.txt")
@@ -117,10 +145,8 @@ def test_incremental_growth_keeps_arrays_equal(tmp_path: Path) -> None:
     ]
     group = zarr.open_group(path, mode="r")
     lengths = {arr.shape[0] for name, arr in group.arrays() if arr.metadata.dimension_names[0] == "page_id"}
-    assert lengths == {2 * config.GROWTH_ROWS}
-    ids = group["page_id"][: len(pages)].tolist()
-    assert ids == [p.page_id for p in pages]
-    assert group["page_id"][len(pages)] == ""
+    assert lengths == {len(pages)}
+    assert group["page_id"][:].tolist() == [p.page_id for p in pages]
 
 
 def test_jobs_layout_resume_and_refusals(tmp_path: Path) -> None:
@@ -131,7 +157,7 @@ def test_jobs_layout_resume_and_refusals(tmp_path: Path) -> None:
     assert skipped == [] and job.job_id == "job_000001" and job.created.endswith("Z")
     assert job.batches() == [(0, 0, 8), (1, 8, 16), (2, 16, 21)]
     again, _ = plan_job(tmp_path, tmp_path / "list.txt", pages, 16, incremental=False)
-    assert again == job  # a re-run resumes its job
+    assert again.all_pages() == job.pages and again == job  # a re-run resumes its job (its pages read when asked)
     assert [j.job_id for j in load_jobs(tmp_path)] == ["job_000001"]
     assert next_job_layout(tmp_path) == (2, 21, 3)
     assert registered_page_ids(tmp_path) == {p.page_id for p in pages}

@@ -16,11 +16,11 @@ import zarr
 
 from comix_embed.common import config
 from comix_embed.common.identity import ModelMismatch
-from comix_embed.common.manifests import manifest_file
+from comix_embed.common.manifests import manifest_file, manifest_ids
 from comix_embed.common.store import read_attrs, store_path, write_attrs
 from comix_embed.writer.checks import CheckFailed, write_check
 from comix_embed.writer.commit import InvalidResult, StoreWriter
-from comix_embed.writer.manifests import read_manifests, write_inflight
+from comix_embed.writer.manifests import write_inflight
 from tests import synthetic
 
 
@@ -107,7 +107,7 @@ def test_refuses_to_mix_models(tmp_path: Path) -> None:
             writer.commit([wider])
         assert writer.committed_rows == 8
     path = store_path(tmp_path)
-    assert sorted(read_manifests(path)) == [0]
+    assert sorted(manifest_ids(path)) == [0]
     assert not zarr.open_group(path, mode="r")["page_embeddings"][8:16].any()
 
 
@@ -152,7 +152,7 @@ def test_verify_batches_stops_at_the_bad_page(tmp_path: Path, corrupt, message: 
             writer.commit([result])
     assert f"batch 1, page {job.pages[11].page_id} (row 11)" in str(info.value)
     assert message in str(info.value)
-    assert sorted(read_manifests(store_path(tmp_path))) == [0]
+    assert sorted(manifest_ids(store_path(tmp_path))) == [0]
 
 
 def test_write_check_reads_back_from_disk(tmp_path: Path) -> None:

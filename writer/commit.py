@@ -12,18 +12,17 @@ is opened through `DurableLocalStore`, whose writes fsync each file before its r
 folder after, and the manifests by `common/durable.py`, which does the same; `committed_rows`
 is fsynced before its rename (the rename may be lost: recovery repairs a lagging value), and
 `inflight.json` only renamed (a hint for recovery after a kill; see `_commit_new`).
-On open it takes the output folder's lock, removes temporary files, zeroes the rows of batches
-that were being written without reaching their manifest, puts back the failed rows a killed
-retry was overwriting (`writer/retry.py`), and repairs a lagging `committed_rows`.
+On open it takes the output folder's lock and recovers (writer/recovery.py: with a `fence`, the
+store's lease in Redis (writer/lease.py), it also sets aside the manifests a writer wrote after
+losing the lease), puts back the failed rows a killed retry was overwriting (`writer/retry.py`),
+then repairs a lagging `committed_rows`; the zarr reads and writes are writer/rows.py's.
 A retry batch (`--retry-failed`, common/retries.py) is committed apart, by `writer/retry.py`.
-With a `fence` (the store's lease in Redis, writer/lease.py) it also sets aside the manifests a
-writer wrote after losing the lease, checks the lease before each manifest and records its token
-in it. A full disk (ENOSPC) stops a commit as `DiskFull`, naming the folder and the room needed.
+With a fence it checks the lease before each manifest and records its token in it. A full disk
+(ENOSPC) stops a commit as `DiskFull`, naming the folder and the room needed.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import shutil
@@ -34,17 +33,14 @@ from typing import Any, TextIO
 
 import numpy as np
 import zarr
-from zarr.core.sync import sync
 
 from comix_embed.common import config, store
 from comix_embed.common.errors import UsageError
 from comix_embed.common.identity import check_same_model, identity_of, is_legacy_tokenizer, tokenizers_match
 from comix_embed.common.jobs import Job, JobPage, load_jobs
-from comix_embed.common.locks import try_lock
-from comix_embed.common.manifests import committed_prefix, make_manifest, manifest_rows, owed_batches, read_inflight
+from comix_embed.common.manifests import CHECKPOINT_ATTR, Committed, make_manifest, owed_batches
 from comix_embed.common.messages import ModelIdentity
 from comix_embed.common.results import (
-    RESULT_ARRAYS,
     STATUS_FAILED,
     STATUS_FULL_PAGE,
     STATUS_OK,
@@ -59,17 +55,16 @@ from comix_embed.common.retries import (
     retry_manifest_ids,
     round_of,
 )
-from comix_embed.writer import audit, checks, manifests, retry
+from comix_embed.writer import audit, checks, manifests, recovery, retry, rows
 from comix_embed.writer.diskfull import is_disk_full, needed_bytes, raise_disk_full
 from comix_embed.writer.lease import WriterLease
+from comix_embed.writer.recovery import WriterLocked
+
+__all__ = ["CommitOutcome", "InvalidResult", "StoreWriter", "WriterLocked"]
 
 log = logging.getLogger(__name__)
 
 _VALID_STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_FULL_PAGE)
-
-
-class WriterLocked(UsageError):
-    """Another writer holds the store: one writer per store, always."""
 
 
 class InvalidResult(UsageError):
@@ -112,9 +107,8 @@ class StoreWriter:
         self._lock_fh: Any = None
         self._audit: audit.AuditLog | None = None
         self._jobs: dict[str, Job] = {}  # registered in the store
-        self._batches: dict[int, tuple[int, int]] = {}  # batch id -> rows, for every manifest
+        self._committed = Committed()  # every batch that has a manifest
         self._retried: set[int] = set()  # retry batch ids that have a manifest
-        self._next_batch = 0  # first batch id past the committed prefix
         self._attrs: dict[str, Any] = {}
         self._arrays: dict[str, zarr.Array] = {}
 
@@ -129,7 +123,10 @@ class StoreWriter:
     def open(self) -> StoreWriter:
         """Lock the output folder, recover from any crash, register the jobs planned since."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self._lock()
+        if config.writer_flock():
+            self._lock_fh = recovery.lock(self.output_dir)
+        else:
+            log.warning("%s=0: the output folder is not locked (for tests of the Redis lease)", config.WRITER_FLOCK_ENV)
         try:
             leftover = self.path.with_name(f".{self.path.name}.creating")
             if leftover.exists():
@@ -137,8 +134,8 @@ class StoreWriter:
             if self.path.exists():
                 self._recover()
             if self.fence is not None:  # before anything of this token is written
-                self.fence.committed = self._batches.keys
-                self.fence.seal(self._batches)
+                self.fence.committed = self._committed.ids
+                self.fence.seal(self._committed.ids())
             if self.path.exists():
                 self._register_pending()
                 self._migrate_tokenizer([j.model for j in self._jobs.values() if j.model is not None])
@@ -161,21 +158,6 @@ class StoreWriter:
             self._lock_fh.close()  # releases the flock
             self._lock_fh = None
 
-    def _lock(self) -> None:
-        if not config.writer_flock():
-            log.warning("%s=0: the output folder is not locked (for tests of the Redis lease)", config.WRITER_FLOCK_ENV)
-            return
-        path = self.output_dir / config.WRITER_LOCK_NAME
-        fh = try_lock(path)
-        if fh is None:
-            holder = path.read_text().strip() or "?"
-            raise WriterLocked(f"another writer (pid {holder}) holds {path}: one writer per store")
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        self._lock_fh = fh
-
     # --- state ---
 
     @property
@@ -189,12 +171,16 @@ class StoreWriter:
     def owed(self) -> dict[str, list[int]]:
         """Owed batches of every job planned in the output folder (registered or not yet), and of
         every retry round that still owes some."""
-        owed = owed_batches(load_jobs(self.output_dir), self._batches)
+        owed = owed_batches(load_jobs(self.output_dir), self._committed)
         owed.update({k: v for k, v in owed_retries(self.output_dir, self.path).items() if v})
         return owed
 
     def is_committed(self, batch_id: int) -> bool:
-        return batch_id in self._batches or batch_id in self._retried
+        return batch_id in self._committed or batch_id in self._retried
+
+    def __contains__(self, batch_id: object) -> bool:
+        """`batch_id in writer`: whether the batch has a manifest (as `is_committed`)."""
+        return isinstance(batch_id, int) and self.is_committed(batch_id)
 
     def job_of(self, batch_id: int) -> Job | RetryRound | None:
         """The job (or retry round) a batch belongs to; job files are read only for a batch of a
@@ -229,31 +215,10 @@ class StoreWriter:
     # --- recovery and registration ---
 
     def _recover(self) -> None:
-        removed = manifests.remove_leftovers(self.path)
-        if removed:
-            log.info("removed %d temporary files left by a previous writer", removed)
-        self._attrs = store.read_attrs(self.path)
+        self._attrs, self._committed = recovery.recover(self.path, self.fsync, self.fence)
         self._open_arrays()
-        found = manifests.read_manifests(self.path)
-        fenced: dict[int, dict[str, Any]] = {}
-        if self.fence is not None:
-            found, fenced = self.fence.admit(found)
-        for batch_id, m in fenced.items():
-            log.error(
-                "batch %d: manifest written under token %s after the lease had passed on: never committed",
-                batch_id,
-                m.get("token", 0),
-            )
-            manifests.set_aside(self.path, batch_id, ".fenced")
-        self._batches = {b: manifest_rows(m) for b, m in found.items()}
         self._retried = retry_manifest_ids(self.path)
         retry.recover(self.path, self._arrays, self._retried, self.fsync)
-        unfinished = [r for r in read_inflight(self.path) if r[0] not in self._batches]
-        unfinished += [(b, *manifest_rows(m)) for b, m in fenced.items()]
-        if unfinished:
-            log.info("clearing rows of %d batches a previous writer left without manifest", len(unfinished))
-            self._clear_rows(unfinished)
-        manifests.clear_inflight(self.path)
         before = self.committed_rows
         self._advance()
         if self.committed_rows > before:
@@ -304,7 +269,7 @@ class StoreWriter:
             if is_retry_batch(r.batch_id):
                 if r.batch_id not in self._retried:
                     retried[r.batch_id] = self._commit_retry(r)
-            elif r.batch_id not in self._batches and r.batch_id not in fresh:
+            elif r.batch_id not in self._committed and r.batch_id not in fresh:
                 fresh[r.batch_id] = r
         if fresh:
             batch = sorted(fresh.values(), key=lambda r: r.start)
@@ -351,7 +316,7 @@ class StoreWriter:
         fence = self.fence.check if self.fence is not None else None
         try:
             manifest, records = retry.commit_retry(
-                self.path, self._arrays, rnd, r, _prepared(r.arrays), self._page_of, self.fsync, fence
+                self.path, self._arrays, rnd, r, rows.prepared(r.arrays), self._page_of, self.fsync, fence
             )
         except OSError as exc:
             if not is_disk_full(exc):
@@ -382,19 +347,19 @@ class StoreWriter:
             self._create(identity)
         elif any(j.job_id not in self._jobs for j in jobs.values()):
             self._register_pending()
-        data = {r.batch_id: _prepared(r.arrays) for r in results}
+        data = {r.batch_id: rows.prepared(r.arrays) for r in results}
         ranges = [(r.batch_id, r.start, r.end) for r in results]
         # atomic, not fsynced: it is a hint for recovery after a kill. After a power loss the rows it
         # names are past the manifests anyway and rewritten when their batch comes again (the
         # producer resends every owed batch); recovery reads a torn one as naming nothing.
         manifests.write_inflight(self.path, ranges, fsync=False)
         try:
-            self._write_rows(_regions(results, data))
+            rows.write_rows(self._arrays, rows.regions(results, data))
             if self.write_check:
                 for r in results:
                     checks.write_check(self._arrays, r.batch_id, r.start, r.page_ids, data[r.batch_id])
         except BaseException:
-            self._clear_rows(ranges)  # what was written past the manifests goes now, not at restart
+            rows.clear_rows(self._arrays, ranges)  # what was written past the manifests goes now, not at restart
             manifests.clear_inflight(self.path)
             raise
         for r in results:
@@ -402,7 +367,7 @@ class StoreWriter:
             token = self.fence.check() if self.fence is not None else None
             manifest = make_manifest(r.batch_id, r.start, r.page_ids, r.job, statuses, token)
             manifests.write_manifest(self.path, manifest, self.fsync)
-            self._batches[r.batch_id] = (r.start, r.end)
+            self._committed.add(r.batch_id, r.start, r.end, statuses)
         # inflight.json stays: its batches now have manifests, which recovery reads first
         self._advance()
         self._report(results, jobs, data)
@@ -454,7 +419,7 @@ class StoreWriter:
             raise InvalidResult(
                 f"batch {r.batch_id} ({r.job}) carries rows {r.start}:{r.end}, its job says {start}:{end}"
             )
-        expected_ids = [job.page(row).page_id for row in range(start, end)]
+        expected_ids = [p.page_id for p in job.page_slice(start, end)]
         if r.page_ids != expected_ids:
             raise InvalidResult(f"batch {r.batch_id} ({r.job}): page ids differ from the job file's rows {start}:{end}")
         problems = checks.shape_problems(r.arrays, end - start, d, p)
@@ -465,55 +430,31 @@ class StoreWriter:
             raise InvalidResult(f"batch {r.batch_id} ({r.job}): status values {bad} are not ok/failed/full_page")
 
     def _create(self, model: ModelIdentity) -> None:
-        rows = max((j.end_row for j in load_jobs(self.output_dir)), default=0)
-        capacity = max(1, -(-rows // config.GROWTH_ROWS)) * config.GROWTH_ROWS
-        store.create_store(self.path, model, capacity, self.fsync)
+        store.create_store(self.path, model, self.fsync)
         self._attrs = store.read_attrs(self.path)
         self._open_arrays()
         self._register_pending()
 
-    def _write_rows(self, regions: list[tuple[int, int, dict[str, np.ndarray]]]) -> None:
-        """Write every region, arrays concurrently; regions of one array in turn (they may share a chunk)."""
-
-        async def one_array(name: str) -> None:
-            arr = self._arrays[name].async_array
-            for start, end, values in regions:
-                await arr.setitem(slice(start, end), values[name])
-
-        async def all_arrays() -> None:
-            await asyncio.gather(*(one_array(name) for name in RESULT_ARRAYS))
-
-        sync(all_arrays())  # with fsync, every chunk is durable when this returns
-
-    def _clear_rows(self, ranges: list[tuple[int, int, int]]) -> None:
-        """Put fill values back in rows that have no manifest (zeros in float arrays, status 0)."""
-        specs = store.row_arrays()
-        for _, start, end in ranges:
-            for name in RESULT_ARRAYS:
-                arr = self._arrays[name]
-                arr[start:end] = np.full((end - start, *arr.shape[1:]), specs[name].fill, dtype=_np_dtype(specs[name]))
-
     def _advance(self) -> None:
-        """Publish the contiguous prefix of manifests as `committed_rows` (only ever grows)."""
-        self._next_batch, rows = committed_prefix(self._batches)
-        if rows > int(self._attrs.get("committed_rows", 0)):
+        """Publish the contiguous prefix of manifests as `committed_rows` (only ever grows), with
+        the checkpoint that lets the next open skip the manifests it covers (common/manifests.py)."""
+        self._committed.advance()
+        prefix, published = self._committed.rows, int(self._attrs.get("committed_rows", 0))
+        saved = self._attrs.get(CHECKPOINT_ATTR, {}).get("batches")
+        if prefix > published or (prefix == published and saved != self._committed.batches):
             # the content is fsynced (a torn root zarr.json would lose the store's metadata); the
             # rename need not be: after a power loss the previous zarr.json, whose committed_rows
             # lags, is repaired from the manifests when the writer starts
-            self._attrs = store.write_attrs(self.path, {"committed_rows": rows}, self.fsync, durable_rename=False)
-        elif rows < int(self._attrs.get("committed_rows", 0)):
-            log.error(
-                "manifests cover %d rows but committed_rows says %d: manifests were lost",
-                rows,
-                self._attrs.get("committed_rows"),
-            )
+            self._attrs = store.write_attrs(self.path, self._committed.checkpoint(), self.fsync, durable_rename=False)
+        elif prefix < published:
+            log.error("manifests cover %d rows but committed_rows says %d: manifests were lost", prefix, published)
 
     def _report(self, results: list[BatchResult], jobs: dict[int, Job], data: dict[int, dict[str, np.ndarray]]) -> None:
         assert self._audit is not None
         records = []
         for r in results:
             job = jobs[r.batch_id]
-            paths = [job.page(row).manifest_path for row in range(r.start, r.end)]
+            paths = [p.manifest_path for p in job.page_slice(r.start, r.end)]
             records += audit.page_records(r.batch_id, r.job, r.start, r.page_ids, paths, data[r.batch_id])
         self._audit.write(records)
         if self.verbose:
@@ -521,45 +462,6 @@ class StoreWriter:
             self.out.flush()
 
 
-def _prepared(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The arrays as they go to disk: failed pages hold zeros in every float array (spec/store.md)."""
-    failed = np.asarray(arrays["status"]) == STATUS_FAILED
-    out = {}
-    for name, (_, dtype) in RESULT_ARRAYS.items():
-        arr = arrays[name]
-        if dtype == "str":
-            arr = np.asarray(arr, dtype=object)
-        elif dtype == "float32" and failed.any():
-            arr = arr.copy()
-            arr[failed] = 0.0
-        out[name] = arr
-    return out
-
-
-def _regions(
-    results: list[BatchResult], data: dict[int, dict[str, np.ndarray]]
-) -> list[tuple[int, int, dict[str, np.ndarray]]]:
-    """Merge batches contiguous in rows (results sorted by start) into (start, end, arrays)."""
-    groups: list[list[BatchResult]] = []
-    for r in results:
-        if groups and groups[-1][-1].end == r.start:
-            groups[-1].append(r)
-        else:
-            groups.append([r])
-    regions = []
-    for group in groups:
-        if len(group) == 1:
-            merged = data[group[0].batch_id]
-        else:
-            merged = {name: np.concatenate([data[r.batch_id][name] for r in group]) for name in RESULT_ARRAYS}
-        regions.append((group[0].start, group[-1].end, merged))
-    return regions
-
-
 def _status_counts(status: np.ndarray) -> dict[str, int]:
     values, counts = np.unique(np.asarray(status), return_counts=True)
     return {audit.STATUS_NAMES.get(int(v), str(int(v))): int(c) for v, c in zip(values, counts)}
-
-
-def _np_dtype(spec: store.ArraySpec) -> Any:
-    return object if spec.dtype == "str" else spec.dtype

@@ -9,27 +9,40 @@ import logging
 import os
 from typing import Any
 
-from comix_embed.common.durable import fsync_dir, write_json_atomic
-from comix_embed.common.manifests import INFLIGHT_NAME, is_temporary, manifest_dir, manifest_file, scan_manifests
+from comix_embed.common.durable import fsync_dir, make_folders, write_json_atomic
+from comix_embed.common.manifests import (
+    INFLIGHT_NAME,
+    Committed,
+    is_temporary,
+    load_committed,
+    manifest_dir,
+    manifest_file,
+)
 
 log = logging.getLogger(__name__)
 
 
 def write_manifest(store: str | os.PathLike[str], manifest: dict[str, Any], fsync: bool = True) -> None:
-    write_json_atomic(manifest_file(store, manifest["batch_id"]), manifest, fsync)
+    """Write a batch's manifest in its sub-folder, made (durably, with `fsync`) when it is the first."""
+    path = manifest_file(store, manifest["batch_id"])
+    created = make_folders(path.parent)
+    write_json_atomic(path, manifest, fsync)
+    if fsync:
+        for folder in created:
+            fsync_dir(folder.parent)
 
 
-def read_manifests(store: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
-    """Every valid manifest by batch id, for the writer.
+def read_committed(store: str | os.PathLike[str]) -> Committed:
+    """The committed batches (checkpoint, then the manifests past it), for the writer.
 
     A manifest that does not parse or contradicts itself can only come from a power loss with
     fsync off; the writer moves it aside (`.corrupt`) so that its batch is owed and committed again.
     """
-    found, bad = scan_manifests(store)
+    committed, bad = load_committed(store)
     for path, reason in bad.items():
         log.error("%s; its batch will be committed again", reason)
         os.replace(path, path.with_name(path.name + ".corrupt"))
-    return found
+    return committed
 
 
 def set_aside(store: str | os.PathLike[str], batch_id: int, suffix: str) -> None:

@@ -1,9 +1,11 @@
 """`comix-embed writer`: the store's single writer, fed from the results stream in Redis.
 
-Reads up to `--read` results at a time (its own unacknowledged ones first, after a crash),
-waiting up to a short linger for a whole chunk's worth, commits them (rows, then manifests, then
-`committed_rows`) and only then acknowledges them in Redis. A failing --verify-batches or
---write-check stops the writer (exit status 1) naming the batch and page. Nothing else stops it:
+Reads results as they come (its own unacknowledged ones first, after a crash) and holds them
+until `writer/grouping.py` says they go: runs that continue the readable prefix, cut at shard
+boundaries, within about a second; results past a gap within WRITER_GAP_LINGER_S. It commits them
+(rows, then manifests, then `committed_rows`) and only then acknowledges them in Redis. A failing
+--verify-batches or --write-check stops the writer (exit status 1) naming the batch and page.
+Nothing else stops it:
 - a result it cannot use (another model, one that does not fit its job, one that does not decode)
   is set aside with its reason (`status` shows it), acknowledged, counted against its batch and
   the batch sent again, up to COMIX_MAX_ATTEMPTS refusals; the others go on;
@@ -36,9 +38,11 @@ from comix_embed.common.messages import MalformedMessage, TaskPayload
 from comix_embed.common.results import BatchResult
 from comix_embed.common.results_channel import Entry, Malformed, ResultsReader, connect, store_id
 from comix_embed.common.retries import batch_rows
+from comix_embed.writer import grouping
 from comix_embed.writer.checks import CheckFailed
 from comix_embed.writer.commit import InvalidResult, StoreWriter
 from comix_embed.writer.diskfull import EXIT_DISK_FULL, DiskFull
+from comix_embed.writer.grouping import Held
 from comix_embed.writer.lease import WriterLease
 
 log = logging.getLogger("comix.writer")
@@ -51,7 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verify-batches", "--verify_batches", dest="verify_batches", action="store_true")
     parser.add_argument("--write-check", "--write_check", dest="write_check", action="store_true")
     parser.add_argument("--verbose", action="store_true", help="one [PAGE] line per committed page")
-    parser.add_argument("--read", type=int, default=64, help="results read and committed together, at most")
+    parser.add_argument(
+        "--read", type=int, default=0, help="results committed together, at most (default: as group commit cuts them)"
+    )
 
 
 class WriterService:
@@ -68,6 +74,7 @@ class WriterService:
         self.stopping = False
         self.reader: ResultsReader | None = None
         self._owed: set[int] | None = None  # batch ids the jobs still owe, kept as commits go
+        self._held: dict[int, Held] = {}  # read, not committed yet (writer/grouping.py)
         self._next_scan = 0.0
 
     def stop(self, *_: object) -> None:
@@ -118,32 +125,45 @@ class WriterService:
             try:
                 self._may_commit()
                 self._scan(reader.store)
-                group, malformed = self._gather(reader)
+                malformed = self._fill(reader)
                 if malformed:
                     self._set_aside(reader, malformed)
+                group = self._due()
                 if group:
                     self._may_commit()
-                    self.commit(reader, [e for e, _ in group], [r for _, r in group])
+                    self.commit(reader, [e for h in group for e in h.entries], [h.result for h in group])
             except redis.RedisError as exc:
                 log.warning("broker error (%s: %s); retrying", type(exc).__name__, exc)
+                self._held.clear()  # read again, with whatever else was not acknowledged
                 reader.reread_pending()
                 time.sleep(1.0)
 
-    def _gather(self, reader: ResultsReader) -> tuple[list[tuple[Entry, BatchResult]], list[Malformed]]:
-        """Results to commit together: a chunk's worth of rows if they come within the linger
-        time, so that a writer that keeps up still writes whole chunks instead of rewriting one
-        chunk per small batch; at once when they are all that the jobs still owe. Entries that
-        do not decode are returned apart."""
-        group: list[tuple[Entry, BatchResult]] = []
+    def _fill(self, reader: ResultsReader) -> list[Malformed]:
+        """Read what has come (waiting up to 0.5 s when nothing is held, 0.1 s when something
+        is, so that lingering results go on time); entries that do not decode are returned."""
+        decoded: list[tuple[Entry, BatchResult]] = []
         malformed: list[Malformed] = []
-        self._decode(reader.read(self.read, block_ms=500), group, malformed)
-        deadline = time.monotonic() + config.WRITER_LINGER_S
-        while group and len(group) < self.read and not self.stopping and not self._enough(group):
-            left_ms = int(1000 * (deadline - time.monotonic()))
-            if left_ms <= 0:
-                break
-            self._decode(reader.read(self.read - len(group), block_ms=left_ms), group, malformed)
-        return group, malformed
+        self._decode(reader.read(config.SHARD_ROWS, block_ms=100 if self._held else 500), decoded, malformed)
+        now = time.monotonic()
+        for entry, result in decoded:
+            held = self._held.setdefault(result.batch_id, Held(result, now))
+            held.entries.append(entry)
+        return malformed
+
+    def _due(self) -> list[Held]:
+        """The held results to commit now (writer/grouping.py), at most --read of them."""
+        if not self._held:
+            return []
+        rows = max(len(h.result.page_ids) for h in self._held.values())
+        full = len(self._held) >= config.pending_bound(rows)  # workers wait: nothing more comes
+        group = grouping.due(
+            self._held, self.writer.committed_rows, time.monotonic(), self.writer, flush=full or self._all_owed()
+        )
+        if self.read:
+            group = group[: self.read]
+        for h in group:
+            del self._held[h.result.batch_id]
+        return group
 
     @staticmethod
     def _decode(
@@ -159,10 +179,9 @@ class WriterService:
                 fields = {b"batch": str(e.batch_id).encode(), b"data": e.data}
                 malformed.append(Malformed(e.entry_id, fields, str(exc)))
 
-    def _enough(self, group: list[tuple[Entry, BatchResult]]) -> bool:
-        if sum(len(r.page_ids) for _, r in group) >= config.CHUNK_ROWS:
-            return True
-        ids = {r.batch_id for _, r in group}
+    def _all_owed(self) -> bool:
+        """Whether the held results are everything the jobs still owe (no reason to wait)."""
+        ids = set(self._held)
         if self._owed is None or not ids <= self._owed:
             self._owed = {b for batches in self.writer.owed().values() for b in batches}
         return self._owed <= ids

@@ -1,7 +1,8 @@
 """The layout and zarr-vs-xarray checks: the arrays against the schema, and as xarray sees them.
 
 - layout: every array of the schema, its shape, dtype and dimension names; the dimension
-  coordinates; committed_rows <= registered_rows <= capacity.
+  coordinates; committed_rows <= registered_rows <= the arrays' rows, equal to the registered rows
+  (a store made before arrays held exactly the registered rows is warned about).
 - zarr-vs-xarray: the store opened with `zarr.open_group(mode="r")` and with
   `xarray.open_zarr(consolidated=False)` has the same variables, shapes and dtypes, and exactly
   the same committed `page_embeddings`, `status` and `page_id` values.
@@ -38,15 +39,21 @@ def check_layout(s: Store) -> Check:
     for name, size in (("panel_id", p), ("embedding_dim", d), ("coord_dim", 4)):
         if name not in s.arrays or not np.array_equal(s.read(name), np.arange(size)):
             check.fails.append(f"dimension coordinate {name} is not 0..{size - 1}")
-    if not 0 <= s.committed <= s.registered <= s.capacity:
+    if not 0 <= s.committed <= s.registered <= s.array_rows:
         check.fails.append(
-            f"committed_rows {s.committed} <= registered_rows {s.registered} <= capacity {s.capacity} does not hold"
+            f"committed_rows {s.committed} <= registered_rows {s.registered} <= array rows {s.array_rows} does not hold"
+        )
+    elif s.registered < s.array_rows:
+        check.warns.append(
+            f"the arrays hold {s.array_rows} rows for {s.registered} registered: xarray shows "
+            f"{s.array_rows - s.registered} blank pages past them (a store made before arrays held exactly the "
+            "registered rows, or a job being registered)"
         )
     if s.attrs.get("schema_version") != config.SCHEMA_VERSION:
         check.warns.append(f"schema_version {s.attrs.get('schema_version')!r}, this tool knows {config.SCHEMA_VERSION}")
     if not check.fails:
         check.notes.append(
-            f"{len(row_arrays())} page arrays of {s.capacity} rows, d={d}, {p} panel slots, dtypes and shapes as specified"
+            f"{len(row_arrays())} page arrays of {s.array_rows} rows, d={d}, {p} panel slots, dtypes and shapes as specified"
         )
     return check
 

@@ -31,7 +31,7 @@ class Store:
     output_dir: Path
     attrs: dict[str, Any]
     arrays: dict[str, zarr.Array]  # the root's arrays by name (a group of that name is not one)
-    capacity: int
+    array_rows: int
     rows: int  # rows worth reading: registered, committed or claimed by a manifest
     manifests: dict[int, dict[str, Any]]
     bad_manifests: list[str]
@@ -106,12 +106,12 @@ def load_store(path: Path) -> Store:
     attrs = read_attrs(path)
     arrays = dict(zarr.open_group(path, mode="r").arrays())
     lengths = [arrays[name].shape[0] for name in row_arrays() if name in arrays]
-    capacity = min(lengths, default=0)
+    array_rows = min(lengths, default=0)
     manifests, bad_files = scan_manifests(path)
     retries, bad_retries = scan_retry_manifests(path)
     claimed = max((manifest_rows(m)[1] for m in manifests.values()), default=0)
     attr_rows = max(int(attrs.get("registered_rows", 0)), int(attrs.get("committed_rows", 0)))
-    rows = min(capacity, max(attr_rows, claimed))
+    rows = min(array_rows, max(attr_rows, claimed))
 
     def column(name: str, fill: Any) -> np.ndarray:
         return np.asarray(arrays[name][:rows]) if name in arrays else np.full(rows, fill)
@@ -121,7 +121,7 @@ def load_store(path: Path) -> Store:
         output_dir=path.parent,
         attrs=attrs,
         arrays=arrays,
-        capacity=capacity,
+        array_rows=array_rows,
         rows=rows,
         manifests=manifests,
         bad_manifests=list(bad_files.values()),

@@ -75,7 +75,7 @@ def manifest_job_problems(s: Store) -> list[str]:
                 f"batch {batch_id} claims rows {manifest_rows(manifest)} of {manifest.get('job')}, "
                 f"its job file says {expected} of {job.job_id}"
             )
-        elif list(manifest["page_ids"]) != [job.page(r).page_id for r in range(*expected)]:
+        elif list(manifest["page_ids"]) != [p.page_id for p in job.page_slice(*expected)]:
             problems.append(
                 f"batch {batch_id}'s page ids differ from {job.job_id}'s rows {expected[0]}-{expected[1] - 1}"
             )

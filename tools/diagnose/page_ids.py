@@ -36,8 +36,11 @@ def job_row_problems(s: Store, registered: list[str]) -> list[str]:
         if job is None:
             problems.append(f"{record['job_id']} is registered but its job file is gone")
             continue
+        pages = job.all_pages()
         wrong = [
-            r for r in range(job.start_row, job.end_row) if r >= len(registered) or registered[r] != job.page(r).page_id
+            r
+            for r in range(job.start_row, job.end_row)
+            if r >= len(registered) or registered[r] != pages[r - job.start_row].page_id
         ]
         if wrong:
             problems.append(f"rows {listed(wrong)} do not hold the page {job.job_id} gave them")

@@ -46,7 +46,7 @@ def header(path: Path, s: Store | None) -> str:
     if s is None:
         return f"{path}: unreadable"
     writer = "a writer is running" if s.writer_running else "no writer running"
-    return f"{path}: {s.committed} of {s.registered} registered rows committed, capacity {s.capacity}, {writer}"
+    return f"{path}: {s.committed} of {s.registered} registered rows committed, arrays of {s.array_rows} rows, {writer}"
 
 
 def verdict(checks: list[Check]) -> str:

@@ -99,5 +99,5 @@ def expected_panels(s: Store) -> np.ndarray:
     for job in s.jobs:
         end = min(job.end_row, s.rows)
         if job.start_row < end:
-            counts[job.start_row : end] = [p.panel_count for p in job.pages[: end - job.start_row]]
+            counts[job.start_row : end] = [p.panel_count for p in job.page_slice(job.start_row, end)]
     return counts
