@@ -199,17 +199,17 @@ class StoreWriter:
         """Commit a batch that can never be embedded as failed rows, each with its reason (a row's
         own from `reasons`, else `default`): `committed_rows` moves past it (a retry batch's rows
         stay failed, with that reason). False if committed already."""
-        rows = batch_rows(job, batch_id)
+        its_rows = batch_rows(job, batch_id)
         if isinstance(job, RetryRound):
             model, page_ids = job.model, job.page_ids[batch_id - job.first_batch]
         else:
-            model, page_ids = self._reference_model(job), [job.page(row).page_id for row in rows]
+            model, page_ids = self._reference_model(job), [job.page(row).page_id for row in its_rows]
         if model is None:
             raise InvalidResult(f"batch {batch_id}: no model known for {job.job_id} yet; cannot write failed rows")
-        why = [reasons.get(row, default) for row in rows]
-        result = failed_result(job.job_id, batch_id, rows[0], page_ids, why, model.to_dict(), images)
+        why = [reasons.get(row, default) for row in its_rows]
+        result = failed_result(job.job_id, batch_id, its_rows[0], page_ids, why, model.to_dict(), images)
         if isinstance(job, RetryRound):
-            result.rows = rows
+            result.rows = its_rows
         return self.commit([result])[0].committed
 
     # --- recovery and registration ---
@@ -298,10 +298,10 @@ class StoreWriter:
             raise InvalidResult(f"retry batch {r.batch_id} ({r.job}) belongs to no retry round of {self.output_dir}")
         if not self.path.exists():
             raise InvalidResult(f"retry batch {r.batch_id}: there is no store at {self.path} to retry rows of")
-        rows = rnd.batch_rows(r.batch_id)
-        if r.job != rnd.job_id or r.row_list() != rows:
+        wanted = rnd.batch_rows(r.batch_id)
+        if r.job != rnd.job_id or r.row_list() != wanted:
             raise InvalidResult(
-                f"retry batch {r.batch_id} ({r.job}) carries rows {r.row_list()}, {rnd.job_id} says {rows}"
+                f"retry batch {r.batch_id} ({r.job}) carries rows {r.row_list()}, {rnd.job_id} says {wanted}"
             )
         if r.page_ids != rnd.page_ids[r.batch_id - rnd.first_batch]:
             raise InvalidResult(f"retry batch {r.batch_id}: page ids differ from {rnd.job_id}'s")
@@ -309,7 +309,7 @@ class StoreWriter:
             self._attrs, identity_of(r.model), what=f"result of retry batch {r.batch_id}", whose=f"store {self.path}"
         )
         identity = identity_of(self._attrs)
-        problems = checks.shape_problems(r.arrays, len(rows), identity.embedding_dim, identity.max_panels)
+        problems = checks.shape_problems(r.arrays, len(wanted), identity.embedding_dim, identity.max_panels)
         bad = sorted(set(np.unique(r.arrays["status"]).tolist()) - set(_VALID_STATUSES))
         if problems or bad:
             raise InvalidResult(f"retry batch {r.batch_id}: {'; '.join(problems) or f'status values {bad}'}")
