@@ -328,8 +328,8 @@ class Progress:
 
 
 def stream_bound(rows_per_result: int) -> int:
-    """Results the stream may hold before a worker waits, as workers compute it (COMIX_MAX_PENDING_RESULTS)."""
-    return config.MAX_PENDING_RESULTS
+    """Results the stream may hold before a worker waits, as workers compute it (common/config.py)."""
+    return config.pending_bound(rows_per_result)
 
 
 def deliver(client: Any, store: str, result: BatchResult, progress: Progress) -> None:

@@ -19,13 +19,12 @@ import redis
 import zarr
 
 from comix_embed.common.jobs import Job
-from comix_embed.common.manifests import manifest_file, manifest_ids
+from comix_embed.common.manifests import manifest_file, manifest_ids, scan_manifests
 from comix_embed.common.results_channel import push, results_key, store_id
 from comix_embed.common.store import store_path
 from comix_embed.private_redis import PrivateRedis
 from comix_embed.writer.commit import StoreWriter
 from comix_embed.writer.lease import LEASE_KEY, WriterLease
-from comix_embed.writer.manifests import read_manifests
 from tests import synthetic
 from tests.conftest import run_cli
 from tests.harness import writer
@@ -55,7 +54,7 @@ def _send(client: redis.Redis, store: str, job: Job, batches: list[int]) -> None
 
 
 def _tokens(out: Path) -> dict[int, int]:
-    return {b: m.get("token", 0) for b, m in read_manifests(store_path(out)).items()}
+    return {b: m.get("token", 0) for b, m in scan_manifests(store_path(out))[0].items()}
 
 
 def test_second_writer_exits_2_naming_the_holder(tmp_path: Path, broker: PrivateRedis) -> None:
@@ -174,7 +173,8 @@ def test_recovery_sets_aside_what_a_lower_token_wrote_after_the_takeover(tmp_pat
         assert lease.token == 3
         assert w.committed_rows == 24 and not w.is_committed(3) and w.owed() == {job.job_id: [3, 4, 5]}
     path = store_path(tmp_path)
-    assert (path / "manifest" / "batch_000003.json.fenced").exists()
+    fenced = manifest_file(path, 3)
+    assert fenced.with_name(fenced.name + ".fenced").exists() and not fenced.exists()
     assert not np.asarray(zarr.open_group(path, mode="r")["page_embeddings"][24:32]).any()
     assert _tokens(tmp_path) == {0: 1, 1: 1, 2: 2}
 
