@@ -204,11 +204,13 @@ def register_job(path: str | os.PathLike[str], job: Job, fsync: bool = True) -> 
         )
     arrays = open_row_arrays(path, fsync)
     grow(arrays, job.end_row)
-    for start in range(job.start_row, job.end_row, config.PAGE_COLUMN_ROWS):  # bounded memory, whole chunks
-        end = min(start + config.PAGE_COLUMN_ROWS - start % config.PAGE_COLUMN_ROWS, job.end_row)
+    start = job.start_row
+    while start < job.end_row:  # chunk by chunk: bounded memory, each chunk written once
+        end = min((start // config.PAGE_COLUMN_ROWS + 1) * config.PAGE_COLUMN_ROWS, job.end_row)
         pages = job.page_slice(start, end)
         for name in PAGE_COLUMNS:
             arrays[name][start:end] = np.array([getattr(p, name) for p in pages], dtype=object)
+        start = end
     record = {
         "job_id": job.job_id,
         "list_path": job.list_path,

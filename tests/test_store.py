@@ -88,6 +88,21 @@ def test_xarray_shows_exactly_the_registered_rows(tmp_path: Path) -> None:
     assert ds.sel(page_id=pages[30].page_id)["status"].item() != 0
 
 
+def test_jobs_that_cross_page_column_chunks_keep_every_page_id(tmp_path: Path, monkeypatch) -> None:
+    """Registering a job that starts inside one page-column chunk and ends two chunks later
+    writes every one of its page ids (seen at 50,000 pages: the rows past the first boundary
+    were left blank). Chunks of 16 rows make the boundaries small."""
+    monkeypatch.setattr(config, "PAGE_COLUMN_ROWS", 16)
+    pages = synthetic.make_pages(60)
+    job, _ = synthetic.plan(tmp_path, pages[:10], 8)
+    _commit(tmp_path, job, [b for b, _, _ in job.batches()])
+    job2, _ = synthetic.plan(tmp_path, pages[10:], 8, incremental=True, name="list2.txt")
+    _commit(tmp_path, job2, [b for b, _, _ in job2.batches()])
+    group = zarr.open_group(store_path(tmp_path), mode="r")
+    assert group["page_id"].chunks == (16,)
+    assert group["page_id"][:].tolist() == [p.page_id for p in pages]
+
+
 def test_open_committed_gives_exactly_the_committed_rows(tmp_path: Path) -> None:
     job, _ = synthetic.plan(tmp_path, synthetic.make_pages(50), 8)
     model = synthetic.model_info()
