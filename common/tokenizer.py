@@ -11,10 +11,12 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-
-from transformers import PreTrainedTokenizerFast, RobertaTokenizerFast
+from typing import TYPE_CHECKING
 
 from comix_embed.common.errors import UsageError
+
+if TYPE_CHECKING:  # transformers takes seconds to import: only what loads a tokenizer pays for it
+    from transformers import PreTrainedTokenizerFast
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
 
@@ -69,6 +71,8 @@ def _legacy_identity(name: str, directory: Path) -> str:
 def _from_dir(directory: Path, name: str) -> LoadedTokenizer:
     if not any((directory / f).is_file() for f in ("tokenizer.json", "vocab.json")):
         raise UsageError(f"tokenizer directory {directory} has neither tokenizer.json nor vocab.json + merges.txt")
+    from transformers import RobertaTokenizerFast
+
     tok = RobertaTokenizerFast.from_pretrained(str(directory), local_files_only=True)
     return LoadedTokenizer(tok, content_identity(tok), _legacy_identity(name, directory))
 
