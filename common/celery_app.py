@@ -18,9 +18,15 @@ identity, chosen when they are sent; two priority steps keep work given back fir
 
 from __future__ import annotations
 
+import kombu
 from celery import Celery
 
 from comix_embed.common import config
+
+# `accept_content` covers what the app's consumers decode; kombu's registry still holds a pickle
+# decoder for any path that decodes without an accept list. Every process that loads this app
+# refuses pickle (and YAML, msgpack) outright: JSON is the only content Celery carries here.
+kombu.disable_insecure_serializers(allowed=["json"])
 
 app = Celery("comix", include=["comix_embed.consumers.tasks"])
 app.conf.update(

@@ -234,3 +234,19 @@ def test_good_settings_pass_the_check(tmp_path: Path) -> None:
 )
 def test_eta_counts_days(seconds: int, shown: str) -> None:
     assert duration(seconds) == shown
+
+
+def test_no_process_that_loads_the_app_unpickles_broker_content() -> None:
+    """Whoever can write to Redis must not run code on a worker: a pickled body is refused even
+    where kombu decodes with no accept list, and JSON still decodes."""
+    import pickle
+
+    from kombu.exceptions import ContentDisallowed
+    from kombu.serialization import loads
+
+    from comix_embed.common.celery_app import app
+
+    assert app.conf.accept_content == ["json"] and app.conf.result_accept_content == ["json"]
+    with pytest.raises(ContentDisallowed):
+        loads(pickle.dumps({"batch": 1}), "application/x-python-serialize", "binary")
+    assert loads(b'{"batch": 1}', "application/json", "utf-8") == {"batch": 1}
