@@ -48,6 +48,7 @@ from typing import Any
 from comix_embed.common.errors import UsageError
 from comix_embed.common.model_options import add_model_arguments
 from comix_embed.common.store import read_attrs, resolve_store
+from comix_embed.tools.arguments import add_store_argument
 from comix_embed.tools.query_model import QueryEncoder, check_store_model, load_query_model
 from comix_embed.tools.search import DEFAULT_PANEL_MEMORY, Hit, SearchIndex
 
@@ -57,14 +58,7 @@ MODEL_MODES = ("text", "image")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--zarr",
-        "--zarr_path",
-        "--zarr-path",
-        dest="zarr",
-        required=True,
-        help="the store, or the output folder holding combined_embeddings.zarr",
-    )
+    add_store_argument(parser)
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--text", "--query", dest="text", help="semantic search for this text (needs --checkpoint)")
     mode.add_argument("--like", "--query_page_id", dest="like", metavar="PAGE_ID", help="pages similar to this page")

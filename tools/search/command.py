@@ -12,18 +12,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from comix_embed.tools.arguments import add_store_argument
 from comix_embed.tools.search.build import build_index
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--zarr",
-        "--zarr_path",
-        "--zarr-path",
-        dest="zarr",
-        required=True,
-        help="the store, or the output folder holding combined_embeddings.zarr",
-    )
+    add_store_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
