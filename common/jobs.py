@@ -135,7 +135,11 @@ class Job:
         return self.pages
 
     def batch_count(self) -> int:
-        return len(self.batches())
+        """Batches in the job, counted without listing them (status asks per manifest)."""
+        return -(-self.page_count // self.batch_size)
+
+    def holds_batch(self, batch_id: int) -> bool:
+        return self.first_batch <= batch_id < self.first_batch + self.batch_count()
 
     def to_json(self) -> dict[str, Any]:
         """The job file's content: the header (the pages go to their own file)."""
@@ -309,7 +313,7 @@ def next_job_layout(output_dir: str | os.PathLike[str]) -> tuple[int, int, int]:
     if not jobs:
         return 1, 0, 0
     last = jobs[-1]
-    return last.number + 1, last.end_row, last.first_batch + len(last.batches())
+    return last.number + 1, last.end_row, last.first_batch + last.batch_count()
 
 
 def registered_page_ids(output_dir: str | os.PathLike[str]) -> set[str]:

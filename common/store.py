@@ -220,7 +220,7 @@ def register_job(path: str | os.PathLike[str], job: Job, fsync: bool = True) -> 
         "end_row": job.end_row,
         "batch_size": job.batch_size,
         "first_batch": job.first_batch,
-        "num_batches": len(job.batches()),
+        "num_batches": job.batch_count(),
     }
     return write_attrs(path, {"jobs": [*attrs.get("jobs", []), record], "registered_rows": job.end_row}, fsync)
 

@@ -74,7 +74,7 @@ class EnqueueReport:
         if self.job is None:
             out.append(f"no new job: all {len(self.skipped)} pages are already in the store")
         else:
-            total = len(self.job.batches())
+            total = self.job.batch_count()
             out.append(
                 f"{self.job.job_id}: {self.job.page_count} pages in rows {self.job.start_row}-{self.job.end_row - 1}, "
                 f"{total} batches of {self.job.batch_size}"
@@ -223,7 +223,7 @@ def send_owed(
     owed = store_owed(store_path(args.output_dir), jobs)
     store = report.store
     assert store is not None
-    report.batches_committed = sum(len(j.batches()) - len(owed[j.job_id]) for j in jobs)
+    report.batches_committed = sum(j.batch_count() - len(owed[j.job_id]) for j in jobs)
     report.other_jobs = []
     sent_now: list[int] = []
     try:
@@ -264,7 +264,7 @@ def _send(
                 continue
             if report.job is None or job.job_id != report.job.job_id:
                 report.other_jobs.append(
-                    f"{job.job_id} (unfinished): {len(wanted)} of {len(job.batches())} batches owed"
+                    f"{job.job_id} (unfinished): {len(wanted)} of {job.batch_count()} batches owed"
                 )
             payloads = iter_tasks(args.output_dir, job)
             if payloads is None:

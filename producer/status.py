@@ -47,7 +47,7 @@ def _rate(store: Path, jobs: list[Job]) -> float | None:
 
 def _batch_pages(jobs: list[Job], batch_id: int) -> int:
     for job in jobs:
-        if job.first_batch <= batch_id < job.first_batch + len(job.batches()):
+        if job.holds_batch(batch_id):
             start, end = job.batch(batch_id)
             return end - start
     return 0

@@ -187,11 +187,11 @@ class StoreWriter:
         job not registered yet."""
         if is_retry_batch(batch_id):
             return round_of(self.output_dir, batch_id)
-        registered = [j for j in self._jobs.values() if j.first_batch <= batch_id < j.first_batch + len(j.batches())]
+        registered = [j for j in self._jobs.values() if j.holds_batch(batch_id)]
         if registered:
             return registered[0]
         planned = load_jobs(self.output_dir)
-        return next((j for j in planned if j.first_batch <= batch_id < j.first_batch + len(j.batches())), None)
+        return next((j for j in planned if j.holds_batch(batch_id)), None)
 
     def commit_failed(
         self, job: Job | RetryRound, batch_id: int, reasons: dict[int, str], default: str, images: list[str]

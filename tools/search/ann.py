@@ -2,13 +2,14 @@
 
 faiss finds candidates in compressed codes (IVF lists of 8-bit scalar-quantized vectors; a flat
 float32 index for small stores), then every candidate is scored again against its float16 unit
-vector, read from the generation's segments (memory-mapped: only the candidates' pages are read).
+vector, read from the generation's segments (only the candidates' vectors are read).
 A position of the index maps to a store row (and panel slot) through the generation's arrays; a
 row of -1 is an entry replaced since (a page changed by `--retry-failed`), never returned.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,29 +24,43 @@ from comix_embed.tools.search.ranking import Candidates
 MIN_FETCH = 64
 
 
-def segment_memmap(folder: Path, segment: dict[str, Any], dim: int) -> np.ndarray:
-    """One segment's float16 vectors, memory-mapped read-only."""
-    return np.memmap(folder / SEGMENTS / segment["file"], dtype=np.float16, mode="r", shape=(segment["count"], dim))
-
-
 class Segments:
-    """The float16 unit vectors of every position of one part, across its segment files."""
+    """The float16 unit vectors of every position of one part, across its segment files.
+
+    Vectors are read with `pread`, not memory-mapped: a query reads a few hundred scattered
+    vectors, and a mapping would count every page it touched (with the kernel's read-around) in
+    the process's resident memory until, over many queries, it held most of the files (gigabytes
+    at a million pages). `pread` also keeps no file offset, so `serve`'s threads share the files.
+    """
 
     def __init__(self, folder: Path, segments: list[dict[str, Any]], dim: int) -> None:
-        self.arrays = [segment_memmap(folder, s, dim) for s in segments if s["count"]]
-        self.offsets = np.cumsum([0] + [len(a) for a in self.arrays])
+        self.paths = [folder / SEGMENTS / s["file"] for s in segments if s["count"]]
+        self.offsets = np.cumsum([0] + [int(s["count"]) for s in segments if s["count"]])
         self.dim = dim
+        self.row_bytes = dim * np.dtype(np.float16).itemsize
+        self._files = [open(path, "rb") for path in self.paths]  # noqa: SIM115 - held for the searcher's life
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
     def gather(self, positions: np.ndarray) -> np.ndarray:
-        """float32 vectors at these positions (any order)."""
+        """float32 vectors at these positions (any order, repeats allowed); one read per run of
+        consecutive positions within a file."""
         out = np.empty((len(positions), self.dim), np.float32)
-        which = np.searchsorted(self.offsets, positions, side="right") - 1
-        for s in np.unique(which):
-            at = np.flatnonzero(which == s)
-            out[at] = self.arrays[s][positions[at] - self.offsets[s]]
+        if not len(positions):
+            return out
+        order = np.argsort(positions, kind="stable")
+        ordered = np.asarray(positions)[order]
+        which = np.searchsorted(self.offsets, ordered, side="right") - 1
+        breaks = np.flatnonzero((np.diff(ordered) != 1) | (np.diff(which) != 0)) + 1
+        for run in np.split(np.arange(len(ordered)), breaks):
+            s = int(which[run[0]])
+            first = int(ordered[run[0]] - self.offsets[s])
+            size = len(run) * self.row_bytes
+            raw = os.pread(self._files[s].fileno(), size, first * self.row_bytes)
+            if len(raw) != size:
+                raise OSError(f"{self.paths[s]}: ends before vector {first + len(run)} (a damaged index)")
+            out[order[run]] = np.frombuffer(raw, np.float16).reshape(len(run), self.dim)
         return out
 
 
