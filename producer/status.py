@@ -4,7 +4,8 @@ Committed and failed pages come from the manifests (the truth), retries (`--retr
 from the retry manifests; the model each job is bound to
 from its job file; queued and in-flight batches, batches whose holder is gone, lost deliveries,
 batches given up and results set aside (with their reasons) from Redis (a view that may lag or be
-empty after a broker restart: `enqueue` again re-sends what is owed). The rate is measured over
+empty after a broker restart: `enqueue` again re-sends what is owed), and the writer holding the
+store's lease. The rate is measured over
 the most recent manifests, so it reflects the run now going.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import redis
@@ -27,6 +29,7 @@ from comix_embed.common.messages import ModelIdentity
 from comix_embed.common.results_channel import connect, results_key, store_id
 from comix_embed.common.retries import failed_now, owed_retries
 from comix_embed.common.store import read_attrs, store_path
+from comix_embed.common.writer_lease import current_holder
 
 RATE_WINDOW = 50  # most recent manifests the rate is measured over
 
@@ -65,9 +68,11 @@ def _broker_view(url: str, store: str, models: dict[str, ModelIdentity], owed: s
     try:
         now = time.time()
         held = deliveries.leases(client, store)
+        writer = current_holder(client, store)
         refused_count, refused_latest = deliveries.refused_entries(client, store)
         lost = {int(b): int(n) for b, n in client.hgetall(deliveries.LOST.format(store=store)).items()}
         return {
+            "writer": None if writer is None else {**asdict(writer[0]), "lease_left_s": round(writer[1], 1)},
             "queues": queues,
             "queued_batches": sum(deliveries.queued(client, q) for q in queues),
             "in_flight_batches": sum(1 for lease in held if lease.expires >= now),
@@ -163,6 +168,14 @@ def _lines(s: dict) -> list[str]:
         out.append(
             f"broker: {s['queued_batches']} batches queued, {s['in_flight_batches']} in flight, "
             f"{s['awaiting_writer_batches']} waiting for the writer; {s['owed_batches']} batches owed"
+        )
+    if "broker_error" not in s:
+        w = s["writer"]
+        out.append(
+            f"writer: host {w['host']}, pid {w['pid']}, lease token {w['token']} since {w['since']}"
+            f" (the lease expires in {w['lease_left_s']} s unless its writer renews it)"
+            if w
+            else "writer: none holds the store's lease (no writer is running, or none started yet)"
         )
     for gone in s.get("holders_gone", []):
         out.append(

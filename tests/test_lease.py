@@ -22,9 +22,10 @@ from comix_embed.common.jobs import Job
 from comix_embed.common.manifests import manifest_file, manifest_ids, scan_manifests
 from comix_embed.common.results_channel import push, results_key, store_id
 from comix_embed.common.store import store_path
+from comix_embed.common.writer_lease import LEASE_KEY
 from comix_embed.private_redis import PrivateRedis
 from comix_embed.writer.commit import StoreWriter
-from comix_embed.writer.lease import LEASE_KEY, WriterLease
+from comix_embed.writer.lease import WriterLease
 from tests import synthetic
 from tests.conftest import run_cli
 from tests.harness import writer
@@ -71,9 +72,25 @@ def test_second_writer_exits_2_naming_the_holder(tmp_path: Path, broker: Private
         _send(client, store, job, [0, 1])  # the first writer goes on, undisturbed
         _wait(lambda: manifest_ids(store_path(out)) == {0, 1}, 60, first.text)
         assert first.proc.poll() is None
+        shown = _status(out, broker.url)
+        assert {k: shown["writer"][k] for k in ("host", "pid", "token")} == {
+            "host": socket.gethostname(),
+            "pid": first.pid,
+            "token": 1,
+        }
+        assert 0 < shown["writer"]["lease_left_s"] <= float(TTL)
     finally:
         first.stop()
     assert _tokens(out) == {0: 1, 1: 1}
+    assert _status(out, broker.url)["writer"] is None  # a writer that stops gives its lease back
+    text = run_cli("status", "--output-dir", str(out), "--broker", broker.url, timeout=60).stdout
+    assert "writer: none holds the store's lease" in text
+
+
+def _status(out: Path, url: str) -> dict:
+    done = run_cli("status", "--output-dir", str(out), "--broker", url, "--json", timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
 
 
 def test_killed_writer_is_taken_over_and_tokens_grow_across_a_wiped_redis(tmp_path: Path, broker: PrivateRedis) -> None:

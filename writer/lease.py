@@ -37,11 +37,9 @@ from comix_embed.common import config
 from comix_embed.common.durable import write_json_atomic
 from comix_embed.common.errors import UsageError
 from comix_embed.common.jobs import utc_now
+from comix_embed.common.writer_lease import LEASE_KEY, TOKEN_KEY, Holder
 
 log = logging.getLogger(__name__)
-
-LEASE_KEY = "comix:writer-lease:{store}"
-TOKEN_KEY = "comix:writer-token:{store}"
 
 # KEYS: lease, counter. ARGV: floor, host, pid, since, ttl ms, expected counter (or -1).
 # Returns {1, value} when taken, {0, value of the holder}, or {-1, counter} when a writer with a
@@ -83,22 +81,6 @@ class LeaseLost(UsageError):
 
 
 @dataclass(frozen=True)
-class Holder:
-    token: int
-    host: str
-    pid: int
-    since: str
-
-    @classmethod
-    def parse(cls, raw: bytes | str) -> Holder:
-        d = json.loads(raw)
-        return cls(int(d["token"]), str(d["host"]), int(d["pid"]), str(d["since"]))
-
-    def __str__(self) -> str:
-        return f"host {self.host}, pid {self.pid}, token {self.token}, since {self.since}"
-
-
-@dataclass(frozen=True)
 class Record:
     """What the output folder keeps of the latest lease: its holder and the batches whose
     manifests that holder accepted when it took the store (inclusive ranges of batch ids)."""
@@ -116,7 +98,7 @@ def read_record(output_dir: Path) -> Record | None:
         return None
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
-        holder = Holder(int(d["token"]), str(d["host"]), int(d["pid"]), str(d["since"]))
+        holder = Holder.from_dict(d)
         return Record(holder, [(int(a), int(b)) for a, b in d["accepted"]])
     except (ValueError, KeyError, TypeError) as exc:
         raise UsageError(
