@@ -42,7 +42,9 @@ def current_holder(client: redis.Redis, store: str) -> tuple[Holder, float] | No
     writer holds it."""
     key = LEASE_KEY.format(store=store)
     with client.pipeline(transaction=True) as pipe:
-        raw, left_ms = pipe.get(key).pttl(key).execute()
+        pipe.get(key)
+        pipe.pttl(key)
+        raw, left_ms = pipe.execute()
     if raw is None:
         return None
     return Holder.parse(raw), max(int(left_ms), 0) / 1000
