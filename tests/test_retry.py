@@ -26,7 +26,7 @@ from comix_embed.common.retries import RETRY_INFLIGHT, retry_manifest_file, retr
 from comix_embed.common.store import read_attrs, row_arrays, store_path
 from comix_embed.producer.retry import prepare
 from comix_embed.tools.sample.corpus import make_sample
-from comix_embed.writer import retry
+from comix_embed.writer import retry, rows
 from comix_embed.writer.commit import StoreWriter
 from tests.conftest import run_cli
 from tests.harness import assert_same_store, enqueue_argv, store_arrays, wait_committed, worker, writer
@@ -79,7 +79,7 @@ def test_retry_failed_embeds_the_failed_row_and_changes_nothing_else(tiny_checkp
     assert again["status"][row] == STATUS_FAILED and image.name in str(again["error"][row])
 
     shutil.move(aside, image)
-    fixed = _run(tiny_checkpoint, corpus, out, "--retry-failed")
+    fixed = _run(tiny_checkpoint, corpus, out, "--retry-failed", "--verify-batches", "--write-check")
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert "retry_000002 (planned): 1 failed pages in 1 retry batches" in fixed.stdout
     assert "1 now embedded" in fixed.stdout
@@ -146,13 +146,13 @@ def test_a_retry_killed_mid_write_puts_the_failed_rows_back_and_a_redelivery_cha
     (row,) = np.flatnonzero(before["status"] == STATUS_FAILED).tolist()
     with StoreWriter(out, fsync=False) as writer:
         arrays = writer._arrays
-        saved = retry.read_rows(arrays, [row])
+        saved = rows.read_rows(arrays, [row])
         # what a writer killed between saving the rows and writing its manifest leaves behind
         retry._save(store_path(out), 10**9, [row], saved, fsync=False)
         half = {name: v.copy() for name, v in saved.items()}
         half["status"][:] = STATUS_OK
         half["page_embeddings"][:] = 1.0
-        retry.write_rows(arrays, [row], {n: half[n] for n in RESULT_ARRAYS})
+        rows.write_rows(arrays, rows.scattered([row], {n: half[n] for n in RESULT_ARRAYS}))
     assert (manifest_dir(store_path(out)) / RETRY_INFLIGHT).exists()
     with StoreWriter(out, fsync=False):
         pass  # recovery

@@ -18,7 +18,7 @@ from comix_embed.common import config
 from comix_embed.common.identity import ModelMismatch
 from comix_embed.common.manifests import manifest_file, manifest_ids
 from comix_embed.common.store import read_attrs, store_path, write_attrs
-from comix_embed.writer.checks import CheckFailed, write_check
+from comix_embed.writer.checks import CheckFailed, verify_batch, write_check
 from comix_embed.writer.commit import InvalidResult, StoreWriter
 from comix_embed.writer.manifests import write_inflight
 from tests import synthetic
@@ -171,7 +171,33 @@ def test_write_check_reads_back_from_disk(tmp_path: Path) -> None:
         CheckFailed,
         match=rf"--write-check: batch 1, page {re.escape(job.pages[10].page_id)} \(row 10\): page_embeddings",
     ):
-        write_check(arrays, 1, 8, result.page_ids, result.arrays)
+        write_check(arrays, 1, list(range(8, 16)), result.page_ids, result.arrays)
+
+
+def test_checks_follow_a_retry_batchs_scattered_rows(tmp_path: Path) -> None:
+    """A retry batch's rows need not be contiguous: both checks name the page's own row."""
+    job, _ = synthetic.plan(tmp_path, synthetic.make_pages(16), 8)
+    model = synthetic.model_info()
+    both = [synthetic.make_result(job, b, model) for b in (0, 1)]
+    with StoreWriter(tmp_path, fsync=False) as writer:
+        writer.commit(both)
+    scattered = [1, 4, 11, 14]
+    result = synthetic.make_result(job, 1, model)
+    result.arrays = {name: np.concatenate([r.arrays[name] for r in both])[scattered] for name in result.arrays}
+    result.rows, result.page_ids = scattered, [job.pages[r].page_id for r in scattered]
+    verify_batch(result, job.page, model["embedding_dim"], model["max_panels"])  # as sent, it passes
+    assert 0 < job.pages[11].panel_count < 12 and result.arrays["status"][2] == 1
+    result.arrays["panel_mask"][2, :] = True  # row 11 claims 12 panels
+    with pytest.raises(CheckFailed, match=rf"page {re.escape(job.pages[11].page_id)} \(row 11\): panel_mask sum"):
+        verify_batch(result, job.page, model["embedding_dim"], model["max_panels"])
+
+    path = store_path(tmp_path)
+    arrays = {name: zarr.open_array(path / name, mode="r") for name in result.arrays}
+    on_disk = {name: np.asarray(arrays[name][:])[scattered] for name in result.arrays}
+    write_check(arrays, 1, scattered, result.page_ids, on_disk)  # what is there passes
+    on_disk["page_embeddings"][3, 0] += 1.0
+    with pytest.raises(CheckFailed, match=rf"page {re.escape(job.pages[14].page_id)} \(row 14\): page_embeddings"):
+        write_check(arrays, 1, scattered, result.page_ids, on_disk)
 
 
 def test_verbose_lines_and_audit_log(tmp_path: Path) -> None:

@@ -2,20 +2,23 @@
 
 `verify_batch` looks at a batch before it is written (the embeddings exist, the panels are the
 ones the page should have, the text is JSON); `write_check` reads the committed rows back from
-disk and compares them exactly with what was sent. Either failing stops the run: the message
+disk and compares them exactly with what was sent. Both apply to retry batches too (their rows
+need not be contiguous). Either failing stops the run: the message
 names the batch, the page and its row, so that the page can be looked at.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import zarr
 
-from comix_embed.common.jobs import Job
+from comix_embed.common.jobs import JobPage
 from comix_embed.common.results import RESULT_ARRAYS, STATUS_FULL_PAGE, STATUS_OK, BatchResult
+from comix_embed.writer.rows import read_rows
 
 EMBEDDED = (STATUS_OK, STATUS_FULL_PAGE)
 
@@ -51,14 +54,14 @@ def shape_problems(arrays: dict[str, np.ndarray], rows: int, d: int, p: int) -> 
     return problems
 
 
-def verify_batch(result: BatchResult, job: Job, d: int, p: int) -> None:
-    """--verify-batches: raise CheckFailed at the first page that is not as it should be."""
+def verify_batch(result: BatchResult, page_of: Callable[[int], JobPage], d: int, p: int) -> None:
+    """--verify-batches: raise CheckFailed at the first page that is not as it should be
+    (`page_of`: the registered page of a row, for the panels it should have)."""
     problems = shape_problems(result.arrays, len(result.page_ids), d, p)
     if problems:
         raise CheckFailed(f"--verify-batches: batch {result.batch_id}: {'; '.join(problems)}")
     a = result.arrays
-    for i, page_id in enumerate(result.page_ids):
-        row = result.start + i
+    for i, (page_id, row) in enumerate(zip(result.page_ids, result.row_list())):
         status = int(a["status"][i])
 
         def fail(why: str, page_id: str = page_id, row: int = row) -> None:
@@ -70,7 +73,7 @@ def verify_batch(result: BatchResult, job: Job, d: int, p: int) -> None:
         if not l2 > 0 or not np.isfinite(l2):
             fail(f"page embedding L2 norm is {l2}")
         mask = np.asarray(a["panel_mask"][i], dtype=bool)
-        expected = 1 if status == STATUS_FULL_PAGE else job.page(row).panel_count
+        expected = 1 if status == STATUS_FULL_PAGE else page_of(row).panel_count
         if expected >= 0 and int(mask.sum()) != expected:
             fail(f"panel_mask sum is {int(mask.sum())}, the page has {expected} panels")
         for slot in np.flatnonzero(mask):
@@ -79,16 +82,15 @@ def verify_batch(result: BatchResult, job: Job, d: int, p: int) -> None:
 
 
 def write_check(
-    arrays: dict[str, zarr.Array], batch_id: int, start: int, page_ids: list[str], written: dict[str, np.ndarray]
+    arrays: dict[str, zarr.Array], batch_id: int, rows: list[int], page_ids: list[str], written: dict[str, np.ndarray]
 ) -> None:
-    """--write-check: read rows [start, start+n) back from disk; any difference raises CheckFailed."""
-    end = start + len(page_ids)
+    """--write-check: read the (sorted) rows back from disk; any difference raises CheckFailed."""
+    got = read_rows(arrays, rows, written)
     for name, want in written.items():
-        got = np.asarray(arrays[name][start:end])
-        for i in range(len(page_ids)):
-            if not _same(got[i], want[i]):
+        for i, row in enumerate(rows):
+            if not _same(got[name][i], want[i]):
                 raise CheckFailed(
-                    f"--write-check: batch {batch_id}, page {page_ids[i]} (row {start + i}): "
+                    f"--write-check: batch {batch_id}, page {page_ids[i]} (row {row}): "
                     f"{name} read back from disk differs from what was written"
                 )
 

@@ -28,6 +28,7 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -313,10 +314,13 @@ class StoreWriter:
         bad = sorted(set(np.unique(r.arrays["status"]).tolist()) - set(_VALID_STATUSES))
         if problems or bad:
             raise InvalidResult(f"retry batch {r.batch_id}: {'; '.join(problems) or f'status values {bad}'}")
+        if self.verify_batches:
+            checks.verify_batch(r, self._page_of, identity.embedding_dim, identity.max_panels)
         fence = self.fence.check if self.fence is not None else None
+        check = partial(checks.write_check, self._arrays, r.batch_id) if self.write_check else None
         try:
             manifest, records = retry.commit_retry(
-                self.path, self._arrays, rnd, r, rows.prepared(r.arrays), self._page_of, self.fsync, fence
+                self.path, self._arrays, rnd, r, rows.prepared(r.arrays), self._page_of, self.fsync, fence, check
             )
         except OSError as exc:
             if not is_disk_full(exc):
@@ -342,7 +346,7 @@ class StoreWriter:
             self._validate(r, jobs[r.batch_id], d, p)
         if self.verify_batches:
             for r in results:
-                checks.verify_batch(r, jobs[r.batch_id], d, p)
+                checks.verify_batch(r, jobs[r.batch_id].page, d, p)
         if not self.path.exists():
             self._create(identity)
         elif any(j.job_id not in self._jobs for j in jobs.values()):
@@ -357,7 +361,7 @@ class StoreWriter:
             rows.write_rows(self._arrays, rows.regions(results, data))
             if self.write_check:
                 for r in results:
-                    checks.write_check(self._arrays, r.batch_id, r.start, r.page_ids, data[r.batch_id])
+                    checks.write_check(self._arrays, r.batch_id, r.row_list(), r.page_ids, data[r.batch_id])
         except BaseException:
             rows.clear_rows(self._arrays, ranges)  # what was written past the manifests goes now, not at restart
             manifests.clear_inflight(self.path)

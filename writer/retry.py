@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,37 +28,9 @@ from comix_embed.common.manifests import manifest_dir
 from comix_embed.common.results import RESULT_ARRAYS, STATUS_FAILED, STATUS_NAMES, BatchResult
 from comix_embed.common.retries import RETRY_INFLIGHT, RetryRound, make_retry_manifest, retry_manifest_file
 from comix_embed.writer import audit
+from comix_embed.writer.rows import np_dtype, read_rows, scattered, write_rows
 
 log = logging.getLogger(__name__)
-
-
-def runs(rows: list[int]) -> list[tuple[int, int, int]]:
-    """Sorted rows as (first row, end row, position of the first in `rows`) of contiguous runs."""
-    out: list[tuple[int, int, int]] = []
-    for i, row in enumerate(rows):
-        if out and out[-1][1] == row:
-            out[-1] = (out[-1][0], row + 1, out[-1][2])
-        else:
-            out.append((row, row + 1, i))
-    return out
-
-
-def read_rows(
-    arrays: dict[str, zarr.Array], rows: list[int], names: Iterable[str] = RESULT_ARRAYS
-) -> dict[str, np.ndarray]:
-    """The values of result arrays (all, or `names`) at `rows` (sorted), read run by run."""
-    out = {}
-    for name in names:
-        parts = [np.asarray(arrays[name][s:e]) for s, e, _ in runs(rows)]
-        out[name] = np.concatenate(parts) if parts else np.asarray(arrays[name][0:0])
-    return out
-
-
-def write_rows(arrays: dict[str, zarr.Array], rows: list[int], values: dict[str, np.ndarray]) -> None:
-    """Write `values` (one entry per row of `rows`, sorted) run by run."""
-    for name in RESULT_ARRAYS:
-        for s, e, i in runs(rows):
-            arrays[name][s:e] = values[name][i : i + e - s]
 
 
 def _inflight_path(store: Path) -> Path:
@@ -90,19 +62,16 @@ def recover(store: Path, arrays: dict[str, zarr.Array], committed: set[int], fsy
     restored = None
     if batch_id not in committed:
         rows = [int(r) for r in saved["rows"]]
-        values = {name: np.array(saved["arrays"][name], dtype=_dtype(name)) for name in RESULT_ARRAYS}
-        write_rows(arrays, rows, values)
+        values = {
+            name: np.array(saved["arrays"][name], dtype=np_dtype(RESULT_ARRAYS[name][1])) for name in RESULT_ARRAYS
+        }
+        write_rows(arrays, scattered(rows, values))
         restored = batch_id
         log.info(
             "retry batch %d was being written when a writer stopped: rows %s put back as they were", batch_id, rows
         )
     _drop_saved(store, fsync)
     return restored
-
-
-def _dtype(name: str) -> Any:
-    dtype = RESULT_ARRAYS[name][1]
-    return object if dtype == "str" else dtype
 
 
 def commit_retry(
@@ -114,27 +83,31 @@ def commit_retry(
     page_of: Callable[[int], JobPage],
     fsync: bool,
     fence: Callable[[], int] | None = None,
+    check: Callable[[list[int], list[str], dict[str, np.ndarray]], None] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Overwrite the batch's rows that are failed now with `data` (the result's prepared arrays,
     in the round's row order); the manifest written and the audit records of the rows written.
 
     `fence` (the writer lease's check) gives the token the manifest records, and raises, before
-    the manifest, when the lease has passed to another writer."""
+    the manifest, when the lease has passed to another writer. `check` (`--write-check`) reads
+    the written rows back (rows, page ids, values); when it raises, the rows are put back."""
     rows = rnd.batch_rows(result.batch_id)
     now = read_rows(arrays, rows, ["status"])["status"]
     keep = [i for i, s in enumerate(now.tolist()) if s == STATUS_FAILED]
     written = [rows[i] for i in keep]
     skipped = [rows[i] for i in range(len(rows)) if i not in set(keep)]
     new = {name: np.asarray(v)[keep] for name, v in data.items()}
+    page_ids = [result.page_ids[i] for i in keep]
     if written:
         _save(store, result.batch_id, written, read_rows(arrays, written), fsync)
         try:
-            write_rows(arrays, written, new)
+            write_rows(arrays, scattered(written, new))
+            if check is not None:
+                check(written, page_ids, new)
         except BaseException:
             recover(store, arrays, set(), fsync)  # what was written goes now, not at restart
             raise
     statuses = [STATUS_NAMES.get(int(s), str(int(s))) for s in new["status"].tolist()]
-    page_ids = [result.page_ids[i] for i in keep]
     token = fence() if fence is not None else None
     manifest = make_retry_manifest(result.batch_id, rnd.job_id, written, page_ids, statuses, skipped, token)
     write_json_atomic(retry_manifest_file(store, result.batch_id), manifest, fsync)

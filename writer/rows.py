@@ -1,13 +1,15 @@
-"""The writer's zarr I/O: a batch's arrays as they go to disk, written or cleared by row range.
+"""The writer's zarr I/O: a batch's arrays as they go to disk, written, read or cleared by rows.
 
 Contiguous batches are merged into one region (one write per array per region), and the arrays
 are written concurrently; a region of an array is written in one call, so that a shard or chunk
-it covers whole is written once, whole (never read back first).
+it covers whole is written once, whole (never read back first). A retry's scattered rows are
+read and written run by run of contiguous rows.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -53,6 +55,33 @@ def regions(results: list[BatchResult], data: dict[int, dict[str, np.ndarray]]) 
     return out
 
 
+def runs(rows: list[int]) -> list[tuple[int, int, int]]:
+    """Sorted rows as (first row, end row, position of the first in `rows`) of contiguous runs."""
+    out: list[tuple[int, int, int]] = []
+    for i, row in enumerate(rows):
+        if out and out[-1][1] == row:
+            out[-1] = (out[-1][0], row + 1, out[-1][2])
+        else:
+            out.append((row, row + 1, i))
+    return out
+
+
+def scattered(rows: list[int], values: dict[str, np.ndarray]) -> list[Region]:
+    """Values of sorted, scattered rows (one entry per row) as regions, one per run of rows."""
+    return [(s, e, {name: v[i : i + e - s] for name, v in values.items()}) for s, e, i in runs(rows)]
+
+
+def read_rows(
+    arrays: dict[str, zarr.Array], rows: list[int], names: Iterable[str] = RESULT_ARRAYS
+) -> dict[str, np.ndarray]:
+    """The values of result arrays (all, or `names`) at `rows` (sorted), read run by run."""
+    out = {}
+    for name in names:
+        parts = [np.asarray(arrays[name][s:e]) for s, e, _ in runs(rows)]
+        out[name] = np.concatenate(parts) if parts else np.asarray(arrays[name][0:0])
+    return out
+
+
 def write_rows(arrays: dict[str, zarr.Array], parts: list[Region]) -> None:
     """Write every region, arrays concurrently; regions of one array in turn (they may share a chunk)."""
 
@@ -73,8 +102,9 @@ def clear_rows(arrays: dict[str, zarr.Array], ranges: list[tuple[int, int, int]]
     for _, start, end in ranges:
         for name in RESULT_ARRAYS:
             arr = arrays[name]
-            arr[start:end] = np.full((end - start, *arr.shape[1:]), specs[name].fill, dtype=_np_dtype(specs[name]))
+            arr[start:end] = np.full((end - start, *arr.shape[1:]), specs[name].fill, dtype=np_dtype(specs[name].dtype))
 
 
-def _np_dtype(spec: store.ArraySpec) -> Any:
-    return object if spec.dtype == "str" else spec.dtype
+def np_dtype(dtype: str) -> Any:
+    """The numpy dtype of a store dtype name (strings are held as objects)."""
+    return object if dtype == "str" else dtype
