@@ -250,3 +250,46 @@ def test_no_process_that_loads_the_app_unpickles_broker_content() -> None:
     with pytest.raises(ContentDisallowed):
         loads(pickle.dumps({"batch": 1}), "application/x-python-serialize", "binary")
     assert loads(b'{"batch": 1}', "application/json", "utf-8") == {"batch": 1}
+
+
+class _Plant:
+    """A pickle that, once unpickled, creates a file: the proof that code from Redis ran."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.path,))
+
+
+def test_a_live_worker_refuses_a_pickled_task(tiny_checkpoint: Path, tmp_path: Path, broker: PrivateRedis) -> None:
+    """A pickled `comix.embed_batch` message put straight on the worker's queue is refused
+    (Celery logs that it will not deserialize it); the code it carries never runs."""
+    import pickle
+
+    import kombu
+
+    from tests.harness import worker
+
+    marker = tmp_path / "pickle-ran"
+    proc = worker(tiny_checkpoint, broker.url, tmp_path / "logs", "w")
+    try:
+        deadline = time.monotonic() + 300
+        while "; queue " not in proc.text() or not redis.Redis.from_url(broker.url).keys(ready_key("w") + "*"):
+            assert proc.proc.poll() is None and time.monotonic() < deadline, proc.text()
+            time.sleep(0.05)
+        queue = proc.text().split("; queue ")[1].split()[0]
+        with kombu.Connection(broker.url) as conn:
+            conn.Producer(serializer="json").publish(
+                pickle.dumps(_Plant(marker)),
+                routing_key=queue,
+                content_type="application/x-python-serialize",
+                content_encoding="binary",
+                headers={"task": "comix.embed_batch", "id": "pickled-1", "lang": "py"},
+            )
+        while "Refusing to deserialize" not in proc.text():
+            assert proc.proc.poll() is None and time.monotonic() < deadline, proc.text()
+            time.sleep(0.05)
+    finally:
+        proc.stop()
+    assert not marker.exists()
