@@ -138,8 +138,12 @@ class Job:
         """Batches in the job, counted without listing them (status asks per manifest)."""
         return -(-self.page_count // self.batch_size)
 
+    def batch_ids(self) -> range:
+        """The job's batch ids (a range: membership is a comparison, not a scan)."""
+        return range(self.first_batch, self.first_batch + self.batch_count())
+
     def holds_batch(self, batch_id: int) -> bool:
-        return self.first_batch <= batch_id < self.first_batch + self.batch_count()
+        return batch_id in self.batch_ids()
 
     def to_json(self) -> dict[str, Any]:
         """The job file's content: the header (the pages go to their own file)."""

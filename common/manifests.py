@@ -254,10 +254,7 @@ def owed_batches(jobs: Iterable[Job], committed: Container[int]) -> dict[str, li
     The one definition of what a job still owes: the producer and `run` send these (again), the
     writer and `status` count them.
     """
-    return {
-        job.job_id: [b for b in range(job.first_batch, job.first_batch + job.batch_count()) if b not in committed]
-        for job in jobs
-    }
+    return {job.job_id: [b for b in job.batch_ids() if b not in committed] for job in jobs}
 
 
 def store_owed(store: str | os.PathLike[str], jobs: Iterable[Job]) -> dict[str, list[int]]:

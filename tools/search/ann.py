@@ -34,8 +34,9 @@ class Segments:
     """
 
     def __init__(self, folder: Path, segments: list[dict[str, Any]], dim: int) -> None:
-        self.paths = [folder / SEGMENTS / s["file"] for s in segments if s["count"]]
-        self.offsets = np.cumsum([0] + [int(s["count"]) for s in segments if s["count"]])
+        kept = [s for s in segments if s["count"]]
+        self.paths = [folder / SEGMENTS / s["file"] for s in kept]
+        self.offsets = np.cumsum([0] + [int(s["count"]) for s in kept])
         self.dim = dim
         self.row_bytes = dim * np.dtype(np.float16).itemsize
         self._files = [open(path, "rb") for path in self.paths]  # noqa: SIM115 - held for the searcher's life
