@@ -165,6 +165,11 @@ class StoreWriter:
     def committed_rows(self) -> int:
         return int(self._attrs.get("committed_rows", 0))
 
+    def out_of_order(self) -> tuple[int, int]:
+        """(batches committed past the readable prefix, the batch the prefix waits for): a count
+        that stays small when a batch given back is taken first, and grows while one is missing."""
+        return len(self._committed.beyond), self._committed.batches
+
     def jobs(self) -> list[Job]:
         """Jobs registered in the store, in order."""
         return sorted(self._jobs.values(), key=lambda j: j.number)

@@ -197,11 +197,10 @@ class WriterService:
         new = [o for o in outcomes if o.committed]
         if new:
             pages = sum(o.end - o.start for o in new)
+            past, waiting = self.writer.out_of_order()
+            gap = f"; {past} batches committed out of order, waiting for batch {waiting}" if past else ""
             log.info(
-                "committed %d batches (%d pages); committed_rows=%d",
-                len(new),
-                pages,
-                self.writer.committed_rows,
+                "committed %d batches (%d pages); committed_rows=%d%s", len(new), pages, self.writer.committed_rows, gap
             )
 
     def _one_by_one(self, reader: ResultsReader, entries: list[Entry], results: list[BatchResult]) -> list:
