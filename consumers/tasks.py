@@ -16,8 +16,11 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from billiard.exceptions import WorkerLostError
 from celery.exceptions import Reject, TimeLimitExceeded
@@ -32,9 +35,22 @@ from celery.signals import (
 
 from comix_embed.common import config
 from comix_embed.common.celery_app import app
+from comix_embed.consumers import failpoint
+
+if TYPE_CHECKING:  # for the hints only: this module imports them where they are used
+    from comix_embed.common.deliveries import Lease
+    from comix_embed.common.pages import PageTask
 
 log = logging.getLogger(__name__)
 _state: dict[str, Any] = {}
+
+
+@contextmanager
+def _guarded(lease: Lease, task: PageTask, stage: str) -> Iterator[None]:
+    """A page embedded alone, under its delivery's mark (a fault test may stop the process here)."""
+    with lease.page(task.row, task.page_id, stage):
+        failpoint.stop_here(stage)
+        yield
 
 
 @worker_process_init.connect
@@ -185,7 +201,7 @@ def embed_batch(self, payload: dict[str, Any]) -> dict[str, Any]:
                 batch_id,
                 lost,
             )
-            guard = lambda t, stage: lease.page(t.row, t.page_id, stage)  # noqa: E731
+            guard = partial(_guarded, lease)
         result = _embedder(task.image_roots).embed_batch(task.job, batch_id, task.pages, guard)
         blob = result.to_bytes()
         budget = config.TASK_SOFT_TIME_LIMIT - (time.monotonic() - started) - 30

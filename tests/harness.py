@@ -190,6 +190,15 @@ def wait_lease(broker: str, timeout: float, holder: str = "", batch: int | None 
     raise AssertionError(f"no lease of {holder or 'any worker'} (batch {batch}) within {timeout} s")
 
 
+def is_stopped(pid: int) -> bool:
+    """Whether process `pid` is stopped (SIGSTOP): its state in /proc/PID/stat is T."""
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] == "T"  # the name may hold spaces
+    except (FileNotFoundError, IndexError):
+        return False
+
+
 def store_arrays(out: Path) -> dict[str, np.ndarray]:
     """Every variable of the committed store as numpy arrays, for array-by-array comparison."""
     ds = open_committed(store_path(out))

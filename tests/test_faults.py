@@ -342,35 +342,37 @@ def test_after_a_kill_the_readable_prefix_keeps_moving(
 ) -> None:
     """The killed batch is sent again ahead of new batches, so few batches commit past its hole.
 
-    The writer here commits each result as soon as it reads it (both lingers 0): holding results,
-    as it does by default, would hide the order in which the batches were taken, and make the count
-    depend on how many arrive while it waits. So the count below is how many batches the workers
-    finished while the killed one was missing: with it sent again ahead of new batches, that is
-    the batch each worker had in hand and the few the other finishes while it is embedded again;
-    sent to the back of the queue, it would be nearly the whole job. After each commit the writer's
-    log says how many batches are committed out of order; the test reads that count from every
-    commit's line, so it sees every state a reader could see, and none in the middle of a commit.
+    Until the kill one worker runs, so no batch can finish past the one it is killed on; a second
+    worker starts once the batch is sent again. The writer commits each result as soon as it reads
+    it (both lingers 0): holding results, as it does by default, would hide the order in which the
+    batches were taken. So the count below is how many batches were finished while the killed one
+    was missing: with it sent again ahead of new batches, at most one fetched before it was sent
+    and the few the other worker finishes while it is embedded again, page by page; sent to the
+    back of the queue, nearly the whole job. After each commit the writer's log says how many
+    batches are committed out of order: the test reads every commit's line, so it sees every state
+    a reader could see, and none in the middle of a commit.
     """
     corpus, out, logs = tmp_path / "corpus", tmp_path / "out", tmp_path / "logs"
     pages, size = 192, 8  # batches of 8 pages, as users run them
     batches = pages // size
     make_sample(corpus, pages=pages, seed=21)
-    procs = [worker(tiny_checkpoint, broker.url, logs, f"w{i}") for i in range(2)]
+    first = worker(tiny_checkpoint, broker.url, logs, "w0")
     client = redis.Redis.from_url(broker.url)
-    _wait(lambda: all(_ready(client, f"w{i}") for i in range(2)), 180, "workers not ready")
+    _wait(lambda: _ready(client, "w0"), 180, "worker not ready")
     wr = writer(out, broker.url, logs, env={"COMIX_WRITER_LINGER_S": "0", "COMIX_WRITER_GAP_LINGER_S": "0"})
-    procs.append(wr)
+    procs = [first, wr]
     try:
         argv = cli_argv(*enqueue_argv(corpus, out, broker.url, tiny_checkpoint, batch_size=size))
         enqueue = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         victim = wait_lease(broker.url, 120, holder="w0@")  # early in the job: the first batch w0 takes
         os.kill(victim.pid, signal.SIGKILL)
+        _wait(lambda: f"batch {victim.batch} lost" in first.text(), 120, "the killed batch was not sent again")
+        procs.append(worker(tiny_checkpoint, broker.url, logs, "w1"))
         assert enqueue.wait(120) == 0, enqueue.stdout.read() if enqueue.stdout else ""
         wait_committed(out, pages, 600, [wr])
     finally:
         for p in procs:
             p.stop()
-    assert f"batch {victim.batch} lost" in procs[0].text()
     commits = re.findall(
         r"committed_rows=(\d+)(?:; (\d+) batches committed out of order, waiting for batch (\d+))?", wr.text()
     )

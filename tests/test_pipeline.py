@@ -28,6 +28,7 @@ from tests.conftest import PIPELINE_PAGES, run_cli
 from tests.harness import (
     assert_same_store,
     enqueue_argv,
+    is_stopped,
     job_queue,
     slow_writer,
     store_arrays,
@@ -367,30 +368,22 @@ def test_a_page_that_keeps_killing_its_worker_fails_alone(
 ) -> None:
     """A page that kills its worker process while it is decoded, or while the encoders run it,
     fails alone with its reason; the rest of its batch is committed with a clean run's numbers."""
-    out, logs = tmp_path / "out", tmp_path / "logs"
-    w = worker(tiny_checkpoint, broker.url, logs, "victim")
+    out, logs, stopped = tmp_path / "out", tmp_path / "logs", tmp_path / "stopped.pid"
+    w = worker(tiny_checkpoint, broker.url, logs, "victim", {"COMIX_STOP_AT": f"{stage}:{stopped}"})
     wr = writer(out, broker.url, logs)
     client = redis.Redis.from_url(broker.url)
     try:
         assert run_cli(*enqueue_argv(job_corpus, out, broker.url, tiny_checkpoint)).returncode == 0
         w.kill_pool_mid_batch(broker.url)  # first death: the batch comes back and is embedded page by page
         store = store_id(out)
-        marks = PAGE_MARK.format(store=store, token="*")
+        # second death while a page is at `stage`: the process stops itself there (consumers/failpoint.py)
         deadline = time.monotonic() + 120
-        while True:  # second death while a page is at `stage`: frozen first, killed if still there
+        while not (stopped.is_file() and stopped.read_text() and is_stopped(int(stopped.read_text()))):
             assert time.monotonic() < deadline, w.text()
-            found = [(k, v) for k in client.keys(marks) if (v := client.get(k)) and json.loads(v)["stage"] == stage]
-            if not found:
-                time.sleep(0.001)
-                continue
-            pool = w.children()
-            for pid in pool:
-                os.kill(pid, signal.SIGSTOP)
-            if client.get(found[0][0]) == found[0][1]:
-                w.kill_pool()
-                break
-            for pid in pool:  # it moved on meanwhile: let it go, and watch again
-                os.kill(pid, signal.SIGCONT)
+            time.sleep(0.01)
+        marks = [json.loads(client.get(k) or "{}") for k in client.keys(PAGE_MARK.format(store=store, token="*"))]
+        assert [m["stage"] for m in marks] == [stage]  # its page's mark is there, at that stage
+        os.kill(int(stopped.read_text()), signal.SIGKILL)
         crashed_key = CRASHED.format(store=store)
         deadline = time.monotonic() + 60
         while not client.hlen(crashed_key):  # the worker's main process records the death
