@@ -17,7 +17,9 @@ store's lease in Redis (writer/lease.py), it also sets aside the manifests a wri
 losing the lease), puts back the failed rows a killed retry was overwriting (`writer/retry.py`),
 then repairs a lagging `committed_rows`; the zarr reads and writes are writer/rows.py's.
 A retry batch (`--retry-failed`, common/retries.py) is committed apart, by `writer/retry.py`.
-With a fence it checks the lease before each manifest and records its token in it. A full disk
+With a fence it checks the lease before each manifest and before `committed_rows`, and records
+its token in each manifest; a temporary file gone when it renames it, removed by a writer that
+took the store over while this one stalled, is LeaseLost too. A full disk
 (ENOSPC) stops a commit as `DiskFull`, naming the folder and the room needed.
 """
 
@@ -282,6 +284,10 @@ class StoreWriter:
             try:
                 self._commit_new(batch)
             except OSError as exc:
+                if isinstance(exc, FileNotFoundError) and self.fence is not None:
+                    # a writer stalled past its lease wakes to find its temporary files gone: the
+                    # writer that took the store over removed them on opening. Say so (LeaseLost).
+                    self.fence.check()
                 if not is_disk_full(exc):
                     raise
                 ids = ", ".join(str(r.batch_id) for r in batch)
@@ -451,6 +457,8 @@ class StoreWriter:
         prefix, published = self._committed.rows, int(self._attrs.get("committed_rows", 0))
         saved = self._attrs.get(CHECKPOINT_ATTR, {}).get("batches")
         if prefix > published or (prefix == published and saved != self._committed.batches):
+            if self.fence is not None:  # a writer that lost its lease must not publish over its successor's
+                self.fence.check()
             # the content is fsynced (a torn root zarr.json would lose the store's metadata); the
             # rename need not be: after a power loss the previous zarr.json, whose committed_rows
             # lags, is repaired from the manifests when the writer starts
