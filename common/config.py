@@ -121,9 +121,12 @@ MAX_ATTEMPTS = int(os.environ.get("COMIX_MAX_ATTEMPTS", 3))
 LEASE_TTL_S = float(os.environ.get("COMIX_LEASE_TTL_S", 30))
 # How often the writer looks for expired leases and given-up batches.
 WRITER_SCAN_S = float(os.environ.get("COMIX_WRITER_SCAN_S", 2))
-# For fault tests only (consumers/failpoint.py): "STAGE:PATH" stops, once, the worker process
-# whose page embedded alone reaches STAGE ("decode" or "encode"). Unset in any real deployment.
-STOP_AT = os.environ.get("COMIX_STOP_AT") or None
+# For fault tests only (consumers/failpoint.py): "STAGE:PATH[,STAGE:PATH...]" stops, once per
+# PATH, the worker process that reaches STAGE ("batch", "decode", "encode"). Unset in any real
+# deployment.
+STOP_STAGES = ("batch", "decode", "encode")
+_STOP_AT_TEXT = os.environ.get("COMIX_STOP_AT", "")
+STOP_AT = {s: p for s, _, p in (item.partition(":") for item in _STOP_AT_TEXT.split(",") if item)}
 # Results waiting for the writer are bounded: a worker waits while the stream holds
 # `pending_bound(its batch's pages)` results: MAX_PENDING_ROWS pages' worth (room for the writer's
 # group commits, about 85 MB at d=384), or exactly COMIX_MAX_PENDING_RESULTS results when it is set.
@@ -189,8 +192,10 @@ def check() -> None:
             f"COMIX_TASK_TIME_LIMIT ({TASK_TIME_LIMIT} s) must be below COMIX_VISIBILITY_TIMEOUT "
             f"({VISIBILITY_TIMEOUT} s): otherwise a batch still running is delivered to a second worker"
         )
-    if STOP_AT is not None and (STOP_AT.partition(":")[0] not in ("decode", "encode") or not STOP_AT.partition(":")[2]):
-        problems.append(f"COMIX_STOP_AT must be decode:PATH or encode:PATH, got {STOP_AT!r}")
+    if any(stage not in STOP_STAGES or not path for stage, path in STOP_AT.items()):
+        problems.append(
+            f"COMIX_STOP_AT must be STAGE:PATH[,...] with STAGE one of {STOP_STAGES}, got {_STOP_AT_TEXT!r}"
+        )
     if problems:
         raise UsageError("configuration: " + "; ".join(problems))
 

@@ -1,11 +1,13 @@
-"""A fault point for tests: a worker process stops itself at one stage of a page embedded alone.
+"""A fault point for tests: a worker process stops itself at a stage of a batch, to be killed there.
 
-The tests that kill a worker process while a page is at a stage ("decode", "encode") cannot catch
-a stage that lasts milliseconds by polling, least of all on a loaded machine. With
-COMIX_STOP_AT=STAGE:PATH, the first page embedded alone to reach STAGE, its mark already in Redis,
-writes its process id to PATH and stops its own process (SIGSTOP); the test waits for that stopped
-process and kills it. PATH is created exclusively, so it happens once, whichever process and
-delivery get there first. Unset (any real deployment), it does nothing.
+The tests that kill a worker process mid-batch, or while a page is at a stage, cannot catch a
+stage that lasts milliseconds by polling, least of all on a loaded machine. With
+COMIX_STOP_AT=STAGE:PATH[,STAGE:PATH...], the first process to reach STAGE ("batch": a batch
+taken, its lease held; "decode", "encode": a page embedded alone, its mark already in Redis)
+writes its process id to PATH and stops itself (SIGSTOP); the test waits for that stopped process
+and kills it. PATH is created exclusively, so it happens once per PATH, whichever process and
+delivery get there first; a test removes PATH to stop the next one. Unset (any real deployment),
+it does nothing.
 """
 
 from __future__ import annotations
@@ -17,11 +19,9 @@ from comix_embed.common import config
 
 
 def stop_here(stage: str) -> None:
-    """Stop this process if COMIX_STOP_AT names `stage` and no process has stopped for it yet."""
-    if config.STOP_AT is None:
-        return
-    wanted, _, path = config.STOP_AT.partition(":")
-    if wanted != stage:
+    """Stop this process if COMIX_STOP_AT names `stage` and no process has stopped at its PATH yet."""
+    path = config.STOP_AT.get(stage)
+    if path is None:
         return
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)

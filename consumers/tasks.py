@@ -186,6 +186,7 @@ def embed_batch(self, payload: dict[str, Any]) -> dict[str, Any]:
     store, batch_id = task.store_id, task.batch_id
     queue = (self.request.delivery_info or {}).get("routing_key") or ""
     lease = _take_lease(client, task, queue, self.request.id)
+    failpoint.stop_here("batch")
     try:
         if task.model is not None:
             check_same_model(task.model, _state["identity"], what="worker", whose="job")

@@ -45,10 +45,32 @@ class Proc:
         for pid in self.children():
             os.kill(pid, signal.SIGKILL)
 
-    def kill_pool_mid_batch(self, broker: str, timeout: float = 60) -> None:
-        """Once this worker's pool process runs a batch (it holds the batch's lease), kill it."""
-        wait_lease(broker, timeout, holder=f"{self.name}@")
-        self.kill_pool()
+    def stop_file(self, stage: str) -> Path:
+        """Where this worker's process writes its pid when it stops at `stage` (see `worker`)."""
+        return self.log.with_name(f"{self.name}.{stage}.pid")
+
+    def disarm(self, stage: str, timeout: float = 300) -> None:
+        """No process of this worker stops at `stage` any more: its file is taken first, or the
+        process that took it (stopped, or about to stop) is let go on."""
+        try:
+            os.close(os.open(self.stop_file(stage), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            os.kill(stopped_at(self.stop_file(stage), timeout), signal.SIGCONT)
+
+    def kill_pool_mid_batch(self, broker: str, timeout: float = 300, again: bool = False):
+        """Kill this worker's pool process stopped at the start of a batch (it holds the batch's
+        lease), and return that lease; with `again`, the next batch taken stops there too. The
+        worker must have been started with stop_at=("batch", ...)."""
+        import redis
+
+        from comix_embed.common.deliveries import leases
+
+        pid = stopped_at(self.stop_file("batch"), timeout)
+        lease = next(info for info in leases(redis.Redis.from_url(broker)) if info.pid == pid)
+        if again:
+            self.stop_file("batch").unlink()
+        os.kill(pid, signal.SIGKILL)
+        return lease
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -67,8 +89,19 @@ class Proc:
 
 
 def worker(
-    checkpoint: Path, broker: str, log_dir: Path, name: str, env: dict[str, str] | None = None, extra: tuple = ()
+    checkpoint: Path,
+    broker: str,
+    log_dir: Path,
+    name: str,
+    env: dict[str, str] | None = None,
+    extra: tuple = (),
+    stop_at: tuple[str, ...] = (),
 ) -> Proc:
+    """A worker process; `stop_at` names the stages where it stops itself, once each, to be killed
+    there (consumers/failpoint.py; `Proc.stop_file` gives where it writes its pid)."""
+    if stop_at:
+        stops = ",".join(f"{stage}:{log_dir / f'{name}.{stage}.pid'}" for stage in stop_at)
+        env = {**(env or {}), "COMIX_STOP_AT": stops}
     return Proc(
         name,
         [
@@ -188,6 +221,15 @@ def wait_lease(broker: str, timeout: float, holder: str = "", batch: int | None 
                 return lease
         time.sleep(0.005)
     raise AssertionError(f"no lease of {holder or 'any worker'} (batch {batch}) within {timeout} s")
+
+
+def stopped_at(path: Path, timeout: float) -> int:
+    """The pid a worker process wrote to `path` at a fault point, once it has stopped there."""
+    deadline = time.monotonic() + timeout
+    while not (path.is_file() and path.read_text() and is_stopped(int(path.read_text()))):
+        assert time.monotonic() < deadline, f"no worker process stopped at {path.name} within {timeout} s"
+        time.sleep(0.01)
+    return int(path.read_text())
 
 
 def is_stopped(pid: int) -> bool:

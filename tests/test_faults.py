@@ -261,7 +261,7 @@ def test_a_batch_lost_max_attempts_times_is_committed_as_failed_rows(
     out, logs = tmp_path / "out", tmp_path / "logs"
     env = {"COMIX_MAX_ATTEMPTS": "2"}  # a setting: two lost deliveries give a batch up
     client = redis.Redis.from_url(broker.url)
-    w = worker(tiny_checkpoint, broker.url, logs, "victim", env)
+    w = worker(tiny_checkpoint, broker.url, logs, "victim", env, stop_at=("batch",))
     wr = writer(out, broker.url, logs, env=env)
     try:
         assert run_cli(*enqueue_argv(job_corpus, out, broker.url, tiny_checkpoint)).returncode == 0
@@ -269,13 +269,13 @@ def test_a_batch_lost_max_attempts_times_is_committed_as_failed_rows(
         lost_key = deliveries.LOST.format(store=store)
         given_up: list[int] = []
         for _ in range(12):  # kill whatever the worker holds until a batch has been lost twice
-            lease = wait_lease(broker.url, 120, holder="victim")
             with_lost = sum(int(v) for v in client.hvals(lost_key))
-            os.kill(lease.pid, signal.SIGKILL)
+            w.kill_pool_mid_batch(broker.url, again=True)  # stopped at its batch's start; the next stops too
             _wait(lambda before=with_lost: sum(int(v) for v in client.hvals(lost_key)) > before, 60, w.text())
             given_up = [int(b) for b, n in client.hgetall(lost_key).items() if int(n) >= 2]
             if given_up:
                 break
+        w.disarm("batch")  # the rest of the job runs through
         assert len(given_up) == 1
         wait_committed(out, ROWS, 180, [w, wr])
     finally:
@@ -356,7 +356,7 @@ def test_after_a_kill_the_readable_prefix_keeps_moving(
     pages, size = 192, 8  # batches of 8 pages, as users run them
     batches = pages // size
     make_sample(corpus, pages=pages, seed=21)
-    first = worker(tiny_checkpoint, broker.url, logs, "w0")
+    first = worker(tiny_checkpoint, broker.url, logs, "w0", stop_at=("batch",))
     client = redis.Redis.from_url(broker.url)
     _wait(lambda: _ready(client, "w0"), 180, "worker not ready")
     wr = writer(out, broker.url, logs, env={"COMIX_WRITER_LINGER_S": "0", "COMIX_WRITER_GAP_LINGER_S": "0"})
@@ -364,8 +364,7 @@ def test_after_a_kill_the_readable_prefix_keeps_moving(
     try:
         argv = cli_argv(*enqueue_argv(corpus, out, broker.url, tiny_checkpoint, batch_size=size))
         enqueue = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        victim = wait_lease(broker.url, 120, holder="w0@")  # early in the job: the first batch w0 takes
-        os.kill(victim.pid, signal.SIGKILL)
+        victim = first.kill_pool_mid_batch(broker.url)  # early in the job: the first batch w0 takes
         _wait(lambda: f"batch {victim.batch} lost" in first.text(), 120, "the killed batch was not sent again")
         procs.append(worker(tiny_checkpoint, broker.url, logs, "w1"))
         assert enqueue.wait(120) == 0, enqueue.stdout.read() if enqueue.stdout else ""
@@ -390,11 +389,11 @@ def test_a_worker_killed_whole_holding_a_batch_is_replaced_within_a_minute(
 ) -> None:
     out, logs = tmp_path / "out", tmp_path / "logs"
     env = {"COMIX_LEASE_TTL_S": "6"}  # a setting; the visibility timeout stays at its 1800 s
-    doomed = worker(tiny_checkpoint, broker.url, logs, "doomed", env)
     client = redis.Redis.from_url(broker.url)
+    assert run_cli(*enqueue_argv(job_corpus, out, broker.url, tiny_checkpoint)).returncode == 0
+    doomed = worker(tiny_checkpoint, broker.url, logs, "doomed", env)  # after enqueue: no batch done meanwhile
     try:
-        assert run_cli(*enqueue_argv(job_corpus, out, broker.url, tiny_checkpoint)).returncode == 0
-        held = wait_lease(broker.url, 120, holder="doomed")
+        held = wait_lease(broker.url, 300, holder="doomed")
         os.kill(doomed.pid, signal.SIGKILL)  # the main process, as when a host loses power
         doomed.proc.wait()
         _wait(lambda: not _alive(held.pid), 30, "the pool process outlived its worker")

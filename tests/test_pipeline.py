@@ -28,9 +28,9 @@ from tests.conftest import PIPELINE_PAGES, run_cli
 from tests.harness import (
     assert_same_store,
     enqueue_argv,
-    is_stopped,
     job_queue,
     slow_writer,
+    stopped_at,
     store_arrays,
     wait_committed,
     wait_manifests,
@@ -79,7 +79,7 @@ def test_worker_killed_mid_batch_is_redelivered(
     clean_store: Path, job_corpus: Path, tiny_checkpoint: Path, tmp_path: Path, broker: PrivateRedis
 ) -> None:
     out, logs = tmp_path / "out", tmp_path / "logs"
-    first = worker(tiny_checkpoint, broker.url, logs, "victim")
+    first = worker(tiny_checkpoint, broker.url, logs, "victim", stop_at=("batch",))
     wr = writer(out, broker.url, logs)
     try:
         assert run_cli(*enqueue_argv(job_corpus, out, broker.url, tiny_checkpoint)).returncode == 0
@@ -368,8 +368,8 @@ def test_a_page_that_keeps_killing_its_worker_fails_alone(
 ) -> None:
     """A page that kills its worker process while it is decoded, or while the encoders run it,
     fails alone with its reason; the rest of its batch is committed with a clean run's numbers."""
-    out, logs, stopped = tmp_path / "out", tmp_path / "logs", tmp_path / "stopped.pid"
-    w = worker(tiny_checkpoint, broker.url, logs, "victim", {"COMIX_STOP_AT": f"{stage}:{stopped}"})
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    w = worker(tiny_checkpoint, broker.url, logs, "victim", stop_at=("batch", stage))
     wr = writer(out, broker.url, logs)
     client = redis.Redis.from_url(broker.url)
     try:
@@ -377,13 +377,10 @@ def test_a_page_that_keeps_killing_its_worker_fails_alone(
         w.kill_pool_mid_batch(broker.url)  # first death: the batch comes back and is embedded page by page
         store = store_id(out)
         # second death while a page is at `stage`: the process stops itself there (consumers/failpoint.py)
-        deadline = time.monotonic() + 120
-        while not (stopped.is_file() and stopped.read_text() and is_stopped(int(stopped.read_text()))):
-            assert time.monotonic() < deadline, w.text()
-            time.sleep(0.01)
+        pid = stopped_at(w.stop_file(stage), 300)
         marks = [json.loads(client.get(k) or "{}") for k in client.keys(PAGE_MARK.format(store=store, token="*"))]
         assert [m["stage"] for m in marks] == [stage]  # its page's mark is there, at that stage
-        os.kill(int(stopped.read_text()), signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
         crashed_key = CRASHED.format(store=store)
         deadline = time.monotonic() + 60
         while not client.hlen(crashed_key):  # the worker's main process records the death

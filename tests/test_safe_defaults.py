@@ -205,7 +205,7 @@ def test_status_names_an_unreachable_broker_without_its_password(tmp_path: Path)
         ({"COMIX_TASK_TIME_LIMIT": "30"}, "COMIX_TASK_TIME_LIMIT must be more than 60 s"),
         ({"COMIX_TASK_TIME_LIMIT": "20m"}, "COMIX_TASK_TIME_LIMIT='20m' is not an integer"),
         ({"COMIX_WRITER_LINGER_S": "-1"}, "COMIX_WRITER_LINGER_S must be 0 or more seconds"),
-        ({"COMIX_STOP_AT": "tokenize:/tmp/x"}, "COMIX_STOP_AT must be decode:PATH or encode:PATH"),
+        ({"COMIX_STOP_AT": "tokenize:/tmp/x"}, "COMIX_STOP_AT must be STAGE:PATH"),
     ],
 )
 def test_bad_settings_stop_a_command_naming_the_variable(tmp_path: Path, env: dict[str, str], message: str) -> None:
