@@ -232,13 +232,17 @@ def stopped_at(path: Path, timeout: float) -> int:
     return int(path.read_text())
 
 
-def is_stopped(pid: int) -> bool:
-    """Whether process `pid` is stopped (SIGSTOP): its state in /proc/PID/stat is T."""
-    stat = Path(f"/proc/{pid}/stat")
+def process_state(pid: int) -> str | None:
+    """Process `pid`'s state letter in /proc/PID/stat (R, S, T stopped, Z zombie...), None if gone."""
     try:
-        return stat.read_text().rsplit(")", 1)[1].split()[0] == "T"  # the name may hold spaces
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]  # the name may hold spaces
     except (FileNotFoundError, IndexError):
-        return False
+        return None
+
+
+def is_stopped(pid: int) -> bool:
+    """Whether process `pid` is stopped (SIGSTOP)."""
+    return process_state(pid) == "T"
 
 
 def store_arrays(out: Path) -> dict[str, np.ndarray]:

@@ -33,6 +33,7 @@ from tests.harness import (
     assert_same_store,
     enqueue_argv,
     job_queue,
+    process_state,
     store_arrays,
     wait_committed,
     wait_lease,
@@ -421,12 +422,7 @@ def test_a_worker_killed_whole_holding_a_batch_is_replaced_within_a_minute(
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    status = Path(f"/proc/{pid}/stat")
-    return status.exists() and status.read_text().split()[2] != "Z"
+    return process_state(pid) not in (None, "Z")
 
 
 # --- §8 malformed results never stop the writer ---
