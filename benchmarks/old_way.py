@@ -16,9 +16,9 @@ from PIL import Image, ImageOps
 from zarr.codecs import BloscCodec
 
 from comix_embed.common import config
-from comix_embed.common.pages import PageSpec, PanelSpec
-from comix_embed.common.preprocess import composition_features, crop_box, join_text, pixel_box
-from comix_embed.common.results import RESULT_ARRAYS
+from comix_embed.common.inputs.pages import PageSpec, PanelSpec
+from comix_embed.common.model.preprocess import composition_features, crop_box, join_text, pixel_box
+from comix_embed.common.store.schema import RESULT_ARRAYS
 
 CHUNK_PAGES = 1000
 

@@ -29,11 +29,12 @@ import numpy as np
 import zarr
 
 from comix_embed.common import config
-from comix_embed.common.preprocess import text_to_json
-from comix_embed.common.results import STATUS_FAILED, STATUS_OK
-from comix_embed.common.store import create_store, read_committed_rows, store_path, write_attrs
+from comix_embed.common.model.preprocess import text_to_json
+from comix_embed.common.store.reading import read_committed_rows
+from comix_embed.common.store.schema import STATUS_FAILED, STATUS_OK, store_path
 from comix_embed.tools.sample import text as sample_text
 from comix_embed.tools.search import SearchIndex
+from comix_embed.writer.growth import create_store, write_attrs
 
 D = 384
 P = config.MAX_PANELS

@@ -52,15 +52,17 @@ import numpy as np
 import zarr
 
 from comix_embed.common import config
-from comix_embed.common.identity import make_identity
-from comix_embed.common.jobs import Job, JobPage, plan_job
+from comix_embed.common.broker.results_stream import ResultsFull, connect, push, store_id_of
+from comix_embed.common.inputs.pages import PageSpec, PageTask, PanelSpec
 from comix_embed.common.messages import TASK_FORMAT, ModelIdentity, TaskPayload
-from comix_embed.common.pages import PageSpec, PageTask, PanelSpec
-from comix_embed.common.preprocess import text_to_json
-from comix_embed.common.results import STATUS_FAILED, STATUS_FULL_PAGE, STATUS_OK, BatchResult
-from comix_embed.common.results_channel import ResultsFull, connect, push, store_id_of
-from comix_embed.common.store import read_committed_rows, store_path
+from comix_embed.common.model.identity import make_identity
+from comix_embed.common.model.preprocess import text_to_json
+from comix_embed.common.store.jobs import Job, JobPage
+from comix_embed.common.store.reading import read_committed_rows
+from comix_embed.common.store.results import BatchResult
+from comix_embed.common.store.schema import STATUS_FAILED, STATUS_FULL_PAGE, STATUS_OK, store_path
 from comix_embed.private_redis import PrivateRedis
+from comix_embed.producer.jobs import plan_job
 from comix_embed.tools.sample import text as sample_text
 
 P = config.MAX_PANELS

@@ -31,11 +31,12 @@ from PIL import Image
 
 from benchmarks.query import build_store, random_words
 from comix_embed.common.digest import file_sha256
-from comix_embed.common.store import read_attrs, write_attrs
-from comix_embed.common.tokenizer import load_tokenizer
+from comix_embed.common.model.tokenizer import load_tokenizer
+from comix_embed.common.store.reading import read_attrs
 from comix_embed.tools.init_checkpoint import init_checkpoint
 from comix_embed.tools.serve import command
 from comix_embed.tools.serve.app import create_app
+from comix_embed.writer.growth import write_attrs
 
 TARGET_MS = 500
 

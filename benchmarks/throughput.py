@@ -32,14 +32,14 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.old_way import OldPatternStore, old_collate, old_page_inputs
-from comix_embed.common.checkpoint import load_model
 from comix_embed.common.child import cli_argv
-from comix_embed.common.embed import Embedder, EmbedSettings, resolve_device
-from comix_embed.common.listfile import read_list
-from comix_embed.common.pages import PageTask
-from comix_embed.common.paths import ImageResolver
-from comix_embed.common.preprocess import prepare_page, read_image_bytes
-from comix_embed.common.tokenizer import load_tokenizer
+from comix_embed.common.inputs.listfile import read_list
+from comix_embed.common.inputs.pages import PageTask
+from comix_embed.common.inputs.paths import ImageResolver
+from comix_embed.common.model.checkpoint import load_model
+from comix_embed.common.model.embed import Embedder, EmbedSettings, resolve_device
+from comix_embed.common.model.preprocess import prepare_page, read_image_bytes
+from comix_embed.common.model.tokenizer import load_tokenizer
 from comix_embed.producer.plan import assign_rows, plan_pages
 from comix_embed.tools.init_checkpoint import init_checkpoint
 from comix_embed.tools.sample.corpus import make_sample

@@ -79,8 +79,6 @@ WRITER_GAP_LINGER_S = float(_number("COMIX_WRITER_GAP_LINGER_S", 10.0))
 # which renames need not be durable). Process crashes need no fsync (rename is atomic either way):
 # off is for tests and benchmarks.
 WRITER_FSYNC = os.environ.get("COMIX_WRITER_FSYNC", "1") not in ("0", "false", "no")
-# Non-dimension coordinates of the store, as the users' readers use them (spec/store.md).
-STORE_COORDINATES = ("manifest_path", "source", "series", "volume", "issue", "page_num")
 
 # --- search index beside the store (tools/search/) ---
 # The index's folder beside a store named STORE_NAME (`<output_dir>/index/`).

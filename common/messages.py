@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from comix_embed.common.pages import PageTask
+from comix_embed.common.inputs.pages import PageTask
 
 TASK_FORMAT = 2  # 1: no `v`, no `model`
 RESULT_FORMAT = 3  # 1: no `v`, no `tokenizer_legacy` in the model; 2: no `rows`

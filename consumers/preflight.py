@@ -15,10 +15,10 @@ from comix_embed.common.errors import UsageError
 def main() -> int:
     import torch
 
-    from comix_embed.common.checkpoint import load_model
-    from comix_embed.common.embed import resolve_device
-    from comix_embed.common.identity import make_identity, model_key
-    from comix_embed.common.tokenizer import load_tokenizer
+    from comix_embed.common.model.checkpoint import load_model
+    from comix_embed.common.model.embed import resolve_device
+    from comix_embed.common.model.identity import make_identity, model_key
+    from comix_embed.common.model.tokenizer import load_tokenizer
     from comix_embed.consumers.settings import WorkerSettings
 
     settings = WorkerSettings.from_env()

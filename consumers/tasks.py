@@ -34,12 +34,12 @@ from celery.signals import (
 )
 
 from comix_embed.common import config
-from comix_embed.common.celery_app import app
+from comix_embed.common.broker.celery_app import app
 from comix_embed.consumers import failpoint
 
 if TYPE_CHECKING:  # for the hints only: this module imports them where they are used
-    from comix_embed.common.deliveries import Lease
-    from comix_embed.common.pages import PageTask
+    from comix_embed.common.broker.deliveries import Lease
+    from comix_embed.common.inputs.pages import PageTask
 
 log = logging.getLogger(__name__)
 _state: dict[str, Any] = {}
@@ -58,11 +58,11 @@ def _load_model(**_: Any) -> None:
     """Build this process's Embedder (torch is imported here, after the fork)."""
     import torch
 
-    from comix_embed.common.checkpoint import load_model
-    from comix_embed.common.embed import Embedder, EmbedSettings, resolve_device
-    from comix_embed.common.identity import describe, make_identity, model_key
-    from comix_embed.common.paths import ImageResolver
-    from comix_embed.common.tokenizer import load_tokenizer
+    from comix_embed.common.inputs.paths import ImageResolver
+    from comix_embed.common.model.checkpoint import load_model
+    from comix_embed.common.model.embed import Embedder, EmbedSettings, resolve_device
+    from comix_embed.common.model.identity import describe, make_identity, model_key
+    from comix_embed.common.model.tokenizer import load_tokenizer
     from comix_embed.consumers.settings import WorkerSettings
 
     settings = WorkerSettings.from_env()
@@ -108,7 +108,7 @@ def _load_model(**_: Any) -> None:
 @worker_ready.connect
 def _announce_ready(sender: Any = None, **_: Any) -> None:
     """In the worker's main process, once its pool (models loaded) consumes: `run` waits for this."""
-    from comix_embed.common.results_channel import connect
+    from comix_embed.common.broker.results_stream import connect
     from comix_embed.consumers.settings import READY_NAME_ENV, ready_key
 
     _state["consumer"] = sender  # to stop taking batches while a new pool process loads the model
@@ -161,7 +161,7 @@ def _embedder(task_roots: list[str]):
 
 
 def _client():
-    from comix_embed.common.results_channel import connect
+    from comix_embed.common.broker.results_stream import connect
 
     if _state.get("redis") is None:
         _state["redis"] = connect(app.conf.broker_url)
@@ -171,10 +171,10 @@ def _client():
 @app.task(name="comix.embed_batch", bind=True)
 def embed_batch(self, payload: dict[str, Any]) -> dict[str, Any]:
     """Embed the pages of one batch and push the packed result for the writer."""
-    from comix_embed.common import deliveries
-    from comix_embed.common.identity import ModelMismatch, check_same_model
+    from comix_embed.common.broker import deliveries
+    from comix_embed.common.broker.results_stream import ResultsFull, push
     from comix_embed.common.messages import MalformedMessage, decode_task
-    from comix_embed.common.results_channel import ResultsFull, push
+    from comix_embed.common.model.identity import ModelMismatch, check_same_model
 
     started = time.monotonic()
     client = _client()
@@ -241,8 +241,8 @@ def _take_lease(client, task, queue: str, task_id: str):
     saying why, not failed: giving it back would need a write too, and failing it would drop it."""
     import redis
 
-    from comix_embed.common import deliveries
-    from comix_embed.common.redis_memory import describe_limit, is_out_of_memory
+    from comix_embed.common.broker import deliveries
+    from comix_embed.common.broker.redis_memory import describe_limit, is_out_of_memory
 
     said = False
     while True:
@@ -259,7 +259,7 @@ def _take_lease(client, task, queue: str, task_id: str):
 
 def _my_leases(task_id: str | None = None) -> list:
     """Leases held by this worker's processes (of one task), from the worker's main process."""
-    from comix_embed.common import deliveries
+    from comix_embed.common.broker import deliveries
 
     me = deliveries.holder_name()
     return [
@@ -276,9 +276,9 @@ def _delivery_lost(sender=None, task_id: str | None = None, exception=None, args
     the worker shuts down (a signal to its process group kills the pool too), it is given back."""
     from celery.worker import state
 
-    from comix_embed.common import deliveries
-    from comix_embed.common.identity import queue_name
+    from comix_embed.common.broker import deliveries
     from comix_embed.common.messages import MalformedMessage, decode_task
+    from comix_embed.common.model.identity import queue_name
 
     if not isinstance(exception, WorkerLostError | TimeLimitExceeded):
         return
@@ -318,7 +318,7 @@ def _remember(request=None, **_: Any) -> None:
 def _give_back(how: str = "", **_: Any) -> None:
     """In the main process, on a cold shutdown: the batches its pool processes hold are sent
     again ahead of new ones, and their leases ended, as given back (not lost, not an attempt)."""
-    from comix_embed.common import deliveries
+    from comix_embed.common.broker import deliveries
     from comix_embed.common.messages import MalformedMessage, decode_task
 
     if how != "Cold":
@@ -337,7 +337,7 @@ def _give_back(how: str = "", **_: Any) -> None:
 def _send_back(client, info, task) -> None:
     """A batch given back by a worker that stops: sent again ahead of new ones, its page mark
     dropped (the page did not crash anything), no attempt counted."""
-    from comix_embed.common import deliveries
+    from comix_embed.common.broker import deliveries
 
     client.delete(deliveries.PAGE_MARK.format(store=info.store, token=info.token))
     deliveries.send(client, task, info.queue, config.PRIORITY_AGAIN)

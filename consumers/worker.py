@@ -19,9 +19,9 @@ from pathlib import Path
 from comix_embed.common import config
 from comix_embed.common.child import cli_argv, module_argv
 from comix_embed.common.errors import UsageError
-from comix_embed.common.identity import describe, identity_of, queue_name
 from comix_embed.common.locks import try_lock
-from comix_embed.common.model_options import TRUST_FLAG, add_model_arguments
+from comix_embed.common.model.identity import describe, identity_of, queue_name
+from comix_embed.common.model.options import TRUST_FLAG, add_model_arguments
 from comix_embed.consumers.settings import READY_NAME_ENV, WorkerSettings
 
 
@@ -124,8 +124,8 @@ def _start_celery(args: argparse.Namespace, settings: WorkerSettings, info: dict
     os.environ[READY_NAME_ENV] = name
     # Import torch and transformers once here, before the pool forks, so each pool process starts
     # in a fraction of a second. Nothing here touches CUDA or runs a torch op (not fork-safe).
-    import comix_embed.common.embed  # noqa: F401
-    from comix_embed.common.celery_app import configure
+    import comix_embed.common.model.embed  # noqa: F401
+    from comix_embed.common.broker.celery_app import configure
 
     configure(args.broker).worker_main(celery_argv(name, args.loglevel, f"{config.EMBED_QUEUE}.{settings.model_key}"))
     return 0

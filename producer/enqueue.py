@@ -24,20 +24,23 @@ from typing import Any
 
 import redis
 
-from comix_embed.common import config, deliveries
-from comix_embed.common.celery_app import configure
+from comix_embed.common import config
+from comix_embed.common.broker import deliveries
+from comix_embed.common.broker.celery_app import configure
+from comix_embed.common.broker.redis_memory import describe_limit, is_out_of_memory
+from comix_embed.common.broker.results_stream import connect, store_id, store_id_of
 from comix_embed.common.errors import UsageError
-from comix_embed.common.identity import check_same_model, describe, identify, queue_name
-from comix_embed.common.jobs import Job, JobPage, iter_tasks, load_jobs, plan_job
-from comix_embed.common.listfile import read_list
-from comix_embed.common.manifests import store_owed
+from comix_embed.common.inputs.listfile import read_list
+from comix_embed.common.inputs.paths import ImageResolver, parse_path_map
 from comix_embed.common.messages import TASK_FORMAT, ModelIdentity, TaskPayload
-from comix_embed.common.model_options import add_model_arguments
-from comix_embed.common.paths import ImageResolver, parse_path_map
-from comix_embed.common.redis_memory import describe_limit, is_out_of_memory
-from comix_embed.common.results_channel import connect, store_id, store_id_of
-from comix_embed.common.store import read_attrs, store_path
+from comix_embed.common.model.identity import check_same_model, describe, identify, queue_name
+from comix_embed.common.model.options import add_model_arguments
+from comix_embed.common.store.jobs import Job, JobPage, iter_tasks, load_jobs
+from comix_embed.common.store.manifests import store_owed
+from comix_embed.common.store.reading import read_attrs
+from comix_embed.common.store.schema import store_path
 from comix_embed.producer import retry
+from comix_embed.producer.jobs import plan_job
 from comix_embed.producer.plan import PlannedPage, plan_pages
 
 log = logging.getLogger(__name__)

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from comix_embed.common import config
-from comix_embed.common.dataspec import DataSpecError, load_dataspec
-from comix_embed.common.listfile import ListEntry, ListReport
-from comix_embed.common.pages import PageTask
-from comix_embed.common.paths import ImageResolver, PathRefused, page_metadata
+from comix_embed.common.inputs.dataspec import DataSpecError, load_dataspec
+from comix_embed.common.inputs.listfile import ListEntry, ListReport
+from comix_embed.common.inputs.pages import PageTask
+from comix_embed.common.inputs.paths import ImageResolver, PathRefused, page_metadata
 
 
 @dataclass

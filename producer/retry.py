@@ -11,27 +11,32 @@ without a retry manifest are sent again. Rounds and retry manifests: common/retr
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import zarr
 
-from comix_embed.common import config, deliveries
-from comix_embed.common.celery_app import configure
+from comix_embed.common import config
+from comix_embed.common.broker import deliveries
+from comix_embed.common.broker.celery_app import configure
+from comix_embed.common.broker.results_stream import connect, store_id
 from comix_embed.common.digest import file_sha256
+from comix_embed.common.durable import write_json_atomic
 from comix_embed.common.errors import UsageError
-from comix_embed.common.jobs import Job, iter_tasks, load_jobs, planning_lock, write_tasks
-from comix_embed.common.listfile import read_list
-from comix_embed.common.manifests import manifest_rows, scan_manifests
+from comix_embed.common.inputs.listfile import read_list
+from comix_embed.common.inputs.pages import PageTask
+from comix_embed.common.inputs.paths import ImageResolver, parse_path_map
 from comix_embed.common.messages import TASK_FORMAT, ModelIdentity, TaskPayload
-from comix_embed.common.pages import PageTask
-from comix_embed.common.paths import ImageResolver, parse_path_map
-from comix_embed.common.results import STATUS_FAILED
-from comix_embed.common.results_channel import connect, store_id
-from comix_embed.common.retries import RetryRound, load_rounds, new_round, next_round_layout, owed_retries, write_round
-from comix_embed.common.store import store_path
+from comix_embed.common.store.jobs import Job, iter_tasks, load_jobs
+from comix_embed.common.store.manifests import manifest_rows, scan_manifests
+from comix_embed.common.store.retries import RETRY_BASE, RetryRound, load_rounds, owed_retries, round_path
+from comix_embed.common.store.schema import STATUS_FAILED, store_path
+from comix_embed.common.timestamps import utc_now
+from comix_embed.producer.jobs import planning_lock, write_tasks
 from comix_embed.producer.plan import plan_entry
 
 NO_FAILED = "no failed pages"
@@ -164,3 +169,28 @@ def send(args: argparse.Namespace, plan: RetryPlan) -> int:
                 )
                 sent += 1
     return sent
+
+
+def write_round(output_dir: str | os.PathLike[str], rnd: RetryRound) -> None:
+    write_json_atomic(round_path(output_dir, rnd.number), msgspec.to_builtins(rnd))
+
+
+def next_round_layout(output_dir: str | os.PathLike[str]) -> tuple[int, int]:
+    """(number, first batch id) of the next round."""
+    rounds = load_rounds(output_dir)
+    if not rounds:
+        return 1, RETRY_BASE
+    last = rounds[-1]
+    return last.number + 1, last.first_batch + last.batch_count()
+
+
+def new_round(number: int, first_batch: int, rows: list[list[int]], page_ids: list[list[str]], model: ModelIdentity):
+    return RetryRound(
+        job_id=f"retry_{number:06d}",
+        number=number,
+        created=utc_now(),
+        first_batch=first_batch,
+        rows=rows,
+        page_ids=page_ids,
+        model=model,
+    )

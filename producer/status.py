@@ -19,17 +19,19 @@ from pathlib import Path
 
 import redis
 
-from comix_embed.common import config, deliveries
-from comix_embed.common.celery_app import configure
+from comix_embed.common import config
+from comix_embed.common.broker import deliveries
+from comix_embed.common.broker.celery_app import configure
+from comix_embed.common.broker.results_stream import connect, results_key, store_id
+from comix_embed.common.broker.writer_lease import current_holder
 from comix_embed.common.errors import UsageError
-from comix_embed.common.identity import describe, identity_of, is_legacy_tokenizer, queue_name
-from comix_embed.common.jobs import Job, load_jobs
-from comix_embed.common.manifests import Committed, load_committed, owed_batches, recent_manifests
 from comix_embed.common.messages import ModelIdentity
-from comix_embed.common.results_channel import connect, results_key, store_id
-from comix_embed.common.retries import failed_now, owed_retries
-from comix_embed.common.store import read_attrs, store_path
-from comix_embed.common.writer_lease import current_holder
+from comix_embed.common.model.identity import describe, identity_of, is_legacy_tokenizer, queue_name
+from comix_embed.common.store.jobs import Job, load_jobs
+from comix_embed.common.store.manifests import Committed, load_committed, owed_batches, recent_manifests
+from comix_embed.common.store.reading import read_attrs
+from comix_embed.common.store.retries import failed_now, owed_retries
+from comix_embed.common.store.schema import store_path
 
 RATE_WINDOW = 50  # most recent manifests the rate is measured over
 

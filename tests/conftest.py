@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from comix_embed.common.child import cli_argv
-from comix_embed.common.tokenizer import load_tokenizer
+from comix_embed.common.model.tokenizer import load_tokenizer
 from comix_embed.private_redis import PrivateRedis
 from comix_embed.tools.init_checkpoint import init_checkpoint
 from comix_embed.tools.sample.corpus import make_sample
@@ -109,11 +109,12 @@ def pipeline_store(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Pa
 @pytest.fixture(scope="session")
 def interrupted_store(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, corpus: Path) -> Path:
     """An output folder whose job was stopped mid-way: batches 0, 1 and 3 of 6 committed, no Redis."""
-    from comix_embed.common.checkpoint import load_model
-    from comix_embed.common.embed import Embedder, EmbedSettings
-    from comix_embed.common.jobs import JobPage, plan_job
-    from comix_embed.common.listfile import read_list
-    from comix_embed.common.paths import ImageResolver
+    from comix_embed.common.inputs.listfile import read_list
+    from comix_embed.common.inputs.paths import ImageResolver
+    from comix_embed.common.model.checkpoint import load_model
+    from comix_embed.common.model.embed import Embedder, EmbedSettings
+    from comix_embed.common.store.jobs import JobPage
+    from comix_embed.producer.jobs import plan_job
     from comix_embed.producer.plan import plan_pages
     from comix_embed.writer.commit import StoreWriter
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from comix_embed.common.results import BatchResult
-from comix_embed.common.store import open_committed, read_committed_rows
+from comix_embed.common.store.reading import open_committed, read_committed_rows
+from comix_embed.common.store.results import BatchResult
 
 CHECKED = ("page_embeddings", "panel_embeddings", "status", "text_content", "panel_mask")
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from comix_embed.common.child import cli_argv
-from comix_embed.common.store import open_committed, read_attrs, store_path
+from comix_embed.common.store.reading import open_committed, read_attrs
+from comix_embed.common.store.schema import store_path
 
 
 class Proc:
@@ -63,7 +64,7 @@ class Proc:
         worker must have been started with stop_at=("batch", ...)."""
         import redis
 
-        from comix_embed.common.deliveries import leases
+        from comix_embed.common.broker.deliveries import leases
 
         pid = stopped_at(self.stop_file("batch"), timeout)
         lease = next(info for info in leases(redis.Redis.from_url(broker)) if info.pid == pid)
@@ -173,7 +174,7 @@ def wait_results(broker: str, out: Path, count: int, timeout: float) -> None:
     """Until at least `count` batch results wait for the writer in Redis."""
     import redis
 
-    from comix_embed.common.results_channel import results_key, store_id
+    from comix_embed.common.broker.results_stream import results_key, store_id
 
     client = redis.Redis.from_url(broker)
     key = results_key(store_id(out))
@@ -186,7 +187,7 @@ def wait_results(broker: str, out: Path, count: int, timeout: float) -> None:
 
 def wait_manifests(out: Path, count: int, timeout: float) -> int:
     """Until at least `count` batches have a manifest (polled every 5 ms); returns how many."""
-    from comix_embed.common.manifests import manifest_ids
+    from comix_embed.common.store.manifests import manifest_ids
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -199,8 +200,8 @@ def wait_manifests(out: Path, count: int, timeout: float) -> int:
 
 def job_queue(out: Path) -> str:
     """The queue of the output folder's first job: its model's."""
-    from comix_embed.common.identity import queue_name
-    from comix_embed.common.jobs import first_job
+    from comix_embed.common.model.identity import queue_name
+    from comix_embed.common.store.jobs import first_job
 
     job = first_job(out)
     assert job is not None and job.model is not None
@@ -211,7 +212,7 @@ def wait_lease(broker: str, timeout: float, holder: str = "", batch: int | None 
     """Until a worker process holds a batch (of `holder`, of `batch`); returns its lease."""
     import redis
 
-    from comix_embed.common.deliveries import leases
+    from comix_embed.common.broker.deliveries import leases
 
     client = redis.Redis.from_url(broker)
     deadline = time.monotonic() + timeout

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from comix_embed.common import config
-from comix_embed.common.model import ClosureLite
-from comix_embed.common.preprocess import PreparedPage
+from comix_embed.common.model.closure_lite import ClosureLite
+from comix_embed.common.model.preprocess import PreparedPage
 
 
 def padded_inputs(

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from comix_embed.common.results import BatchResult
+from comix_embed.common.store.results import BatchResult
 from comix_embed.writer.commit import StoreWriter
 
 

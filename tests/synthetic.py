@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from comix_embed.common.jobs import Job, JobPage, plan_job
-from comix_embed.common.results import STATUS_FAILED, STATUS_FULL_PAGE, STATUS_OK, BatchResult
+from comix_embed.common.store.jobs import Job, JobPage
+from comix_embed.common.store.results import BatchResult
+from comix_embed.common.store.schema import STATUS_FAILED, STATUS_FULL_PAGE, STATUS_OK
+from comix_embed.producer.jobs import plan_job
 
 CHECKPOINT_A = "a" * 64
 CHECKPOINT_B = "b" * 64

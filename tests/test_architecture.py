@@ -12,25 +12,22 @@ import importlib.util
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = ("launch", "common", "producer", "consumers", "writer", "tools", "tests", "benchmarks")
+from tests.tree import NOT_INSTALLED, PACKAGE, ROLE_FOLDERS, ROOT, module_paths
 
-
-def _modules() -> list[str]:
-    return sorted(str(p.relative_to(ROOT)) for folder in FOLDERS for p in (ROOT / folder).rglob("*.py"))
+FOLDERS = (PACKAGE, *ROLE_FOLDERS, *NOT_INSTALLED)
 
 
 def test_architecture_lists_every_module_and_no_other() -> None:
     text = (ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")
     listed = set(re.findall(r"^\| `([\w/]+\.py)` \|", text, re.MULTILINE))
-    modules = set(_modules())
+    modules = set(module_paths())
     assert sorted(modules - listed) == [], "modules missing from ARCHITECTURE.md"
     assert sorted(listed - modules) == [], "ARCHITECTURE.md lists modules that do not exist"
 
 
 def test_every_module_opens_with_a_one_line_job() -> None:
     wrong = []
-    for module in _modules():
+    for module in module_paths():
         doc = ast.get_docstring(ast.parse((ROOT / module).read_text(encoding="utf-8")))
         lines = (doc or "").splitlines()
         if not lines or not lines[0].endswith((".", "?")) or (len(lines) > 1 and lines[1].strip()):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from comix_embed.common.results import STATUS_FAILED, STATUS_FULL_PAGE, STATUS_OK
+from comix_embed.common.store.schema import STATUS_FAILED, STATUS_FULL_PAGE, STATUS_OK
 from comix_embed.tools.sample.corpus import make_sample
 from tests.conftest import run_cli
 from tests.harness import store_arrays

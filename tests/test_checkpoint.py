@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from comix_embed.common.checkpoint import CheckpointError, load_model
-from comix_embed.common.model import ClosureLite, ModelConfig
+from comix_embed.common.model.checkpoint import CheckpointError, load_model
+from comix_embed.common.model.closure_lite import ClosureLite, ModelConfig
 
 
 def users_model(seed: int = 3) -> ClosureLite:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from comix_embed.common.dataspec import DataSpecError, load_dataspec, read_dataspec
-from comix_embed.common.pages import PageSpec, PanelSpec
+from comix_embed.common.inputs.dataspec import DataSpecError, load_dataspec, read_dataspec
+from comix_embed.common.inputs.pages import PageSpec, PanelSpec
 
 EMPTY = {"dialogue": [], "narration": [], "sfx": []}
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from comix_embed.common.child import cli_argv
-from comix_embed.common.dataspec import read_dataspec
 from comix_embed.common.errors import UsageError
-from comix_embed.common.pages import PageSpec, PanelSpec
+from comix_embed.common.inputs.dataspec import read_dataspec
+from comix_embed.common.inputs.pages import PageSpec, PanelSpec
 from comix_embed.tools.dataspec_builder import command
 from comix_embed.tools.dataspec_builder.mapping import derived_rel_paths
 

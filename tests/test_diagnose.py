@@ -16,8 +16,8 @@ import pytest
 import zarr
 
 from comix_embed.cli import main
-from comix_embed.common.manifests import INFLIGHT_NAME, manifest_dir, manifest_file
-from comix_embed.common.store import store_path
+from comix_embed.common.store.manifests import INFLIGHT_NAME, manifest_dir, manifest_file
+from comix_embed.common.store.schema import store_path
 from tests.conftest import run_cli
 
 

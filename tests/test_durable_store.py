@@ -20,8 +20,7 @@ import pytest
 import zarr
 
 from comix_embed.common import config
-from comix_embed.common.results import RESULT_ARRAYS
-from comix_embed.common.store import store_path
+from comix_embed.common.store.schema import RESULT_ARRAYS, store_path
 from comix_embed.writer.commit import StoreWriter
 from tests import synthetic
 

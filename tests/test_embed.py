@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comix_embed.common.checkpoint import load_model
-from comix_embed.common.embed import Embedder, EmbedSettings
-from comix_embed.common.listfile import read_list
-from comix_embed.common.pages import PageSpec, PageTask, PanelSpec
-from comix_embed.common.paths import ImageResolver
-from comix_embed.common.preprocess import prepare_page
-from comix_embed.common.results import STATUS_FAILED, STATUS_FULL_PAGE, STATUS_OK
-from comix_embed.common.tokenizer import load_tokenizer
+from comix_embed.common.inputs.listfile import read_list
+from comix_embed.common.inputs.pages import PageSpec, PageTask, PanelSpec
+from comix_embed.common.inputs.paths import ImageResolver
+from comix_embed.common.model.checkpoint import load_model
+from comix_embed.common.model.embed import Embedder, EmbedSettings
+from comix_embed.common.model.preprocess import prepare_page
+from comix_embed.common.model.tokenizer import load_tokenizer
+from comix_embed.common.store.schema import STATUS_FAILED, STATUS_FULL_PAGE, STATUS_OK
 from comix_embed.producer.plan import assign_rows, plan_pages
 from tests.reference import reference_embed
 

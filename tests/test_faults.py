@@ -16,17 +16,19 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from comix_embed.common import deliveries
+from comix_embed.common.broker import deliveries
+from comix_embed.common.broker.results_stream import push, results_key, store_id
 from comix_embed.common.child import cli_argv
-from comix_embed.common.jobs import first_job, load_jobs
-from comix_embed.common.manifests import manifest_ids
 from comix_embed.common.messages import RESULT_FORMAT
-from comix_embed.common.results_channel import push, results_key, store_id
-from comix_embed.common.store import read_attrs, read_committed_rows, store_path, write_attrs
-from comix_embed.common.tokenizer import load_tokenizer, tokenizer_dir_beside
+from comix_embed.common.model.tokenizer import load_tokenizer, tokenizer_dir_beside
+from comix_embed.common.store.jobs import first_job, load_jobs
+from comix_embed.common.store.manifests import manifest_ids
+from comix_embed.common.store.reading import read_attrs, read_committed_rows
+from comix_embed.common.store.schema import store_path
 from comix_embed.private_redis import PrivateRedis
 from comix_embed.tools.init_checkpoint import init_checkpoint
 from comix_embed.tools.sample.corpus import make_sample
+from comix_embed.writer.growth import write_attrs
 from tests import synthetic
 from tests.conftest import PIPELINE_PAGES, run_cli
 from tests.harness import (

@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 import redis
 
-from comix_embed.common.manifests import manifest_dir, manifest_ids
-from comix_embed.common.results_channel import push, results_key
-from comix_embed.common.store import read_committed_rows, store_path
+from comix_embed.common.broker.results_stream import push, results_key
+from comix_embed.common.store.manifests import manifest_dir, manifest_ids
+from comix_embed.common.store.reading import read_committed_rows
+from comix_embed.common.store.schema import store_path
 from comix_embed.private_redis import PrivateRedis
 from tests.conftest import PIPELINE_PAGES, run_cli
 from tests.harness import assert_same_store, enqueue_argv, store_arrays, wait_committed, wait_results, worker, writer

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from comix_embed.common import config
-from comix_embed.common.results import BatchResult
-from comix_embed.common.results_channel import Entry
+from comix_embed.common.broker.results_stream import Entry
+from comix_embed.common.store.results import BatchResult
 from comix_embed.writer.grouping import Held, due
 
 LINGER, GAP = config.WRITER_LINGER_S, config.WRITER_GAP_LINGER_S

@@ -12,19 +12,17 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-# The folders installed under `comix_embed` (pyproject.toml [tool.setuptools.package-dir]);
-# launch/ is `comix_embed` itself.
-FOLDERS = ("common", "producer", "consumers", "writer", "tools", "launch")
-# tests/ and benchmarks/ are not installed: no installed module may import them.
-NOT_INSTALLED = {"tests", "benchmarks"}
+from tests.tree import NOT_INSTALLED, PACKAGE, ROLE_FOLDERS, ROOT, folder_modules, installed_name
+
+# Who may not import whom, by top-level folder (`comix_embed` is the root package's own modules:
+# the command line, `run`, `demo`). Every role folder linked in comix_embed/ must have its rules.
 FORBIDDEN = {
-    "common": {"producer", "consumers", "writer", "tools", "launch"} | NOT_INSTALLED,
-    "tools": {"writer"} | NOT_INSTALLED,
-    "producer": {"writer"} | NOT_INSTALLED,
-    "consumers": {"writer", "producer"} | NOT_INSTALLED,
-    "writer": NOT_INSTALLED,
-    "launch": NOT_INSTALLED,
+    "common": {"producer", "consumers", "writer", "tools", PACKAGE, *NOT_INSTALLED},
+    "tools": {"writer", *NOT_INSTALLED},
+    "producer": {"writer", *NOT_INSTALLED},
+    "consumers": {"writer", "producer", *NOT_INSTALLED},
+    "writer": set(NOT_INSTALLED),
+    PACKAGE: set(NOT_INSTALLED),
 }
 
 
@@ -33,11 +31,11 @@ def _folder_of(module: str) -> str | None:
     parts = module.split(".")
     if parts[0] in NOT_INSTALLED:
         return parts[0]
-    if parts[0] != "comix_embed":
+    if parts[0] != PACKAGE:
         return None
-    if len(parts) > 1 and parts[1] in FOLDERS[:-1]:
+    if len(parts) > 1 and parts[1] in ROLE_FOLDERS:
         return parts[1]
-    return "launch"  # comix_embed, comix_embed.cli, comix_embed.run, ...
+    return PACKAGE  # comix_embed, comix_embed.cli, comix_embed.run, ...
 
 
 def _imported_modules(path: Path, package: str) -> list[tuple[int, str]]:
@@ -58,19 +56,19 @@ def _imported_modules(path: Path, package: str) -> list[tuple[int, str]]:
 
 def _package_of(path: Path) -> str:
     """The installed package name of the folder holding a source file (tools/serve -> comix_embed.tools.serve)."""
-    rel = path.relative_to(ROOT).parent.parts
-    return ".".join(["comix_embed", *(rel[1:] if rel[0] == "launch" else rel)])
+    return installed_name(path) if path.name == "__init__.py" else installed_name(path).rpartition(".")[0]
 
 
-def test_every_folder_has_modules() -> None:
-    for folder in FOLDERS:
-        assert list((ROOT / folder).rglob("*.py")), f"no module found under {folder}/"
+def test_every_folder_has_modules_and_rules() -> None:
+    assert set(FORBIDDEN) == {*ROLE_FOLDERS, PACKAGE}, "a folder linked in comix_embed/ without import rules"
+    for folder in FORBIDDEN:
+        assert folder_modules(folder), f"no module found under {folder}/"
 
 
 def test_imports_run_one_way() -> None:
     wrong: list[str] = []
     for folder, forbidden in FORBIDDEN.items():
-        for path in sorted((ROOT / folder).rglob("*.py")):
+        for path in folder_modules(folder):
             for line, module in _imported_modules(path, _package_of(path)):
                 target = _folder_of(module)
                 if target in forbidden:
@@ -91,4 +89,4 @@ def test_the_check_sees_wrong_arrows(tmp_path: Path) -> None:
         "from tests.synthetic import make\n"
     )
     found = [_folder_of(m) for _, m in sorted(_imported_modules(probe, "comix_embed.common"))]
-    assert found == ["writer", "writer", "launch", "tests"]
+    assert found == ["writer", "writer", PACKAGE, "tests"]

@@ -11,7 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from comix_embed.common.store import open_committed, store_path
+from comix_embed.common.store.reading import open_committed
+from comix_embed.common.store.schema import store_path
 
 # The generic names the package once installed, and our own name: a child started with a plain
 # `python -m` (current folder first on sys.path) would import the user's `comix_embed/` instead.

@@ -22,9 +22,8 @@ import zarr
 
 from comix_embed.cli import main
 from comix_embed.common.child import cli_argv
-from comix_embed.common.jobs import Job
-from comix_embed.common.results import STATUS_FAILED, STATUS_OK
-from comix_embed.common.store import store_path
+from comix_embed.common.store.jobs import Job
+from comix_embed.common.store.schema import STATUS_FAILED, STATUS_OK, store_path
 from comix_embed.tools.search import SearchIndex, build_index
 from comix_embed.tools.search.layout import CURRENT, SEGMENTS, index_dir, read_meta
 from comix_embed.writer.commit import StoreWriter

@@ -18,11 +18,11 @@ import numpy as np
 import redis
 import zarr
 
-from comix_embed.common.jobs import Job
-from comix_embed.common.manifests import manifest_file, manifest_ids, scan_manifests
-from comix_embed.common.results_channel import push, results_key, store_id
-from comix_embed.common.store import store_path
-from comix_embed.common.writer_lease import LEASE_KEY
+from comix_embed.common.broker.results_stream import push, results_key, store_id
+from comix_embed.common.broker.writer_lease import LEASE_KEY
+from comix_embed.common.store.jobs import Job
+from comix_embed.common.store.manifests import manifest_file, manifest_ids, scan_manifests
+from comix_embed.common.store.schema import store_path
 from comix_embed.private_redis import PrivateRedis
 from comix_embed.writer.commit import StoreWriter
 from comix_embed.writer.lease import WriterLease

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from comix_embed.common.errors import UsageError
-from comix_embed.common.listfile import Duplicate, ListEntry, read_list
+from comix_embed.common.inputs.listfile import Duplicate, ListEntry, read_list
 
 
 def touch(path: Path) -> Path:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from comix_embed.common import config
-from comix_embed.common.manifests import (
+from comix_embed.common.store.manifests import (
     BATCHES_DIR,
     CHECKPOINT_ATTR,
     FOLDER_BATCHES,
@@ -16,7 +16,8 @@ from comix_embed.common.manifests import (
     manifest_file,
     manifest_ids,
 )
-from comix_embed.common.store import read_attrs, store_path
+from comix_embed.common.store.reading import read_attrs
+from comix_embed.common.store.schema import store_path
 from comix_embed.writer.commit import StoreWriter
 from tests import synthetic
 

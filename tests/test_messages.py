@@ -12,7 +12,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from comix_embed.common.identity import (
+from comix_embed.common.inputs.pages import PageTask
+from comix_embed.common.messages import TASK_FORMAT, MalformedMessage, TaskPayload, decode_task
+from comix_embed.common.model.identity import (
     ModelMismatch,
     check_same_model,
     identity_of,
@@ -20,11 +22,10 @@ from comix_embed.common.identity import (
     queue_name,
     tokenizers_match,
 )
-from comix_embed.common.jobs import iter_tasks, load_jobs, read_task, write_tasks
-from comix_embed.common.messages import TASK_FORMAT, MalformedMessage, TaskPayload, decode_task
-from comix_embed.common.pages import PageTask
-from comix_embed.common.results import BatchResult
-from comix_embed.common.tokenizer import load_tokenizer, tokenizer_dir_beside
+from comix_embed.common.model.tokenizer import load_tokenizer, tokenizer_dir_beside
+from comix_embed.common.store.jobs import iter_tasks, load_jobs, read_task
+from comix_embed.common.store.results import BatchResult
+from comix_embed.producer.jobs import write_tasks
 from tests import synthetic
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from comix_embed.common.errors import UsageError
-from comix_embed.common.paths import ImageResolver, PathRefused, page_metadata, parse_path_map
+from comix_embed.common.inputs.paths import ImageResolver, PathRefused, page_metadata, parse_path_map
 
 
 def touch(path: Path) -> Path:

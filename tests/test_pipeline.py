@@ -13,15 +13,16 @@ import pytest
 import redis
 
 from comix_embed.common import config
-from comix_embed.common.checkpoint import load_model
-from comix_embed.common.deliveries import CRASHED, PAGE_MARK, queued
-from comix_embed.common.embed import Embedder, EmbedSettings
-from comix_embed.common.listfile import read_list
-from comix_embed.common.manifests import manifest_ids
-from comix_embed.common.paths import ImageResolver
-from comix_embed.common.results_channel import results_key, store_id
-from comix_embed.common.store import read_attrs, store_path
-from comix_embed.common.tokenizer import load_tokenizer
+from comix_embed.common.broker.deliveries import CRASHED, PAGE_MARK, queued
+from comix_embed.common.broker.results_stream import results_key, store_id
+from comix_embed.common.inputs.listfile import read_list
+from comix_embed.common.inputs.paths import ImageResolver
+from comix_embed.common.model.checkpoint import load_model
+from comix_embed.common.model.embed import Embedder, EmbedSettings
+from comix_embed.common.model.tokenizer import load_tokenizer
+from comix_embed.common.store.manifests import manifest_ids
+from comix_embed.common.store.reading import read_attrs
+from comix_embed.common.store.schema import store_path
 from comix_embed.private_redis import PrivateRedis
 from comix_embed.producer.plan import assign_rows, plan_pages
 from tests.conftest import PIPELINE_PAGES, run_cli
@@ -201,7 +202,7 @@ def test_flower_lists_workers_and_succeeded_tasks(
             "-m",
             "celery",
             "-A",
-            "comix_embed.common.celery_app",
+            "comix_embed.common.broker.celery_app",
             "--broker",
             broker.url,
             "flower",
@@ -336,8 +337,8 @@ def test_gpu_claims_give_each_replica_its_own_gpu(tmp_path: Path) -> None:
 def test_writer_sets_aside_a_result_from_another_model_and_commits_the_rest(
     tmp_path: Path, broker: PrivateRedis
 ) -> None:
-    from comix_embed.common.deliveries import REFUSED
-    from comix_embed.common.results_channel import connect, push
+    from comix_embed.common.broker.deliveries import REFUSED
+    from comix_embed.common.broker.results_stream import connect, push
     from tests import synthetic
 
     out, logs = tmp_path / "out", tmp_path / "logs"

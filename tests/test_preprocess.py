@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comix_embed.common.pages import PageSpec, PanelSpec
-from comix_embed.common.preprocess import (
+from comix_embed.common.inputs.pages import PageSpec, PanelSpec
+from comix_embed.common.model.preprocess import (
     PanelOutsideImage,
     composition_features,
     crop_box,

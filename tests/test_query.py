@@ -15,13 +15,13 @@ import torch
 import zarr
 
 from comix_embed.cli import main
-from comix_embed.common.checkpoint import load_model
 from comix_embed.common.errors import UsageError
-from comix_embed.common.pages import PageSpec
-from comix_embed.common.preprocess import join_text, prepare_page
-from comix_embed.common.results import STATUS_FAILED, STATUS_FULL_PAGE
-from comix_embed.common.store import open_committed, store_path
-from comix_embed.common.tokenizer import load_tokenizer
+from comix_embed.common.inputs.pages import PageSpec
+from comix_embed.common.model.checkpoint import load_model
+from comix_embed.common.model.preprocess import join_text, prepare_page
+from comix_embed.common.model.tokenizer import load_tokenizer
+from comix_embed.common.store.reading import open_committed
+from comix_embed.common.store.schema import STATUS_FAILED, STATUS_FULL_PAGE, store_path
 from comix_embed.tools.init_checkpoint import init_checkpoint
 from comix_embed.tools.query_model import QueryEncoder
 from comix_embed.tools.search import SearchIndex, TextIndex, top_k

@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from comix_embed.common.identity import identity_of
-from comix_embed.common.manifests import manifest_dir
-from comix_embed.common.results import RESULT_ARRAYS, STATUS_FAILED, STATUS_OK, failed_result
-from comix_embed.common.retries import RETRY_INFLIGHT, retry_manifest_file, retry_manifest_ids
-from comix_embed.common.store import read_attrs, row_arrays, store_path
+from comix_embed.common.model.identity import identity_of
+from comix_embed.common.store.manifests import manifest_dir
+from comix_embed.common.store.reading import read_attrs
+from comix_embed.common.store.results import failed_result
+from comix_embed.common.store.retries import RETRY_INFLIGHT, retry_manifest_file, retry_manifest_ids
+from comix_embed.common.store.schema import RESULT_ARRAYS, STATUS_FAILED, STATUS_OK, row_arrays, store_path
 from comix_embed.producer.retry import prepare
 from comix_embed.tools.sample.corpus import make_sample
 from comix_embed.writer import retry, rows

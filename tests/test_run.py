@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from comix_embed.common.store import open_committed, store_path
+from comix_embed.common.store.reading import open_committed
+from comix_embed.common.store.schema import store_path
 from comix_embed.tools.init_checkpoint import init_checkpoint
 from comix_embed.tools.sample.corpus import make_sample
 from tests.conftest import run_cli

@@ -19,10 +19,10 @@ import redis
 import torch
 
 from comix_embed.cli import COMMANDS
-from comix_embed.common.checkpoint import CheckpointError, load_model
 from comix_embed.common.child import cli_argv
 from comix_embed.common.config import masked_url
-from comix_embed.common.tokenizer import tokenizer_dir_beside
+from comix_embed.common.model.checkpoint import CheckpointError, load_model
+from comix_embed.common.model.tokenizer import tokenizer_dir_beside
 from comix_embed.consumers.settings import ready_key
 from comix_embed.private_redis import PrivateRedis
 from comix_embed.producer.status import duration
@@ -178,7 +178,8 @@ def test_masked_url() -> None:
 
 
 def test_status_names_an_unreachable_broker_without_its_password(tmp_path: Path) -> None:
-    from comix_embed.common.jobs import JobPage, plan_job
+    from comix_embed.common.store.jobs import JobPage
+    from comix_embed.producer.jobs import plan_job
 
     (tmp_path / "list.txt").write_text("a.json\n")
     plan_job(
@@ -245,7 +246,7 @@ def test_no_process_that_loads_the_app_unpickles_broker_content() -> None:
     from kombu.exceptions import ContentDisallowed
     from kombu.serialization import loads
 
-    from comix_embed.common.celery_app import app
+    from comix_embed.common.broker.celery_app import app
 
     assert app.conf.accept_content == ["json"] and app.conf.result_accept_content == ["json"]
     with pytest.raises(ContentDisallowed):

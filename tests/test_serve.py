@@ -25,11 +25,11 @@ from PIL import Image
 
 from comix_embed.cli import main
 from comix_embed.common.errors import UsageError
-from comix_embed.common.identity import IDENTITY_KEYS
-from comix_embed.common.jobs import load_jobs
-from comix_embed.common.paths import ImageResolver, PathMapper
-from comix_embed.common.results import STATUS_FAILED, STATUS_FULL_PAGE
-from comix_embed.common.store import open_committed, read_attrs, store_path
+from comix_embed.common.inputs.paths import ImageResolver, PathMapper
+from comix_embed.common.model.identity import IDENTITY_KEYS
+from comix_embed.common.store.jobs import load_jobs
+from comix_embed.common.store.reading import open_committed, read_attrs
+from comix_embed.common.store.schema import STATUS_FAILED, STATUS_FULL_PAGE, store_path
 from comix_embed.demo import serve_command
 from comix_embed.tools.init_checkpoint import init_checkpoint
 from comix_embed.tools.serve import command

@@ -27,9 +27,9 @@ import pytest
 import zarr
 
 from comix_embed.common.child import cli_argv
-from comix_embed.common.preprocess import join_text
-from comix_embed.common.results import STATUS_FULL_PAGE
-from comix_embed.common.store import open_committed, store_path
+from comix_embed.common.model.preprocess import join_text
+from comix_embed.common.store.reading import open_committed
+from comix_embed.common.store.schema import STATUS_FULL_PAGE, store_path
 
 CHROMIUM = Path(os.environ.get("COMIX_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [

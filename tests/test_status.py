@@ -7,8 +7,9 @@ from pathlib import Path
 
 import redis
 
-from comix_embed.common.identity import identity_of, queue_name
-from comix_embed.common.store import read_attrs, store_path
+from comix_embed.common.model.identity import identity_of, queue_name
+from comix_embed.common.store.reading import read_attrs
+from comix_embed.common.store.schema import store_path
 from comix_embed.private_redis import PrivateRedis
 from tests.conftest import run_cli
 

@@ -13,9 +13,10 @@ import zarr
 
 from comix_embed.common import config
 from comix_embed.common.errors import UsageError
-from comix_embed.common.jobs import load_jobs, next_job_layout, plan_job, registered_page_ids
-from comix_embed.common.results import RESULT_ARRAYS
-from comix_embed.common.store import PAGE_COLUMNS, open_committed, read_attrs, read_committed_rows, store_path
+from comix_embed.common.store.jobs import load_jobs
+from comix_embed.common.store.reading import open_committed, read_attrs, read_committed_rows
+from comix_embed.common.store.schema import PAGE_COLUMNS, RESULT_ARRAYS, STORE_COORDINATES, store_path
+from comix_embed.producer.jobs import next_job_layout, plan_job, registered_page_ids
 from comix_embed.writer.commit import StoreWriter
 from tests import synthetic
 
@@ -39,7 +40,7 @@ def test_layout_and_plain_xarray_open_without_warning(tmp_path: Path) -> None:
         ds.load()
     assert dict(ds.sizes) == {"page_id": 40, "panel_id": 12, "embedding_dim": 384, "coord_dim": 4}
     assert ds.indexes["page_id"][5] == job.pages[5].page_id
-    assert set(config.STORE_COORDINATES) | {"page_id", "panel_id", "embedding_dim", "coord_dim"} == set(ds.coords)
+    assert set(STORE_COORDINATES) | {"page_id", "panel_id", "embedding_dim", "coord_dim"} == set(ds.coords)
     assert ds["panel_id"].values.tolist() == list(range(12))
     assert ds["reading_order"].dtype == np.int16 and ds["status"].dtype == np.int8
     assert ds["panel_mask"].dtype == bool and ds["page_embeddings"].dtype == np.float32

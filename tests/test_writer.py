@@ -15,11 +15,13 @@ import pytest
 import zarr
 
 from comix_embed.common import config
-from comix_embed.common.identity import ModelMismatch
-from comix_embed.common.manifests import manifest_file, manifest_ids
-from comix_embed.common.store import read_attrs, store_path, write_attrs
+from comix_embed.common.model.identity import ModelMismatch
+from comix_embed.common.store.manifests import manifest_file, manifest_ids
+from comix_embed.common.store.reading import read_attrs
+from comix_embed.common.store.schema import store_path
 from comix_embed.writer.checks import CheckFailed, verify_batch, write_check
 from comix_embed.writer.commit import InvalidResult, StoreWriter
+from comix_embed.writer.growth import write_attrs
 from comix_embed.writer.manifests import write_inflight
 from tests import synthetic
 

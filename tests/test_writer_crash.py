@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from comix_embed.common.jobs import load_jobs
-from comix_embed.common.manifests import manifest_rows, scan_manifests
-from comix_embed.common.results import BatchResult
-from comix_embed.common.store import read_attrs, store_path
+from comix_embed.common.store.jobs import load_jobs
+from comix_embed.common.store.manifests import manifest_rows, scan_manifests
+from comix_embed.common.store.reading import read_attrs
+from comix_embed.common.store.results import BatchResult
+from comix_embed.common.store.schema import store_path
 from comix_embed.writer.commit import StoreWriter
 from tests import synthetic
 

@@ -16,9 +16,9 @@ import torch
 from tokenizers import ByteLevelBPETokenizer
 from transformers import RobertaTokenizerFast
 
-from comix_embed.common.checkpoint import save_checkpoint
-from comix_embed.common.model import ClosureLite, ModelConfig
-from comix_embed.common.tokenizer import tokenizer_dir_beside
+from comix_embed.common.model.checkpoint import save_checkpoint
+from comix_embed.common.model.closure_lite import ClosureLite, ModelConfig
+from comix_embed.common.model.tokenizer import tokenizer_dir_beside
 from comix_embed.tools.sample.text import corpus_sentences
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's ids 0..4

@@ -46,8 +46,8 @@ from pathlib import Path
 from typing import Any
 
 from comix_embed.common.errors import UsageError
-from comix_embed.common.model_options import add_model_arguments
-from comix_embed.common.store import read_attrs, resolve_store
+from comix_embed.common.model.options import add_model_arguments
+from comix_embed.common.store.reading import read_attrs, resolve_store
 from comix_embed.tools.arguments import add_store_argument
 from comix_embed.tools.query_model import QueryEncoder, check_store_model, load_query_model
 from comix_embed.tools.search import DEFAULT_PANEL_MEMORY, Hit, SearchIndex

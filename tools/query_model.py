@@ -31,9 +31,9 @@ from comix_embed.common.errors import UsageError
 from comix_embed.tools.search import normalise
 
 if TYPE_CHECKING:
-    from comix_embed.common.checkpoint import LoadedModel
-    from comix_embed.common.embed import Embedder
-    from comix_embed.common.tokenizer import LoadedTokenizer
+    from comix_embed.common.model.checkpoint import LoadedModel
+    from comix_embed.common.model.embed import Embedder
+    from comix_embed.common.model.tokenizer import LoadedTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +56,9 @@ def load_query_model(
 ) -> tuple[LoadedModel, LoadedTokenizer]:
     """The checkpoint (on `device`: `auto` is the first GPU, else the CPU) and its tokenizer, loaded
     once (several stores of one checkpoint share them)."""
-    from comix_embed.common.checkpoint import load_model
-    from comix_embed.common.embed import resolve_device
-    from comix_embed.common.tokenizer import load_tokenizer
+    from comix_embed.common.model.checkpoint import load_model
+    from comix_embed.common.model.embed import resolve_device
+    from comix_embed.common.model.tokenizer import load_tokenizer
 
     return load_model(checkpoint, resolve_device(device), trust=trust), load_tokenizer(tokenizer_dir, checkpoint)
 
@@ -66,7 +66,7 @@ def load_query_model(
 def check_store_model(loaded: LoadedModel, tokenizer: LoadedTokenizer, store: Path, attrs: dict[str, Any]) -> None:
     """Refuse a model that did not make the store, by the one "same model" test
     (common/identity.py): its vectors would not be comparable."""
-    from comix_embed.common.identity import ModelMismatch, check_same_model, make_identity
+    from comix_embed.common.model.identity import ModelMismatch, check_same_model, make_identity
 
     mode = str(attrs.get("encoder_mode", "fused"))
     ours = make_identity(loaded.sha256, loaded.config.d, mode, tokenizer.identity, tokenizer.legacy_identity)
@@ -147,7 +147,7 @@ class QueryEncoder:
 
         Raises UsageError when the mode cannot, or when the bytes are not a usable image.
         """
-        from comix_embed.common.preprocess import PageImageError
+        from comix_embed.common.model.preprocess import PageImageError
 
         self._refuse("image")
         with self._lock:
@@ -178,7 +178,7 @@ class QueryEncoder:
 
     def _worker_embedder(self) -> Embedder:
         if self._embedder is None:
-            from comix_embed.common.embed import Embedder, EmbedSettings
+            from comix_embed.common.model.embed import Embedder, EmbedSettings
 
             settings = EmbedSettings(encoder_mode=self.mode, fast_decode=self.fast_decode, decode_threads=1)
             self._embedder = Embedder(self.loaded, self.tokenizer, None, self.device, settings)

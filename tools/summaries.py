@@ -25,10 +25,10 @@ import numpy as np
 
 from comix_embed.common import config
 from comix_embed.common.errors import UsageError
-from comix_embed.common.manifests import load_committed
-from comix_embed.common.results import STATUS_FAILED, STATUS_NAMES, STATUS_PENDING
-from comix_embed.common.retries import retried_rows, scan_retry_manifests
-from comix_embed.common.store import read_attrs, resolve_store
+from comix_embed.common.store.manifests import load_committed
+from comix_embed.common.store.reading import read_attrs, resolve_store
+from comix_embed.common.store.retries import retried_rows, scan_retry_manifests
+from comix_embed.common.store.schema import STATUS_FAILED, STATUS_NAMES, STATUS_PENDING
 
 SHOWN_STATUS = {STATUS_PENDING: "pending", **STATUS_NAMES}
 _SUMMARY_VARS = ("page_embeddings", "panel_embeddings", "panel_mask", "status", "error", "page_text")

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from comix_embed.common.results import STATUS_NAMES
+from comix_embed.common.store.schema import STATUS_NAMES
 
 
 def page_records(

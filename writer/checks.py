@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import zarr
 
-from comix_embed.common.jobs import JobPage
-from comix_embed.common.results import RESULT_ARRAYS, STATUS_FULL_PAGE, STATUS_OK, BatchResult
+from comix_embed.common.store.jobs import JobPage
+from comix_embed.common.store.results import BatchResult
+from comix_embed.common.store.schema import RESULT_ARRAYS, STATUS_FULL_PAGE, STATUS_OK
 from comix_embed.writer.rows import read_rows
 
 EMBEDDED = (STATUS_OK, STATUS_FULL_PAGE)

@@ -1,26 +1,13 @@
 """The store's single writer: ordered, idempotent, crash-safe commits of batch results.
 
-Protocol per `commit(results)` (results in any order, redeliveries included):
-1. drop batches that already have a manifest (a redelivery changes nothing);
-2. check every new result against its job file and the store's model; nothing is written when
-   one is wrong;
-3. record the batches in `manifest/inflight.json`, write the rows (contiguous batches merged, one
-   write per array per region, arrays written concurrently);
-4. write each batch's manifest, then advance `committed_rows` to the end of the contiguous prefix.
-With fsync on (COMIX_WRITER_FSYNC), what a step relies on is durable before it starts: the store
-is opened through `DurableLocalStore`, whose writes fsync each file before its rename and its
-folder after, and the manifests by `common/durable.py`, which does the same; `committed_rows`
-is fsynced before its rename (the rename may be lost: recovery repairs a lagging value), and
-`inflight.json` only renamed (a hint for recovery after a kill; see `_commit_new`).
-On open it takes the output folder's lock and recovers (writer/recovery.py: with a `fence`, the
-store's lease in Redis (writer/lease.py), it also sets aside the manifests a writer wrote after
-losing the lease), puts back the failed rows a killed retry was overwriting (`writer/retry.py`),
-then repairs a lagging `committed_rows`; the zarr reads and writes are writer/rows.py's.
-A retry batch (`--retry-failed`, common/retries.py) is committed apart, by `writer/retry.py`.
-With a fence it checks the lease before each manifest and before `committed_rows`, and records
-its token in each manifest; a temporary file gone when it renames it, removed by a writer that
-took the store over while this one stalled, is LeaseLost too. A full disk
-(ENOSPC) stops a commit as `DiskFull`, naming the folder and the room needed.
+`commit(results)` takes results in any order, redeliveries included. It drops the batches that
+have a manifest, checks the others against their job and the store's model (nothing is written
+when one is wrong), records them in flight, writes their rows, then each manifest, then
+`committed_rows`: docs/store.md, "The commit protocol", gives the steps and what fsync makes
+durable when. Opening a `StoreWriter` takes the output folder's lock and recovers
+(writer/recovery.py). A retry batch is committed apart (writer/retry.py). With a `fence`, the
+writer lease (writer/lease.py), it checks the lease before each manifest and before
+`committed_rows` and writes its token into each manifest. A full disk stops a commit as `DiskFull`.
 """
 
 from __future__ import annotations
@@ -37,20 +24,15 @@ from typing import Any, TextIO
 import numpy as np
 import zarr
 
-from comix_embed.common import config, store
+from comix_embed.common import config
 from comix_embed.common.errors import UsageError
-from comix_embed.common.identity import check_same_model, identity_of, is_legacy_tokenizer, tokenizers_match
-from comix_embed.common.jobs import Job, JobPage, load_jobs
-from comix_embed.common.manifests import CHECKPOINT_ATTR, Committed, make_manifest, owed_batches
 from comix_embed.common.messages import ModelIdentity
-from comix_embed.common.results import (
-    STATUS_FAILED,
-    STATUS_FULL_PAGE,
-    STATUS_OK,
-    BatchResult,
-    failed_result,
-)
-from comix_embed.common.retries import (
+from comix_embed.common.model.identity import check_same_model, identity_of, is_legacy_tokenizer, tokenizers_match
+from comix_embed.common.store.jobs import Job, JobPage, load_jobs
+from comix_embed.common.store.manifests import CHECKPOINT_ATTR, Committed, owed_batches
+from comix_embed.common.store.reading import read_attrs
+from comix_embed.common.store.results import BatchResult, failed_result
+from comix_embed.common.store.retries import (
     RetryRound,
     batch_rows,
     is_retry_batch,
@@ -58,9 +40,12 @@ from comix_embed.common.retries import (
     retry_manifest_ids,
     round_of,
 )
+from comix_embed.common.store.schema import STATUS_FAILED, STATUS_FULL_PAGE, STATUS_OK, store_path
 from comix_embed.writer import audit, checks, manifests, recovery, retry, rows
 from comix_embed.writer.diskfull import is_disk_full, needed_bytes, raise_disk_full
+from comix_embed.writer.growth import create_store, open_row_arrays, register_job, write_attrs
 from comix_embed.writer.lease import WriterLease
+from comix_embed.writer.manifests import make_manifest
 from comix_embed.writer.recovery import WriterLocked
 
 __all__ = ["CommitOutcome", "InvalidResult", "StoreWriter", "WriterLocked"]
@@ -100,7 +85,7 @@ class StoreWriter:
         fence: WriterLease | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
-        self.path = store.store_path(self.output_dir)
+        self.path = store_path(self.output_dir)
         self.verify_batches = verify_batches
         self.write_check = write_check
         self.verbose = verbose
@@ -245,12 +230,12 @@ class StoreWriter:
             if job.job_id not in self._jobs:
                 if job.model is not None:
                     check_same_model(self._attrs, job.model, what=job.job_id)
-                self._attrs = store.register_job(self.path, job, self.fsync)
+                self._attrs = register_job(self.path, job, self.fsync)
                 self._jobs[job.job_id] = job
                 self._open_arrays()  # shapes may have grown
 
     def _open_arrays(self) -> None:
-        self._arrays = store.open_row_arrays(self.path, self.fsync)
+        self._arrays = open_row_arrays(self.path, self.fsync)
 
     def _job_for(self, job_id: str) -> Job:
         if job_id not in self._jobs and self.path.exists():
@@ -421,7 +406,7 @@ class StoreWriter:
         for theirs in identities:
             if not is_legacy_tokenizer(theirs.tokenizer) and theirs.tokenizer_legacy and tokenizers_match(ours, theirs):
                 updates = {"tokenizer": theirs.tokenizer, "tokenizer_legacy": ours.tokenizer}
-                self._attrs = store.write_attrs(self.path, updates, self.fsync)
+                self._attrs = write_attrs(self.path, updates, self.fsync)
                 log.info("store tokenizer %r recorded by its content: %s", ours.tokenizer, theirs.tokenizer)
                 return
 
@@ -445,8 +430,8 @@ class StoreWriter:
             raise InvalidResult(f"batch {r.batch_id} ({r.job}): status values {bad} are not ok/failed/full_page")
 
     def _create(self, model: ModelIdentity) -> None:
-        store.create_store(self.path, model, self.fsync)
-        self._attrs = store.read_attrs(self.path)
+        create_store(self.path, model, self.fsync)
+        self._attrs = read_attrs(self.path)
         self._open_arrays()
         self._register_pending()
 
@@ -462,7 +447,7 @@ class StoreWriter:
             # the content is fsynced (a torn root zarr.json would lose the store's metadata); the
             # rename need not be: after a power loss the previous zarr.json, whose committed_rows
             # lags, is repaired from the manifests when the writer starts
-            self._attrs = store.write_attrs(self.path, self._committed.checkpoint(), self.fsync, durable_rename=False)
+            self._attrs = write_attrs(self.path, self._committed.checkpoint(), self.fsync, durable_rename=False)
         elif prefix < published:
             log.error("manifests cover %d rows but committed_rows says %d: manifests were lost", prefix, published)
 

@@ -21,9 +21,9 @@ from collections.abc import Container
 from dataclasses import dataclass, field
 
 from comix_embed.common import config
-from comix_embed.common.results import BatchResult
-from comix_embed.common.results_channel import Entry
-from comix_embed.common.retries import is_retry_batch
+from comix_embed.common.broker.results_stream import Entry
+from comix_embed.common.store.results import BatchResult
+from comix_embed.common.store.retries import is_retry_batch
 
 
 @dataclass

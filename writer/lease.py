@@ -34,10 +34,10 @@ from typing import Any
 import redis
 
 from comix_embed.common import config
+from comix_embed.common.broker.writer_lease import LEASE_KEY, TOKEN_KEY, Holder
 from comix_embed.common.durable import write_json_atomic
 from comix_embed.common.errors import UsageError
-from comix_embed.common.jobs import utc_now
-from comix_embed.common.writer_lease import LEASE_KEY, TOKEN_KEY, Holder
+from comix_embed.common.timestamps import utc_now
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 from comix_embed.common.durable import fsync_dir, make_folders, write_json_atomic
-from comix_embed.common.manifests import (
+from comix_embed.common.store.manifests import (
     INFLIGHT_NAME,
     Committed,
     is_temporary,
@@ -18,6 +18,7 @@ from comix_embed.common.manifests import (
     manifest_dir,
     manifest_file,
 )
+from comix_embed.common.timestamps import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -72,3 +73,22 @@ def remove_leftovers(store: str | os.PathLike[str]) -> int:
                 os.unlink(os.path.join(folder, name))
                 removed += 1
     return removed
+
+
+def make_manifest(
+    batch_id: int, start: int, page_ids: list[str], job: str, statuses: dict[str, int], token: int | None = None
+) -> dict[str, Any]:
+    """A batch's manifest; `token` is the writer lease's fencing token (absent in manifests from before)."""
+    manifest = {
+        "batch_id": batch_id,
+        "start_idx": start,
+        "end_idx": start + len(page_ids) - 1,
+        "num_pages": len(page_ids),
+        "timestamp": utc_now(),
+        "page_ids": list(page_ids),
+        "job": job,
+        "statuses": statuses,
+    }
+    if token is not None:
+        manifest["token"] = token
+    return manifest

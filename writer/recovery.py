@@ -15,11 +15,13 @@ import os
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from comix_embed.common import config, store
+from comix_embed.common import config
 from comix_embed.common.errors import UsageError
 from comix_embed.common.locks import try_lock
-from comix_embed.common.manifests import CHECKPOINT_ATTR, Committed, manifest_rows, read_inflight, scan_manifests
+from comix_embed.common.store.manifests import CHECKPOINT_ATTR, Committed, manifest_rows, read_inflight, scan_manifests
+from comix_embed.common.store.reading import read_attrs
 from comix_embed.writer import manifests, rows
+from comix_embed.writer.growth import open_row_arrays
 
 if TYPE_CHECKING:
     from comix_embed.writer.lease import WriterLease
@@ -51,14 +53,14 @@ def recover(path: Path, fsync: bool, fence: WriterLease | None = None) -> tuple[
     removed = manifests.remove_leftovers(path)
     if removed:
         log.info("removed %d temporary files left by a previous writer", removed)
-    attrs = store.read_attrs(path)
+    attrs = read_attrs(path)
     fenced = _fenced(path, attrs, fence) if fence is not None else {}
     committed = manifests.read_committed(path)
     unfinished = [r for r in read_inflight(path) if r[0] not in committed]
     unfinished += [(b, *manifest_rows(m)) for b, m in fenced.items()]
     if unfinished:
         log.info("clearing rows of %d batches a previous writer left without manifest", len(unfinished))
-        rows.clear_rows(store.open_row_arrays(path, fsync), unfinished)
+        rows.clear_rows(open_row_arrays(path, fsync), unfinished)
     manifests.clear_inflight(path)
     return attrs, committed
 

@@ -23,10 +23,12 @@ import numpy as np
 import zarr
 
 from comix_embed.common.durable import fsync_dir, write_json_atomic
-from comix_embed.common.jobs import JobPage
-from comix_embed.common.manifests import manifest_dir
-from comix_embed.common.results import RESULT_ARRAYS, STATUS_FAILED, STATUS_NAMES, BatchResult
-from comix_embed.common.retries import RETRY_INFLIGHT, RetryRound, make_retry_manifest, retry_manifest_file
+from comix_embed.common.store.jobs import JobPage
+from comix_embed.common.store.manifests import manifest_dir
+from comix_embed.common.store.results import BatchResult
+from comix_embed.common.store.retries import RETRY_INFLIGHT, RetryRound, retry_manifest_file
+from comix_embed.common.store.schema import RESULT_ARRAYS, STATUS_FAILED, STATUS_NAMES
+from comix_embed.common.timestamps import utc_now
 from comix_embed.writer import audit
 from comix_embed.writer.rows import np_dtype, read_rows, scattered, write_rows
 
@@ -122,3 +124,31 @@ def commit_retry(
     if skipped:
         log.info("retry batch %d: rows %s are no longer failed and were left alone", result.batch_id, skipped)
     return manifest, records
+
+
+def make_retry_manifest(
+    batch_id: int,
+    job: str,
+    rows: list[int],
+    page_ids: list[str],
+    statuses: list[str],
+    skipped: list[int],
+    token: int | None = None,
+) -> dict[str, Any]:
+    """`rows` were overwritten with `statuses` (names, per row); `skipped` were no longer failed.
+
+    `token` is the writer lease's fencing token, as in a batch's manifest."""
+    counts: dict[str, int] = {}
+    for s in statuses:
+        counts[s] = counts.get(s, 0) + 1
+    return {
+        "batch_id": batch_id,
+        "job": job,
+        "timestamp": utc_now(),
+        "rows": list(rows),
+        "page_ids": list(page_ids),
+        "row_statuses": list(statuses),
+        "skipped_rows": list(skipped),
+        "statuses": counts,
+        **({"token": token} if token is not None else {}),
+    }

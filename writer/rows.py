@@ -16,8 +16,8 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-from comix_embed.common import store
-from comix_embed.common.results import RESULT_ARRAYS, STATUS_FAILED, BatchResult
+from comix_embed.common.store.results import BatchResult
+from comix_embed.common.store.schema import RESULT_ARRAYS, STATUS_FAILED, row_arrays
 
 Region = tuple[int, int, dict[str, np.ndarray]]  # start row, end row, arrays
 
@@ -98,7 +98,7 @@ def write_rows(arrays: dict[str, zarr.Array], parts: list[Region]) -> None:
 
 def clear_rows(arrays: dict[str, zarr.Array], ranges: list[tuple[int, int, int]]) -> None:
     """Put fill values back in rows that have no manifest (zeros in float arrays, status 0)."""
-    specs = store.row_arrays()
+    specs = row_arrays()
     for _, start, end in ranges:
         for name in RESULT_ARRAYS:
             arr = arrays[name]

@@ -30,14 +30,15 @@ from typing import Any
 
 import redis
 
-from comix_embed.common import config, deliveries
-from comix_embed.common.celery_app import configure
-from comix_embed.common.identity import ModelMismatch
-from comix_embed.common.jobs import read_task
+from comix_embed.common import config
+from comix_embed.common.broker import deliveries
+from comix_embed.common.broker.celery_app import configure
+from comix_embed.common.broker.results_stream import Entry, Malformed, ResultsReader, connect, store_id
 from comix_embed.common.messages import MalformedMessage, TaskPayload
-from comix_embed.common.results import BatchResult
-from comix_embed.common.results_channel import Entry, Malformed, ResultsReader, connect, store_id
-from comix_embed.common.retries import batch_rows
+from comix_embed.common.model.identity import ModelMismatch
+from comix_embed.common.store.jobs import read_task
+from comix_embed.common.store.results import BatchResult
+from comix_embed.common.store.retries import batch_rows
 from comix_embed.writer import grouping
 from comix_embed.writer.checks import CheckFailed
 from comix_embed.writer.commit import InvalidResult, StoreWriter

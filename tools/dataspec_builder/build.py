@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from comix_embed.common.durable import write_json_atomic
-from comix_embed.common.paths import is_windows_absolute
+from comix_embed.common.inputs.paths import is_windows_absolute
 from comix_embed.tools.dataspec_builder.coco import Box, Predictions
 from comix_embed.tools.dataspec_builder.mapping import MappingRow, derived_rel_paths, local_path
 from comix_embed.tools.dataspec_builder.report import REPORT_NAME, Drop, Report

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from comix_embed.common.errors import UsageError
-from comix_embed.common.paths import is_windows_absolute
-from comix_embed.common.user_text import decode_user_text
+from comix_embed.common.inputs.paths import is_windows_absolute
+from comix_embed.common.inputs.user_text import decode_user_text
 from comix_embed.tools.dataspec_builder.coco import id_key
 
 ID_COLUMNS = ("coco_image_id", "predictions_json_id")

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from comix_embed.common.config import TEXT_KEYS
-from comix_embed.common.dataspec import panel_text as read_panel_text
-from comix_embed.common.dataspec import strings
+from comix_embed.common.inputs.dataspec import panel_text as read_panel_text
+from comix_embed.common.inputs.dataspec import strings
 from comix_embed.tools.dataspec_builder.mapping import local_path
 from comix_embed.tools.dataspec_builder.report import Drop
 

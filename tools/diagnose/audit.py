@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from comix_embed.common import config
-from comix_embed.common.results import STATUS_NAMES
+from comix_embed.common.store.schema import STATUS_NAMES
 from comix_embed.tools.diagnose.facts import RowFacts
 from comix_embed.tools.diagnose.load import Store
 from comix_embed.tools.diagnose.report import Check, listed

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from comix_embed.common.store import resolve_store
+from comix_embed.common.store.reading import resolve_store
 from comix_embed.tools.diagnose.audit import check_audit
 from comix_embed.tools.diagnose.facts import scan_rows
 from comix_embed.tools.diagnose.layout import check_layout, check_xarray

@@ -16,7 +16,7 @@ import numpy as np
 import zarr
 
 from comix_embed.common import config
-from comix_embed.common.store import row_arrays
+from comix_embed.common.store.schema import row_arrays
 from comix_embed.tools.diagnose.facts import COMPARED, RowFacts, dtype_label
 from comix_embed.tools.diagnose.load import Store
 from comix_embed.tools.diagnose.report import Check, listed

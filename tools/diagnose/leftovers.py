@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from comix_embed.common import config
-from comix_embed.common.manifests import inflight_record, is_temporary
+from comix_embed.common.store.manifests import inflight_record, is_temporary
 from comix_embed.tools.diagnose.load import Store
 from comix_embed.tools.diagnose.report import Check, listed
 

@@ -17,10 +17,11 @@ import numpy as np
 import zarr
 
 from comix_embed.common import config
-from comix_embed.common.jobs import Job, load_jobs
-from comix_embed.common.manifests import manifest_rows, scan_manifests
-from comix_embed.common.retries import scan_retry_manifests
-from comix_embed.common.store import read_attrs, row_arrays
+from comix_embed.common.store.jobs import Job, load_jobs
+from comix_embed.common.store.manifests import manifest_rows, scan_manifests
+from comix_embed.common.store.reading import read_attrs
+from comix_embed.common.store.retries import scan_retry_manifests
+from comix_embed.common.store.schema import row_arrays
 
 
 @dataclass

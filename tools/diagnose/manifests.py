@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from comix_embed.common.manifests import committed_prefix, manifest_rows
-from comix_embed.common.results import STATUS_NAMES
-from comix_embed.common.retries import retried_rows
+from comix_embed.common.store.manifests import committed_prefix, manifest_rows
+from comix_embed.common.store.retries import retried_rows
+from comix_embed.common.store.schema import STATUS_NAMES
 from comix_embed.tools.diagnose.load import Store
 from comix_embed.tools.diagnose.report import Check, listed, plural
 

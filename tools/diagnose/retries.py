@@ -9,9 +9,9 @@ retry killed mid-write: a WARN, its rows are put back at the writer's next start
 
 from __future__ import annotations
 
-from comix_embed.common.manifests import manifest_dir
-from comix_embed.common.results import STATUS_NAMES
-from comix_embed.common.retries import RETRY_BASE, RETRY_INFLIGHT, load_rounds, retried_rows
+from comix_embed.common.store.manifests import manifest_dir
+from comix_embed.common.store.retries import RETRY_BASE, RETRY_INFLIGHT, load_rounds, retried_rows
+from comix_embed.common.store.schema import STATUS_NAMES
 from comix_embed.tools.diagnose.load import Store
 from comix_embed.tools.diagnose.report import Check, listed
 

@@ -15,7 +15,7 @@ from collections import Counter
 
 import numpy as np
 
-from comix_embed.common.results import STATUS_FAILED, STATUS_FULL_PAGE, STATUS_NAMES, STATUS_OK
+from comix_embed.common.store.schema import STATUS_FAILED, STATUS_FULL_PAGE, STATUS_NAMES, STATUS_OK
 from comix_embed.tools.diagnose.facts import SCAN_ARRAYS, RowFacts
 from comix_embed.tools.diagnose.load import Store
 from comix_embed.tools.diagnose.report import LISTED, Check, listed

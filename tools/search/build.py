@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from comix_embed.common import config
-from comix_embed.common.jobs import utc_now
+from comix_embed.common.timestamps import utc_now
 from comix_embed.tools.search.ann import Segments
 from comix_embed.tools.search.layout import (
     FORMAT,

@@ -19,8 +19,8 @@ import zarr
 
 from comix_embed.common import config
 from comix_embed.common.errors import UsageError
-from comix_embed.common.results import STATUS_FULL_PAGE, STATUS_OK
-from comix_embed.common.store import read_attrs, read_committed_rows, resolve_store
+from comix_embed.common.store.reading import read_attrs, read_committed_rows, resolve_store
+from comix_embed.common.store.schema import STATUS_FULL_PAGE, STATUS_OK
 from comix_embed.tools.search.ranking import NORM_EPS, normalise_into
 
 SEARCHABLE = (STATUS_OK, STATUS_FULL_PAGE)

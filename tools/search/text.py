@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from comix_embed.common.errors import UsageError
-from comix_embed.common.preprocess import join_text
+from comix_embed.common.model.preprocess import join_text
 
 _WORD = re.compile(r"\w+")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from flask import Flask, Response, current_app, request
 from werkzeug.routing import PathConverter
 
-from comix_embed.common.paths import ImageResolver, PathMapper
+from comix_embed.common.inputs.paths import ImageResolver, PathMapper
 from comix_embed.tools.serve.stores import ServedStore
 from comix_embed.tools.serve.thumbs import ThumbnailCache
 

@@ -27,9 +27,9 @@ from typing import Any
 
 from comix_embed.common import config
 from comix_embed.common.errors import UsageError
-from comix_embed.common.model_options import add_model_arguments
-from comix_embed.common.paths import ImageResolver, PathMapper, parse_path_map
-from comix_embed.common.store import resolve_store
+from comix_embed.common.inputs.paths import ImageResolver, PathMapper, parse_path_map
+from comix_embed.common.model.options import add_model_arguments
+from comix_embed.common.store.reading import resolve_store
 from comix_embed.tools.query_model import QueryEncoder, check_store_model, load_query_model
 from comix_embed.tools.search import DEFAULT_PANEL_MEMORY
 from comix_embed.tools.serve.app import ServeState, create_app

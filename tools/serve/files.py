@@ -14,7 +14,7 @@ import mimetypes
 from pathlib import Path
 
 from comix_embed.common.errors import UsageError
-from comix_embed.common.paths import PathRefused, is_windows_absolute
+from comix_embed.common.inputs.paths import PathRefused, is_windows_absolute
 from comix_embed.tools.serve.app import ServeState
 from comix_embed.tools.serve.thumbs import Thumbnail, render
 

@@ -24,18 +24,18 @@ import zarr
 
 from comix_embed.common import config
 from comix_embed.common.errors import UsageError
-from comix_embed.common.paths import ImageResolver
-from comix_embed.common.preprocess import join_text
-from comix_embed.common.results import STATUS_FAILED, STATUS_FULL_PAGE, STATUS_NAMES, STATUS_OK
-from comix_embed.common.store import read_attrs, read_committed_rows, resolve_store
+from comix_embed.common.inputs.paths import ImageResolver
+from comix_embed.common.model.preprocess import join_text
+from comix_embed.common.store.reading import read_attrs, read_committed_rows, resolve_store
+from comix_embed.common.store.schema import PAGE_COLUMNS, STATUS_FAILED, STATUS_FULL_PAGE, STATUS_NAMES, STATUS_OK
 from comix_embed.tools.query_model import QueryEncoder
 from comix_embed.tools.search import SearchIndex
 from comix_embed.tools.search.layout import generation_in_use
 
 log = logging.getLogger(__name__)
 
-# Page columns shown with a page (spec/store.md).
-PAGE_FIELDS = ("page_id", "manifest_path", "source", "series", "volume", "issue", "page_num", "image_path", "error")
+# Page columns shown with a page: the store's page columns, and where its image is or why it failed.
+PAGE_FIELDS = (*PAGE_COLUMNS, "image_path", "error")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
-from comix_embed.common.preprocess import EXIF_ORIENTATION, PageImageError, open_image, read_image_bytes
+from comix_embed.common.model.preprocess import EXIF_ORIENTATION, PageImageError, open_image, read_image_bytes
 
 DEFAULT_CACHE_BYTES = 256 << 20
 GRID_SIZE = 256  # result grid

@@ -11,8 +11,8 @@ from typing import Any
 from flask import Blueprint, Response, abort, render_template, request, send_file
 
 from comix_embed.common.errors import UsageError
-from comix_embed.common.paths import PathRefused
-from comix_embed.common.preprocess import PageImageError
+from comix_embed.common.inputs.paths import PathRefused
+from comix_embed.common.model.preprocess import PageImageError
 from comix_embed.tools.serve.app import state
 from comix_embed.tools.serve.files import page_thumbnail, requested_image
 from comix_embed.tools.serve.searching import SearchRequest, search

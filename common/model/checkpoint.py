@@ -25,8 +25,8 @@ import torch
 
 from comix_embed.common.digest import file_sha256
 from comix_embed.common.errors import UsageError
-from comix_embed.common.model import ClosureLite, ModelConfig
-from comix_embed.common.model_options import TRUST_FLAG
+from comix_embed.common.model.closure_lite import ClosureLite, ModelConfig
+from comix_embed.common.model.options import TRUST_FLAG
 
 log = logging.getLogger(__name__)
 

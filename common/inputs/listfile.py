@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from comix_embed.common.errors import UsageError
-from comix_embed.common.paths import PathMapper, PathMaps, is_windows_absolute
-from comix_embed.common.user_text import decode_user_text
+from comix_embed.common.inputs.paths import PathMapper, PathMaps, is_windows_absolute
+from comix_embed.common.inputs.user_text import decode_user_text
 
 
 @dataclass

@@ -21,32 +21,7 @@ from comix_embed.common.messages import (
     check_version,
     decode_msgpack,
 )
-
-# Arrays a batch result carries: name -> (dims after page_id, numpy dtype or "str").
-# "d" is the embedding width, "P" max_panels. Metadata columns (page_id, source, ...) are written
-# when the job is registered, not per batch.
-RESULT_ARRAYS: dict[str, tuple[tuple[str, ...], str]] = {
-    "page_embeddings": (("d",), "float32"),
-    "panel_embeddings": (("P", "d"), "float32"),
-    "panel_mask": (("P",), "bool"),
-    "attention_weights": (("P",), "float32"),
-    "reading_order": (("P",), "int16"),
-    "panel_coordinates": (("P", "4"), "float32"),
-    "text_content": (("P",), "str"),
-    "page_text": ((), "str"),
-    "image_path": ((), "str"),
-    # which image root (index in the `--image-root` order) `image_path` is relative to
-    "image_root": ((), "int16"),
-    "status": ((), "int8"),
-    "error": ((), "str"),
-}
-
-STATUS_PENDING = 0
-STATUS_OK = 1
-STATUS_FAILED = 2
-STATUS_FULL_PAGE = 3
-# How manifests, the audit log and the tools name the committed statuses.
-STATUS_NAMES = {STATUS_OK: "ok", STATUS_FAILED: "failed", STATUS_FULL_PAGE: "full_page"}
+from comix_embed.common.store.schema import STATUS_FAILED
 
 
 @dataclass
@@ -75,7 +50,7 @@ class BatchResult:
         return list(self.rows) if self.rows else list(range(self.start, self.end))
 
     def to_bytes(self) -> bytes:
-        from comix_embed.common.identity import identity_of
+        from comix_embed.common.model.identity import identity_of
 
         packed = {}
         for name, arr in self.arrays.items():

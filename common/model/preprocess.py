@@ -22,8 +22,8 @@ import simplejpeg
 from PIL import Image, ImageOps
 
 from comix_embed.common import config
-from comix_embed.common.pages import PageSpec, PanelSpec
-from comix_embed.common.results import STATUS_FULL_PAGE, STATUS_OK
+from comix_embed.common.inputs.pages import PageSpec, PanelSpec
+from comix_embed.common.store.schema import STATUS_FULL_PAGE, STATUS_OK
 
 # We check the pixel count ourselves (below) with a clear message; Pillow's own guard stays as a
 # second line of defence at the same bound.

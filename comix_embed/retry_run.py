@@ -18,13 +18,14 @@ from collections import Counter
 
 from tqdm import tqdm
 
-from comix_embed.common import config, deliveries
-from comix_embed.common.jobs import load_jobs
-from comix_embed.common.manifests import store_owed
+from comix_embed.common import config
+from comix_embed.common.broker import deliveries
+from comix_embed.common.broker.results_stream import connect, store_id
 from comix_embed.common.messages import ModelIdentity
-from comix_embed.common.results_channel import connect, store_id
-from comix_embed.common.retries import retry_manifest_ids, scan_retry_manifests
-from comix_embed.common.store import store_path
+from comix_embed.common.store.jobs import load_jobs
+from comix_embed.common.store.manifests import store_owed
+from comix_embed.common.store.retries import retry_manifest_ids, scan_retry_manifests
+from comix_embed.common.store.schema import store_path
 from comix_embed.producer import retry
 from comix_embed.producer.enqueue import bind_model
 from comix_embed.run import (

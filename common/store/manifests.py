@@ -31,8 +31,8 @@ from typing import Any
 
 from comix_embed.common import config
 from comix_embed.common.durable import TMP_SUFFIX
-from comix_embed.common.jobs import Job, utc_now
-from comix_embed.common.store import read_attrs
+from comix_embed.common.store.jobs import Job
+from comix_embed.common.store.reading import read_attrs
 
 MANIFEST_PATTERN = re.compile(r"^batch_(\d{6,})\.json$")
 INFLIGHT_NAME = "inflight.json"
@@ -81,25 +81,6 @@ def manifest_files(store: str | os.PathLike[str], from_id: int = 0) -> Iterator[
         for name in sorted(os.listdir(batches / sub)):
             if (m := MANIFEST_PATTERN.match(name)) and int(m.group(1)) >= from_id:
                 yield int(m.group(1)), batches / sub / name
-
-
-def make_manifest(
-    batch_id: int, start: int, page_ids: list[str], job: str, statuses: dict[str, int], token: int | None = None
-) -> dict[str, Any]:
-    """A batch's manifest; `token` is the writer lease's fencing token (absent in manifests from before)."""
-    manifest = {
-        "batch_id": batch_id,
-        "start_idx": start,
-        "end_idx": start + len(page_ids) - 1,
-        "num_pages": len(page_ids),
-        "timestamp": utc_now(),
-        "page_ids": list(page_ids),
-        "job": job,
-        "statuses": statuses,
-    }
-    if token is not None:
-        manifest["token"] = token
-    return manifest
 
 
 def manifest_rows(manifest: dict[str, Any]) -> tuple[int, int]:

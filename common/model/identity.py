@@ -22,7 +22,7 @@ from typing import Any
 from comix_embed.common import config
 from comix_embed.common.errors import UsageError
 from comix_embed.common.messages import ModelIdentity
-from comix_embed.common.tokenizer import CONTENT_PREFIX
+from comix_embed.common.model.tokenizer import CONTENT_PREFIX
 
 IDENTITY_KEYS = ("model_name", "embedding_dim", "max_panels", "encoder_mode", "checkpoint_sha256", "tokenizer")
 
@@ -144,9 +144,9 @@ def describe(identity: ModelIdentity | Mapping[str, Any]) -> str:
 def identify(checkpoint: Path, tokenizer_dir: Path | None, encoder_mode: str, trust: bool = False) -> ModelIdentity:
     """The identity of a checkpoint and tokenizer on disk, reading the checkpoint's shapes (no model
     is built); UsageError naming the file when either cannot be used."""
-    from comix_embed.common.checkpoint import infer_config, read_checkpoint
     from comix_embed.common.digest import file_sha256
-    from comix_embed.common.tokenizer import load_tokenizer
+    from comix_embed.common.model.checkpoint import infer_config, read_checkpoint
+    from comix_embed.common.model.tokenizer import load_tokenizer
 
     if encoder_mode not in config.ENCODER_MODES:
         raise UsageError(f"encoder mode must be one of {config.ENCODER_MODES}, got {encoder_mode!r}")

@@ -21,13 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
-from comix_embed.common.durable import write_json_atomic
 from comix_embed.common.errors import UsageError
-from comix_embed.common.jobs import Job, jobs_dir, utc_now
-from comix_embed.common.manifests import manifest_dir
 from comix_embed.common.messages import MalformedMessage, ModelIdentity, decode_json
+from comix_embed.common.store.jobs import Job, jobs_dir
+from comix_embed.common.store.manifests import manifest_dir
 
 RETRY_BASE = 1_000_000_000  # first retry batch id: far past any job's batch ids
 RETRY_FORMAT = 1
@@ -74,10 +71,6 @@ def round_path(output_dir: str | os.PathLike[str], number: int) -> Path:
     return jobs_dir(output_dir) / f"retry_{number:06d}.json"
 
 
-def write_round(output_dir: str | os.PathLike[str], rnd: RetryRound) -> None:
-    write_json_atomic(round_path(output_dir, rnd.number), msgspec.to_builtins(rnd))
-
-
 def load_rounds(output_dir: str | os.PathLike[str]) -> list[RetryRound]:
     """Every retry round of the output folder, in order."""
     folder = jobs_dir(output_dir)
@@ -109,34 +102,6 @@ def batch_rows(owner: Job | RetryRound, batch_id: int) -> list[int]:
 
 def retry_manifest_file(store: str | os.PathLike[str], batch_id: int) -> Path:
     return manifest_dir(store) / f"retry_{batch_id - RETRY_BASE:06d}.json"
-
-
-def make_retry_manifest(
-    batch_id: int,
-    job: str,
-    rows: list[int],
-    page_ids: list[str],
-    statuses: list[str],
-    skipped: list[int],
-    token: int | None = None,
-) -> dict[str, Any]:
-    """`rows` were overwritten with `statuses` (names, per row); `skipped` were no longer failed.
-
-    `token` is the writer lease's fencing token, as in a batch's manifest."""
-    counts: dict[str, int] = {}
-    for s in statuses:
-        counts[s] = counts.get(s, 0) + 1
-    return {
-        "batch_id": batch_id,
-        "job": job,
-        "timestamp": utc_now(),
-        "rows": list(rows),
-        "page_ids": list(page_ids),
-        "row_statuses": list(statuses),
-        "skipped_rows": list(skipped),
-        "statuses": counts,
-        **({"token": token} if token is not None else {}),
-    }
 
 
 def retry_manifest_ids(store: str | os.PathLike[str]) -> set[int]:
@@ -194,24 +159,3 @@ def owed_retries(output_dir: str | os.PathLike[str], store: str | os.PathLike[st
     """Each round's batches without a retry manifest."""
     done = retry_manifest_ids(store)
     return {r.job_id: [b for b in r.batch_ids() if b not in done] for r in load_rounds(output_dir)}
-
-
-def next_round_layout(output_dir: str | os.PathLike[str]) -> tuple[int, int]:
-    """(number, first batch id) of the next round."""
-    rounds = load_rounds(output_dir)
-    if not rounds:
-        return 1, RETRY_BASE
-    last = rounds[-1]
-    return last.number + 1, last.first_batch + last.batch_count()
-
-
-def new_round(number: int, first_batch: int, rows: list[list[int]], page_ids: list[list[str]], model: ModelIdentity):
-    return RetryRound(
-        job_id=f"retry_{number:06d}",
-        number=number,
-        created=utc_now(),
-        first_batch=first_batch,
-        rows=rows,
-        page_ids=page_ids,
-        model=model,
-    )

@@ -23,13 +23,14 @@ import torch
 from PIL import Image
 
 from comix_embed.common import config
-from comix_embed.common.checkpoint import LoadedModel
-from comix_embed.common.identity import make_identity
-from comix_embed.common.pages import PageSpec, PageTask, PanelSpec
-from comix_embed.common.paths import ImageResolver, PathRefused
-from comix_embed.common.preprocess import PageImageError, PreparedPage, prepare_page, read_image_bytes
-from comix_embed.common.results import STATUS_FAILED, BatchResult, empty_arrays
-from comix_embed.common.tokenizer import LoadedTokenizer
+from comix_embed.common.inputs.pages import PageSpec, PageTask, PanelSpec
+from comix_embed.common.inputs.paths import ImageResolver, PathRefused
+from comix_embed.common.model.checkpoint import LoadedModel
+from comix_embed.common.model.identity import make_identity
+from comix_embed.common.model.preprocess import PageImageError, PreparedPage, prepare_page, read_image_bytes
+from comix_embed.common.model.tokenizer import LoadedTokenizer
+from comix_embed.common.store.results import BatchResult, empty_arrays
+from comix_embed.common.store.schema import STATUS_FAILED
 
 log = logging.getLogger(__name__)
 

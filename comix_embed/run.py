@@ -34,17 +34,19 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from comix_embed.common import config, deliveries
-from comix_embed.common.checkpoint import load_model
+from comix_embed.common import config
+from comix_embed.common.broker import deliveries
+from comix_embed.common.broker.results_stream import connect, results_key
 from comix_embed.common.child import cli_argv
-from comix_embed.common.identity import make_identity, model_key, queue_name
-from comix_embed.common.jobs import Job, load_jobs
-from comix_embed.common.manifests import load_committed, recent_manifests, store_owed
 from comix_embed.common.messages import ModelIdentity
-from comix_embed.common.results_channel import connect, results_key
-from comix_embed.common.retries import failed_now
-from comix_embed.common.store import read_committed_rows, store_path
-from comix_embed.common.tokenizer import load_tokenizer
+from comix_embed.common.model.checkpoint import load_model
+from comix_embed.common.model.identity import make_identity, model_key, queue_name
+from comix_embed.common.model.tokenizer import load_tokenizer
+from comix_embed.common.store.jobs import Job, load_jobs
+from comix_embed.common.store.manifests import load_committed, recent_manifests, store_owed
+from comix_embed.common.store.reading import read_committed_rows
+from comix_embed.common.store.retries import failed_now
+from comix_embed.common.store.schema import store_path
 from comix_embed.consumers.settings import ready_key
 from comix_embed.consumers.worker import add_arguments as add_worker_arguments
 from comix_embed.consumers.worker import worker_command

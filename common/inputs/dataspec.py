@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from comix_embed.common.config import MAX_PANELS
-from comix_embed.common.pages import Box, PageSpec, PanelSpec
-from comix_embed.common.user_text import decode_user_text
+from comix_embed.common.inputs.pages import Box, PageSpec, PanelSpec
+from comix_embed.common.inputs.user_text import decode_user_text
 
 IMAGE_KEYS = ("page_image_path", "image_path", "image", "IMAGE_PATH")
 PANEL_LIST_KEYS = (

@@ -22,8 +22,8 @@ from typing import Any
 
 import redis
 
-from comix_embed.common.jobs import Job, first_job
-from comix_embed.common.redis_memory import describe_limit, is_out_of_memory
+from comix_embed.common.broker.redis_memory import describe_limit, is_out_of_memory
+from comix_embed.common.store.jobs import Job, first_job
 
 log = logging.getLogger("comix.results")
 

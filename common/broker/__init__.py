@@ -1,0 +1,1 @@
+"""The broker as every role sees it: the Celery app, the Redis keys, deliveries, the results stream."""

@@ -1,0 +1,1 @@
+"""The model: its architecture, checkpoints, tokenizer, page inputs and the embedding function."""

@@ -1,0 +1,67 @@
+"""Reading the store: its root attributes, its committed rows, and the store found from either of its names.
+
+Readers never see more than the committed rows: `open_committed` and `read_committed_rows` slice
+every array to `committed_rows`, which the writer publishes only after the rows and manifests
+below it are on disk (docs/store.md, "The commit protocol").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from comix_embed.common import config
+from comix_embed.common.errors import UsageError
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+
+def read_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
+    with open(Path(path) / "zarr.json", encoding="utf-8") as fh:
+        return json.load(fh).get("attributes", {})
+
+
+def read_committed_rows(path: str | os.PathLike[str]) -> int:
+    """Rows [0, n) are committed: whole batches, in index order, never to change."""
+    return int(read_attrs(path).get("committed_rows", 0))
+
+
+def open_committed(path: str | os.PathLike[str], timeout: float = 10.0) -> xr.Dataset:
+    """The store as an xarray Dataset of exactly its committed rows (lazy, read only).
+
+    `committed_rows` is read before the arrays are opened, and every array holds at least that
+    many rows, so the slice never reaches a row being written. While the writer grows the arrays
+    (rarely, back to back) their lengths differ for an instant and xarray refuses to open:
+    retried until `timeout`.
+    """
+    import xarray as xr  # readers only: the writer never pays for importing xarray
+
+    deadline = time.monotonic() + timeout
+    while True:
+        committed = read_committed_rows(path)
+        try:
+            ds = xr.open_zarr(path, consolidated=False)
+        except ValueError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+            continue
+        ds = ds.isel(page_id=slice(0, committed))
+        ds.attrs["committed_rows"] = committed
+        return ds
+
+
+def resolve_store(path: str | os.PathLike[str]) -> Path:
+    """The store itself, given either its `.zarr` path or the output folder that holds it.
+
+    Users pass both spellings (their old tools took the `.zarr`, our commands the output folder).
+    """
+    given = Path(path)
+    for candidate in (given, given / config.STORE_NAME):
+        if (candidate / "zarr.json").is_file():
+            return candidate
+    raise UsageError(f"no embeddings store at {given} (neither a Zarr store nor a folder holding {config.STORE_NAME})")
