@@ -2,13 +2,9 @@
 # the base image; `pip install .` keeps it (torch>=2.4 is already satisfied).
 FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
 WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY launch ./launch
-COPY common ./common
-COPY producer ./producer
-COPY consumers ./consumers
-COPY writer ./writer
-COPY tools ./tools
+# The build context as .dockerignore leaves it: pyproject.toml, README.md, comix_embed/ and the
+# folders it links (comix_embed/common -> ../common, ...), which `pip install .` follows.
+COPY . ./
 # A numeric user (resolvable whatever the host's /etc/passwd says), and the GPU-claim folder
 # made and owned by it here: a named volume mounted on /claims starts as a copy of it, so the
 # workers can create their gpu-N.lock files there.

@@ -34,7 +34,7 @@ from celery.signals import (
 )
 
 from comix_embed.common import config
-from comix_embed.common.broker.celery_app import app
+from comix_embed.common.celery_app import app
 from comix_embed.consumers import failpoint
 
 if TYPE_CHECKING:  # for the hints only: this module imports them where they are used

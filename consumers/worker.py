@@ -125,7 +125,7 @@ def _start_celery(args: argparse.Namespace, settings: WorkerSettings, info: dict
     # Import torch and transformers once here, before the pool forks, so each pool process starts
     # in a fraction of a second. Nothing here touches CUDA or runs a torch op (not fork-safe).
     import comix_embed.common.model.embed  # noqa: F401
-    from comix_embed.common.broker.celery_app import configure
+    from comix_embed.common.celery_app import configure
 
     configure(args.broker).worker_main(celery_argv(name, args.loglevel, f"{config.EMBED_QUEUE}.{settings.model_key}"))
     return 0

@@ -26,9 +26,9 @@ import redis
 
 from comix_embed.common import config
 from comix_embed.common.broker import deliveries
-from comix_embed.common.broker.celery_app import configure
 from comix_embed.common.broker.redis_memory import describe_limit, is_out_of_memory
 from comix_embed.common.broker.results_stream import connect, store_id, store_id_of
+from comix_embed.common.celery_app import configure
 from comix_embed.common.errors import UsageError
 from comix_embed.common.inputs.listfile import read_list
 from comix_embed.common.inputs.paths import ImageResolver, parse_path_map

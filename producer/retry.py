@@ -22,8 +22,8 @@ import zarr
 
 from comix_embed.common import config
 from comix_embed.common.broker import deliveries
-from comix_embed.common.broker.celery_app import configure
 from comix_embed.common.broker.results_stream import connect, store_id
+from comix_embed.common.celery_app import configure
 from comix_embed.common.digest import file_sha256
 from comix_embed.common.durable import write_json_atomic
 from comix_embed.common.errors import UsageError

@@ -21,9 +21,9 @@ import redis
 
 from comix_embed.common import config
 from comix_embed.common.broker import deliveries
-from comix_embed.common.broker.celery_app import configure
 from comix_embed.common.broker.results_stream import connect, results_key, store_id
 from comix_embed.common.broker.writer_lease import current_holder
+from comix_embed.common.celery_app import configure
 from comix_embed.common.errors import UsageError
 from comix_embed.common.messages import ModelIdentity
 from comix_embed.common.model.identity import describe, identity_of, is_legacy_tokenizer, queue_name

@@ -8,9 +8,9 @@ its one-line job (what ARCHITECTURE.md lists), so each must have one.
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.util
 import re
-from pathlib import Path
 
 from tests.tree import NOT_INSTALLED, PACKAGE, ROLE_FOLDERS, ROOT, module_paths
 
@@ -42,11 +42,10 @@ def test_python_paths_in_the_docs_exist() -> None:
         text = (ROOT / doc).read_text(encoding="utf-8")
         for module, names in re.findall(r"from (comix_embed[\w.]*) import ([\w, ]+)", text):
             found += 1
-            spec = importlib.util.find_spec(module)
-            assert spec is not None, f"{doc}: no module {module}"
-            source = Path(str(spec.origin)).read_text(encoding="utf-8")
+            assert importlib.util.find_spec(module) is not None, f"{doc}: no module {module}"
+            imported = importlib.import_module(module)
             for name in (n.strip() for n in names.split(",")):
-                assert re.search(rf"^(def|class) {name}\b|^{name}\b", source, re.MULTILINE), f"{doc}: {module}.{name}"
+                assert hasattr(imported, name), f"{doc}: {module}.{name}"
         for module in re.findall(r"celery -A (\S+)", text):
             found += 1
             assert module.startswith("comix_embed.") and importlib.util.find_spec(module), f"{doc}: celery -A {module}"

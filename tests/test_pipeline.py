@@ -202,7 +202,7 @@ def test_flower_lists_workers_and_succeeded_tasks(
             "-m",
             "celery",
             "-A",
-            "comix_embed.common.broker.celery_app",
+            "comix_embed.common.celery_app",
             "--broker",
             broker.url,
             "flower",

@@ -246,7 +246,7 @@ def test_no_process_that_loads_the_app_unpickles_broker_content() -> None:
     from kombu.exceptions import ContentDisallowed
     from kombu.serialization import loads
 
-    from comix_embed.common.broker.celery_app import app
+    from comix_embed.common.celery_app import app
 
     assert app.conf.accept_content == ["json"] and app.conf.result_accept_content == ["json"]
     with pytest.raises(ContentDisallowed):

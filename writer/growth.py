@@ -30,7 +30,6 @@ from comix_embed.common.timestamps import utc_now
 from comix_embed.writer.durable_store import writer_store
 
 
-
 def create_store(path: str | os.PathLike[str], model: ModelIdentity | dict[str, Any], fsync: bool = True) -> None:
     """Create the empty store: every page_id array with 0 rows (registering a job grows them).
 

@@ -32,8 +32,8 @@ import redis
 
 from comix_embed.common import config
 from comix_embed.common.broker import deliveries
-from comix_embed.common.broker.celery_app import configure
 from comix_embed.common.broker.results_stream import Entry, Malformed, ResultsReader, connect, store_id
+from comix_embed.common.celery_app import configure
 from comix_embed.common.messages import MalformedMessage, TaskPayload
 from comix_embed.common.model.identity import ModelMismatch
 from comix_embed.common.store.jobs import read_task

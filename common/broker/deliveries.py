@@ -216,7 +216,7 @@ def lost(
 
 def send(client: redis.Redis, payload: TaskPayload, queue: str | None, priority: int, producer: Any = None) -> None:
     """Send one batch to its model's queue; recorded as sent (when) for `enqueue`'s skip."""
-    from comix_embed.common.broker.celery_app import app
+    from comix_embed.common.celery_app import app
 
     if queue is None:
         if payload.model is None:

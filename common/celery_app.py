@@ -1,6 +1,6 @@
 """The one Celery app every process loads: producer, workers, Flower.
 
-Flower and any `celery` command take it as `celery -A comix_embed.common.broker.celery_app`.
+Flower and any `celery` command take it as `celery -A comix_embed.common.celery_app`.
 
 Settings give at-least-once delivery over Redis (research/celery-reliability.md §0): late
 acknowledgement, one task reserved per process, a hard time
