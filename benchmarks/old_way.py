@@ -71,7 +71,9 @@ def old_page_inputs(spec: PageSpec, image_path: Path, tokenizer) -> dict[str, to
     panels = spec.panels[:slots] or [PanelSpec(box=[0, 0, width, height])]
     for i, panel in enumerate(panels):
         box = pixel_box(panel.box, panel.fraction, width, height)
-        crop = img.crop(crop_box(box, width, height)).resize((config.IMAGE_SIZE, config.IMAGE_SIZE), Image.BILINEAR)
+        crop = img.crop(crop_box(box, width, height)).resize(
+            (config.IMAGE_SIZE, config.IMAGE_SIZE), Image.Resampling.BILINEAR
+        )
         images[i] = torch.from_numpy(np.array(crop)).permute(2, 0, 1).float().div(255.0)
         chars = [pixel_box(c, panel.fraction, width, height) for c in panel.characters]
         comp[i] = torch.from_numpy(composition_features(box, width, height, chars))

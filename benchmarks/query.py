@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from comix_embed.common import config
 from comix_embed.common.model.preprocess import text_to_json
@@ -34,7 +33,7 @@ from comix_embed.common.store.reading import read_committed_rows
 from comix_embed.common.store.schema import STATUS_FAILED, STATUS_OK, store_path
 from comix_embed.tools.sample import text as sample_text
 from comix_embed.tools.search import SearchIndex
-from comix_embed.writer.growth import create_store, write_attrs
+from comix_embed.writer.growth import create_store, grow, open_row_arrays, write_attrs
 
 D = 384
 P = config.MAX_PANELS
@@ -91,14 +90,12 @@ def build_store(output_dir: Path, pages: int, seed: int = 0) -> Path:
         raise SystemExit(f"{path} exists with another row count: remove it or choose another --keep")
     output_dir.mkdir(parents=True, exist_ok=True)
     create_store(path, MODEL)
-    group = zarr.open_group(path, mode="r+")
-    for _, arr in group.arrays():
-        if arr.metadata.dimension_names[0] == "page_id":
-            arr.resize((pages, *arr.shape[1:]))
+    arrays = open_row_arrays(path, fsync=False)
+    grow(arrays, pages)
     for start in range(0, pages, SLICE):
         stop = min(start + SLICE, pages)
         for name, values in synthetic_slice(start, stop, seed).items():
-            group[name][start:stop] = values
+            arrays[name][start:stop] = values
     write_attrs(path, {"committed_rows": pages, "registered_rows": pages})
     return path
 
@@ -146,7 +143,7 @@ def bench(path: Path, queries: int, seed: int = 1) -> dict[str, float]:
     return {
         "pages": index.committed,
         "searchable_pages": len(rows),
-        "valid_panels": index.panel_count,
+        "valid_panels": index.panel_count or 0,
         "queries": queries,
         "load_pages_s": round(load_pages_s, 2),
         "load_text_s": round(load_text_s, 2),

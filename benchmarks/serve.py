@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -95,7 +96,7 @@ def bench(store: Path, ckpt: Path, queries: int, seed: int = 1) -> dict[str, flo
     words = random_words(index, index.rows, rng, queries + 1)
     ids = [str(index.page_ids[int(rng.choice(index.rows))]) for _ in range(queries + 1)]
     texts = [" ".join(rng.sample(words, 3)) for _ in range(queries + 1)]
-    kinds = {
+    kinds: dict[str, list[tuple[str, dict[str, Any]]]] = {
         "keyword": [("get", {"query_string": {"mode": "keyword", "q": w}}) for w in words],
         "like": [("get", {"query_string": {"mode": "like", "q": p}}) for p in ids],
         "text": [("get", {"query_string": {"mode": "text", "q": t}}) for t in texts],

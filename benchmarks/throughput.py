@@ -249,9 +249,9 @@ def measure_baseline(corpus: Path, ckpt: Path, work: Path, tasks: list[PageTask]
     row = 500
     t0 = time.perf_counter()
     for i in range(0, len(tasks), 8):
-        batch = [t for t in tasks[i : i + 8] if t.spec]
+        batch = [(t.spec, t.image) for t in tasks[i : i + 8] if t.spec is not None]
         t1 = time.perf_counter()
-        inputs = old_collate([old_page_inputs(t.spec, corpus / "images" / t.image, tok) for t in batch])
+        inputs = old_collate([old_page_inputs(spec, corpus / "images" / image, tok) for spec, image in batch])
         t2 = time.perf_counter()
         with torch.no_grad():
             panels, page, attention, order = loaded.model.forward_all_slots(
@@ -401,6 +401,7 @@ def writer_pages_per_s(work: Path, ckpt: Path) -> float:
     d = load_model(ckpt).config.d
     out = Path(tempfile.mkdtemp(prefix="writer-", dir=work))
     job, _ = synthetic.plan(out, synthetic.make_pages(800), 8)
+    assert job is not None
     results = [synthetic.make_result(job, b, synthetic.model_info(d=d)) for b, _, _ in job.batches()]
     with StoreWriter(out) as writer:
         writer.commit(results[:1])

@@ -8,20 +8,16 @@ All are made here by the project's own commands' code (nothing is downloaded), o
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from comix_embed.common.child import cli_argv
 from comix_embed.common.model.tokenizer import load_tokenizer
 from comix_embed.private_redis import PrivateRedis
 from comix_embed.tools.init_checkpoint import init_checkpoint
 from comix_embed.tools.sample.corpus import make_sample
-
-PIPELINE_PAGES = 18  # of the pipeline tests' corpus, plus 3 broken pages
+from tests.cli import enqueue_args, run_args, run_cli
+from tests.corpora import PIPELINE_PAGES, add_broken_pages
 
 
 @pytest.fixture(scope="session")
@@ -39,40 +35,6 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def run_cli(*argv: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """`comix-embed ARGV...` in a child process, as a user would run it."""
-    return subprocess.run(
-        cli_argv(*argv),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def add_broken_pages(corpus_dir: Path) -> int:
-    """Append to the corpus's list: a missing DataSpec, a truncated image, an image outside the root.
-
-    Returns how many of the list's pages must end as failed.
-    """
-    specs = corpus_dir / "dataspecs" / "Broken - Unknown"
-    specs.mkdir(parents=True)
-    images = corpus_dir / "images" / "Broken - Unknown"
-    images.mkdir(parents=True)
-    good = next(corpus_dir.glob("images/*/JPG4CBZ/0002.jpg"))
-    (images / "truncated.jpg").write_bytes(good.read_bytes()[:5000])
-    panel = {"panel_coords": [10, 10, 300, 300], "text": {"dialogue": ["HEY"], "narration": [], "sfx": []}}
-    (specs / "0001.json").write_text(
-        json.dumps({"page_image_path": "Broken - Unknown/truncated.jpg", "panels": [panel]})
-    )
-    (specs / "0002.json").write_text(json.dumps({"page_image_path": "../../etc/passwd", "panels": [panel]}))
-    with open(corpus_dir / "list.txt", "a", encoding="utf-8") as fh:
-        fh.write("dataspecs/Broken - Unknown/0001.json\n")
-        fh.write("dataspecs/Broken - Unknown/0002.json\n")
-        fh.write("dataspecs/Broken - Unknown/missing.json\n")
-    return 3
-
-
 @pytest.fixture(scope="session")
 def pipeline_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The corpus `pipeline_store` embeds: 16 sample pages plus 3 that fail (images under `images/`)."""
@@ -85,23 +47,8 @@ def pipeline_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def pipeline_store(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, pipeline_corpus: Path) -> Path:
     """An output folder made by `comix-embed run` from `pipeline_corpus`: 16 sample pages plus 3 that fail."""
-    corpus_dir = pipeline_corpus
     out = tmp_path_factory.mktemp("pipeline_out")
-    proc = run_cli(
-        "run",
-        "--checkpoint",
-        str(tiny_checkpoint),
-        "--list",
-        str(corpus_dir / "list.txt"),
-        "--image-root",
-        str(corpus_dir / "images"),
-        "--output-dir",
-        str(out),
-        "--batch-size",
-        "4",
-        "--workers",
-        "2",
-    )
+    proc = run_cli(*run_args(tiny_checkpoint, pipeline_corpus, out, workers=2))
     assert proc.returncode == 3, proc.stdout + proc.stderr  # done, some pages failed
     return out
 
@@ -167,7 +114,7 @@ def broker():
 @pytest.fixture(scope="session")
 def clean_store(tmp_path_factory: pytest.TempPathFactory, job_corpus: Path, tiny_checkpoint: Path) -> Path:
     """The reference: the pipeline job (batches of 4) run undisturbed by two workers and a writer."""
-    from tests.harness import enqueue_argv, wait_committed, worker, writer
+    from tests.harness import wait_committed, worker, writer
 
     out = tmp_path_factory.mktemp("clean")
     logs = out / "test-logs"
@@ -175,7 +122,7 @@ def clean_store(tmp_path_factory: pytest.TempPathFactory, job_corpus: Path, tiny
         procs = [worker(tiny_checkpoint, server.url, logs, f"w{i}") for i in range(2)]
         procs.append(writer(out, server.url, logs))
         try:
-            done = run_cli(*enqueue_argv(job_corpus, out, server.url, tiny_checkpoint))
+            done = run_cli(*enqueue_args(job_corpus, out, server.url, tiny_checkpoint))
             assert done.returncode == 0, done.stdout + done.stderr
             wait_committed(out, PIPELINE_PAGES + 3, 120, procs)
         finally:

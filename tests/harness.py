@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -137,25 +138,7 @@ def slow_writer(out: Path, broker: str, log_dir: Path, name: str) -> Proc:
     return writer(out, broker, log_dir, name, "--read", "1", env=env)
 
 
-def enqueue_argv(corpus: Path, out: Path, broker: str, checkpoint: Path, batch_size: int = 4) -> list[str]:
-    return [
-        "enqueue",
-        "--checkpoint",
-        str(checkpoint),
-        "--list",
-        str(corpus / "list.txt"),
-        "--image-root",
-        str(corpus / "images"),
-        "--output-dir",
-        str(out),
-        "--batch-size",
-        str(batch_size),
-        "--broker",
-        broker,
-    ]
-
-
-def wait_committed(out: Path, rows: int, timeout: float, procs: list[Proc] = ()) -> None:
+def wait_committed(out: Path, rows: int, timeout: float, procs: Sequence[Proc] = ()) -> None:
     """Until `committed_rows` reaches `rows`; fails early (with logs) if a process died."""
     deadline = time.monotonic() + timeout
     path = store_path(out)

@@ -10,7 +10,7 @@ import pytest
 
 from comix_embed.common.store.schema import STATUS_FAILED, STATUS_FULL_PAGE, STATUS_OK
 from comix_embed.tools.sample.corpus import make_sample
-from tests.conftest import run_cli
+from tests.cli import run_args, run_cli
 from tests.harness import store_arrays
 
 GOOD = {"panel_coords": [10, 10, 300, 300], "text": {"dialogue": ["HEY"], "narration": [], "sfx": []}}
@@ -60,21 +60,7 @@ def bad_panel_run(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Pat
     make_sample(corpus, pages=5, seed=7)
     expected = add_bad_panel_pages(corpus)
     out = tmp_path_factory.mktemp("bad_panel_out")
-    proc = run_cli(
-        "run",
-        "--checkpoint",
-        str(tiny_checkpoint),
-        "--list",
-        str(corpus / "list.txt"),
-        "--image-root",
-        str(corpus / "images"),
-        "--output-dir",
-        str(out),
-        "--batch-size",
-        "4",
-        "--workers",
-        "1",
-    )
+    proc = run_cli(*run_args(tiny_checkpoint, corpus, out, workers=1))
     assert proc.returncode == 3, proc.stdout + proc.stderr  # done, some pages failed
     return out, expected
 

@@ -18,7 +18,7 @@ import zarr
 from comix_embed.cli import main
 from comix_embed.common.store.manifests import INFLIGHT_NAME, manifest_dir, manifest_file
 from comix_embed.common.store.schema import store_path
-from tests.conftest import run_cli
+from tests.cli import run_cli
 
 
 def diagnose(capsys: pytest.CaptureFixture[str], target: Path) -> tuple[int, dict[str, str], str]:

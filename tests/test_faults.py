@@ -30,10 +30,10 @@ from comix_embed.tools.init_checkpoint import init_checkpoint
 from comix_embed.tools.sample.corpus import make_sample
 from comix_embed.writer.growth import write_attrs
 from tests import synthetic
-from tests.conftest import PIPELINE_PAGES, run_cli
+from tests.cli import enqueue_args, run_args, run_cli
+from tests.corpora import PIPELINE_PAGES
 from tests.harness import (
     assert_same_store,
-    enqueue_argv,
     job_queue,
     process_state,
     store_arrays,
@@ -79,7 +79,7 @@ def test_a_worker_with_another_model_never_receives_the_jobs_batches(
     procs = [stale, wr]
     try:
         _wait(lambda: _ready(client, "stale"), 120, stale.text())  # the stale worker answers first
-        done = run_cli(*enqueue_argv(job_corpus, out, broker.url, tiny_checkpoint))
+        done = run_cli(*enqueue_args(job_corpus, out, broker.url, tiny_checkpoint))
         assert done.returncode == 0, done.stdout + done.stderr
         assert "model: checkpoint sha256" in done.stdout
         right = worker(tiny_checkpoint, broker.url, logs, "right")
@@ -117,7 +117,7 @@ def test_the_same_tokenizer_in_two_folders_is_one_model(
         writer(out, broker.url, logs),
     ]
     try:
-        argv = enqueue_argv(job_corpus, out, broker.url, tiny_checkpoint) + ["--tokenizer", str(second)]
+        argv = enqueue_args(job_corpus, out, broker.url, tiny_checkpoint) + ["--tokenizer", str(second)]
         assert run_cli(*argv).returncode == 0
         wait_committed(out, ROWS, 180, procs)  # whichever worker embeds which batch
     finally:
@@ -140,24 +140,7 @@ def test_a_store_written_before_keeps_working_and_records_its_tokenizer_by_conte
     second.write_text("\n".join(lines[4:]) + "\n")
 
     def run(listfile: Path, *extra: str):
-        return run_cli(
-            "run",
-            "--checkpoint",
-            str(tiny_checkpoint),
-            "--list",
-            str(listfile),
-            "--image-root",
-            str(corpus / "images"),
-            "--output-dir",
-            str(out),
-            "--dataspec-root",
-            str(corpus),
-            "--batch-size",
-            "4",
-            "--workers",
-            "1",
-            *extra,
-        )
+        return run_cli(*run_args(tiny_checkpoint, corpus, out, *extra, listfile=listfile, workers=1))
 
     made = run(first)
     assert made.returncode == 0, made.stdout + made.stderr
@@ -188,20 +171,7 @@ def test_a_store_written_before_keeps_working_and_records_its_tokenizer_by_conte
     init_checkpoint(other, size="tiny", seed=3)
     third = tmp_path / "third.txt"
     third.write_text(lines[0].replace("0001", "0009") + "\n")
-    mixed = run_cli(
-        "enqueue",
-        "--checkpoint",
-        str(other),
-        "--list",
-        str(third),
-        "--image-root",
-        str(corpus / "images"),
-        "--output-dir",
-        str(out),
-        "--incremental",
-        "--broker",
-        "redis://127.0.0.1:1/0",
-    )
+    mixed = run_cli(*enqueue_args(corpus, out, "redis://127.0.0.1:1/0", other, listfile=third), "--incremental")
     assert mixed.returncode == 2 and "one model per store" in mixed.stderr
 
 
@@ -213,7 +183,7 @@ def test_a_batch_refused_max_attempts_times_stops_run_with_the_reason(
 ) -> None:
     out, logs = tmp_path / "out", tmp_path / "logs"
     client = redis.Redis.from_url(broker.url)
-    assert run_cli(*enqueue_argv(job_corpus, out, broker.url, tiny_checkpoint)).returncode == 0
+    assert run_cli(*enqueue_args(job_corpus, out, broker.url, tiny_checkpoint)).returncode == 0
     store, queue = store_id(out), job_queue(out)
     assert deliveries.queued(client, queue) == 6
     job = load_jobs(out)[0]
@@ -232,24 +202,7 @@ def test_a_batch_refused_max_attempts_times_stops_run_with_the_reason(
     assert "refused 3 times: batch 5: the job job_000001 was made with checkpoint" in text
 
     started = time.monotonic()
-    ran = run_cli(
-        "run",
-        "--checkpoint",
-        str(tiny_checkpoint),
-        "--list",
-        str(job_corpus / "list.txt"),
-        "--image-root",
-        str(job_corpus / "images"),
-        "--output-dir",
-        str(out),
-        "--batch-size",
-        "4",
-        "--workers",
-        "1",
-        "--broker",
-        broker.url,
-        timeout=600,
-    )
+    ran = run_cli(*run_args(tiny_checkpoint, job_corpus, out, "--broker", broker.url, workers=1), timeout=600)
     assert ran.returncode == 1, ran.stdout + ran.stderr
     assert "the results of batch 5 were refused 3 times" in ran.stderr and synthetic.CHECKPOINT_B in ran.stderr
     assert time.monotonic() - started < 600  # it stopped; it did not spin
@@ -267,7 +220,7 @@ def test_a_batch_lost_max_attempts_times_is_committed_as_failed_rows(
     w = worker(tiny_checkpoint, broker.url, logs, "victim", env, stop_at=("batch",))
     wr = writer(out, broker.url, logs, env=env)
     try:
-        assert run_cli(*enqueue_argv(job_corpus, out, broker.url, tiny_checkpoint)).returncode == 0
+        assert run_cli(*enqueue_args(job_corpus, out, broker.url, tiny_checkpoint)).returncode == 0
         store = store_id(out)
         lost_key = deliveries.LOST.format(store=store)
         given_up: list[int] = []
@@ -312,9 +265,9 @@ def test_given_back_resent_and_shut_down_batches_never_fail_a_healthy_page(
     w1 = worker(tiny_checkpoint, broker.url, logs, "w1", {**full, "COMIX_TASK_TIME_LIMIT": "70"})
     client = redis.Redis.from_url(broker.url)
     try:
-        assert run_cli(*enqueue_argv(job_corpus, out, broker.url, tiny_checkpoint)).returncode == 0
+        assert run_cli(*enqueue_args(job_corpus, out, broker.url, tiny_checkpoint)).returncode == 0
         _wait(lambda: "given back" in w1.text(), 180, "no batch was given back")
-        resent = run_cli(*enqueue_argv(job_corpus, out, broker.url, tiny_checkpoint), "--resend")
+        resent = run_cli(*enqueue_args(job_corpus, out, broker.url, tiny_checkpoint), "--resend")
         assert resent.returncode == 0 and "6 sent now" in resent.stdout, resent.stdout  # two deliveries of each
         key = results_key(store_id(out))
         _wait(lambda: client.xlen(key) >= 1, 120, "the results stream never filled")
@@ -365,7 +318,7 @@ def test_after_a_kill_the_readable_prefix_keeps_moving(
     wr = writer(out, broker.url, logs, env={"COMIX_WRITER_LINGER_S": "0", "COMIX_WRITER_GAP_LINGER_S": "0"})
     procs = [first, wr]
     try:
-        argv = cli_argv(*enqueue_argv(corpus, out, broker.url, tiny_checkpoint, batch_size=size))
+        argv = cli_argv(*enqueue_args(corpus, out, broker.url, tiny_checkpoint, batch_size=size))
         enqueue = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         victim = first.kill_pool_mid_batch(broker.url)  # early in the job: the first batch w0 takes
         _wait(lambda: f"batch {victim.batch} lost" in first.text(), 120, "the killed batch was not sent again")
@@ -393,7 +346,7 @@ def test_a_worker_killed_whole_holding_a_batch_is_replaced_within_a_minute(
     out, logs = tmp_path / "out", tmp_path / "logs"
     env = {"COMIX_LEASE_TTL_S": "6"}  # a setting; the visibility timeout stays at its 1800 s
     client = redis.Redis.from_url(broker.url)
-    assert run_cli(*enqueue_argv(job_corpus, out, broker.url, tiny_checkpoint)).returncode == 0
+    assert run_cli(*enqueue_args(job_corpus, out, broker.url, tiny_checkpoint)).returncode == 0
     doomed = worker(tiny_checkpoint, broker.url, logs, "doomed", env)  # after enqueue: no batch done meanwhile
     try:
         held = wait_lease(broker.url, 300, holder="doomed")
@@ -489,24 +442,19 @@ def test_run_resumes_every_unfinished_job_of_the_store(tiny_checkpoint: Path, tm
     first, second = tmp_path / "first.txt", tmp_path / "second.txt"
     first.write_text("\n".join(lines[:8]) + "\n")
     second.write_text("\n".join(lines[8:]) + "\n")
-    source = ["--image-root", str(corpus / "images"), "--output-dir", str(out), "--dataspec-root", str(corpus)]
     with PrivateRedis() as lost:  # the first job is enqueued, then its broker goes with its batches
-        sent = run_cli(
-            "enqueue", "--checkpoint", str(tiny_checkpoint), "--list", str(first), *source, "--broker", lost.url
-        )
+        sent = run_cli(*enqueue_args(corpus, out, lost.url, tiny_checkpoint, batch_size=8, listfile=first))
         assert sent.returncode == 0, sent.stderr
-    ran = run_cli(
-        "run", "--checkpoint", str(tiny_checkpoint), "--list", str(second), *source, "--incremental", "--workers", "1"
-    )
+    ran = run_cli(*run_args(tiny_checkpoint, corpus, out, "--incremental", listfile=second, batch_size=8, workers=1))
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert "job_000001 (unfinished): 1 of 1 batches owed" in ran.stdout
     assert read_committed_rows(store_path(out)) == 12 == sum(j.page_count for j in load_jobs(out))
-    again = run_cli("run", "--checkpoint", str(tiny_checkpoint), "--list", str(second), *source, "--incremental")
+    again = run_cli(*run_args(tiny_checkpoint, corpus, out, "--incremental", listfile=second, batch_size=8))
     assert again.returncode == 0 and "already committed" in again.stdout
 
 
 def test_enqueue_without_a_model_for_a_new_store_says_what_to_pass(job_corpus: Path, tmp_path: Path) -> None:
-    argv = enqueue_argv(job_corpus, tmp_path / "out", "redis://127.0.0.1:1/0", Path("x"))
+    argv = enqueue_args(job_corpus, tmp_path / "out", "redis://127.0.0.1:1/0", Path("x"))
     argv = [a for a in argv if a not in ("--checkpoint", "x")]
     proc = subprocess.run(cli_argv(*argv), capture_output=True, text=True)
     assert proc.returncode == 2 and "pass --checkpoint" in proc.stderr

@@ -25,8 +25,9 @@ from comix_embed.common.store.manifests import manifest_dir, manifest_ids
 from comix_embed.common.store.reading import read_committed_rows
 from comix_embed.common.store.schema import store_path
 from comix_embed.private_redis import PrivateRedis
-from tests.conftest import PIPELINE_PAGES, run_cli
-from tests.harness import assert_same_store, enqueue_argv, store_arrays, wait_committed, wait_results, worker, writer
+from tests.cli import enqueue_args, run_cli
+from tests.corpora import PIPELINE_PAGES
+from tests.harness import assert_same_store, store_arrays, wait_committed, wait_results, worker, writer
 
 FIRST = 12  # pages of the first job (3 batches of 4); the rest of the list is the second job
 
@@ -66,10 +67,7 @@ def _split_list(corpus: Path, into: Path) -> tuple[Path, Path]:
 
 
 def _enqueue(corpus: Path, out: Path, url: str, checkpoint: Path, listed: Path, *extra: str):
-    argv = enqueue_argv(corpus, out, url, checkpoint)
-    argv[argv.index("--list") + 1] = str(listed)
-    argv += ["--dataspec-root", str(corpus), *extra]
-    return run_cli(*argv)
+    return run_cli(*enqueue_args(corpus, out, url, checkpoint, listfile=listed), *extra)
 
 
 def test_a_full_disk_stops_the_writer_and_a_restart_resumes(
@@ -144,7 +142,7 @@ def test_a_redis_out_of_memory_stops_enqueue_with_the_limit_and_loses_nothing(
     out, logs = tmp_path / "out", tmp_path / "logs"
     client = redis.Redis.from_url(broker.url)
     client.config_set("maxmemory", 1)  # below what an empty Redis uses: every write is refused
-    refused = run_cli(*enqueue_argv(job_corpus, out, broker.url, tiny_checkpoint))
+    refused = run_cli(*enqueue_args(job_corpus, out, broker.url, tiny_checkpoint))
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "Redis refuses writes: it is out of memory (maxmemory 1 bytes, used " in refused.stderr
     assert "policy noeviction" in refused.stderr and "CONFIG SET maxmemory" in refused.stderr
@@ -153,7 +151,7 @@ def test_a_redis_out_of_memory_stops_enqueue_with_the_limit_and_loses_nothing(
     wk = worker(tiny_checkpoint, broker.url, logs, "w0")
     wr = writer(out, broker.url, logs, "writer")
     try:
-        done = run_cli(*enqueue_argv(job_corpus, out, broker.url, tiny_checkpoint))
+        done = run_cli(*enqueue_args(job_corpus, out, broker.url, tiny_checkpoint))
         assert done.returncode == 0, done.stdout + done.stderr
         wait_committed(out, PIPELINE_PAGES + 3, 180, [wk, wr])
     finally:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from comix_embed.common.store.reading import open_committed
 from comix_embed.common.store.schema import store_path
+from tests.cli import run_args
 
 # The generic names the package once installed, and our own name: a child started with a plain
 # `python -m` (current folder first on sys.path) would import the user's `comix_embed/` instead.
@@ -39,22 +40,7 @@ def test_run_from_a_folder_with_generic_module_names_imports_only_its_own(
     out = tmp_path / "out"
     command = Path(sys.executable).with_name("comix-embed")  # the console script users call
     proc = subprocess.run(
-        [
-            str(command),
-            "run",
-            "--checkpoint",
-            str(tiny_checkpoint),
-            "--list",
-            str(corpus / "list.txt"),
-            "--dataspec-root",
-            str(corpus),
-            "--image-root",
-            str(corpus / "images"),
-            "--output-dir",
-            str(out),
-            "--batch-size",
-            "8",
-        ],
+        [str(command), *run_args(tiny_checkpoint, corpus, out, batch_size=8)],
         cwd=user,
         capture_output=True,
         text=True,

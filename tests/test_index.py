@@ -28,7 +28,7 @@ from comix_embed.tools.search import SearchIndex, build_index
 from comix_embed.tools.search.layout import CURRENT, SEGMENTS, index_dir, read_meta
 from comix_embed.writer.commit import StoreWriter
 from tests import synthetic
-from tests.conftest import run_cli
+from tests.cli import run_cli
 
 PAGES = 2400
 BATCH = 8

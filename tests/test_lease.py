@@ -27,7 +27,7 @@ from comix_embed.private_redis import PrivateRedis
 from comix_embed.writer.commit import StoreWriter
 from comix_embed.writer.lease import WriterLease
 from tests import synthetic
-from tests.conftest import run_cli
+from tests.cli import run_cli
 from tests.harness import writer
 
 TTL = "3"  # seconds: a short lease keeps the takeover tests short
@@ -101,15 +101,19 @@ def test_killed_writer_is_taken_over_and_tokens_grow_across_a_wiped_redis(tmp_pa
     first = writer(out, broker.url, logs, "first", env=slow)
     _send(client, store, job, [0, 1])
     _wait(lambda: manifest_ids(store_path(out)) == {0, 1}, 60, first.text)
-    # the restarted writer is started (and waits for a job) before the kill, with the job files out
-    # of its sight: how long it takes to start does not decide whether the lease is still there
-    (out / "jobs").rename(out / "jobs.away")
-    restarted = writer(out, broker.url, logs, "restarted", env=slow)
+    # The restarted writer is started before the kill, on a symlink to an empty folder, where it
+    # waits for a job: how long it takes to start does not decide whether the lease is still there,
+    # and the first writer's folder stays as it is until it dies.
+    view, empty = tmp_path / "view", tmp_path / "empty"
+    empty.mkdir()
+    view.symlink_to(empty)
+    restarted = writer(view, broker.url, logs, "restarted", env=slow)
     try:
         _wait(lambda: "waiting for a job" in restarted.text(), 120, restarted.text)
-        first.kill()  # SIGKILL: its lease stays in Redis until it expires
+        first.kill()  # SIGKILL: its lease, renewed until now, stays in Redis until it expires
         assert client.exists(LEASE_KEY.format(store=store))
-        (out / "jobs.away").rename(out / "jobs")
+        (tmp_path / "view.new").symlink_to(out)
+        os.replace(tmp_path / "view.new", view)  # at once, the restarted writer's folder is the store's
         _wait(lambda: "lease token 2" in restarted.text(), 60, restarted.text)
         text = restarted.text()
         assert f"held by a writer of this host that is no longer running (host {socket.gethostname()}, " in text

@@ -25,7 +25,7 @@ from comix_embed.common.store.schema import STATUS_FAILED, STATUS_FULL_PAGE, sto
 from comix_embed.tools.init_checkpoint import init_checkpoint
 from comix_embed.tools.query_model import QueryEncoder
 from comix_embed.tools.search import SearchIndex, TextIndex, top_k
-from tests.conftest import run_cli
+from tests.cli import run_cli
 
 
 def query(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

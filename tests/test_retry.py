@@ -29,29 +29,12 @@ from comix_embed.producer.retry import prepare
 from comix_embed.tools.sample.corpus import make_sample
 from comix_embed.writer import retry, rows
 from comix_embed.writer.commit import StoreWriter
-from tests.conftest import run_cli
-from tests.harness import assert_same_store, enqueue_argv, store_arrays, wait_committed, worker, writer
+from tests.cli import enqueue_args, run_args, run_cli
+from tests.harness import assert_same_store, store_arrays, wait_committed, worker, writer
 
 
 def _run(ckpt: Path, corpus: Path, out: Path, *extra: str):
-    return run_cli(
-        "run",
-        "--checkpoint",
-        str(ckpt),
-        "--list",
-        str(corpus / "list.txt"),
-        "--dataspec-root",
-        str(corpus),
-        "--image-root",
-        str(corpus / "images"),
-        "--output-dir",
-        str(out),
-        "--batch-size",
-        "4",
-        "--workers",
-        "1",
-        *extra,
-    )
+    return run_cli(*run_args(ckpt, corpus, out, *extra, workers=1))
 
 
 def _missing_image_corpus(tmp_path: Path) -> tuple[Path, Path, Path]:
@@ -196,11 +179,11 @@ def test_enqueue_retry_failed_with_a_separate_writer(tiny_checkpoint: Path, tmp_
     out, logs = tmp_path / "out", tmp_path / "logs"
     procs = [worker(tiny_checkpoint, broker.url, logs, "w0"), writer(out, broker.url, logs)]
     try:
-        sent = run_cli(*enqueue_argv(corpus, out, broker.url, tiny_checkpoint))
+        sent = run_cli(*enqueue_args(corpus, out, broker.url, tiny_checkpoint))
         assert sent.returncode == 0, sent.stdout + sent.stderr
         wait_committed(out, 10, 300, procs)
         shutil.move(aside, image)
-        retried = run_cli(*enqueue_argv(corpus, out, broker.url, tiny_checkpoint), "--retry-failed")
+        retried = run_cli(*enqueue_args(corpus, out, broker.url, tiny_checkpoint), "--retry-failed")
         assert retried.returncode == 0, retried.stdout + retried.stderr
         assert "retry_000001 (planned): 1 failed pages in 1 retry batches, 1 to send" in retried.stdout
         assert "retry batches sent: 1" in retried.stdout
@@ -210,7 +193,7 @@ def test_enqueue_retry_failed_with_a_separate_writer(tiny_checkpoint: Path, tmp_
             time.sleep(0.2)
         status = store_arrays(out)["status"]
         assert STATUS_FAILED not in status.tolist()
-        none = run_cli(*enqueue_argv(corpus, out, broker.url, tiny_checkpoint), "--retry-failed")
+        none = run_cli(*enqueue_args(corpus, out, broker.url, tiny_checkpoint), "--retry-failed")
         assert none.returncode == 0 and "no failed pages" in none.stdout, none.stdout + none.stderr
     finally:
         for p in procs:

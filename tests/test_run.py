@@ -8,24 +8,11 @@ from comix_embed.common.store.reading import open_committed
 from comix_embed.common.store.schema import store_path
 from comix_embed.tools.init_checkpoint import init_checkpoint
 from comix_embed.tools.sample.corpus import make_sample
-from tests.conftest import run_cli
+from tests.cli import run_args, run_cli
 
 
 def _run(ckpt: Path, corpus: Path, out: Path, listfile: Path, *extra: str):
-    return run_cli(
-        "run",
-        "--checkpoint",
-        str(ckpt),
-        "--list",
-        str(listfile),
-        "--image-root",
-        str(corpus / "images"),
-        "--output-dir",
-        str(out),
-        "--batch-size",
-        "4",
-        *extra,
-    )
+    return run_cli(*run_args(ckpt, corpus, out, *extra, listfile=listfile))
 
 
 def test_incremental_append_skips_stored_pages_and_refuses_another_model(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -36,15 +23,15 @@ def test_incremental_append_skips_stored_pages_and_refuses_another_model(tiny_ch
     first.write_text("\n".join(lines[:8]) + "\n")
     second.write_text("\n".join(lines[5:]) + "\n")  # 3 pages already stored, 4 new
 
-    missing = _run(tiny_checkpoint, corpus, out, second, "--incremental", "--dataspec-root", str(corpus))
+    missing = _run(tiny_checkpoint, corpus, out, second, "--incremental")
     assert missing.returncode == 2 and "Incremental mode requested but Zarr not found" in missing.stderr
 
-    done = _run(tiny_checkpoint, corpus, out, first, "--dataspec-root", str(corpus))
+    done = _run(tiny_checkpoint, corpus, out, first)
     assert done.returncode == 0, done.stdout + done.stderr
-    refused = _run(tiny_checkpoint, corpus, out, second, "--dataspec-root", str(corpus))
+    refused = _run(tiny_checkpoint, corpus, out, second)
     assert refused.returncode == 2 and "--incremental" in refused.stderr
 
-    appended = _run(tiny_checkpoint, corpus, out, second, "--incremental", "--dataspec-root", str(corpus))
+    appended = _run(tiny_checkpoint, corpus, out, second, "--incremental")
     assert appended.returncode == 0, appended.stdout + appended.stderr
     assert "pages skipped (not embedded again): 3" in appended.stdout
     ds = open_committed(store_path(out))
@@ -56,7 +43,7 @@ def test_incremental_append_skips_stored_pages_and_refuses_another_model(tiny_ch
     init_checkpoint(other, size="tiny", seed=7)
     third = tmp_path / "third.txt"
     third.write_text(lines[0] + "\n")
-    mixed = _run(other, corpus, out, third, "--incremental", "--dataspec-root", str(corpus))
+    mixed = _run(other, corpus, out, third, "--incremental")
     assert mixed.returncode == 2 and "one model per store" in mixed.stderr
 
 

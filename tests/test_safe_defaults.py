@@ -27,7 +27,7 @@ from comix_embed.consumers.settings import ready_key
 from comix_embed.private_redis import PrivateRedis
 from comix_embed.producer.status import duration
 from comix_embed.tools.sample.corpus import make_sample
-from tests.conftest import run_cli
+from tests.cli import run_args, run_cli
 
 
 def checkpoint_needing_trust(tiny_checkpoint: Path, out: Path) -> Path:
@@ -113,26 +113,9 @@ def test_broker_password_stays_out_of_command_lines_and_logs(tiny_checkpoint: Pa
     make_sample(corpus, pages=4, seed=3)
     ckpt = checkpoint_needing_trust(tiny_checkpoint, tmp_path / "trained.pth")
     with PrivateRedis(password=password) as server:
-        argv = cli_argv(
-            "run",
-            "--checkpoint",
-            str(ckpt),
-            "--tokenizer",
-            str(tokenizer_dir_beside(tiny_checkpoint)),
-            "--trust-checkpoint",
-            "--list",
-            str(corpus / "list.txt"),
-            "--image-root",
-            str(corpus / "images"),
-            "--output-dir",
-            str(out),
-            "--batch-size",
-            "2",
-            "--workers",
-            "2",
-            "--broker",  # the user's own command line; what it starts must not repeat it
-            server.url,
-        )
+        trust = ("--tokenizer", str(tokenizer_dir_beside(tiny_checkpoint)), "--trust-checkpoint")
+        # --broker: the user's own command line; what it starts must not repeat it
+        argv = cli_argv(*run_args(ckpt, corpus, out, *trust, "--broker", server.url, batch_size=2, workers=2))
         run = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             seen = []

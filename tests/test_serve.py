@@ -36,7 +36,7 @@ from comix_embed.tools.serve import command
 from comix_embed.tools.serve.app import ServeState, create_app
 from comix_embed.tools.serve.thumbs import OUTLINE, Thumbnail, ThumbnailCache, render
 from comix_embed.writer.commit import StoreWriter
-from tests.conftest import run_cli
+from tests.cli import run_args, run_cli
 from tests.synthetic import make_result
 from tests.test_query import longest_word
 
@@ -59,23 +59,7 @@ def make_client(stores: list[Path], checkpoint: Path, root: Path, *extra: str) -
 def vision_store(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, pipeline_corpus: Path) -> Path:
     """The pipeline corpus embedded again, in the `vision` encoder mode."""
     out = tmp_path_factory.mktemp("vision_out")
-    proc = run_cli(
-        "run",
-        "--checkpoint",
-        str(tiny_checkpoint),
-        "--list",
-        str(pipeline_corpus / "list.txt"),
-        "--image-root",
-        str(pipeline_corpus / "images"),
-        "--output-dir",
-        str(out),
-        "--batch-size",
-        "4",
-        "--workers",
-        "2",
-        "--encoder-mode",
-        "vision",
-    )
+    proc = run_cli(*run_args(tiny_checkpoint, pipeline_corpus, out, "--encoder-mode", "vision", workers=2))
     assert proc.returncode == 3, proc.stdout + proc.stderr
     return out
 

@@ -11,7 +11,7 @@ from comix_embed.common.model.identity import identity_of, queue_name
 from comix_embed.common.store.reading import read_attrs
 from comix_embed.common.store.schema import store_path
 from comix_embed.private_redis import PrivateRedis
-from tests.conftest import run_cli
+from tests.cli import run_cli
 
 
 def test_status_of_an_interrupted_job(interrupted_store: Path) -> None:

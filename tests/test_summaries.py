@@ -11,7 +11,7 @@ import pytest
 from comix_embed.cli import main
 from comix_embed.common.store.reading import open_committed
 from comix_embed.common.store.schema import store_path
-from tests.conftest import run_cli
+from tests.cli import run_cli
 
 ROW = re.compile(r"^(\d+) (\d+\.\d{6}) (\d+\.\d{6}) (\S+) (.*)$")
 

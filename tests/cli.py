@@ -1,0 +1,68 @@
+"""`comix-embed` command lines for the tests: one run as a user runs it, and `run`/`enqueue` on a corpus.
+
+A corpus is a folder as `comix-embed sample` writes it (tools/sample/corpus.py): `list.txt`, whose
+lines are relative to the folder, the DataSpecs under `dataspecs/` and the images under `images/`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from comix_embed.common.child import cli_argv
+
+
+def run_cli(*argv: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`comix-embed ARGV...` in a child process, as a user would run it."""
+    return subprocess.run(
+        cli_argv(*argv),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def corpus_args(corpus: Path, out: Path, listfile: Path | None = None) -> list[str]:
+    """Where a job's pages come from and go: the corpus's `list.txt` (or `listfile`, whose lines are
+    relative to the corpus too), the corpus as DataSpec root, its images, and the output folder."""
+    return [
+        *("--list", str(listfile or corpus / "list.txt")),
+        *("--dataspec-root", str(corpus)),
+        *("--image-root", str(corpus / "images")),
+        *("--output-dir", str(out)),
+    ]
+
+
+def run_args(
+    checkpoint: Path,
+    corpus: Path,
+    out: Path,
+    *extra: str,
+    listfile: Path | None = None,
+    batch_size: int = 4,
+    workers: int | None = None,
+) -> list[str]:
+    """`run` of a corpus into `out`, then `extra`; without `workers`, `run` starts its default number."""
+    argv = [
+        "run",
+        "--checkpoint",
+        str(checkpoint),
+        *corpus_args(corpus, out, listfile),
+        "--batch-size",
+        str(batch_size),
+    ]
+    if workers is not None:
+        argv += ["--workers", str(workers)]
+    return [*argv, *extra]
+
+
+def enqueue_args(
+    corpus: Path, out: Path, broker: str, checkpoint: Path, batch_size: int = 4, listfile: Path | None = None
+) -> list[str]:
+    """`enqueue` of a corpus into `out` over `broker`."""
+    return [
+        *("enqueue", "--checkpoint", str(checkpoint), *corpus_args(corpus, out, listfile)),
+        *("--batch-size", str(batch_size), "--broker", broker),
+    ]
