@@ -1,4 +1,4 @@
-"""Real processes for the pipeline tests: workers, writers, enqueue, over a private Redis."""
+"""Real processes for the pipeline tests: workers and writers over a private Redis, and waits on what they do."""
 
 from __future__ import annotations
 
