@@ -24,14 +24,16 @@ def run_cli(*argv: str, timeout: float = 300, env: dict[str, str] | None = None)
     )
 
 
-def corpus_args(corpus: Path, out: Path, listfile: Path | None = None) -> list[str]:
-    """Where a job's pages come from and go: the corpus's `list.txt` (or `listfile`, whose lines are
-    relative to the corpus too), the corpus as DataSpec root, its images, and the output folder."""
+def _job_args(
+    command: str, checkpoint: Path, corpus: Path, out: Path, listfile: Path | None, batch_size: int
+) -> list[str]:
+    """What `run` and `enqueue` take alike: the model, where the pages come from (the corpus's
+    `list.txt`, or `listfile`, whose lines are relative to the corpus too; the corpus as DataSpec
+    root; its images), the output folder and the batch size."""
     return [
-        *("--list", str(listfile or corpus / "list.txt")),
-        *("--dataspec-root", str(corpus)),
-        *("--image-root", str(corpus / "images")),
-        *("--output-dir", str(out)),
+        *(command, "--checkpoint", str(checkpoint)),
+        *("--list", str(listfile or corpus / "list.txt"), "--dataspec-root", str(corpus)),
+        *("--image-root", str(corpus / "images"), "--output-dir", str(out), "--batch-size", str(batch_size)),
     ]
 
 
@@ -45,24 +47,18 @@ def run_args(
     workers: int | None = None,
 ) -> list[str]:
     """`run` of a corpus into `out`, then `extra`; without `workers`, `run` starts its default number."""
-    argv = [
-        "run",
-        "--checkpoint",
-        str(checkpoint),
-        *corpus_args(corpus, out, listfile),
-        "--batch-size",
-        str(batch_size),
-    ]
-    if workers is not None:
-        argv += ["--workers", str(workers)]
-    return [*argv, *extra]
+    argv = _job_args("run", checkpoint, corpus, out, listfile, batch_size)
+    return [*argv, *(("--workers", str(workers)) if workers is not None else ()), *extra]
 
 
 def enqueue_args(
-    corpus: Path, out: Path, broker: str, checkpoint: Path, batch_size: int = 4, listfile: Path | None = None
+    checkpoint: Path,
+    corpus: Path,
+    out: Path,
+    broker: str,
+    *extra: str,
+    listfile: Path | None = None,
+    batch_size: int = 4,
 ) -> list[str]:
-    """`enqueue` of a corpus into `out` over `broker`."""
-    return [
-        *("enqueue", "--checkpoint", str(checkpoint), *corpus_args(corpus, out, listfile)),
-        *("--batch-size", str(batch_size), "--broker", broker),
-    ]
+    """`enqueue` of a corpus into `out` over `broker`, then `extra`."""
+    return [*_job_args("enqueue", checkpoint, corpus, out, listfile, batch_size), "--broker", broker, *extra]

@@ -122,7 +122,7 @@ def clean_store(tmp_path_factory: pytest.TempPathFactory, job_corpus: Path, tiny
         procs = [worker(tiny_checkpoint, server.url, logs, f"w{i}") for i in range(2)]
         procs.append(writer(out, server.url, logs))
         try:
-            done = run_cli(*enqueue_args(job_corpus, out, server.url, tiny_checkpoint))
+            done = run_cli(*enqueue_args(tiny_checkpoint, job_corpus, out, server.url))
             assert done.returncode == 0, done.stdout + done.stderr
             wait_committed(out, PIPELINE_PAGES + 3, 120, procs)
         finally:

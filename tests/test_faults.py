@@ -79,7 +79,7 @@ def test_a_worker_with_another_model_never_receives_the_jobs_batches(
     procs = [stale, wr]
     try:
         _wait(lambda: _ready(client, "stale"), 120, stale.text())  # the stale worker answers first
-        done = run_cli(*enqueue_args(job_corpus, out, broker.url, tiny_checkpoint))
+        done = run_cli(*enqueue_args(tiny_checkpoint, job_corpus, out, broker.url))
         assert done.returncode == 0, done.stdout + done.stderr
         assert "model: checkpoint sha256" in done.stdout
         right = worker(tiny_checkpoint, broker.url, logs, "right")
@@ -117,7 +117,7 @@ def test_the_same_tokenizer_in_two_folders_is_one_model(
         writer(out, broker.url, logs),
     ]
     try:
-        argv = enqueue_args(job_corpus, out, broker.url, tiny_checkpoint) + ["--tokenizer", str(second)]
+        argv = enqueue_args(tiny_checkpoint, job_corpus, out, broker.url, "--tokenizer", str(second))
         assert run_cli(*argv).returncode == 0
         wait_committed(out, ROWS, 180, procs)  # whichever worker embeds which batch
     finally:
@@ -171,7 +171,7 @@ def test_a_store_written_before_keeps_working_and_records_its_tokenizer_by_conte
     init_checkpoint(other, size="tiny", seed=3)
     third = tmp_path / "third.txt"
     third.write_text(lines[0].replace("0001", "0009") + "\n")
-    mixed = run_cli(*enqueue_args(corpus, out, "redis://127.0.0.1:1/0", other, listfile=third), "--incremental")
+    mixed = run_cli(*enqueue_args(other, corpus, out, "redis://127.0.0.1:1/0", "--incremental", listfile=third))
     assert mixed.returncode == 2 and "one model per store" in mixed.stderr
 
 
@@ -183,7 +183,7 @@ def test_a_batch_refused_max_attempts_times_stops_run_with_the_reason(
 ) -> None:
     out, logs = tmp_path / "out", tmp_path / "logs"
     client = redis.Redis.from_url(broker.url)
-    assert run_cli(*enqueue_args(job_corpus, out, broker.url, tiny_checkpoint)).returncode == 0
+    assert run_cli(*enqueue_args(tiny_checkpoint, job_corpus, out, broker.url)).returncode == 0
     store, queue = store_id(out), job_queue(out)
     assert deliveries.queued(client, queue) == 6
     job = load_jobs(out)[0]
@@ -220,7 +220,7 @@ def test_a_batch_lost_max_attempts_times_is_committed_as_failed_rows(
     w = worker(tiny_checkpoint, broker.url, logs, "victim", env, stop_at=("batch",))
     wr = writer(out, broker.url, logs, env=env)
     try:
-        assert run_cli(*enqueue_args(job_corpus, out, broker.url, tiny_checkpoint)).returncode == 0
+        assert run_cli(*enqueue_args(tiny_checkpoint, job_corpus, out, broker.url)).returncode == 0
         store = store_id(out)
         lost_key = deliveries.LOST.format(store=store)
         given_up: list[int] = []
@@ -265,9 +265,9 @@ def test_given_back_resent_and_shut_down_batches_never_fail_a_healthy_page(
     w1 = worker(tiny_checkpoint, broker.url, logs, "w1", {**full, "COMIX_TASK_TIME_LIMIT": "70"})
     client = redis.Redis.from_url(broker.url)
     try:
-        assert run_cli(*enqueue_args(job_corpus, out, broker.url, tiny_checkpoint)).returncode == 0
+        assert run_cli(*enqueue_args(tiny_checkpoint, job_corpus, out, broker.url)).returncode == 0
         _wait(lambda: "given back" in w1.text(), 180, "no batch was given back")
-        resent = run_cli(*enqueue_args(job_corpus, out, broker.url, tiny_checkpoint), "--resend")
+        resent = run_cli(*enqueue_args(tiny_checkpoint, job_corpus, out, broker.url, "--resend"))
         assert resent.returncode == 0 and "6 sent now" in resent.stdout, resent.stdout  # two deliveries of each
         key = results_key(store_id(out))
         _wait(lambda: client.xlen(key) >= 1, 120, "the results stream never filled")
@@ -318,7 +318,7 @@ def test_after_a_kill_the_readable_prefix_keeps_moving(
     wr = writer(out, broker.url, logs, env={"COMIX_WRITER_LINGER_S": "0", "COMIX_WRITER_GAP_LINGER_S": "0"})
     procs = [first, wr]
     try:
-        argv = cli_argv(*enqueue_args(corpus, out, broker.url, tiny_checkpoint, batch_size=size))
+        argv = cli_argv(*enqueue_args(tiny_checkpoint, corpus, out, broker.url, batch_size=size))
         enqueue = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         victim = first.kill_pool_mid_batch(broker.url)  # early in the job: the first batch w0 takes
         _wait(lambda: f"batch {victim.batch} lost" in first.text(), 120, "the killed batch was not sent again")
@@ -346,7 +346,7 @@ def test_a_worker_killed_whole_holding_a_batch_is_replaced_within_a_minute(
     out, logs = tmp_path / "out", tmp_path / "logs"
     env = {"COMIX_LEASE_TTL_S": "6"}  # a setting; the visibility timeout stays at its 1800 s
     client = redis.Redis.from_url(broker.url)
-    assert run_cli(*enqueue_args(job_corpus, out, broker.url, tiny_checkpoint)).returncode == 0
+    assert run_cli(*enqueue_args(tiny_checkpoint, job_corpus, out, broker.url)).returncode == 0
     doomed = worker(tiny_checkpoint, broker.url, logs, "doomed", env)  # after enqueue: no batch done meanwhile
     try:
         held = wait_lease(broker.url, 300, holder="doomed")
@@ -443,7 +443,7 @@ def test_run_resumes_every_unfinished_job_of_the_store(tiny_checkpoint: Path, tm
     first.write_text("\n".join(lines[:8]) + "\n")
     second.write_text("\n".join(lines[8:]) + "\n")
     with PrivateRedis() as lost:  # the first job is enqueued, then its broker goes with its batches
-        sent = run_cli(*enqueue_args(corpus, out, lost.url, tiny_checkpoint, batch_size=8, listfile=first))
+        sent = run_cli(*enqueue_args(tiny_checkpoint, corpus, out, lost.url, batch_size=8, listfile=first))
         assert sent.returncode == 0, sent.stderr
     ran = run_cli(*run_args(tiny_checkpoint, corpus, out, "--incremental", listfile=second, batch_size=8, workers=1))
     assert ran.returncode == 0, ran.stdout + ran.stderr
@@ -454,7 +454,7 @@ def test_run_resumes_every_unfinished_job_of_the_store(tiny_checkpoint: Path, tm
 
 
 def test_enqueue_without_a_model_for_a_new_store_says_what_to_pass(job_corpus: Path, tmp_path: Path) -> None:
-    argv = enqueue_args(job_corpus, tmp_path / "out", "redis://127.0.0.1:1/0", Path("x"))
+    argv = enqueue_args(Path("x"), job_corpus, tmp_path / "out", "redis://127.0.0.1:1/0")
     argv = [a for a in argv if a not in ("--checkpoint", "x")]
     proc = subprocess.run(cli_argv(*argv), capture_output=True, text=True)
     assert proc.returncode == 2 and "pass --checkpoint" in proc.stderr

@@ -67,7 +67,7 @@ def _split_list(corpus: Path, into: Path) -> tuple[Path, Path]:
 
 
 def _enqueue(corpus: Path, out: Path, url: str, checkpoint: Path, listed: Path, *extra: str):
-    return run_cli(*enqueue_args(corpus, out, url, checkpoint, listfile=listed), *extra)
+    return run_cli(*enqueue_args(checkpoint, corpus, out, url, *extra, listfile=listed))
 
 
 def test_a_full_disk_stops_the_writer_and_a_restart_resumes(
@@ -142,7 +142,7 @@ def test_a_redis_out_of_memory_stops_enqueue_with_the_limit_and_loses_nothing(
     out, logs = tmp_path / "out", tmp_path / "logs"
     client = redis.Redis.from_url(broker.url)
     client.config_set("maxmemory", 1)  # below what an empty Redis uses: every write is refused
-    refused = run_cli(*enqueue_args(job_corpus, out, broker.url, tiny_checkpoint))
+    refused = run_cli(*enqueue_args(tiny_checkpoint, job_corpus, out, broker.url))
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "Redis refuses writes: it is out of memory (maxmemory 1 bytes, used " in refused.stderr
     assert "policy noeviction" in refused.stderr and "CONFIG SET maxmemory" in refused.stderr
@@ -151,7 +151,7 @@ def test_a_redis_out_of_memory_stops_enqueue_with_the_limit_and_loses_nothing(
     wk = worker(tiny_checkpoint, broker.url, logs, "w0")
     wr = writer(out, broker.url, logs, "writer")
     try:
-        done = run_cli(*enqueue_args(job_corpus, out, broker.url, tiny_checkpoint))
+        done = run_cli(*enqueue_args(tiny_checkpoint, job_corpus, out, broker.url))
         assert done.returncode == 0, done.stdout + done.stderr
         wait_committed(out, PIPELINE_PAGES + 3, 180, [wk, wr])
     finally:

@@ -83,7 +83,7 @@ def test_worker_killed_mid_batch_is_redelivered(
     first = worker(tiny_checkpoint, broker.url, logs, "victim", stop_at=("batch",))
     wr = writer(out, broker.url, logs)
     try:
-        assert run_cli(*enqueue_args(job_corpus, out, broker.url, tiny_checkpoint)).returncode == 0
+        assert run_cli(*enqueue_args(tiny_checkpoint, job_corpus, out, broker.url)).returncode == 0
         first.kill_pool_mid_batch(broker.url)
         second = worker(tiny_checkpoint, broker.url, logs, "rescuer")
         wait_committed(out, PAGES + 3, 120, [wr, second])
@@ -102,7 +102,7 @@ def test_writer_killed_mid_job_and_restarted(
     out, logs = tmp_path / "out", tmp_path / "logs"
     workers = [worker(tiny_checkpoint, broker.url, logs, f"w{i}") for i in range(2)]
     try:
-        assert run_cli(*enqueue_args(job_corpus, out, broker.url, tiny_checkpoint)).returncode == 0
+        assert run_cli(*enqueue_args(tiny_checkpoint, job_corpus, out, broker.url)).returncode == 0
         wait_results(broker.url, out, 4, 90)  # results wait: the writer will have work when stopped
         wr = slow_writer(out, broker.url, logs, "writer1")
         wait_manifests(out, 2, 60)
@@ -126,14 +126,14 @@ def test_redis_flushed_mid_job_then_enqueue_again(
     workers = [worker(tiny_checkpoint, broker.url, logs, f"w{i}") for i in range(2)]
     client = redis.Redis.from_url(broker.url)
     try:
-        assert run_cli(*enqueue_args(job_corpus, out, broker.url, tiny_checkpoint)).returncode == 0
+        assert run_cli(*enqueue_args(tiny_checkpoint, job_corpus, out, broker.url)).returncode == 0
         wait_results(broker.url, out, 4, 90)  # results wait: the writer will have work when stopped
         wr = slow_writer(out, broker.url, logs, "writer")
         wait_manifests(out, 1, 60)
         client.flushall()  # queued tasks, results waiting for the writer, the sent-batches record: gone
         before = len(manifest_ids(store_path(out)))
         assert before < 6, "Redis was not flushed mid-job"
-        again = run_cli(*enqueue_args(job_corpus, out, broker.url, tiny_checkpoint))
+        again = run_cli(*enqueue_args(tiny_checkpoint, job_corpus, out, broker.url))
         assert again.returncode == 0, again.stderr
         assert "sent now" in again.stdout
         wait_committed(out, PAGES + 3, 120, [wr])
@@ -156,7 +156,7 @@ def test_results_in_redis_stay_bounded_while_the_writer_is_stopped(
     workers = [worker(tiny_checkpoint, broker.url, logs, f"w{i}", env) for i in range(2)]
     client = redis.Redis.from_url(broker.url)
     try:
-        assert run_cli(*enqueue_args(job_corpus, out, broker.url, tiny_checkpoint, batch_size=2)).returncode == 0
+        assert run_cli(*enqueue_args(tiny_checkpoint, job_corpus, out, broker.url, batch_size=2)).returncode == 0
         key = results_key(store_id(out))
         # 11 batches, no writer: workers fill the stream to the bound, then wait
         deadline = time.monotonic() + 90
@@ -232,7 +232,7 @@ def test_flower_lists_workers_and_succeeded_tasks(
             except Exception:
                 assert time.monotonic() < deadline, (logs / "flower.log").read_text()
                 time.sleep(0.5)
-        assert run_cli(*enqueue_args(job_corpus, out, broker.url, tiny_checkpoint)).returncode == 0
+        assert run_cli(*enqueue_args(tiny_checkpoint, job_corpus, out, broker.url)).returncode == 0
         wait_committed(out, PAGES + 3, 120, [w, wr])
         deadline = time.monotonic() + 30
         while True:
@@ -361,7 +361,7 @@ def test_a_page_that_keeps_killing_its_worker_fails_alone(
     wr = writer(out, broker.url, logs)
     client = redis.Redis.from_url(broker.url)
     try:
-        assert run_cli(*enqueue_args(job_corpus, out, broker.url, tiny_checkpoint)).returncode == 0
+        assert run_cli(*enqueue_args(tiny_checkpoint, job_corpus, out, broker.url)).returncode == 0
         w.kill_pool_mid_batch(broker.url)  # first death: the batch comes back and is embedded page by page
         store = store_id(out)
         # second death while a page is at `stage`: the process stops itself there (consumers/failpoint.py)

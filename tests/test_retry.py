@@ -179,11 +179,11 @@ def test_enqueue_retry_failed_with_a_separate_writer(tiny_checkpoint: Path, tmp_
     out, logs = tmp_path / "out", tmp_path / "logs"
     procs = [worker(tiny_checkpoint, broker.url, logs, "w0"), writer(out, broker.url, logs)]
     try:
-        sent = run_cli(*enqueue_args(corpus, out, broker.url, tiny_checkpoint))
+        sent = run_cli(*enqueue_args(tiny_checkpoint, corpus, out, broker.url))
         assert sent.returncode == 0, sent.stdout + sent.stderr
         wait_committed(out, 10, 300, procs)
         shutil.move(aside, image)
-        retried = run_cli(*enqueue_args(corpus, out, broker.url, tiny_checkpoint), "--retry-failed")
+        retried = run_cli(*enqueue_args(tiny_checkpoint, corpus, out, broker.url, "--retry-failed"))
         assert retried.returncode == 0, retried.stdout + retried.stderr
         assert "retry_000001 (planned): 1 failed pages in 1 retry batches, 1 to send" in retried.stdout
         assert "retry batches sent: 1" in retried.stdout
@@ -193,7 +193,7 @@ def test_enqueue_retry_failed_with_a_separate_writer(tiny_checkpoint: Path, tmp_
             time.sleep(0.2)
         status = store_arrays(out)["status"]
         assert STATUS_FAILED not in status.tolist()
-        none = run_cli(*enqueue_args(corpus, out, broker.url, tiny_checkpoint), "--retry-failed")
+        none = run_cli(*enqueue_args(tiny_checkpoint, corpus, out, broker.url, "--retry-failed"))
         assert none.returncode == 0 and "no failed pages" in none.stdout, none.stdout + none.stderr
     finally:
         for p in procs:
