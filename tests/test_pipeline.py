@@ -47,7 +47,7 @@ def test_two_workers_give_what_the_embedding_function_gives(
     clean_store: Path, job_corpus: Path, tiny_checkpoint: Path
 ) -> None:
     resolver = ImageResolver([job_corpus / "images"])
-    tasks = assign_rows(plan_pages(read_list(job_corpus / "list.txt"), resolver), 0)
+    tasks = assign_rows(plan_pages(read_list(job_corpus / "list.txt", job_corpus), resolver), 0)
     import torch
 
     torch.set_num_threads(1)
