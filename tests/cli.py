@@ -1,4 +1,4 @@
-"""`comix-embed` command lines for the tests: one run as a user runs it, and `run`/`enqueue` on a corpus.
+"""`comix-embed` in the tests: a command run as a user runs it, and `run` or `enqueue` arguments for a corpus.
 
 A corpus is a folder as `comix-embed sample` writes it (tools/sample/corpus.py): `list.txt`, whose
 lines are relative to the folder, the DataSpecs under `dataspecs/` and the images under `images/`.
