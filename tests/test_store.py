@@ -13,6 +13,7 @@ import zarr
 
 from comix_embed.common import config
 from comix_embed.common.errors import UsageError
+from comix_embed.common.store.attributes import StoreAttributes
 from comix_embed.common.store.jobs import load_jobs
 from comix_embed.common.store.reading import open_committed, read_attrs, read_committed_rows
 from comix_embed.common.store.schema import PAGE_COLUMNS, RESULT_ARRAYS, STORE_COORDINATES, store_path
@@ -154,11 +155,9 @@ def test_incremental_growth_keeps_arrays_equal(tmp_path: Path) -> None:
         writer.commit([synthetic.make_result(job2, b, model) for b in (3, 4, last[0])])
         assert writer.committed_rows == 20 + 128
     path = store_path(tmp_path)
-    attrs = read_attrs(path)
-    assert attrs["registered_rows"] == len(pages) and [j["job_id"] for j in attrs["jobs"]] == [
-        "job_000001",
-        "job_000002",
-    ]
+    kept = StoreAttributes.of(read_attrs(path))
+    assert kept.registered_rows == len(pages) and kept.job_ids() == ["job_000001", "job_000002"]
+    assert [(j.start_row, j.end_row, j.first_batch) for j in kept.jobs] == [(0, 20, 0), (20, len(pages), 3)]
     group = zarr.open_group(path, mode="r")
     lengths = {arr.shape[0] for name, arr in group.arrays() if arr.metadata.dimension_names[0] == "page_id"}
     assert lengths == {len(pages)}

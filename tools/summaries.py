@@ -25,6 +25,7 @@ import numpy as np
 
 from comix_embed.common import config
 from comix_embed.common.errors import UsageError
+from comix_embed.common.store.attributes import StoreAttributes
 from comix_embed.common.store.manifests import load_committed
 from comix_embed.common.store.reading import read_attrs, resolve_store
 from comix_embed.common.store.retries import retried_rows, scan_retry_manifests
@@ -102,7 +103,7 @@ def out_of_order_note(store: Path) -> str:
 
 
 def header_line(store: Path, attrs: dict[str, Any], committed: int, retried: dict[int, str]) -> str:
-    registered = int(attrs.get("registered_rows", committed))
+    registered = StoreAttributes.of(attrs).registered_rows if "registered_rows" in attrs else committed
     state = "all committed" if committed == registered else f"{registered - committed} not committed yet"
     line = f"{store}: {committed} of {registered} registered rows committed ({state}){out_of_order_note(store)}"
     if retried:
@@ -120,7 +121,7 @@ def load_rows(store: Path, count: int) -> tuple[dict[str, np.ndarray], dict[str,
     import zarr
 
     attrs = read_attrs(store)
-    committed = int(attrs.get("committed_rows", 0))
+    committed = StoreAttributes.of(attrs).committed_rows
     group = zarr.open_group(store, mode="r")
     rows = min(count, committed)
     arrays = {}

@@ -73,6 +73,6 @@ def run(args: argparse.Namespace) -> int:
     written = builder.write_all(rows, out)
     write_list(list_path, written)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / REPORT_NAME, report.to_json(), fsync=False, indent=2)
+    write_json_atomic(out / REPORT_NAME, report.to_file(), fsync=False, indent=2)
     print(report.text())
     return 0 if report.kept else 3

@@ -1,7 +1,8 @@
 """What a run kept and dropped, and why: printed, and written as OUT/report.json.
 
 Every page of the mapping is either kept or dropped with the first reason that applies (REASONS,
-in the order they are tested), so that nothing leaves the run unaccounted for.
+in the order they are tested), so that nothing leaves the run unaccounted for. The file is a
+`ReportFile`.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+import msgspec
 
 REPORT_NAME = "report.json"
 PRINT_LIMIT = 20
@@ -34,6 +36,45 @@ class Drop(Exception):
         self.reason, self.detail = reason, detail
 
 
+class DroppedPage(msgspec.Struct, kw_only=True):
+    """A mapping row not written: its reason (from REASONS) and the detail."""
+
+    row: int
+    image_path: str
+    reason: str
+    detail: str
+
+
+class CountMismatch(msgspec.Struct, kw_only=True):
+    """A page kept (subset "all") whose detected panel count differs from its VLM panel count."""
+
+    row: int
+    image_path: str
+    detected: int
+    vlm: int
+
+
+class ReportFile(msgspec.Struct, kw_only=True):
+    """OUT/report.json."""
+
+    coco: str
+    mapping: str
+    out: str
+    list_file: str
+    subset: str
+    min_score: float
+    pages_in_mapping: int
+    kept: int
+    dropped: int
+    dropped_by_reason: dict[str, int]
+    panels_written: int
+    boxes_below_min_score: int
+    unusable_annotations: int
+    images_not_checked: int
+    kept_with_count_mismatch: list[CountMismatch]
+    dropped_pages: list[DroppedPage]
+
+
 @dataclass
 class Report:
     """What a run kept and dropped; printed, and written as OUT/report.json."""
@@ -50,32 +91,32 @@ class Report:
     panels: int = 0
     boxes_below_min_score: int = 0  # panel boxes under the score, on pages whose VLM JSON was read
     images_not_checked: int = 0  # image paths of another OS (Windows on POSIX), kept unchecked
-    dropped: list[dict[str, Any]] = field(default_factory=list)
-    kept_with_count_mismatch: list[dict[str, Any]] = field(default_factory=list)  # subset "all"
+    dropped: list[DroppedPage] = field(default_factory=list)
+    kept_with_count_mismatch: list[CountMismatch] = field(default_factory=list)  # subset "all"
 
     def by_reason(self) -> dict[str, int]:
-        counts = Counter(d["reason"] for d in self.dropped)
+        counts = Counter(d.reason for d in self.dropped)
         return {reason: counts[reason] for reason in REASONS}
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "coco": self.coco,
-            "mapping": self.mapping,
-            "out": self.out,
-            "list_file": self.list_file,
-            "subset": self.subset,
-            "min_score": self.min_score,
-            "pages_in_mapping": self.pages,
-            "kept": self.kept,
-            "dropped": len(self.dropped),
-            "dropped_by_reason": self.by_reason(),
-            "panels_written": self.panels,
-            "boxes_below_min_score": self.boxes_below_min_score,
-            "unusable_annotations": self.unusable_annotations,
-            "images_not_checked": self.images_not_checked,
-            "kept_with_count_mismatch": self.kept_with_count_mismatch,
-            "dropped_pages": self.dropped,
-        }
+    def to_file(self) -> ReportFile:
+        return ReportFile(
+            coco=self.coco,
+            mapping=self.mapping,
+            out=self.out,
+            list_file=self.list_file,
+            subset=self.subset,
+            min_score=self.min_score,
+            pages_in_mapping=self.pages,
+            kept=self.kept,
+            dropped=len(self.dropped),
+            dropped_by_reason=self.by_reason(),
+            panels_written=self.panels,
+            boxes_below_min_score=self.boxes_below_min_score,
+            unusable_annotations=self.unusable_annotations,
+            images_not_checked=self.images_not_checked,
+            kept_with_count_mismatch=self.kept_with_count_mismatch,
+            dropped_pages=self.dropped,
+        )
 
     def text(self) -> str:
         lines = [
@@ -99,5 +140,5 @@ class Report:
         if self.dropped:
             shown = self.dropped[:PRINT_LIMIT]
             lines.append(f"dropped pages ({len(shown)} of {len(self.dropped)} shown):")
-            lines += [f"  row {d['row']}: {d['reason']}: {d['image_path']}: {d['detail']}" for d in shown]
+            lines += [f"  row {d.row}: {d.reason}: {d.image_path}: {d.detail}" for d in shown]
         return "\n".join(lines)
