@@ -63,7 +63,7 @@ WRITER_LOCK_NAME = "writer.lock"
 WRITER_FLOCK_ENV = "COMIX_WRITER_FLOCK"
 # One writer per store across hosts: the writer lease in Redis with a fencing token (writer/lease.py),
 # held for this many seconds and renewed every third of it. A writer killed without releasing it
-# keeps a restarted one waiting at most this long; a network blip longer than it costs the lease.
+# keeps a restarted one waiting at most this long; a network blip longer than it costs the writer lease.
 WRITER_LEASE_TTL_S = float(_number("COMIX_WRITER_LEASE_TTL_S", 10.0))
 # The latest writer lease token, recorded in the output folder: tokens grow even across a wiped Redis.
 WRITER_TOKEN_NAME = "writer.token.json"

@@ -9,11 +9,11 @@ since when; a thread renews it every third of the TTL, so renewal never waits on
   folder, Redis's counter) + 1, recorded in the folder (`writer.token.json`, a `WriterTokenRecord`)
   before the writer writes anything, and in every manifest it writes.
 - `check()` comes before each manifest: within half a TTL of the last renewal it is a local test
-  (no other writer can hold the key before it expires), else it asks Redis. A lease another token
-  holds raises `WriterLeaseLost` and the writer writes nothing more. A lease simply gone (Redis wiped,
-  or expired while no one took it) is taken again with a new token, unless another writer held
-  the store meanwhile.
-- A filesystem checks no token, so a writer that lost its lease between its check and its write
+  (no other writer can hold the key before it expires), else it asks Redis. A writer lease
+  another token holds raises `WriterLeaseLost` and the writer writes nothing more. A writer lease
+  simply gone (Redis wiped, or expired while no one took it) is taken again with a new token,
+  unless another writer held the store meanwhile.
+- A filesystem checks no token, so a writer that lost its writer lease between its check and its write
   can still land a manifest. Recovery treats those as never committed: the record names the
   batches whose manifests the holder accepted when it took the store (as ranges), and a manifest
   of a lower token that is not among them is set aside and its rows cleared (`admit`).
@@ -174,12 +174,12 @@ class WriterLease:
             if not own_dead or (waited_for is not None and holder != waited_for):
                 raise WriterLeaseHeld(
                     f"store {self.store} ({self.output_dir}) has a writer: {holder}; one writer per store "
-                    f"(lease {self.key} in Redis, TTL {self.ttl_s:g} s)"
+                    f"(writer lease {self.key} in Redis, TTL {self.ttl_s:g} s)"
                 )
             if waited_for is None:
                 left = self.client.pttl(self.key)
                 log.warning(
-                    "the lease of store %s is held by a writer of this host that is no longer running (%s): "
+                    "the writer lease of store %s is held by a writer of this host that is no longer running (%s): "
                     "waiting up to %.1f s for it to expire",
                     self.store,
                     holder,
@@ -188,7 +188,7 @@ class WriterLease:
                 waited_for = holder
                 deadline = time.monotonic() + self.ttl_s + 5
             if time.monotonic() > deadline:
-                raise WriterLeaseHeld(f"store {self.store}: the lease of {holder} did not expire within its TTL")
+                raise WriterLeaseHeld(f"store {self.store}: the writer lease of {holder} did not expire within its TTL")
             time.sleep(0.1)
         self._took(raw)
         self._thread = threading.Thread(target=self._renew_loop, name="writer-lease", daemon=True)

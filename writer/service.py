@@ -318,7 +318,10 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, service.stop)
             signal.signal(signal.SIGINT, service.stop)
             log.info(
-                "writer for %s: %d rows committed (lease token %d)", writer.path, writer.committed_rows, lease.token
+                "writer for %s: %d rows committed (writer lease token %d)",
+                writer.path,
+                writer.committed_rows,
+                lease.token,
             )
             service.serve()
     except CheckFailed as exc:

@@ -43,7 +43,7 @@ class PageBuilder:
                 if first != row.row:
                     raise Drop("duplicate_output", f"{rel} already written for row {first}")
             except Drop as drop:
-                self.report.dropped.append(
+                self.report.dropped_pages.append(
                     DroppedPage(row=row.row, image_path=row.image_path, reason=drop.reason, detail=drop.detail)
                 )
                 continue
@@ -56,7 +56,7 @@ class PageBuilder:
             write_json_atomic(path, spec, fsync=False, indent=2)  # an interrupted run leaves no half file
             written.append(path)
             self.report.kept += 1
-            self.report.panels += len(spec["panels"])
+            self.report.panels_written += len(spec["panels"])
         return written
 
     def dataspec(self, row: MappingRow) -> tuple[dict[str, Any], int, int]:

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         list_file=str(list_path),
         subset=args.subset,
         min_score=args.min_score,
-        pages=len(rows),
+        pages_in_mapping=len(rows),
         unusable_annotations=predictions.unusable,
     )
     builder = PageBuilder(predictions, Path(os.path.abspath(args.mapping)).parent, args.subset, args.min_score, report)
