@@ -229,7 +229,7 @@ def _lines(s: StatusReport) -> list[str]:
             f"writer: host {w.host}, pid {w.pid}, writer lease token {w.token} since {w.since}"
             f" (the writer lease expires in {w.lease_left_s} s unless its writer renews it)"
             if w
-            else "writer: none holds the store's lease (no writer is running, or none started yet)"
+            else "writer: none holds the store's writer lease (no writer is running, or none started yet)"
         )
     for gone in s.holders_gone or []:
         out.append(

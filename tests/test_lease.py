@@ -86,7 +86,7 @@ def test_second_writer_exits_2_naming_the_holder(tmp_path: Path, broker: Private
     assert _tokens(out) == {0: 1, 1: 1}
     assert _status(out, broker.url)["writer"] is None  # a writer that stops gives its lease back
     text = run_cli("status", "--output-dir", str(out), "--broker", broker.url, timeout=60).stdout
-    assert "writer: none holds the store's lease" in text
+    assert "writer: none holds the store's writer lease" in text
 
 
 def _status(out: Path, url: str) -> dict:
