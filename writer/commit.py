@@ -280,8 +280,9 @@ class StoreWriter:
                 self._commit_new(batch)
             except OSError as exc:
                 if isinstance(exc, FileNotFoundError) and self.fence is not None:
-                    # a writer stalled past its writer lease wakes to find its temporary files gone: the
-                    # writer that took the store over removed them on opening. Say so (WriterLeaseLost).
+                    # a writer stalled past its writer lease wakes to find its temporary files gone:
+                    # the writer that took the store over removed them on opening. Say so
+                    # (WriterLeaseLost).
                     self.fence.check()
                 if not is_disk_full(exc):
                     raise
@@ -453,7 +454,7 @@ class StoreWriter:
         checkpoint = self._kept.manifest_checkpoint
         saved = checkpoint.batches if checkpoint is not None else None
         if prefix > published or (prefix == published and saved != self._committed.batches):
-            if self.fence is not None:  # a writer that lost its writer lease must not publish over its successor's
+            if self.fence is not None:  # one that lost its writer lease must not publish over its successor's
                 self.fence.check()
             # the content is fsynced (a torn root zarr.json would lose the store's metadata); the
             # rename need not be: after a power loss the previous zarr.json, whose committed_rows

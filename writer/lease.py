@@ -13,10 +13,10 @@ since when; a thread renews it every third of the TTL, so renewal never waits on
   another token holds raises `WriterLeaseLost` and the writer writes nothing more. A writer lease
   simply gone (Redis wiped, or expired while no one took it) is taken again with a new token,
   unless another writer held the store meanwhile.
-- A filesystem checks no token, so a writer that lost its writer lease between its check and its write
-  can still land a manifest. Recovery treats those as never committed: the record names the
-  batches whose manifests the holder accepted when it took the store (as ranges), and a manifest
-  of a lower token that is not among them is set aside and its rows cleared (`admit`).
+- A filesystem checks no token, so a writer that lost its writer lease between its check and its
+  write can still land a manifest. Recovery treats those as never committed: the record names
+  the batches whose manifests the holder accepted when it took the store (as ranges), and a
+  manifest of a lower token that is not among them is set aside and its rows cleared (`admit`).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class WriterLeaseHeld(UsageError):
 
 
 class WriterLeaseLost(UsageError):
-    """This writer's lease passed to another writer: it must write nothing more (exit status 2)."""
+    """The writer lease passed to another writer: this one must write nothing more (exit status 2)."""
 
 
 class WriterTokenRecord(WriterLeaseHolder, frozen=True, kw_only=True):

@@ -1,14 +1,14 @@
 """Committing a retry batch: failed rows overwritten in place, each batch under its own manifest.
 
-The one change a committed row may undergo (common/retries.py). A retry commit overwrites only
-the rows of its batch that are failed (status 2) at that moment; a row already embedded is left
-alone and listed as skipped. Crash safety, whatever is killed when: before any row is written,
-the rows' current values (every result array) are saved whole to `manifest/retry_inflight.json`
-(a `RetryInflight`, fsynced with fsync on); then the rows are written; then the retry manifest; then the saved
-copy is removed. A writer that starts and finds the saved copy without its batch's manifest
-puts the rows back as they were: a killed retry never zeroes a committed row, unlike an
-unfinished first commit, whose rows were never committed and are cleared. A redelivered retry
-batch whose manifest exists changes nothing.
+The one change a committed row may undergo (common/retries.py). A retry commit overwrites only the
+rows of its batch that are failed (status 2) at that moment; a row already embedded is left alone
+and listed as skipped. Crash safety, whatever is killed when: before any row is written, the rows'
+current values (every result array) are saved whole to `manifest/retry_inflight.json` (a
+`RetryInflight`, fsynced with fsync on); then the rows are written; then the retry manifest; then
+the saved copy is removed. A writer that starts and finds the saved copy without its batch's
+manifest puts the rows back as they were: a killed retry never zeroes a committed row, unlike an
+unfinished first commit, whose rows were never committed and are cleared. A redelivered retry batch
+whose manifest exists changes nothing.
 """
 
 from __future__ import annotations
