@@ -6,7 +6,7 @@ more (`comix:leases` holds the batch leases, never the writer lease).
 
 Two leases live in Redis, never to be confused:
 - a **batch lease**: the one a worker process holds on one delivery of a batch while it embeds it
-  (common/broker/deliveries.py), renewed every COMIX_LEASE_TTL_S / 6 s;
+  (common/broker/batch_lease.py), renewed every COMIX_LEASE_TTL_S / 6 s;
 - the **writer lease**: the one the store's single writer holds (common/broker/writer_lease.py,
   writer/lease.py), with its fencing token.
 """
