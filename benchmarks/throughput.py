@@ -29,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import msgspec
 import numpy as np
 
 from benchmarks.old_way import OldPatternStore, old_collate, old_page_inputs
@@ -36,11 +37,13 @@ from comix_embed.common.child import cli_argv
 from comix_embed.common.inputs.listfile import read_list
 from comix_embed.common.inputs.pages import PageTask
 from comix_embed.common.inputs.paths import ImageResolver
+from comix_embed.common.messages import decode_json
 from comix_embed.common.model.checkpoint import load_model
 from comix_embed.common.model.embed import Embedder, EmbedSettings, resolve_device
 from comix_embed.common.model.preprocess import prepare_page, read_image_bytes
 from comix_embed.common.model.tokenizer import load_tokenizer
 from comix_embed.producer.plan import assign_rows, plan_pages
+from comix_embed.run import RunStats
 from comix_embed.tools.init_checkpoint import init_checkpoint
 from comix_embed.tools.sample.corpus import make_sample
 from tests.reference import reference_embed
@@ -98,7 +101,7 @@ def measure_pipeline(corpus: Path, ckpt: Path, work: Path, workers: int, device:
     proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode not in (0, 3):
         raise RuntimeError(f"run failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return json.loads(stats.read_text())
+    return msgspec.structs.asdict(decode_json(stats.read_bytes(), RunStats, str(stats)))
 
 
 # ---- direct ----

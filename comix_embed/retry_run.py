@@ -102,8 +102,8 @@ def _outcome(args: argparse.Namespace, plan: retry.RetryPlan) -> int:
     """What the round's manifests say: pages now embedded, pages still failed."""
     found, _ = scan_retry_manifests(store_path(args.output_dir))
     mine = [found[b] for b in plan.round.batch_ids() if b in found]
-    counts = Counter(s for m in mine for s in m["row_statuses"])
-    skipped = sum(len(m["skipped_rows"]) for m in mine)
+    counts = Counter(s for m in mine for s in m.row_statuses)
+    skipped = sum(len(m.skipped_rows) for m in mine)
     embedded = counts["ok"] + counts["full_page"]
     line = (
         f"retried {plan.round.pages()} failed pages ({plan.round.job_id}): {embedded} now embedded "

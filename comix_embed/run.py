@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import json
 import logging
 import os
 import signal
@@ -32,13 +31,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 from tqdm import tqdm
 
 from comix_embed.common import config
-from comix_embed.common.broker import deliveries
+from comix_embed.common.broker import batch_lease, deliveries, keys
 from comix_embed.common.broker.results_stream import connect, results_key
 from comix_embed.common.child import cli_argv
-from comix_embed.common.messages import ModelIdentity
+from comix_embed.common.messages import ModelIdentity, encode_json
 from comix_embed.common.model.checkpoint import load_model
 from comix_embed.common.model.identity import make_identity, model_key, queue_name
 from comix_embed.common.model.tokenizer import load_tokenizer
@@ -57,6 +57,16 @@ from comix_embed.writer.diskfull import EXIT_DISK_FULL
 log = logging.getLogger("comix.run")
 EXIT_OK, EXIT_FAILED_PAGES, EXIT_ERROR = 0, 3, 1
 RECONCILE_EVERY_S = 10.0
+
+
+class RunStats(msgspec.Struct, kw_only=True):
+    """`--stats-json`: the figures of a run (the pages it embedded, from the workers' readiness to
+    the last commit), for the benchmarks to read."""
+
+    pages: int
+    seconds: float
+    pages_per_s: float
+    workers: int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -184,14 +194,14 @@ def lost_work(client, store: str, identity: ModelIdentity) -> bool:
     """Nothing queued, nothing held, no result waiting: anything still owed was lost."""
     return (
         deliveries.queued(client, queue_name(identity)) == 0
-        and not deliveries.leases(client, store)
+        and not batch_lease.batch_leases(client, store)
         and client.xlen(results_key(store)) == 0
     )
 
 
 def _refused(client, store: str, jobs: list[Job], output_dir: Path) -> str:
     """Why `run` must stop: batches still owed whose results were refused COMIX_MAX_ATTEMPTS times."""
-    if not client.exists(deliveries.REFUSALS.format(store=store)):
+    if not client.exists(keys.REFUSALS.format(store=store)):
         return ""
     refused = deliveries.refused_out(client, store, _owed(jobs, output_dir))
     return "; ".join(
@@ -338,13 +348,10 @@ def _run_jobs(args: argparse.Namespace, identity: ModelIdentity, report: Enqueue
     seconds = _last_commit(args.output_dir) - started
     pending = total - already_done
     if args.stats_json:
-        stats = {
-            "pages": pending,
-            "seconds": round(seconds, 3),
-            "pages_per_s": round(pending / seconds, 3),
-            "workers": len(names),
-        }
-        args.stats_json.write_text(json.dumps(stats))
+        stats = RunStats(
+            pages=pending, seconds=round(seconds, 3), pages_per_s=round(pending / seconds, 3), workers=len(names)
+        )
+        args.stats_json.write_bytes(encode_json(stats))
     print(
         f"{pending} pages embedded and committed in {seconds:.1f} s ({pending / seconds:.2f} pages/s, workers ready)",
         flush=True,

@@ -1,9 +1,9 @@
 """Every setting of the system in one place.
 
-Constants describe the model and the store contract (spec/closure-lite.md, spec/store.md) and
+Constants describe the model and the store contract (docs/model.md, docs/store.md) and
 must not vary between processes. Deployment settings (broker URL, credentials, bounds) come from
 the environment, so that the same values reach the producer, the workers, the writer and Flower
-(research/celery-reliability.md: mismatched visibility timeouts on one Redis cause redeliveries).
+(mismatched visibility timeouts on one Redis cause redeliveries).
 Every command calls `check()` first: a setting that cannot work stops it with a message naming
 the variable (exit status 2), instead of failing later, elsewhere, or never.
 """
@@ -30,7 +30,7 @@ def _number(name: str, default: int | float) -> int | float:
         return default
 
 
-# --- model and page inputs (spec/closure-lite.md) ---
+# --- model and page inputs (docs/model.md) ---
 MAX_PANELS = 12
 IMAGE_SIZE = 224
 TEXT_MAX_TOKENS = 128
@@ -42,12 +42,12 @@ MODEL_NAME = "CLOSURE-Lite-Simple"
 # A page larger than this many pixels is refused as a decompression bomb (real scans are ~4-6 MP).
 MAX_IMAGE_PIXELS = int(_number("COMIX_MAX_IMAGE_PIXELS", 64_000_000))
 
-# --- store (spec/store.md) ---
+# --- store (docs/store.md) ---
 STORE_NAME = "combined_embeddings.zarr"
 MANIFEST_GROUP = "manifest"
 SCHEMA_VERSION = 1
-# Chunking along page_id (research at 1.2M pages, batch 8, d=384): at most a few thousand files
-# per array, and a committed region rewritten only while its shard or chunk fills.
+# Chunking along page_id (docs/store.md, "Chunks, shards and compression"): at most a few thousand
+# files per array at 1.2M pages, and a committed region rewritten only while its shard or chunk fills.
 # The embedding arrays: chunks of CHUNK_ROWS rows, packed in shards of SHARD_ROWS rows (one file).
 CHUNK_ROWS = 64
 SHARD_ROWS = 1024
@@ -59,13 +59,13 @@ AUDIT_LOG_NAME = "audit.jsonl"
 JOBS_DIR_NAME = "jobs"
 # The writer's lock file in the output folder: one writer per store on one host.
 WRITER_LOCK_NAME = "writer.lock"
-# For tests only: 0 skips that lock, so that two writer processes on one store meet the Redis lease.
+# For tests only: 0 skips that lock, so that two writer processes on one store meet the writer lease.
 WRITER_FLOCK_ENV = "COMIX_WRITER_FLOCK"
-# One writer per store across hosts: a lease in Redis with a fencing token (writer/lease.py), held
-# for this many seconds and renewed every third of it. A writer killed without releasing it keeps
-# a restarted one waiting at most this long; a network blip longer than it costs the lease.
+# One writer per store across hosts: the writer lease in Redis with a fencing token (writer/lease.py),
+# held for this many seconds and renewed every third of it. A writer killed without releasing it
+# keeps a restarted one waiting at most this long; a network blip longer than it costs the writer lease.
 WRITER_LEASE_TTL_S = float(_number("COMIX_WRITER_LEASE_TTL_S", 10.0))
-# The latest lease token, recorded in the output folder: tokens grow even across a wiped Redis.
+# The latest writer lease token, recorded in the output folder: tokens grow even across a wiped Redis.
 WRITER_TOKEN_NAME = "writer.token.json"
 # Group commit (writer/grouping.py): the writer commits the results that continue the readable
 # prefix in runs cut at multiples of SHARD_ROWS, at most WRITER_COMMIT_ROWS rows at once; a run
@@ -91,11 +91,11 @@ INDEX_NPROBE = 32
 # A store grown past this multiple of the vectors its lists were trained on is indexed afresh.
 INDEX_RETRAIN_GROWTH = 4.0
 
-# --- broker and delivery (research/celery-reliability.md §0) ---
+# --- broker and delivery: at least once (common/celery_app.py) ---
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 # Seconds before an unacknowledged task is handed to another worker. Far above a batch's runtime.
 VISIBILITY_TIMEOUT = int(_number("COMIX_VISIBILITY_TIMEOUT", 1800))
-# A task is killed before its lease can expire, so it never runs twice concurrently.
+# A task is killed before its visibility timeout runs out, so it never runs twice concurrently.
 TASK_TIME_LIMIT = int(_number("COMIX_TASK_TIME_LIMIT", 1200))
 # The soft limit lets a batch give its pages back before the hard one kills it.
 SOFT_LIMIT_MARGIN_S = 60
@@ -103,7 +103,7 @@ TASK_SOFT_TIME_LIMIT = TASK_TIME_LIMIT - SOFT_LIMIT_MARGIN_S
 # Batches go to one queue per model identity, `comix.embed.<model key>`: a worker consumes only
 # its own model's queue, so another model never receives a job's batches (common/identity.py).
 EMBED_QUEUE = "comix.embed"
-# A worker's node name, set by `comix-embed worker` for its processes (logs, readiness, leases).
+# A worker's node name, set by `comix-embed worker` for its processes (logs, readiness, batch leases).
 WORKER_NAME_ENV = "COMIX_WORKER_NAME"
 # Kombu's Redis transport keeps one list per priority step and pops the lowest step first: work
 # given back after a fault (PRIORITY_AGAIN) is taken before new batches (PRIORITY_NEW).
@@ -111,13 +111,14 @@ PRIORITY_AGAIN = 0
 PRIORITY_NEW = 9
 PRIORITY_STEPS = [PRIORITY_AGAIN, PRIORITY_NEW]
 # A batch refused this many times by the writer, or lost this many times (its worker died, hit its
-# time limit, or stopped renewing its lease), is given up: refused, `run` stops with exit 1;
+# time limit, or stopped renewing its batch lease), is given up: refused, `run` stops with exit 1;
 # lost, its pages are committed as failed rows with the reason.
 MAX_ATTEMPTS = int(os.environ.get("COMIX_MAX_ATTEMPTS", 3))
-# A worker process holding a batch renews its lease every LEASE_TTL_S / 6 seconds; the writer
-# sends a batch again once its lease has expired (a dead host, a preempted GPU) with no manifest.
-LEASE_TTL_S = float(os.environ.get("COMIX_LEASE_TTL_S", 30))
-# How often the writer looks for expired leases and given-up batches.
+# The batch lease (common/broker/batch_lease.py), not the writer lease: a worker process holding
+# a batch renews it every BATCH_LEASE_TTL_S / 6 seconds; the writer sends a batch again once its
+# batch lease has expired (a dead host, a preempted GPU) with no manifest.
+BATCH_LEASE_TTL_S = float(os.environ.get("COMIX_LEASE_TTL_S", 30))
+# How often the writer looks for expired batch leases and given-up batches.
 WRITER_SCAN_S = float(os.environ.get("COMIX_WRITER_SCAN_S", 2))
 # For fault tests only (consumers/failpoint.py): "STAGE:PATH[,STAGE:PATH...]" stops, once per
 # PATH, the worker process that reaches STAGE ("batch", "decode", "encode"). Unset in any real
@@ -142,7 +143,7 @@ def pending_bound(rows_per_result: int) -> int:
 
 
 def writer_flock() -> bool:
-    """Whether the writer locks its output folder (always, except in tests of the Redis lease)."""
+    """Whether the writer locks its output folder (always, except in tests of the writer lease)."""
     return os.environ.get(WRITER_FLOCK_ENV, "1") not in ("0", "false", "no")
 
 

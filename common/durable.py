@@ -13,6 +13,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 TMP_SUFFIX = ".tmp"
 
 
@@ -44,7 +46,7 @@ def write_json_atomic(
     durable_rename: bool = True,
     indent: int | None = None,
 ) -> None:
-    """Write `data` as JSON to `path` atomically.
+    """Write `data` (builtins, or a record declared as a msgspec Struct) as JSON to `path` atomically.
 
     `tmp_dir` (same filesystem) keeps the temporary file out of a folder that others list;
     temporary names start with a dot and end in TMP_SUFFIX so that recovery can find them.
@@ -58,7 +60,7 @@ def write_json_atomic(
     tmp = folder / f".{path.name}.{uuid.uuid4().hex}{TMP_SUFFIX}"
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, ensure_ascii=False, indent=indent)
+            json.dump(msgspec.to_builtins(data), fh, ensure_ascii=False, indent=indent)
             if fsync:
                 fh.flush()
                 os.fsync(fh.fileno())

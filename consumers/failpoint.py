@@ -3,7 +3,7 @@
 The tests that kill a worker process mid-batch, or while a page is at a stage, cannot catch a
 stage that lasts milliseconds by polling, least of all on a loaded machine. With
 COMIX_STOP_AT=STAGE:PATH[,STAGE:PATH...], the first process to reach STAGE ("batch": a batch
-taken, its lease held; "decode", "encode": a page embedded alone, its mark already in Redis)
+taken, its batch lease held; "decode", "encode": a page embedded alone, its mark already in Redis)
 writes its process id to PATH and stops itself (SIGSTOP); the test waits for that stopped process
 and kills it. PATH is created exclusively, so it happens once per PATH, whichever process and
 delivery get there first; a test removes PATH to stop the next one. Unset (any real deployment),

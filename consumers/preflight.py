@@ -1,15 +1,33 @@
 """Run by `comix-embed worker` in a throwaway process: can this worker load its model?
 
-Prints one JSON line (model identity and key, device, visible GPU count) or the error on stderr with exit
-status 2. Doing this outside the Celery parent keeps torch and CUDA out of the process that forks.
+Prints one JSON line, a `PreflightReport` (model identity and key, device, visible GPU count), or
+the error on stderr with exit status 2. Doing this outside the Celery parent keeps torch and CUDA
+out of the process that forks.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 
+import msgspec
+
 from comix_embed.common.errors import UsageError
+from comix_embed.common.messages import ModelIdentity, decode_json, encode_json
+
+
+class PreflightReport(msgspec.Struct, kw_only=True):
+    """What the throwaway process found: the checkpoint, its model's identity and queue key, the
+    device the worker will use, and how many GPUs it sees (0 on CPU)."""
+
+    checkpoint: str
+    identity: ModelIdentity
+    model_key: str
+    device: str
+    gpus: int
+
+    @classmethod
+    def decode(cls, line: str) -> PreflightReport:
+        return decode_json(line, cls, "worker preflight report")
 
 
 def main() -> int:
@@ -32,17 +50,14 @@ def main() -> int:
     identity = make_identity(
         loaded.sha256, loaded.config.d, settings.encoder_mode, tokenizer.identity, tokenizer.legacy_identity
     )
-    print(
-        json.dumps(
-            {
-                "checkpoint": settings.checkpoint,
-                "identity": identity.to_dict(),
-                "model_key": model_key(identity),
-                "device": str(device),
-                "gpus": torch.cuda.device_count() if device.type == "cuda" else 0,
-            }
-        )
+    report = PreflightReport(
+        checkpoint=settings.checkpoint,
+        identity=identity,
+        model_key=model_key(identity),
+        device=str(device),
+        gpus=torch.cuda.device_count() if device.type == "cuda" else 0,
     )
+    print(encode_json(report).decode())
     return 0
 
 

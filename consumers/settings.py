@@ -2,33 +2,38 @@
 
 The `worker` command sets these before Celery forks its pool; each pool process reads them once
 when it starts. Passing them this way keeps torch (and CUDA) out of the Celery parent process,
-which must never initialise CUDA before forking.
+which must never initialise CUDA before forking. They travel as one JSON `WorkerSettings`,
+decoded with the field at fault named when a value does not fit.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import msgspec
+
 from comix_embed.common import config
+from comix_embed.common.broker import keys
+from comix_embed.common.messages import decode_json, encode_json
 
 PREFIX = "COMIX_WORKER_"
+SETTINGS_ENV = PREFIX + "SETTINGS"
 READY_NAME_ENV = config.WORKER_NAME_ENV  # the node name, under which a loaded pool process reports ready
 
 
 def ready_key(name: str) -> str:
     """Redis key a worker sets once its model is loaded (`run` waits for it before timing)."""
-    return f"comix:ready:{name}"
+    return keys.READY.format(name=name)
 
 
-@dataclass
-class WorkerSettings:
+class WorkerSettings(msgspec.Struct, kw_only=True):
+    """A worker's model, device and decoding settings, the same for each of its pool processes."""
+
     checkpoint: str
     tokenizer: str | None = None
     device: str = "auto"
-    image_roots: list[str] = field(default_factory=list)
+    image_roots: list[str] = msgspec.field(default_factory=list)
     encoder_mode: str = "fused"
     fast_decode: bool = True
     decode_threads: int = 0  # 0: as many as the process's share of cores
@@ -38,14 +43,15 @@ class WorkerSettings:
     model_key: str = ""  # the key of the model whose queue the worker consumes; each process checks it
 
     def to_env(self) -> dict[str, str]:
-        return {PREFIX + "SETTINGS": json.dumps(asdict(self))}
+        return {SETTINGS_ENV: encode_json(self).decode()}
 
     @classmethod
     def from_env(cls) -> WorkerSettings:
-        raw = os.environ.get(PREFIX + "SETTINGS")
+        """The settings `comix-embed worker` set; MalformedMessage names the field at fault."""
+        raw = os.environ.get(SETTINGS_ENV)
         if not raw:
-            raise RuntimeError(f"{PREFIX}SETTINGS is not set: start workers with `comix-embed worker`")
-        return cls(**json.loads(raw))
+            raise RuntimeError(f"{SETTINGS_ENV} is not set: start workers with `comix-embed worker`")
+        return decode_json(raw, cls, SETTINGS_ENV)
 
     def roots(self) -> list[Path]:
         return [Path(r) for r in self.image_roots]

@@ -1,11 +1,12 @@
 """The Celery task a GPU worker runs: embed one batch, hand its arrays to the writer.
 
 The model is loaded once per pool process, when the process starts (`worker_process_init`),
-never in the Celery parent. Each delivery holds a lease it renews while it works
-(common/deliveries.py). A batch's result goes to the bounded results stream; when the writer is
-far behind, the task waits, and if it would outlive its soft time limit it gives the batch back
-(sent again ahead of new batches; not an attempt) rather than fail it. A batch that lost a
-delivery before (a crash) is embedded page by page, each page under a mark its delivery owns.
+never in the Celery parent. Each delivery holds a batch lease it renews while it works
+(common/broker/batch_lease.py; not the writer lease). A batch's result goes to the bounded
+results stream; when the writer is far behind, the task waits, and if it would outlive its soft
+time limit it gives the batch back (sent again ahead of new batches; not an attempt) rather than
+fail it. A batch that lost a delivery before (a crash) is embedded page by page, each page under
+a mark its delivery owns.
 The worker's main process handles the deliveries its pool processes could not end: a process
 that died or hit its time limit (lost), or a cold shutdown (given back).
 """
@@ -34,11 +35,12 @@ from celery.signals import (
 )
 
 from comix_embed.common import config
+from comix_embed.common.broker import keys
 from comix_embed.common.celery_app import app
 from comix_embed.consumers import failpoint
 
 if TYPE_CHECKING:  # for the hints only: this module imports them where they are used
-    from comix_embed.common.broker.deliveries import Lease
+    from comix_embed.common.broker.batch_lease import BatchLease
     from comix_embed.common.inputs.pages import PageTask
 
 log = logging.getLogger(__name__)
@@ -46,9 +48,9 @@ _state: dict[str, Any] = {}
 
 
 @contextmanager
-def _guarded(lease: Lease, task: PageTask, stage: str) -> Iterator[None]:
+def _guarded(held: BatchLease, task: PageTask, stage: str) -> Iterator[None]:
     """A page embedded alone, under its delivery's mark (a fault test may stop the process here)."""
-    with lease.page(task.row, task.page_id, stage):
+    with held.page(task.row, task.page_id, stage):
         failpoint.stop_here(stage)
         yield
 
@@ -118,7 +120,7 @@ def _announce_ready(sender: Any = None, **_: Any) -> None:
 
 
 def _pool_ready_key(name: str) -> str:
-    return f"comix:pool-ready:{name}"
+    return keys.POOL_READY.format(name=name)
 
 
 def _pause_until_pool_ready(queue: str) -> None:
@@ -168,10 +170,10 @@ def _client():
     return _state["redis"]
 
 
-@app.task(name="comix.embed_batch", bind=True)
+@app.task(name=keys.EMBED_BATCH_TASK, bind=True)
 def embed_batch(self, payload: dict[str, Any]) -> dict[str, Any]:
     """Embed the pages of one batch and push the packed result for the writer."""
-    from comix_embed.common.broker import deliveries
+    from comix_embed.common.broker import batch_lease, deliveries
     from comix_embed.common.broker.results_stream import ResultsFull, push
     from comix_embed.common.messages import MalformedMessage, decode_task
     from comix_embed.common.model.identity import ModelMismatch, check_same_model
@@ -185,7 +187,7 @@ def embed_batch(self, payload: dict[str, Any]) -> dict[str, Any]:
         raise Reject(str(exc), requeue=False) from None
     store, batch_id = task.store_id, task.batch_id
     queue = (self.request.delivery_info or {}).get("routing_key") or ""
-    lease = _take_lease(client, task, queue, self.request.id)
+    held = _take_batch_lease(client, task, queue, self.request.id)
     failpoint.stop_here("batch")
     try:
         if task.model is not None:
@@ -202,29 +204,29 @@ def embed_batch(self, payload: dict[str, Any]) -> dict[str, Any]:
                 batch_id,
                 lost,
             )
-            guard = partial(_guarded, lease)
+            guard = partial(_guarded, held)
         result = _embedder(task.image_roots).embed_batch(task.job, batch_id, task.pages, guard)
         blob = result.to_bytes()
         budget = config.TASK_SOFT_TIME_LIMIT - (time.monotonic() - started) - 30
         try:
             push(client, store, batch_id, blob, config.pending_bound(len(task.pages)), max(budget, 1))
         except ResultsFull as exc:
-            if lease.end():
+            if held.end():
                 deliveries.send(client, task, queue, config.PRIORITY_AGAIN)
             log.warning("batch %d given back (sent again ahead of new batches): %s", batch_id, exc)
             return {"batch_id": batch_id, "given_back": str(exc)}
     except Exception as exc:
         if isinstance(exc, ModelMismatch):
-            count = deliveries.refuse(client, store, batch_id, str(exc), {"worker": deliveries.holder_name()})
-            lease.end()
+            count = deliveries.refuse(client, store, batch_id, str(exc), {"worker": batch_lease.holder_name()})
+            held.end()
             log.error("batch %d refused (%d of %d): %s", batch_id, count, config.MAX_ATTEMPTS, exc)
             raise Reject(str(exc), requeue=False) from None
-        info = deliveries.claim(client, lease.info.token)
-        lease.end()
+        info = batch_lease.claim(client, held.info.token)
+        held.end()
         if info is not None:
             log.error(deliveries.lost(client, store, info, batch_id, f"{type(exc).__name__}: {exc}", task))
         raise
-    lease.end()
+    held.end()
     status = result.arrays["status"]
     return {
         "batch_id": batch_id,
@@ -236,18 +238,18 @@ def embed_batch(self, payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _take_lease(client, task, queue: str, task_id: str):
-    """The delivery's lease. While Redis refuses writes for lack of memory the batch is held here,
-    saying why, not failed: giving it back would need a write too, and failing it would drop it."""
+def _take_batch_lease(client, task, queue: str, task_id: str):
+    """The delivery's batch lease. While Redis refuses writes for lack of memory the batch is held
+    here, saying why, not failed: giving it back would need a write too, and failing it would drop it."""
     import redis
 
-    from comix_embed.common.broker import deliveries
+    from comix_embed.common.broker.batch_lease import BatchLease
     from comix_embed.common.broker.redis_memory import describe_limit, is_out_of_memory
 
     said = False
     while True:
         try:
-            return deliveries.Lease.take(client, task, queue, task_id)
+            return BatchLease.take(client, task, queue, task_id)
         except redis.ResponseError as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -257,14 +259,14 @@ def _take_lease(client, task, queue: str, task_id: str):
             time.sleep(1.0)
 
 
-def _my_leases(task_id: str | None = None) -> list:
-    """Leases held by this worker's processes (of one task), from the worker's main process."""
-    from comix_embed.common.broker import deliveries
+def _my_batch_leases(task_id: str | None = None) -> list:
+    """Batch leases held by this worker's processes (of one task), from the worker's main process."""
+    from comix_embed.common.broker import batch_lease
 
-    me = deliveries.holder_name()
+    me = batch_lease.holder_name()
     return [
         info
-        for info in deliveries.leases(_client())
+        for info in batch_lease.batch_leases(_client())
         if info.holder == me and (task_id is None or info.task_id == task_id)
     ]
 
@@ -276,7 +278,7 @@ def _delivery_lost(sender=None, task_id: str | None = None, exception=None, args
     the worker shuts down (a signal to its process group kills the pool too), it is given back."""
     from celery.worker import state
 
-    from comix_embed.common.broker import deliveries
+    from comix_embed.common.broker import batch_lease, deliveries
     from comix_embed.common.messages import MalformedMessage, decode_task
     from comix_embed.common.model.identity import queue_name
 
@@ -287,12 +289,12 @@ def _delivery_lost(sender=None, task_id: str | None = None, exception=None, args
     except (MalformedMessage, IndexError, TypeError):
         return
     client = _client()
-    ended = [info for info in _my_leases(task_id) if deliveries.claim(client, info.token)]
+    ended = [info for info in _my_batch_leases(task_id) if batch_lease.claim(client, info.token)]
     if state.should_stop is not None or state.should_terminate is not None:
         for info in ended:
             _send_back(client, info, task)
         return
-    if not ended and any(i.task_id == task_id for i in deliveries.leases(client, task.store_id)):
+    if not ended and any(i.task_id == task_id for i in batch_lease.batch_leases(client, task.store_id)):
         return  # another process of this worker still holds it
     why = f"{type(exception).__name__}: {exception}"
     log.error(deliveries.lost(client, task.store_id, ended[0] if ended else None, task.batch_id, why, task))
@@ -317,15 +319,15 @@ def _remember(request=None, **_: Any) -> None:
 @worker_shutting_down.connect
 def _give_back(how: str = "", **_: Any) -> None:
     """In the main process, on a cold shutdown: the batches its pool processes hold are sent
-    again ahead of new ones, and their leases ended, as given back (not lost, not an attempt)."""
-    from comix_embed.common.broker import deliveries
+    again ahead of new ones, and their batch leases ended, as given back (not lost, not an attempt)."""
+    from comix_embed.common.broker import batch_lease
     from comix_embed.common.messages import MalformedMessage, decode_task
 
     if how != "Cold":
         return  # a warm shutdown lets the running batches finish
     client = _client()
-    for info in _my_leases():
-        if info.task_id not in _received or deliveries.claim(client, info.token) is None:
+    for info in _my_batch_leases():
+        if info.task_id not in _received or batch_lease.claim(client, info.token) is None:
             continue
         try:
             task = decode_task(_received[info.task_id][0])
@@ -337,8 +339,8 @@ def _give_back(how: str = "", **_: Any) -> None:
 def _send_back(client, info, task) -> None:
     """A batch given back by a worker that stops: sent again ahead of new ones, its page mark
     dropped (the page did not crash anything), no attempt counted."""
-    from comix_embed.common.broker import deliveries
+    from comix_embed.common.broker import batch_lease, deliveries
 
-    client.delete(deliveries.PAGE_MARK.format(store=info.store, token=info.token))
+    batch_lease.drop_page_mark(client, info.store, info.token)
     deliveries.send(client, task, info.queue, config.PRIORITY_AGAIN)
     log.warning("batch %d given back on shutdown (sent again ahead of new batches)", info.batch)

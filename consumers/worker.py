@@ -9,7 +9,6 @@ starts one worker per GPU (each sees only its own through CUDA_VISIBLE_DEVICES).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import socket
@@ -20,8 +19,9 @@ from comix_embed.common import config
 from comix_embed.common.child import cli_argv, module_argv
 from comix_embed.common.errors import UsageError
 from comix_embed.common.locks import try_lock
-from comix_embed.common.model.identity import describe, identity_of, queue_name
+from comix_embed.common.model.identity import describe, queue_name
 from comix_embed.common.model.options import TRUST_FLAG, add_model_arguments
+from comix_embed.consumers.preflight import PreflightReport
 from comix_embed.consumers.settings import READY_NAME_ENV, WorkerSettings
 
 
@@ -52,14 +52,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-key", help=argparse.SUPPRESS)
 
 
-def preflight(settings: WorkerSettings) -> dict:
+def preflight(settings: WorkerSettings) -> PreflightReport:
     """Load checkpoint and tokenizer in a throwaway process; their identity and the GPU count."""
     env = {**os.environ, **settings.to_env()}
     proc = subprocess.run(module_argv("comix_embed.consumers.preflight"), env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
         raise UsageError(lines[-1] if lines else f"worker preflight failed ({proc.returncode})")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return PreflightReport.decode(proc.stdout.strip().splitlines()[-1])
 
 
 def celery_argv(name: str, loglevel: str, queue: str) -> list[str]:
@@ -94,31 +94,31 @@ def run(args: argparse.Namespace) -> int:
     if args.checked:
         if not args.model_key:
             raise UsageError("--checked needs --model-key")
-        info = {"device": args.device, "gpus": 0, "model_key": args.model_key}
-        return _start_celery(args, settings, info)
+        return _start_celery(args, settings, args.device, args.model_key)
     info = preflight(settings)
-    identity = identity_of(info["identity"])
+    identity = info.identity
     print(
-        f"model: {info['checkpoint']}: {describe(identity)}; tokenizer {identity.tokenizer}; "
-        f"device {info['device']}; queue {queue_name(identity)}",
+        f"model: {info.checkpoint}: {describe(identity)}; tokenizer {identity.tokenizer}; "
+        f"device {info.device}; queue {queue_name(identity)}",
         flush=True,
     )
     host = socket.gethostname()
-    if args.gpu_claim_dir and info["gpus"]:
-        gpu = claim_gpu(args.gpu_claim_dir, info["gpus"])
+    device = info.device
+    if args.gpu_claim_dir and info.gpus:
+        gpu = claim_gpu(args.gpu_claim_dir, info.gpus)
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-        info["device"] = "cuda:0"
-        print(f"claimed GPU {gpu} of {info['gpus']} in {args.gpu_claim_dir}", flush=True)
-    elif args.device == "auto" and info["gpus"] > 1:
-        return _one_worker_per_gpu(args, info["gpus"], host)
-    return _start_celery(args, settings, info)
+        device = "cuda:0"
+        print(f"claimed GPU {gpu} of {info.gpus} in {args.gpu_claim_dir}", flush=True)
+    elif args.device == "auto" and info.gpus > 1:
+        return _one_worker_per_gpu(args, info.gpus, host)
+    return _start_celery(args, settings, device, info.model_key)
 
 
-def _start_celery(args: argparse.Namespace, settings: WorkerSettings, info: dict) -> int:
+def _start_celery(args: argparse.Namespace, settings: WorkerSettings, device: str, key: str) -> int:
     """Become the Celery worker (this process is its parent; the pool forks from it)."""
     host = socket.gethostname()
-    settings.device = info["device"]
-    settings.model_key = info["model_key"]
+    settings.device = device
+    settings.model_key = key
     os.environ.update(settings.to_env())
     name = (args.name or f"comix-{settings.device.replace(':', '')}-{os.getpid()}@{host}").replace("%h", host)
     os.environ[READY_NAME_ENV] = name

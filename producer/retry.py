@@ -32,7 +32,7 @@ from comix_embed.common.inputs.pages import PageTask
 from comix_embed.common.inputs.paths import ImageResolver, parse_path_map
 from comix_embed.common.messages import TASK_FORMAT, ModelIdentity, TaskPayload
 from comix_embed.common.store.jobs import Job, iter_tasks, load_jobs
-from comix_embed.common.store.manifests import manifest_rows, scan_manifests
+from comix_embed.common.store.manifests import scan_manifests
 from comix_embed.common.store.retries import RETRY_BASE, RetryRound, load_rounds, owed_retries, round_path
 from comix_embed.common.store.schema import STATUS_FAILED, store_path
 from comix_embed.common.timestamps import utc_now
@@ -71,8 +71,8 @@ def failed_rows(output_dir: Path) -> list[int]:
     status = zarr.open_array(path / "status", mode="r")
     rows: list[int] = []
     for _, manifest in sorted(found.items()):
-        if manifest.get("statuses", {}).get("failed", 0):
-            start, end = manifest_rows(manifest)
+        if manifest.statuses.get("failed", 0):
+            start, end = manifest.rows()
             rows += (start + np.flatnonzero(np.asarray(status[start:end]) == STATUS_FAILED)).tolist()
     return sorted(rows)
 

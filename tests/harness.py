@@ -61,14 +61,14 @@ class Proc:
 
     def kill_pool_mid_batch(self, broker: str, timeout: float = 300, again: bool = False):
         """Kill this worker's pool process stopped at the start of a batch (it holds the batch's
-        lease), and return that lease; with `again`, the next batch taken stops there too. The
-        worker must have been started with stop_at=("batch", ...)."""
+        batch lease), and return that batch lease's info; with `again`, the next batch taken stops
+        there too. The worker must have been started with stop_at=("batch", ...)."""
         import redis
 
-        from comix_embed.common.broker.deliveries import leases
+        from comix_embed.common.broker.batch_lease import batch_leases
 
         pid = stopped_at(self.stop_file("batch"), timeout)
-        lease = next(info for info in leases(redis.Redis.from_url(broker)) if info.pid == pid)
+        lease = next(info for info in batch_leases(redis.Redis.from_url(broker)) if info.pid == pid)
         if again:
             self.stop_file("batch").unlink()
         os.kill(pid, signal.SIGKILL)
@@ -191,20 +191,20 @@ def job_queue(out: Path) -> str:
     return queue_name(job.model)
 
 
-def wait_lease(broker: str, timeout: float, holder: str = "", batch: int | None = None):
-    """Until a worker process holds a batch (of `holder`, of `batch`); returns its lease."""
+def wait_batch_lease(broker: str, timeout: float, holder: str = "", batch: int | None = None):
+    """Until a worker process holds a batch (of `holder`, of `batch`); returns its batch lease's info."""
     import redis
 
-    from comix_embed.common.broker.deliveries import leases
+    from comix_embed.common.broker.batch_lease import batch_leases
 
     client = redis.Redis.from_url(broker)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for lease in leases(client):
+        for lease in batch_leases(client):
             if lease.holder.startswith(holder) and (batch is None or lease.batch == batch):
                 return lease
         time.sleep(0.005)
-    raise AssertionError(f"no lease of {holder or 'any worker'} (batch {batch}) within {timeout} s")
+    raise AssertionError(f"no batch lease of {holder or 'any worker'} (batch {batch}) within {timeout} s")
 
 
 def stopped_at(path: Path, timeout: float) -> int:

@@ -1,4 +1,4 @@
-"""Faults at the edges end well (issue 9), with a real Redis, real worker processes and a real store.
+"""Faults at the edges end well, with a real Redis, real worker processes and a real store.
 
 A job is bound to its model, nothing loops, nothing stalls, no healthy page is recorded as failed."""
 
@@ -16,15 +16,18 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from comix_embed.common.broker import deliveries
+from comix_embed.common.broker import deliveries, keys
+from comix_embed.common.broker.batch_lease import batch_leases
 from comix_embed.common.broker.results_stream import push, results_key, store_id
 from comix_embed.common.child import cli_argv
 from comix_embed.common.messages import RESULT_FORMAT
 from comix_embed.common.model.tokenizer import load_tokenizer, tokenizer_dir_beside
+from comix_embed.common.store.audit_log import AuditRecord
 from comix_embed.common.store.jobs import first_job, load_jobs
 from comix_embed.common.store.manifests import manifest_ids
 from comix_embed.common.store.reading import read_attrs, read_committed_rows
 from comix_embed.common.store.schema import store_path
+from comix_embed.consumers.settings import ready_key
 from comix_embed.private_redis import PrivateRedis
 from comix_embed.tools.init_checkpoint import init_checkpoint
 from comix_embed.tools.sample.corpus import make_sample
@@ -37,8 +40,8 @@ from tests.harness import (
     job_queue,
     process_state,
     store_arrays,
+    wait_batch_lease,
     wait_committed,
-    wait_lease,
     worker,
     writer,
 )
@@ -61,10 +64,10 @@ def _wait(condition, timeout: float, what: str) -> None:
 
 
 def _ready(client: redis.Redis, name: str) -> bool:
-    return bool(client.keys(f"comix:ready:{name}@*"))
+    return bool(client.keys(ready_key(f"{name}@*")))
 
 
-# --- §2 a job is bound to one model ---
+# --- a job is bound to one model ---
 
 
 def test_a_worker_with_another_model_never_receives_the_jobs_batches(
@@ -94,7 +97,7 @@ def test_a_worker_with_another_model_never_receives_the_jobs_batches(
     attrs = read_attrs(store_path(out))
     assert attrs["checkpoint_sha256"] == job.model.checkpoint_sha256 != ""
     assert attrs["tokenizer"] == job.model.tokenizer == load_tokenizer(None, tiny_checkpoint).identity
-    assert "Task comix.embed_batch[" not in stale.text()  # never received one
+    assert f"Task {keys.EMBED_BATCH_TASK}[" not in stale.text()  # never received one
     queue = job_queue(out)
     assert f"queue {queue}" in right.text() and f"queue {queue}" not in stale.text()
     for log_text in (right.text(), stale.text()):  # each worker names both identities
@@ -126,7 +129,7 @@ def test_the_same_tokenizer_in_two_folders_is_one_model(
     queue = job_queue(out)
     assert all(f"queue {queue}" in p.text() for p in procs[:2])
     client = redis.Redis.from_url(broker.url)
-    assert client.xlen(deliveries.REFUSED.format(store=store_id(out))) == 0  # nothing set aside
+    assert client.xlen(keys.REFUSED.format(store=store_id(out))) == 0  # nothing set aside
 
 
 def test_a_store_written_before_keeps_working_and_records_its_tokenizer_by_content(
@@ -175,7 +178,7 @@ def test_a_store_written_before_keeps_working_and_records_its_tokenizer_by_conte
     assert mixed.returncode == 2 and "one model per store" in mixed.stderr
 
 
-# --- §3 nothing loops: refused results ---
+# --- nothing loops: refused results ---
 
 
 def test_a_batch_refused_max_attempts_times_stops_run_with_the_reason(
@@ -192,7 +195,7 @@ def test_a_batch_refused_max_attempts_times_stops_run_with_the_reason(
     try:  # a worker of another model answers for batch 5 (a stray client, a stale host)
         for n in range(1, 4):
             push(client, store, 5, synthetic.make_result(job, 5, other).to_bytes(), bound=16, timeout=10)
-            _wait(lambda n=n: client.hget(deliveries.REFUSALS.format(store=store), 5) == str(n).encode(), 60, wr.text())
+            _wait(lambda n=n: client.hget(keys.REFUSALS.format(store=store), 5) == str(n).encode(), 60, wr.text())
     finally:
         wr.stop()
     assert deliveries.queued(client, queue) == 6 + 2  # sent again after each refusal but the last
@@ -208,7 +211,7 @@ def test_a_batch_refused_max_attempts_times_stops_run_with_the_reason(
     assert time.monotonic() - started < 600  # it stopped; it did not spin
 
 
-# --- §4 a batch that can never be embedded does not block the store ---
+# --- a batch that can never be embedded does not block the store ---
 
 
 def test_a_batch_lost_max_attempts_times_is_committed_as_failed_rows(
@@ -222,7 +225,7 @@ def test_a_batch_lost_max_attempts_times_is_committed_as_failed_rows(
     try:
         assert run_cli(*enqueue_args(tiny_checkpoint, job_corpus, out, broker.url)).returncode == 0
         store = store_id(out)
-        lost_key = deliveries.LOST.format(store=store)
+        lost_key = keys.LOST.format(store=store)
         given_up: list[int] = []
         for _ in range(12):  # kill whatever the worker holds until a batch has been lost twice
             with_lost = sum(int(v) for v in client.hvals(lost_key))
@@ -251,7 +254,7 @@ def test_a_batch_lost_max_attempts_times_is_committed_as_failed_rows(
     assert read_committed_rows(store_path(out)) == ROWS
 
 
-# --- §5 the crash guard counts crashes, not deliveries ---
+# --- the crash guard counts crashes, not deliveries ---
 
 
 def test_given_back_resent_and_shut_down_batches_never_fail_a_healthy_page(
@@ -272,7 +275,7 @@ def test_given_back_resent_and_shut_down_batches_never_fail_a_healthy_page(
         key = results_key(store_id(out))
         _wait(lambda: client.xlen(key) >= 1, 120, "the results stream never filled")
         # from now on no delivery can hand its result over: a batch w0 holds, it holds until told
-        wait_lease(broker.url, 120, holder="w0@")
+        wait_batch_lease(broker.url, 120, holder="w0@")
         os.kill(w0.pid, signal.SIGQUIT)  # a cold shutdown, as `run` stops its workers: it gives its batch back
         w0.proc.wait(60)
         wr = writer(out, broker.url, logs)
@@ -284,13 +287,13 @@ def test_given_back_resent_and_shut_down_batches_never_fail_a_healthy_page(
             wr.stop()
     assert "given back on shutdown" in w0.text()
     store = store_id(out)
-    assert client.hlen(deliveries.CRASHED.format(store=store)) == 0
-    assert client.hlen(deliveries.LOST.format(store=store)) == 0
+    assert client.hlen(keys.CRASHED.format(store=store)) == 0
+    assert client.hlen(keys.LOST.format(store=store)) == 0
     assert "one by one" not in w0.text() + w1.text()  # no delivery was taken for a crash
     assert_same_store(out, clean_store)  # only the 3 broken pages failed, as in a clean run
 
 
-# --- §6 the readable prefix keeps moving ---
+# --- the readable prefix keeps moving ---
 
 
 def test_after_a_kill_the_readable_prefix_keeps_moving(
@@ -337,7 +340,7 @@ def test_after_a_kill_the_readable_prefix_keeps_moving(
     assert (store_arrays(out)["status"] == 2).sum() == 0  # the killed batch was embedded, not failed
 
 
-# --- §7 a dead worker host does not stall the job ---
+# --- a dead worker host does not stall the job ---
 
 
 def test_a_worker_killed_whole_holding_a_batch_is_replaced_within_a_minute(
@@ -349,11 +352,11 @@ def test_a_worker_killed_whole_holding_a_batch_is_replaced_within_a_minute(
     assert run_cli(*enqueue_args(tiny_checkpoint, job_corpus, out, broker.url)).returncode == 0
     doomed = worker(tiny_checkpoint, broker.url, logs, "doomed", env)  # after enqueue: no batch done meanwhile
     try:
-        held = wait_lease(broker.url, 300, holder="doomed")
+        held = wait_batch_lease(broker.url, 300, holder="doomed")
         os.kill(doomed.pid, signal.SIGKILL)  # the main process, as when a host loses power
         doomed.proc.wait()
         _wait(lambda: not _alive(held.pid), 30, "the pool process outlived its worker")
-        _wait(lambda: all(lease.expires < time.time() for lease in deliveries.leases(client)), 60, "lease kept")
+        _wait(lambda: all(info.expires < time.time() for info in batch_leases(client)), 60, "batch lease kept")
         state, text = _status(out, broker.url)
         gone = state["holders_gone"]
         assert [g["batch"] for g in gone] == [held.batch] and gone[0]["holder"].startswith("doomed@")
@@ -369,10 +372,10 @@ def test_a_worker_killed_whole_holding_a_batch_is_replaced_within_a_minute(
             rescuer.stop()
         if "wr" in locals():
             wr.stop()
-    assert f"batch {held.batch} lost (lease expired: its holder doomed@" in wr.text()
+    assert f"batch {held.batch} lost (batch lease expired: its holder doomed@" in wr.text()
     assert client.hlen("unacked") >= 1  # the first delivery still waits for its visibility timeout
     assert_same_store(out, clean_store)
-    rows = [json.loads(line)["row"] for line in (out / "audit.jsonl").read_text().splitlines()]
+    rows = [AuditRecord.decode(line).row for line in (out / "audit.jsonl").read_text().splitlines()]
     assert sorted(rows) == list(range(ROWS)), "a page was committed twice or never"
 
 
@@ -380,7 +383,7 @@ def _alive(pid: int) -> bool:
     return process_state(pid) not in (None, "Z")
 
 
-# --- §8 malformed results never stop the writer ---
+# --- malformed results never stop the writer ---
 
 
 def test_malformed_results_are_set_aside_and_the_writer_goes_on(tmp_path: Path, broker: PrivateRedis) -> None:
@@ -406,7 +409,7 @@ def test_malformed_results_are_set_aside_and_the_writer_goes_on(tmp_path: Path, 
     assert len(client.xreadgroup("writer", "writer-1", {key: ">"})[0][1]) == 6
     for b in (1, 2, 3):
         client.xadd(key, {"batch": b, "data": good[b].to_bytes()})
-    refused = deliveries.REFUSED.format(store=store)
+    refused = keys.REFUSED.format(store=store)
     client.set(refused, "not a stream")  # every Redis error in the loop is retried, not fatal
     wr = writer(out, broker.url, logs)
     try:
@@ -432,7 +435,7 @@ def test_malformed_results_are_set_aside_and_the_writer_goes_on(tmp_path: Path, 
     assert read_committed_rows(store_path(out)) == 32
 
 
-# --- §9 resume covers every unfinished job ---
+# --- resume covers every unfinished job ---
 
 
 def test_run_resumes_every_unfinished_job_of_the_store(tiny_checkpoint: Path, tmp_path: Path) -> None:

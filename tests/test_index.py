@@ -70,8 +70,8 @@ def test_recall_at_10_against_exact_search(tmp_path: Path) -> None:
     store.commit(0, PAGES)
     report = build_index(tmp_path, ivf_min=IVF_MIN)
     meta = read_meta(index_dir(store.path) / current(tmp_path))
-    assert meta["parts"]["panels"]["type"] == "ivf" and meta["parts"]["pages"]["type"] == "ivf"
-    assert meta["parts"]["panels"]["lists"] > 32  # more lists than a query reads: approximate for real
+    assert meta.parts.panels.type == "ivf" and meta.parts.pages.type == "ivf"
+    assert meta.parts.panels.lists > 32  # more lists than a query reads: approximate for real
     indexed, exact = SearchIndex.load(tmp_path), SearchIndex.load(tmp_path, use_index=False)
     assert indexed.generation == 1 and indexed.covered == PAGES and not len(indexed.exact.page_rows)
     assert report.pages == len(exact.rows) and indexed.rows.tolist() == exact.rows.tolist()
@@ -201,9 +201,9 @@ def test_a_killed_build_leaves_the_previous_index_in_use(tmp_path: Path) -> None
     assert done.stdout.startswith(f"index generation 2: {committed} committed rows")
     folder = index_dir(store.path)
     assert current(tmp_path) == "gen_000002" and [p.name for p in folder.glob("gen_*")] == ["gen_000002"]
-    assert {p.name for p in (folder / SEGMENTS).iterdir()} == {
-        s["file"] for part in read_meta(folder / "gen_000002")["parts"].values() for s in part["segments"]
-    }
+    parts = read_meta(folder / "gen_000002").parts
+    named = {s.file for part in (parts.pages, parts.panels, parts.text) for s in part.segments}
+    assert {p.name for p in (folder / SEGMENTS).iterdir()} == named
     assert SearchIndex.load(tmp_path).covered == committed
 
 

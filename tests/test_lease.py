@@ -1,8 +1,8 @@
-"""One writer per store across hosts: the Redis lease and its fencing token (issue 10 §2).
+"""One writer per store across hosts: the Redis lease and its fencing token.
 
-Real writer processes on one store with the output folder's flock off (COMIX_WRITER_FLOCK=0, a
-setting for tests: the flock would stop the second writer first), over a private Redis that the
-tests wipe.
+What they hold to is docs/store.md, "The writer lease and fencing tokens". Real writer processes
+on one store with the output folder's flock off (COMIX_WRITER_FLOCK=0, a setting for tests: the
+flock would stop the second writer first), over a private Redis that the tests wipe.
 """
 
 from __future__ import annotations
@@ -14,18 +14,20 @@ import socket
 import time
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import redis
 import zarr
 
+from comix_embed.common.broker.keys import WRITER_LEASE
 from comix_embed.common.broker.results_stream import push, results_key, store_id
-from comix_embed.common.broker.writer_lease import LEASE_KEY
 from comix_embed.common.store.jobs import Job
-from comix_embed.common.store.manifests import manifest_file, manifest_ids, scan_manifests
+from comix_embed.common.store.manifests import manifest_file, manifest_ids, read_manifest, scan_manifests
 from comix_embed.common.store.schema import store_path
 from comix_embed.private_redis import PrivateRedis
 from comix_embed.writer.commit import StoreWriter
-from comix_embed.writer.lease import WriterLease
+from comix_embed.writer.lease import WriterLease, read_record
+from comix_embed.writer.manifests import write_manifest
 from tests import synthetic
 from tests.cli import run_cli
 from tests.harness import writer
@@ -55,7 +57,7 @@ def _send(client: redis.Redis, store: str, job: Job, batches: list[int]) -> None
 
 
 def _tokens(out: Path) -> dict[int, int]:
-    return {b: m.get("token", 0) for b, m in scan_manifests(store_path(out))[0].items()}
+    return {b: m.token or 0 for b, m in scan_manifests(store_path(out))[0].items()}
 
 
 def test_second_writer_exits_2_naming_the_holder(tmp_path: Path, broker: PrivateRedis) -> None:
@@ -84,7 +86,7 @@ def test_second_writer_exits_2_naming_the_holder(tmp_path: Path, broker: Private
     assert _tokens(out) == {0: 1, 1: 1}
     assert _status(out, broker.url)["writer"] is None  # a writer that stops gives its lease back
     text = run_cli("status", "--output-dir", str(out), "--broker", broker.url, timeout=60).stdout
-    assert "writer: none holds the store's lease" in text
+    assert "writer: none holds the store's writer lease" in text
 
 
 def _status(out: Path, url: str) -> dict:
@@ -111,7 +113,7 @@ def test_killed_writer_is_taken_over_and_tokens_grow_across_a_wiped_redis(tmp_pa
     try:
         _wait(lambda: "waiting for a job" in restarted.text(), 120, restarted.text)
         first.kill()  # SIGKILL: its lease, renewed until now, stays in Redis until it expires
-        assert client.exists(LEASE_KEY.format(store=store))
+        assert client.exists(WRITER_LEASE.format(store=store))
         (tmp_path / "view.new").symlink_to(out)
         os.replace(tmp_path / "view.new", view)  # at once, the restarted writer's folder is the store's
         _wait(lambda: "lease token 2" in restarted.text(), 60, restarted.text)
@@ -136,8 +138,8 @@ def test_killed_writer_is_taken_over_and_tokens_grow_across_a_wiped_redis(tmp_pa
     finally:
         again.stop()
     assert _tokens(out) == {0: 1, 1: 1, 2: 2, 3: 3, 4: 4, 5: 4}
-    record = json.loads((out / "writer.token.json").read_text())
-    assert record["token"] == 4 and record["accepted"] == [[0, 3]]
+    record = read_record(out)
+    assert record is not None and record.token == 4 and record.accepted == [(0, 3)]
 
 
 def test_a_writer_that_lost_its_lease_writes_nothing_more(tmp_path: Path, broker: PrivateRedis) -> None:
@@ -146,7 +148,7 @@ def test_a_writer_that_lost_its_lease_writes_nothing_more(tmp_path: Path, broker
     out, logs = tmp_path / "out", tmp_path / "logs"
     job, store = _job(out)
     client = redis.Redis.from_url(broker.url)
-    key = LEASE_KEY.format(store=store)
+    key = WRITER_LEASE.format(store=store)
     first = writer(out, broker.url, logs, "first", env=ENV)
     second = None
     try:
@@ -187,9 +189,12 @@ def test_recovery_sets_aside_what_a_lower_token_wrote_after_the_takeover(tmp_pat
         group = zarr.open_group(store_path(tmp_path), mode="r+")
         group["page_embeddings"][24:32] = results[3].arrays["page_embeddings"]
         group["status"][24:32] = results[3].arrays["status"]
-        zombie = json.loads(manifest_file(store_path(tmp_path), 2).read_text())
-        zombie.update(batch_id=3, start_idx=24, end_idx=31, page_ids=results[3].page_ids, token=1)
-        manifest_file(store_path(tmp_path), 3).write_text(json.dumps(zombie))
+        taken, _ = read_manifest(manifest_file(store_path(tmp_path), 2), 2)
+        assert taken is not None
+        zombie = msgspec.structs.replace(
+            taken, batch_id=3, start_idx=24, end_idx=31, page_ids=results[3].page_ids, token=1
+        )
+        write_manifest(store_path(tmp_path), zombie, fsync=False)
     with WriterLease(client, store, tmp_path) as lease, StoreWriter(tmp_path, fsync=False, fence=lease) as w:
         assert lease.token == 3
         assert w.committed_rows == 24 and not w.is_committed(3) and w.owed() == {job.job_id: [3, 4, 5]}

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from comix_embed.common import config
+from comix_embed.common.store.attributes import ManifestCheckpoint, StoreAttributes
 from comix_embed.common.store.manifests import (
     BATCHES_DIR,
     CHECKPOINT_ATTR,
@@ -20,6 +21,12 @@ from comix_embed.common.store.reading import read_attrs
 from comix_embed.common.store.schema import store_path
 from comix_embed.writer.commit import StoreWriter
 from tests import synthetic
+
+
+def _checkpoint(path: Path) -> ManifestCheckpoint:
+    saved = StoreAttributes.of(read_attrs(path)).manifest_checkpoint
+    assert saved is not None
+    return saved
 
 
 def test_manifests_go_to_subfolders_of_a_thousand(tmp_path: Path) -> None:
@@ -37,9 +44,9 @@ def test_manifests_go_to_subfolders_of_a_thousand(tmp_path: Path) -> None:
     assert subfolders == {"000000": FOLDER_BATCHES, "001000": 10}
     assert manifest_file(store_path(tmp_path), 1003).parent.name == "001000"
     assert manifest_ids(store_path(tmp_path)) == set(range(pages))
-    statuses = read_attrs(store_path(tmp_path))[CHECKPOINT_ATTR]
-    assert statuses["batches"] == pages and statuses["rows"] == pages
-    assert sum(statuses["statuses"].values()) == pages
+    saved = _checkpoint(store_path(tmp_path))
+    assert saved.batches == pages and saved.rows == pages
+    assert sum(saved.statuses.values()) == pages
 
 
 def test_open_reads_the_checkpoint_and_only_the_manifests_past_it(tmp_path: Path) -> None:
@@ -48,7 +55,7 @@ def test_open_reads_the_checkpoint_and_only_the_manifests_past_it(tmp_path: Path
     with StoreWriter(tmp_path, fsync=False) as writer:
         writer.commit([synthetic.make_result(job, b, model) for b in (0, 1, 2, 4, 5)])
     path = store_path(tmp_path)
-    assert read_attrs(path)[CHECKPOINT_ATTR]["batches"] == 3
+    assert _checkpoint(path).batches == 3
     # a manifest inside the checkpoint is not read again (its damage is diagnose's to find);
     # one past it is read, and a broken one is set aside so that its batch is owed again
     inside, past = manifest_file(path, 1), manifest_file(path, 5)
@@ -82,7 +89,7 @@ def test_a_store_from_before_the_layout_is_read_whole_once(tmp_path: Path) -> No
         assert writer.committed_rows == 16 and writer.owed() == {"job_000001": [2, 4]}
         writer.commit([synthetic.make_result(job, 2, model)])
         assert writer.committed_rows == 32
-    saved = read_attrs(path)[CHECKPOINT_ATTR]
-    assert (saved["batches"], saved["rows"]) == (4, 32)
+    saved = _checkpoint(path)
+    assert (saved.batches, saved.rows) == (4, 32)
     assert manifest_file(path, 2).is_file() and (path / config.MANIFEST_GROUP / "batch_000003.json").is_file()
     assert manifest_ids(path) == {0, 1, 2, 3}

@@ -13,13 +13,17 @@ import pytest
 import redis
 
 from comix_embed.common import config
-from comix_embed.common.broker.deliveries import CRASHED, PAGE_MARK, queued
+from comix_embed.common.broker.batch_lease import PageMark
+from comix_embed.common.broker.deliveries import queued
+from comix_embed.common.broker.keys import CRASHED, EMBED_BATCH_TASK, PAGE_MARK, REFUSED
 from comix_embed.common.broker.results_stream import results_key, store_id
 from comix_embed.common.inputs.listfile import read_list
 from comix_embed.common.inputs.paths import ImageResolver
+from comix_embed.common.messages import decode_json
 from comix_embed.common.model.checkpoint import load_model
 from comix_embed.common.model.embed import Embedder, EmbedSettings
 from comix_embed.common.model.tokenizer import load_tokenizer
+from comix_embed.common.store.audit_log import AuditRecord
 from comix_embed.common.store.manifests import manifest_ids
 from comix_embed.common.store.reading import read_attrs
 from comix_embed.common.store.schema import store_path
@@ -143,7 +147,7 @@ def test_redis_flushed_mid_job_then_enqueue_again(
         if "wr" in locals():
             wr.stop()
     assert_same_store(out, clean_store)
-    rows = [json.loads(line)["row"] for line in (out / config.AUDIT_LOG_NAME).read_text().splitlines()]
+    rows = [AuditRecord.decode(line).row for line in (out / config.AUDIT_LOG_NAME).read_text().splitlines()]
     assert sorted(rows) == list(range(PAGES + 3)), "a page was committed twice or never"
 
 
@@ -242,7 +246,7 @@ def test_flower_lists_workers_and_succeeded_tasks(
                 break
             assert time.monotonic() < deadline, (len(tasks), list(workers))
             time.sleep(1)
-        assert {t["name"] for t in tasks.values()} == {"comix.embed_batch"}
+        assert {t["name"] for t in tasks.values()} == {EMBED_BATCH_TASK}
         with pytest.raises(urllib.error.HTTPError):  # basic auth is enforced
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/workers", timeout=10)
     finally:
@@ -324,7 +328,6 @@ def test_gpu_claims_give_each_replica_its_own_gpu(tmp_path: Path) -> None:
 def test_writer_sets_aside_a_result_from_another_model_and_commits_the_rest(
     tmp_path: Path, broker: PrivateRedis
 ) -> None:
-    from comix_embed.common.broker.deliveries import REFUSED
     from comix_embed.common.broker.results_stream import connect, push
     from tests import synthetic
 
@@ -366,8 +369,9 @@ def test_a_page_that_keeps_killing_its_worker_fails_alone(
         store = store_id(out)
         # second death while a page is at `stage`: the process stops itself there (consumers/failpoint.py)
         pid = stopped_at(w.stop_file(stage), 300)
-        marks = [json.loads(client.get(k) or "{}") for k in client.keys(PAGE_MARK.format(store=store, token="*"))]
-        assert [m["stage"] for m in marks] == [stage]  # its page's mark is there, at that stage
+        found = client.keys(PAGE_MARK.format(store=store, token="*"))
+        marks = [decode_json(client.get(k) or b"", PageMark, "page mark") for k in found]
+        assert [m.stage for m in marks] == [stage]  # its page's mark is there, at that stage
         os.kill(pid, signal.SIGKILL)
         crashed_key = CRASHED.format(store=store)
         deadline = time.monotonic() + 60

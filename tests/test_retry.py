@@ -11,7 +11,6 @@ retried rows puts them back as they were when it starts again.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import zarr
 
 from comix_embed.common.model.identity import identity_of
+from comix_embed.common.store.audit_log import AuditRecord
 from comix_embed.common.store.manifests import manifest_dir
 from comix_embed.common.store.reading import read_attrs
 from comix_embed.common.store.results import failed_result
@@ -93,8 +93,8 @@ def test_retry_failed_embeds_the_failed_row_and_changes_nothing_else(tiny_checkp
     assert summary.returncode == 0 and "1 failed rows retried (*), 1 now embedded" in summary.stdout
     assert f"{row:>6}" in summary.stdout and " ok* " in summary.stdout
 
-    audit = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
-    assert [(r["status"], bool(r.get("retry"))) for r in audit if r["row"] == row] == [
+    audit = [AuditRecord.decode(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+    assert [(r.status, r.retry) for r in audit if r.row == row] == [
         ("failed", False),
         ("failed", True),
         ("ok", True),

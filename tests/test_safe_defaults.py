@@ -19,6 +19,7 @@ import redis
 import torch
 
 from comix_embed.cli import COMMANDS
+from comix_embed.common.broker.keys import EMBED_BATCH_TASK
 from comix_embed.common.child import cli_argv
 from comix_embed.common.config import masked_url
 from comix_embed.common.model.checkpoint import CheckpointError, load_model
@@ -248,7 +249,7 @@ class _Plant:
 
 
 def test_a_live_worker_refuses_a_pickled_task(tiny_checkpoint: Path, tmp_path: Path, broker: PrivateRedis) -> None:
-    """A pickled `comix.embed_batch` message put straight on the worker's queue is refused
+    """A pickled embed-batch task message put straight on the worker's queue is refused
     (Celery logs that it will not deserialize it); the code it carries never runs."""
     import pickle
 
@@ -270,7 +271,7 @@ def test_a_live_worker_refuses_a_pickled_task(tiny_checkpoint: Path, tmp_path: P
                 routing_key=queue,
                 content_type="application/x-python-serialize",
                 content_encoding="binary",
-                headers={"task": "comix.embed_batch", "id": "pickled-1", "lang": "py"},
+                headers={"task": EMBED_BATCH_TASK, "id": "pickled-1", "lang": "py"},
             )
         while "Refusing to deserialize" not in proc.text():
             assert proc.proc.poll() is None and time.monotonic() < deadline, proc.text()

@@ -13,6 +13,7 @@ import zarr
 
 from comix_embed.common import config
 from comix_embed.common.errors import UsageError
+from comix_embed.common.store.attributes import StoreAttributes
 from comix_embed.common.store.jobs import load_jobs
 from comix_embed.common.store.reading import open_committed, read_attrs, read_committed_rows
 from comix_embed.common.store.schema import PAGE_COLUMNS, RESULT_ARRAYS, STORE_COORDINATES, store_path
@@ -68,7 +69,7 @@ def test_layout_and_plain_xarray_open_without_warning(tmp_path: Path) -> None:
 
 
 def test_xarray_shows_exactly_the_registered_rows(tmp_path: Path) -> None:
-    """A 24-page job's store opens with 24 rows and a unique page_id index (issue 12 §3), before
+    """A 24-page job's store opens with 24 rows and a unique page_id index, before
     any result, part-way and once committed; registering a second job grows it to 24 + 10."""
     pages = synthetic.make_pages(34)
     job, _ = synthetic.plan(tmp_path, pages[:24], 8)
@@ -154,11 +155,9 @@ def test_incremental_growth_keeps_arrays_equal(tmp_path: Path) -> None:
         writer.commit([synthetic.make_result(job2, b, model) for b in (3, 4, last[0])])
         assert writer.committed_rows == 20 + 128
     path = store_path(tmp_path)
-    attrs = read_attrs(path)
-    assert attrs["registered_rows"] == len(pages) and [j["job_id"] for j in attrs["jobs"]] == [
-        "job_000001",
-        "job_000002",
-    ]
+    kept = StoreAttributes.of(read_attrs(path))
+    assert kept.registered_rows == len(pages) and kept.job_ids() == ["job_000001", "job_000002"]
+    assert [(j.start_row, j.end_row, j.first_batch) for j in kept.jobs] == [(0, 20, 0), (20, len(pages), 3)]
     group = zarr.open_group(path, mode="r")
     lengths = {arr.shape[0] for name, arr in group.arrays() if arr.metadata.dimension_names[0] == "page_id"}
     assert lengths == {len(pages)}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import subprocess
@@ -16,7 +15,8 @@ import zarr
 
 from comix_embed.common import config
 from comix_embed.common.model.identity import ModelMismatch
-from comix_embed.common.store.manifests import manifest_file, manifest_ids
+from comix_embed.common.store.audit_log import AuditRecord
+from comix_embed.common.store.manifests import manifest_file, manifest_ids, read_manifest
 from comix_embed.common.store.reading import read_attrs
 from comix_embed.common.store.schema import store_path
 from comix_embed.writer.checks import CheckFailed, verify_batch, write_check
@@ -52,16 +52,17 @@ def test_out_of_order_and_duplicates(tmp_path: Path) -> None:
         assert _snapshot(store_path(tmp_path)) == before
         writer.commit([results[5], results[3], results[4]])
         assert writer.committed_rows == 45 and writer.owed() == {"job_000001": []}
-    manifest = json.loads(manifest_file(store_path(tmp_path), 5).read_text())
-    assert {k: manifest[k] for k in ("batch_id", "start_idx", "end_idx", "num_pages", "job")} == {
-        "batch_id": 5,
-        "start_idx": 40,
-        "end_idx": 44,
-        "num_pages": 5,
-        "job": "job_000001",
-    }
-    assert manifest["page_ids"] == [p.page_id for p in job.pages[40:45]]
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", manifest["timestamp"])
+    manifest, problem = read_manifest(manifest_file(store_path(tmp_path), 5), 5)
+    assert manifest is not None, problem
+    assert (manifest.batch_id, manifest.start_idx, manifest.end_idx, manifest.num_pages, manifest.job) == (
+        5,
+        40,
+        44,
+        5,
+        "job_000001",
+    )
+    assert manifest.page_ids == [p.page_id for p in job.pages[40:45]] and manifest.token is None
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", manifest.timestamp)
 
 
 def test_recovery_clears_what_lies_past_the_manifests(tmp_path: Path) -> None:
@@ -209,8 +210,8 @@ def test_verbose_lines_and_audit_log(tmp_path: Path) -> None:
     audit_path = tmp_path / config.AUDIT_LOG_NAME
     with StoreWriter(tmp_path, verbose=True, fsync=False, out=out) as writer:
         writer.commit([synthetic.make_result(job, 0, model)])
-        records = [json.loads(line) for line in audit_path.read_text().splitlines()]  # written as it goes
-        assert [r["row"] for r in records] == list(range(8))
+        records = [AuditRecord.decode(line) for line in audit_path.read_text().splitlines()]  # written as it goes
+        assert [r.row for r in records] == list(range(8))
         writer.commit([synthetic.make_result(job, 1, model)])
     lines = out.getvalue().splitlines()
     assert len(lines) == 16
@@ -221,13 +222,13 @@ def test_verbose_lines_and_audit_log(tmp_path: Path) -> None:
         lines[10]
         == f"[PAGE] json=00010.json page_id={job.pages[10].page_id} idx=10 mask_sum={mask_sum} emb_l2={l2:.3f}"
     )
-    records = [json.loads(line) for line in audit_path.read_text().splitlines()]
+    records = [AuditRecord.decode(line) for line in audit_path.read_text().splitlines()]
     assert len(records) == 16
     failed = records[5]
-    assert (failed["status"], failed["error"], failed["emb_l2"], failed["batch"]) == (
+    assert (failed.status, failed.error, failed.emb_l2, failed.batch) == (
         "failed",
         "image not found",
         0.0,
         0,
     )
-    assert {r["status"] for r in records} <= {"ok", "failed", "full_page"}
+    assert {r.status for r in records} <= {"ok", "failed", "full_page"}

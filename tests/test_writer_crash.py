@@ -19,12 +19,14 @@ import sys
 import time
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import zarr
 
+from comix_embed.common.store.attributes import StoreAttributes
 from comix_embed.common.store.jobs import load_jobs
-from comix_embed.common.store.manifests import manifest_rows, scan_manifests
-from comix_embed.common.store.reading import read_attrs
+from comix_embed.common.store.manifests import scan_manifests
+from comix_embed.common.store.reading import read_attrs, read_committed_rows
 from comix_embed.common.store.results import BatchResult
 from comix_embed.common.store.schema import store_path
 from comix_embed.writer.commit import StoreWriter
@@ -73,17 +75,17 @@ def _compare_stores(a: Path, b: Path) -> None:
         else:
             assert va.dtype == vb.dtype and va.tobytes() == vb.tobytes(), name
     attrs_a, attrs_b = read_attrs(a), read_attrs(b)
+    jobs_a, jobs_b = (StoreAttributes.of(attrs).jobs for attrs in (attrs_a, attrs_b))
     for attrs in (attrs_a, attrs_b):  # the two runs differ only in when and where
-        attrs.pop("created")
-        for job in attrs["jobs"]:
-            job.pop("list_path")
-            job.pop("created")
+        attrs.pop("created"), attrs.pop("jobs")
     assert attrs_a == attrs_b
+    assert [msgspec.structs.replace(j, list_path="", created="") for j in jobs_a] == [
+        msgspec.structs.replace(j, list_path="", created="") for j in jobs_b
+    ]
     ma, mb = scan_manifests(a)[0], scan_manifests(b)[0]
     assert sorted(ma) == sorted(mb)
     for bid in ma:
-        ma[bid].pop("timestamp"), mb[bid].pop("timestamp")
-        assert ma[bid] == mb[bid]
+        assert msgspec.structs.replace(ma[bid], timestamp="") == msgspec.structs.replace(mb[bid], timestamp="")
 
 
 def _check_manifests_match_rows(store: Path) -> None:
@@ -95,12 +97,12 @@ def _check_manifests_match_rows(store: Path) -> None:
     assert sorted(found) == [b for j in jobs.values() for b, _, _ in j.batches()]
     names = {1: "ok", 2: "failed", 3: "full_page"}
     for bid, m in found.items():
-        start, end = manifest_rows(m)
-        assert (start, end) == jobs[m["job"]].batch(bid)
-        assert m["page_ids"] == ids[start:end].tolist()
+        start, end = m.rows()
+        assert (start, end) == jobs[m.job].batch(bid)
+        assert m.page_ids == ids[start:end].tolist()
         values, counts = np.unique(status[start:end], return_counts=True)
-        assert m["statuses"] == {names[int(v)]: int(c) for v, c in zip(values, counts)}
-    assert read_attrs(store)["committed_rows"] == max(manifest_rows(m)[1] for m in found.values())
+        assert m.statuses == {names[int(v)]: int(c) for v, c in zip(values, counts)}
+    assert read_committed_rows(store) == max(m.rows()[1] for m in found.values())
 
 
 def test_sigkill_at_random_instants(tmp_path: Path) -> None:

@@ -1,13 +1,12 @@
 """`comix-embed summaries`: per-page norms and text of the committed rows, at once.
 
-The users' old `print_page_summaries.py` (research/comic-analysis.md §5.3) printed
-`idx page_l2 panel_mean_l2 text_preview` for the first rows of the store whether or not they were
-written, so on a shuffled, half-written store it showed zeros and people waited for a "flush"
-that never came (§6.3 item 1). This tool reads the committed part only (up to `committed_rows`), says
-how many rows that is out of how many are registered, and gives each row's status, so a zero
-is never ambiguous: a failed page shows its error instead of text, and a row not yet committed
-is never printed. A row that `--retry-failed` embedded again (or that failed again) has a `*`
-after its status, and the header counts the retries.
+The users' old `print_page_summaries.py` printed `idx page_l2 panel_mean_l2 text_preview` for the
+first rows of the store whether or not they were written, so on a shuffled, half-written store it
+showed zeros and people waited for a "flush" that never came. This tool reads the committed part
+only (up to `committed_rows`), says how many rows that is out of how many are registered, and gives
+each row's status, so a zero is never ambiguous: a failed page shows its error instead of text, and
+a row not yet committed is never printed. A row that `--retry-failed` embedded again (or that failed
+again) has a `*` after its status, and the header counts the retries.
 
 Only the rows printed are read (the slice is taken before anything is loaded), so the command
 answers at once whatever the size of the store.
@@ -25,6 +24,7 @@ import numpy as np
 
 from comix_embed.common import config
 from comix_embed.common.errors import UsageError
+from comix_embed.common.store.attributes import StoreAttributes
 from comix_embed.common.store.manifests import load_committed
 from comix_embed.common.store.reading import read_attrs, resolve_store
 from comix_embed.common.store.retries import retried_rows, scan_retry_manifests
@@ -102,7 +102,7 @@ def out_of_order_note(store: Path) -> str:
 
 
 def header_line(store: Path, attrs: dict[str, Any], committed: int, retried: dict[int, str]) -> str:
-    registered = int(attrs.get("registered_rows", committed))
+    registered = StoreAttributes.of(attrs).registered_rows if "registered_rows" in attrs else committed
     state = "all committed" if committed == registered else f"{registered - committed} not committed yet"
     line = f"{store}: {committed} of {registered} registered rows committed ({state}){out_of_order_note(store)}"
     if retried:
@@ -120,7 +120,7 @@ def load_rows(store: Path, count: int) -> tuple[dict[str, np.ndarray], dict[str,
     import zarr
 
     attrs = read_attrs(store)
-    committed = int(attrs.get("committed_rows", 0))
+    committed = StoreAttributes.of(attrs).committed_rows
     group = zarr.open_group(store, mode="r")
     rows = min(count, committed)
     arrays = {}

@@ -1,53 +1,60 @@
 """What happened to every page: the audit log and the `--verbose` lines.
 
-The audit log (`<output_dir>/audit.jsonl`, JSON lines) is appended and flushed after every
-commit, so a crash loses at most the lines of the batch being acknowledged (its manifest is the
-truth); the users' old tool wrote its audit only at the end and lost it on every crash.
+The audit log (`<output_dir>/audit.jsonl`, one `AuditRecord` per line, common/store/audit_log.py)
+is appended and flushed after every commit, so a crash loses at most the lines of the batch
+being acknowledged (its manifest is the truth); the users' old tool wrote its audit only at the
+end and lost it on every crash.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from comix_embed.common.store.audit_log import AuditRecord
 from comix_embed.common.store.schema import STATUS_NAMES
 
 
 def page_records(
-    batch_id: int, job: str, start: int, page_ids: list[str], manifest_paths: list[str], arrays: dict[str, np.ndarray]
-) -> list[dict[str, Any]]:
-    """One audit record per page of a committed batch."""
+    batch_id: int,
+    job: str,
+    start: int,
+    page_ids: list[str],
+    manifest_paths: list[str],
+    arrays: dict[str, np.ndarray],
+    retry: bool = False,
+) -> list[AuditRecord]:
+    """One audit record per page of a committed batch (`retry`: of a row a retry overwrote)."""
     now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     l2 = np.linalg.norm(arrays["page_embeddings"].astype(np.float64), axis=1)
     masks = np.asarray(arrays["panel_mask"], dtype=bool).sum(axis=1)
     return [
-        {
-            "row": start + i,
-            "page_id": page_id,
-            "json": manifest_paths[i],
-            "batch": batch_id,
-            "job": job,
-            "status": STATUS_NAMES.get(int(arrays["status"][i]), str(int(arrays["status"][i]))),
-            "error": str(arrays["error"][i]),
-            "mask_sum": int(masks[i]),
-            "emb_l2": round(float(l2[i]), 6),
-            "time": now,
-        }
+        AuditRecord(
+            row=start + i,
+            page_id=page_id,
+            manifest_path=manifest_paths[i],
+            batch=batch_id,
+            job=job,
+            status=STATUS_NAMES.get(int(arrays["status"][i]), str(int(arrays["status"][i]))),
+            error=str(arrays["error"][i]),
+            mask_sum=int(masks[i]),
+            emb_l2=round(float(l2[i]), 6),
+            time=now,
+            retry=retry,
+        )
         for i, page_id in enumerate(page_ids)
     ]
 
 
-def verbose_line(record: dict[str, Any]) -> str:
+def verbose_line(record: AuditRecord) -> str:
     """The line users grep: `[PAGE] json=0022.json page_id=... idx=17019 mask_sum=6 emb_l2=2.439`."""
-    name = os.path.basename(record["json"].replace("\\", "/"))
+    name = os.path.basename(record.manifest_path.replace("\\", "/"))
     return (
-        f"[PAGE] json={name} page_id={record['page_id']} idx={record['row']} "
-        f"mask_sum={record['mask_sum']} emb_l2={record['emb_l2']:.3f}"
+        f"[PAGE] json={name} page_id={record.page_id} idx={record.row} "
+        f"mask_sum={record.mask_sum} emb_l2={record.emb_l2:.3f}"
     )
 
 
@@ -62,8 +69,8 @@ class AuditLog:
         self.path = Path(path)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
-    def write(self, records: list[dict[str, Any]]) -> None:
-        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    def write(self, records: list[AuditRecord]) -> None:
+        data = b"".join(r.line() for r in records)
         size = os.fstat(self._fd).st_size
         try:
             view = memoryview(data)

@@ -28,8 +28,10 @@ from comix_embed.common import config
 from comix_embed.common.errors import UsageError
 from comix_embed.common.messages import ModelIdentity
 from comix_embed.common.model.identity import check_same_model, identity_of, is_legacy_tokenizer, tokenizers_match
+from comix_embed.common.store.attributes import StoreAttributes
+from comix_embed.common.store.audit_log import AuditRecord
 from comix_embed.common.store.jobs import Job, JobPage, load_jobs
-from comix_embed.common.store.manifests import CHECKPOINT_ATTR, Committed, owed_batches
+from comix_embed.common.store.manifests import Committed, owed_batches
 from comix_embed.common.store.reading import read_attrs
 from comix_embed.common.store.results import BatchResult, failed_result
 from comix_embed.common.store.retries import (
@@ -97,7 +99,8 @@ class StoreWriter:
         self._jobs: dict[str, Job] = {}  # registered in the store
         self._committed = Committed()  # every batch that has a manifest
         self._retried: set[int] = set()  # retry batch ids that have a manifest
-        self._attrs: dict[str, Any] = {}
+        self._attrs: dict[str, Any] = {}  # the root attributes as they are (the model's identity among them)
+        self._kept = StoreAttributes()  # the writer's bookkeeping among them, decoded
         self._arrays: dict[str, zarr.Array] = {}
 
     # --- life cycle ---
@@ -114,7 +117,9 @@ class StoreWriter:
         if config.writer_flock():
             self._lock_fh = recovery.lock(self.output_dir)
         else:
-            log.warning("%s=0: the output folder is not locked (for tests of the Redis lease)", config.WRITER_FLOCK_ENV)
+            log.warning(
+                "%s=0: the output folder is not locked (for tests of the writer lease)", config.WRITER_FLOCK_ENV
+            )
         try:
             leftover = self.path.with_name(f".{self.path.name}.creating")
             if leftover.exists():
@@ -150,7 +155,7 @@ class StoreWriter:
 
     @property
     def committed_rows(self) -> int:
-        return int(self._attrs.get("committed_rows", 0))
+        return self._kept.committed_rows
 
     def out_of_order(self) -> tuple[int, int]:
         """(batches committed past the readable prefix, the batch the prefix waits for): a count
@@ -208,7 +213,8 @@ class StoreWriter:
     # --- recovery and registration ---
 
     def _recover(self) -> None:
-        self._attrs, self._committed = recovery.recover(self.path, self.fsync, self.fence)
+        attrs, self._committed = recovery.recover(self.path, self.fsync, self.fence)
+        self._set_attrs(attrs)
         self._open_arrays()
         self._retried = retry_manifest_ids(self.path)
         retry.recover(self.path, self._arrays, self._retried, self.fsync)
@@ -217,7 +223,7 @@ class StoreWriter:
         if self.committed_rows > before:
             log.info("repaired committed_rows from %d to %d", before, self.committed_rows)
         planned = {job.job_id: job for job in load_jobs(self.output_dir)}
-        registered = [j["job_id"] for j in self._attrs.get("jobs", [])]
+        registered = self._kept.job_ids()
         missing = [j for j in registered if j not in planned]
         if missing:
             raise UsageError(f"{self.path} holds {', '.join(missing)} but their job files are gone")
@@ -230,9 +236,13 @@ class StoreWriter:
             if job.job_id not in self._jobs:
                 if job.model is not None:
                     check_same_model(self._attrs, job.model, what=job.job_id)
-                self._attrs = register_job(self.path, job, self.fsync)
+                self._set_attrs(register_job(self.path, job, self.fsync))
                 self._jobs[job.job_id] = job
                 self._open_arrays()  # shapes may have grown
+
+    def _set_attrs(self, attrs: dict[str, Any]) -> None:
+        """The root attributes as last read or written; a malformed one is refused here, by name."""
+        self._attrs, self._kept = attrs, StoreAttributes.of(attrs)
 
     def _open_arrays(self) -> None:
         self._arrays = open_row_arrays(self.path, self.fsync)
@@ -270,8 +280,9 @@ class StoreWriter:
                 self._commit_new(batch)
             except OSError as exc:
                 if isinstance(exc, FileNotFoundError) and self.fence is not None:
-                    # a writer stalled past its lease wakes to find its temporary files gone: the
-                    # writer that took the store over removed them on opening. Say so (LeaseLost).
+                    # a writer stalled past its writer lease wakes to find its temporary files gone:
+                    # the writer that took the store over removed them on opening. Say so
+                    # (WriterLeaseLost).
                     self.fence.check()
                 if not is_disk_full(exc):
                     raise
@@ -328,7 +339,7 @@ class StoreWriter:
         if self.verbose:
             self.out.write("".join(audit.verbose_line(rec) + "\n" for rec in records))
             self.out.flush()
-        return dict(manifest["statuses"])
+        return dict(manifest.statuses)
 
     def _page_of(self, row: int) -> JobPage:
         job = next(j for j in self._jobs.values() if j.start_row <= row < j.end_row)
@@ -406,7 +417,7 @@ class StoreWriter:
         for theirs in identities:
             if not is_legacy_tokenizer(theirs.tokenizer) and theirs.tokenizer_legacy and tokenizers_match(ours, theirs):
                 updates = {"tokenizer": theirs.tokenizer, "tokenizer_legacy": ours.tokenizer}
-                self._attrs = write_attrs(self.path, updates, self.fsync)
+                self._set_attrs(write_attrs(self.path, updates, self.fsync))
                 log.info("store tokenizer %r recorded by its content: %s", ours.tokenizer, theirs.tokenizer)
                 return
 
@@ -431,7 +442,7 @@ class StoreWriter:
 
     def _create(self, model: ModelIdentity) -> None:
         create_store(self.path, model, self.fsync)
-        self._attrs = read_attrs(self.path)
+        self._set_attrs(read_attrs(self.path))
         self._open_arrays()
         self._register_pending()
 
@@ -439,21 +450,22 @@ class StoreWriter:
         """Publish the contiguous prefix of manifests as `committed_rows` (only ever grows), with
         the checkpoint that lets the next open skip the manifests it covers (common/manifests.py)."""
         self._committed.advance()
-        prefix, published = self._committed.rows, int(self._attrs.get("committed_rows", 0))
-        saved = self._attrs.get(CHECKPOINT_ATTR, {}).get("batches")
+        prefix, published = self._committed.rows, self._kept.committed_rows
+        checkpoint = self._kept.manifest_checkpoint
+        saved = checkpoint.batches if checkpoint is not None else None
         if prefix > published or (prefix == published and saved != self._committed.batches):
-            if self.fence is not None:  # a writer that lost its lease must not publish over its successor's
+            if self.fence is not None:  # one that lost its writer lease must not publish over its successor's
                 self.fence.check()
             # the content is fsynced (a torn root zarr.json would lose the store's metadata); the
             # rename need not be: after a power loss the previous zarr.json, whose committed_rows
             # lags, is repaired from the manifests when the writer starts
-            self._attrs = write_attrs(self.path, self._committed.checkpoint(), self.fsync, durable_rename=False)
+            self._set_attrs(write_attrs(self.path, self._committed.checkpoint(), self.fsync, durable_rename=False))
         elif prefix < published:
             log.error("manifests cover %d rows but committed_rows says %d: manifests were lost", prefix, published)
 
     def _report(self, results: list[BatchResult], jobs: dict[int, Job], data: dict[int, dict[str, np.ndarray]]) -> None:
         assert self._audit is not None
-        records = []
+        records: list[AuditRecord] = []
         for r in results:
             job = jobs[r.batch_id]
             paths = [p.manifest_path for p in job.page_slice(r.start, r.end)]

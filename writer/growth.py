@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import zarr
 
@@ -23,6 +24,7 @@ from comix_embed.common.durable import fsync_dir, write_json_atomic
 from comix_embed.common.errors import UsageError
 from comix_embed.common.messages import ModelIdentity
 from comix_embed.common.model.identity import identity_of
+from comix_embed.common.store.attributes import ManifestCheckpoint, RegisteredJob, StoreAttributes
 from comix_embed.common.store.jobs import Job
 from comix_embed.common.store.reading import read_attrs
 from comix_embed.common.store.schema import PAGE_COLUMNS, STORE_COORDINATES, array_layout, row_arrays
@@ -47,7 +49,7 @@ def create_store(path: str | os.PathLike[str], model: ModelIdentity | dict[str, 
         "created": utc_now(),
         "schema_version": config.SCHEMA_VERSION,
         "committed_rows": 0,
-        "manifest_checkpoint": {"batches": 0, "rows": 0, "statuses": {}},  # see common/manifests.py
+        "manifest_checkpoint": msgspec.to_builtins(ManifestCheckpoint()),  # common/store/attributes.py
         "registered_rows": 0,
         "jobs": [],
         "coordinates": " ".join(STORE_COORDINATES),
@@ -125,12 +127,12 @@ def register_job(path: str | os.PathLike[str], job: Job, fsync: bool = True) -> 
     """
     path = Path(path)
     attrs = read_attrs(path)
-    if any(j["job_id"] == job.job_id for j in attrs.get("jobs", [])):
+    kept = StoreAttributes.of(attrs)
+    if job.job_id in kept.job_ids():
         return attrs
-    if job.start_row != attrs.get("registered_rows", 0):
+    if job.start_row != kept.registered_rows:
         raise UsageError(
-            f"{job.job_id} starts at row {job.start_row} but {path} has "
-            f"{attrs.get('registered_rows', 0)} registered rows"
+            f"{job.job_id} starts at row {job.start_row} but {path} has {kept.registered_rows} registered rows"
         )
     arrays = open_row_arrays(path, fsync)
     grow(arrays, job.end_row)
@@ -141,15 +143,17 @@ def register_job(path: str | os.PathLike[str], job: Job, fsync: bool = True) -> 
         for name in PAGE_COLUMNS:
             arrays[name][start:end] = np.array([getattr(p, name) for p in pages], dtype=object)
         start = end
-    record = {
-        "job_id": job.job_id,
-        "list_path": job.list_path,
-        "list_sha256": job.list_sha256,
-        "created": job.created,
-        "start_row": job.start_row,
-        "end_row": job.end_row,
-        "batch_size": job.batch_size,
-        "first_batch": job.first_batch,
-        "num_batches": job.batch_count(),
-    }
-    return write_attrs(path, {"jobs": [*attrs.get("jobs", []), record], "registered_rows": job.end_row}, fsync)
+    record = RegisteredJob(
+        job_id=job.job_id,
+        list_path=job.list_path,
+        list_sha256=job.list_sha256,
+        created=job.created,
+        start_row=job.start_row,
+        end_row=job.end_row,
+        batch_size=job.batch_size,
+        first_batch=job.first_batch,
+        num_batches=job.batch_count(),
+    )
+    # the records already there are kept as they are: new ones are appended
+    jobs = [*attrs.get("jobs", []), msgspec.to_builtins(record)]
+    return write_attrs(path, {"jobs": jobs, "registered_rows": job.end_row}, fsync)

@@ -1,42 +1,45 @@
-"""One writer per store, also across hosts: a lease in Redis with a fencing token that only grows.
+"""One writer per store, also across hosts: the writer lease in Redis, with a fencing token that only grows.
 
 Why: the output folder's flock holds on one host; on a network filesystem, where stores often
-live, it may not. The lease is one key per store, `comix:writer-lease:<store>`, set only if absent
+live, it may not. The writer lease (not a worker's batch lease, common/broker/batch_lease.py) is
+one key per store, `keys.WRITER_LEASE` (`comix:writer-lease:<store>`), set only if absent
 (one Lua script) with a short TTL (COMIX_WRITER_LEASE_TTL_S), holding its token, host, pid and
 since when; a thread renews it every third of the TTL, so renewal never waits on a commit.
 - Tokens grow even across a wiped Redis: a new token is max(the token recorded in the output
-  folder, Redis's counter) + 1, recorded in the folder (`writer.token.json`) before the writer
-  writes anything, and in every manifest it writes.
+  folder, Redis's counter) + 1, recorded in the folder (`writer.token.json`, a `WriterTokenRecord`)
+  before the writer writes anything, and in every manifest it writes.
 - `check()` comes before each manifest: within half a TTL of the last renewal it is a local test
-  (no other writer can hold the key before it expires), else it asks Redis. A lease another token
-  holds raises `LeaseLost` and the writer writes nothing more. A lease simply gone (Redis wiped,
-  or expired while no one took it) is taken again with a new token, unless another writer held
-  the store meanwhile.
-- A filesystem checks no token, so a writer that lost its lease between its check and its write
-  can still land a manifest. Recovery treats those as never committed: the record names the
-  batches whose manifests the holder accepted when it took the store (as ranges), and a manifest
-  of a lower token that is not among them is set aside and its rows cleared (`admit`).
+  (no other writer can hold the key before it expires), else it asks Redis. A writer lease
+  another token holds raises `WriterLeaseLost` and the writer writes nothing more. A writer lease
+  simply gone (Redis wiped, or expired while no one took it) is taken again with a new token,
+  unless another writer held the store meanwhile.
+- A filesystem checks no token, so a writer that lost its writer lease between its check and its
+  write can still land a manifest. Recovery treats those as never committed: the record names
+  the batches whose manifests the holder accepted when it took the store (as ranges), and a
+  manifest of a lower token that is not among them is set aside and its rows cleared (`admit`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import redis
 
 from comix_embed.common import config
-from comix_embed.common.broker.writer_lease import LEASE_KEY, TOKEN_KEY, Holder
+from comix_embed.common.broker import keys
+from comix_embed.common.broker.writer_lease import WriterLeaseHolder
 from comix_embed.common.durable import write_json_atomic
 from comix_embed.common.errors import UsageError
+from comix_embed.common.messages import MalformedMessage, decode_json
+from comix_embed.common.store.manifests import BatchManifest
 from comix_embed.common.timestamps import utc_now
 
 log = logging.getLogger(__name__)
@@ -73,37 +76,37 @@ return 0
 
 
 class WriterLeaseHeld(UsageError):
-    """Another writer holds the store's lease (exit status 2)."""
+    """Another writer holds the store's writer lease (exit status 2)."""
 
 
-class LeaseLost(UsageError):
-    """This writer's lease passed to another writer: it must write nothing more (exit status 2)."""
+class WriterLeaseLost(UsageError):
+    """The writer lease passed to another writer: this one must write nothing more (exit status 2)."""
 
 
-@dataclass(frozen=True)
-class Record:
-    """What the output folder keeps of the latest lease: its holder and the batches whose
-    manifests that holder accepted when it took the store (inclusive ranges of batch ids)."""
+class WriterTokenRecord(WriterLeaseHolder, frozen=True, kw_only=True):
+    """What the output folder keeps of the latest writer lease (`writer.token.json`): its holder
+    and the batches whose manifests that holder accepted when it took the store (inclusive ranges
+    of batch ids)."""
 
-    holder: Holder
     accepted: list[tuple[int, int]]
+
+    def holder(self) -> WriterLeaseHolder:
+        return WriterLeaseHolder(token=self.token, host=self.host, pid=self.pid, since=self.since)
 
     def accepts(self, batch_id: int) -> bool:
         return any(a <= batch_id <= b for a, b in self.accepted)
 
 
-def read_record(output_dir: Path) -> Record | None:
+def read_record(output_dir: Path) -> WriterTokenRecord | None:
+    """The token record of the output folder (None when no writer took the store yet); a record
+    that does not decode is a UsageError naming the file and the field at fault."""
     path = output_dir / config.WRITER_TOKEN_NAME
     if not path.exists():
         return None
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-        holder = Holder.from_dict(d)
-        return Record(holder, [(int(a), int(b)) for a, b in d["accepted"]])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UsageError(
-            f"{path} is unreadable ({type(exc).__name__}: {exc}): it records the writer's lease token"
-        ) from None
+        return decode_json(path.read_bytes(), WriterTokenRecord, f"{path} is unreadable")
+    except MalformedMessage as exc:
+        raise UsageError(f"{exc}; it records the writer lease's token") from None
 
 
 def ranges(ids: Iterable[int]) -> list[tuple[int, int]]:
@@ -135,8 +138,8 @@ class WriterLease:
         self.store = store
         self.output_dir = Path(output_dir)
         self.ttl_s = ttl_s
-        self.key = LEASE_KEY.format(store=store)
-        self.counter = TOKEN_KEY.format(store=store)
+        self.key = keys.WRITER_LEASE.format(store=store)
+        self.counter = keys.WRITER_TOKEN.format(store=store)
         self.host = socket.gethostname()
         self.token = 0
         self.committed: Callable[[], Iterable[int]] = lambda: ()  # the writer's batches, for re-sealing
@@ -159,24 +162,24 @@ class WriterLease:
         """Take the lease, or raise WriterLeaseHeld naming its holder. A lease left by a writer of
         this host that is no longer running is waited for (at most its TTL) and taken over."""
         record = read_record(self.output_dir)
-        floor = record.holder.token if record else 0
-        waited_for: Holder | None = None
+        floor = record.token if record else 0
+        waited_for: WriterLeaseHolder | None = None
         deadline = 0.0
         while True:
             taken, raw = self._try(floor, expected=-1)
             if taken == 1:
                 break
-            holder = Holder.parse(raw)
+            holder = WriterLeaseHolder.parse(raw)
             own_dead = holder.host == self.host and holder.pid != os.getpid() and not _pid_alive(holder.pid)
             if not own_dead or (waited_for is not None and holder != waited_for):
                 raise WriterLeaseHeld(
                     f"store {self.store} ({self.output_dir}) has a writer: {holder}; one writer per store "
-                    f"(lease {self.key} in Redis, TTL {self.ttl_s:g} s)"
+                    f"(writer lease {self.key} in Redis, TTL {self.ttl_s:g} s)"
                 )
             if waited_for is None:
                 left = self.client.pttl(self.key)
                 log.warning(
-                    "the lease of store %s is held by a writer of this host that is no longer running (%s): "
+                    "the writer lease of store %s is held by a writer of this host that is no longer running (%s): "
                     "waiting up to %.1f s for it to expire",
                     self.store,
                     holder,
@@ -185,7 +188,7 @@ class WriterLease:
                 waited_for = holder
                 deadline = time.monotonic() + self.ttl_s + 5
             if time.monotonic() > deadline:
-                raise WriterLeaseHeld(f"store {self.store}: the lease of {holder} did not expire within its TTL")
+                raise WriterLeaseHeld(f"store {self.store}: the writer lease of {holder} did not expire within its TTL")
             time.sleep(0.1)
         self._took(raw)
         self._thread = threading.Thread(target=self._renew_loop, name="writer-lease", daemon=True)
@@ -201,7 +204,7 @@ class WriterLease:
         return int(taken), raw
 
     def _took(self, raw: Any) -> None:
-        holder = Holder.parse(raw)
+        holder = WriterLeaseHolder.parse(raw)
         self.token = holder.token
         self._confirmed = time.monotonic()
         self._state = 1
@@ -211,16 +214,16 @@ class WriterLease:
         """Record the token in the output folder with the batches this holder accepted, before it
         writes anything else: a later recovery sets aside what a lower token wrote past them."""
         holder = self._holder()
-        data = {**holder.__dict__, "accepted": [list(r) for r in ranges(committed)]}
-        write_json_atomic(self.output_dir / config.WRITER_TOKEN_NAME, data, fsync=True)
+        record = WriterTokenRecord(**msgspec.structs.asdict(holder), accepted=ranges(committed))
+        write_json_atomic(self.output_dir / config.WRITER_TOKEN_NAME, record, fsync=True)
 
-    def _holder(self) -> Holder:
+    def _holder(self) -> WriterLeaseHolder:
         raw = self.client.get(self.key)
         if raw is not None:
-            holder = Holder.parse(raw)
+            holder = WriterLeaseHolder.parse(raw)
             if holder.token == self.token:
                 return holder
-        return Holder(self.token, self.host, os.getpid(), utc_now())
+        return WriterLeaseHolder(token=self.token, host=self.host, pid=os.getpid(), since=utc_now())
 
     def release(self) -> None:
         """Stop renewing and delete the lease if it is still ours: a restart need not wait."""
@@ -259,7 +262,7 @@ class WriterLease:
         return state
 
     def check(self) -> int:
-        """The token to write under, or LeaseLost: called before each manifest. Redis errors
+        """The token to write under, or WriterLeaseLost: called before each manifest. Redis errors
         propagate (the writer retries, writing nothing meanwhile)."""
         fresh = time.monotonic() - self._confirmed < self.ttl_s / 2
         if self._state == 1 and fresh:
@@ -269,8 +272,8 @@ class WriterLease:
             return self.token
         if state == -1:
             raw = self.client.get(self.key)
-            now = Holder.parse(raw) if raw is not None else "unknown"
-            raise LeaseLost(
+            now = WriterLeaseHolder.parse(raw) if raw is not None else "unknown"
+            raise WriterLeaseLost(
                 f"the writer lease of store {self.store} passed to another writer ({now}); this writer "
                 f"(token {self.token}) stops and writes nothing more"
             )
@@ -280,18 +283,18 @@ class WriterLease:
         """The lease is gone (Redis wiped, or it expired while no one took it): take it again with a
         new token, unless another writer held the store meanwhile."""
         record = read_record(self.output_dir)
-        if record is not None and record.holder.token > self.token:
+        if record is not None and record.token > self.token:
             self._state = -1
-            raise LeaseLost(
+            raise WriterLeaseLost(
                 f"the writer lease of store {self.store} expired and another writer held the store "
-                f"meanwhile ({record.holder}); this writer (token {self.token}) stops and writes nothing more"
+                f"meanwhile ({record.holder()}); this writer (token {self.token}) stops and writes nothing more"
             )
         old = self.token
         taken, raw = self._try(self.token, expected=self.token)
         if taken != 1:
             self._state = -1
-            who = Holder.parse(raw) if taken == 0 else f"token {int(raw)} was issued meanwhile"
-            raise LeaseLost(
+            who = WriterLeaseHolder.parse(raw) if taken == 0 else f"token {int(raw)} was issued meanwhile"
+            raise WriterLeaseLost(
                 f"the writer lease of store {self.store} expired and another writer took the store ({who}); "
                 f"this writer (token {old}) stops and writes nothing more"
             )
@@ -302,16 +305,15 @@ class WriterLease:
 
     # --- recovery ---
 
-    def admit(self, found: dict[int, dict[str, Any]]) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]]]:
+    def admit(self, found: dict[int, BatchManifest]) -> tuple[dict[int, BatchManifest], dict[int, BatchManifest]]:
         """Split the manifests found on disk into those committed and those a writer wrote after it
-        had lost the lease (a token below the record's, for a batch the record did not accept)."""
+        had lost the writer lease (a token below the record's, for a batch the record did not accept)."""
         record = read_record(self.output_dir)
         if record is None:
             return found, {}
         valid, fenced = {}, {}
         for batch_id, manifest in found.items():
-            token = int(manifest.get("token", 0))
-            if token >= record.holder.token or record.accepts(batch_id):
+            if (manifest.token or 0) >= record.token or record.accepts(batch_id):
                 valid[batch_id] = manifest
             else:
                 fenced[batch_id] = manifest

@@ -1,18 +1,20 @@
 """Writing the manifests and the in-flight record; the writer alone calls these.
 
-Their format and the reading side are in `common/manifests.py`.
+Their records (`BatchManifest`, `InflightRecord`) and the reading side are in
+common/store/manifests.py.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any
 
 from comix_embed.common.durable import fsync_dir, make_folders, write_json_atomic
 from comix_embed.common.store.manifests import (
     INFLIGHT_NAME,
+    BatchManifest,
     Committed,
+    InflightRecord,
     is_temporary,
     load_committed,
     manifest_dir,
@@ -23,9 +25,9 @@ from comix_embed.common.timestamps import utc_now
 log = logging.getLogger(__name__)
 
 
-def write_manifest(store: str | os.PathLike[str], manifest: dict[str, Any], fsync: bool = True) -> None:
+def write_manifest(store: str | os.PathLike[str], manifest: BatchManifest, fsync: bool = True) -> None:
     """Write a batch's manifest in its sub-folder, made (durably, with `fsync`) when it is the first."""
-    path = manifest_file(store, manifest["batch_id"])
+    path = manifest_file(store, manifest.batch_id)
     created = make_folders(path.parent)
     write_json_atomic(path, manifest, fsync)
     if fsync:
@@ -54,7 +56,7 @@ def set_aside(store: str | os.PathLike[str], batch_id: int, suffix: str) -> None
 
 def write_inflight(store: str | os.PathLike[str], ranges: list[tuple[int, int, int]], fsync: bool = True) -> None:
     """Record (batch_id, start, end) of the batches about to be written, before any row is."""
-    write_json_atomic(manifest_dir(store) / INFLIGHT_NAME, {"batches": [list(r) for r in ranges]}, fsync)
+    write_json_atomic(manifest_dir(store) / INFLIGHT_NAME, InflightRecord(batches=ranges), fsync)
 
 
 def clear_inflight(store: str | os.PathLike[str]) -> None:
@@ -77,18 +79,16 @@ def remove_leftovers(store: str | os.PathLike[str]) -> int:
 
 def make_manifest(
     batch_id: int, start: int, page_ids: list[str], job: str, statuses: dict[str, int], token: int | None = None
-) -> dict[str, Any]:
+) -> BatchManifest:
     """A batch's manifest; `token` is the writer lease's fencing token (absent in manifests from before)."""
-    manifest = {
-        "batch_id": batch_id,
-        "start_idx": start,
-        "end_idx": start + len(page_ids) - 1,
-        "num_pages": len(page_ids),
-        "timestamp": utc_now(),
-        "page_ids": list(page_ids),
-        "job": job,
-        "statuses": statuses,
-    }
-    if token is not None:
-        manifest["token"] = token
-    return manifest
+    return BatchManifest(
+        batch_id=batch_id,
+        start_idx=start,
+        end_idx=start + len(page_ids) - 1,
+        num_pages=len(page_ids),
+        timestamp=utc_now(),
+        page_ids=list(page_ids),
+        job=job,
+        statuses=statuses,
+        token=token,
+    )

@@ -4,8 +4,8 @@
 kernel releases with the process, whatever kills it). `recover` removes the temporary files a killed writer left,
 reads the committed batches (the checkpoint and the manifests past it), and zeroes the rows of
 batches that were being written without reaching their manifest (named by `inflight.json`).
-With a `fence` (writer/lease.py), the manifests past the checkpoint that a writer wrote after
-losing the lease are set aside (`.fenced`) and their rows zeroed too: never committed.
+With a `fence` (the writer lease, writer/lease.py), the manifests past the checkpoint that a
+writer wrote after losing the writer lease are set aside (`.fenced`) and their rows zeroed too: never committed.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import IO, TYPE_CHECKING, Any
 from comix_embed.common import config
 from comix_embed.common.errors import UsageError
 from comix_embed.common.locks import try_lock
-from comix_embed.common.store.manifests import CHECKPOINT_ATTR, Committed, manifest_rows, read_inflight, scan_manifests
+from comix_embed.common.store.attributes import StoreAttributes
+from comix_embed.common.store.manifests import BatchManifest, Committed, read_inflight, scan_manifests
 from comix_embed.common.store.reading import read_attrs
 from comix_embed.writer import manifests, rows
 from comix_embed.writer.growth import open_row_arrays
@@ -57,7 +58,7 @@ def recover(path: Path, fsync: bool, fence: WriterLease | None = None) -> tuple[
     fenced = _fenced(path, attrs, fence) if fence is not None else {}
     committed = manifests.read_committed(path)
     unfinished = [r for r in read_inflight(path) if r[0] not in committed]
-    unfinished += [(b, *manifest_rows(m)) for b, m in fenced.items()]
+    unfinished += [(b, *m.rows()) for b, m in fenced.items()]
     if unfinished:
         log.info("clearing rows of %d batches a previous writer left without manifest", len(unfinished))
         rows.clear_rows(open_row_arrays(path, fsync), unfinished)
@@ -65,16 +66,16 @@ def recover(path: Path, fsync: bool, fence: WriterLease | None = None) -> tuple[
     return attrs, committed
 
 
-def _fenced(path: Path, attrs: dict[str, Any], fence: WriterLease) -> dict[int, dict[str, Any]]:
-    """Set aside the manifests past the checkpoint that a writer wrote after its lease had passed
-    on; those manifests, by batch id (their rows are still to be zeroed)."""
-    past = int(attrs.get(CHECKPOINT_ATTR, {}).get("batches", 0))
-    _, fenced = fence.admit(scan_manifests(path, past)[0])
+def _fenced(path: Path, attrs: dict[str, Any], fence: WriterLease) -> dict[int, BatchManifest]:
+    """Set aside the manifests past the checkpoint that a writer wrote after its writer lease had
+    passed on; those manifests, by batch id (their rows are still to be zeroed)."""
+    checkpoint = StoreAttributes.of(attrs).manifest_checkpoint
+    _, fenced = fence.admit(scan_manifests(path, checkpoint.batches if checkpoint else 0)[0])
     for batch_id, m in fenced.items():
         log.error(
-            "batch %d: manifest written under token %s after the lease had passed on: never committed",
+            "batch %d: manifest written under token %s after the writer lease had passed on: never committed",
             batch_id,
-            m.get("token", 0),
+            m.token or 0,
         )
         manifests.set_aside(path, batch_id, ".fenced")
     return fenced

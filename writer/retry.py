@@ -1,32 +1,34 @@
 """Committing a retry batch: failed rows overwritten in place, each batch under its own manifest.
 
-The one change a committed row may undergo (common/retries.py). A retry commit overwrites only
-the rows of its batch that are failed (status 2) at that moment; a row already embedded is left
-alone and listed as skipped. Crash safety, whatever is killed when: before any row is written,
-the rows' current values (every result array) are saved whole to `manifest/retry_inflight.json`
-(fsynced with fsync on); then the rows are written; then the retry manifest; then the saved
-copy is removed. A writer that starts and finds the saved copy without its batch's manifest
-puts the rows back as they were: a killed retry never zeroes a committed row, unlike an
-unfinished first commit, whose rows were never committed and are cleared. A redelivered retry
-batch whose manifest exists changes nothing.
+The one change a committed row may undergo (common/retries.py). A retry commit overwrites only the
+rows of its batch that are failed (status 2) at that moment; a row already embedded is left alone
+and listed as skipped. Crash safety, whatever is killed when: before any row is written, the rows'
+current values (every result array) are saved whole to `manifest/retry_inflight.json` (a
+`RetryInflight`, fsynced with fsync on); then the rows are written; then the retry manifest; then
+the saved copy is removed. A writer that starts and finds the saved copy without its batch's
+manifest puts the rows back as they were: a killed retry never zeroes a committed row, unlike an
+unfinished first commit, whose rows were never committed and are cleared. A redelivered retry batch
+whose manifest exists changes nothing.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import zarr
 
 from comix_embed.common.durable import fsync_dir, write_json_atomic
+from comix_embed.common.messages import decode_json
+from comix_embed.common.store.audit_log import AuditRecord
 from comix_embed.common.store.jobs import JobPage
 from comix_embed.common.store.manifests import manifest_dir
 from comix_embed.common.store.results import BatchResult
-from comix_embed.common.store.retries import RETRY_INFLIGHT, RetryRound, retry_manifest_file
+from comix_embed.common.store.retries import RETRY_INFLIGHT, RetryManifest, RetryRound, retry_manifest_file
 from comix_embed.common.store.schema import RESULT_ARRAYS, STATUS_FAILED, STATUS_NAMES
 from comix_embed.common.timestamps import utc_now
 from comix_embed.writer import audit
@@ -35,13 +37,22 @@ from comix_embed.writer.rows import np_dtype, read_rows, scattered, write_rows
 log = logging.getLogger(__name__)
 
 
+class RetryInflight(msgspec.Struct, kw_only=True):
+    """The rows a retry commit is about to overwrite, as they were: every result array's values
+    of those rows (nested lists, in `rows` order)."""
+
+    batch_id: int
+    rows: list[int]
+    arrays: dict[str, list[Any]]
+
+
 def _inflight_path(store: Path) -> Path:
     return manifest_dir(store) / RETRY_INFLIGHT
 
 
 def _save(store: Path, batch_id: int, rows: list[int], values: dict[str, np.ndarray], fsync: bool) -> None:
     saved = {name: np.asarray(v).tolist() for name, v in values.items()}
-    write_json_atomic(_inflight_path(store), {"batch_id": batch_id, "rows": rows, "arrays": saved}, fsync)
+    write_json_atomic(_inflight_path(store), RetryInflight(batch_id=batch_id, rows=rows, arrays=saved), fsync)
 
 
 def _drop_saved(store: Path, fsync: bool) -> None:
@@ -58,15 +69,12 @@ def recover(store: Path, arrays: dict[str, zarr.Array], committed: set[int], fsy
     path = _inflight_path(store)
     if not path.exists():
         return None
-    with open(path, encoding="utf-8") as fh:
-        saved = json.load(fh)  # written whole (renamed into place): never torn
-    batch_id = int(saved["batch_id"])
+    # written whole (renamed into place): never torn
+    saved = decode_json(path.read_bytes(), RetryInflight, str(path))
+    batch_id, rows = saved.batch_id, saved.rows
     restored = None
     if batch_id not in committed:
-        rows = [int(r) for r in saved["rows"]]
-        values = {
-            name: np.array(saved["arrays"][name], dtype=np_dtype(RESULT_ARRAYS[name][1])) for name in RESULT_ARRAYS
-        }
+        values = {name: np.array(saved.arrays[name], dtype=np_dtype(RESULT_ARRAYS[name][1])) for name in RESULT_ARRAYS}
         write_rows(arrays, scattered(rows, values))
         restored = batch_id
         log.info(
@@ -86,12 +94,12 @@ def commit_retry(
     fsync: bool,
     fence: Callable[[], int] | None = None,
     check: Callable[[list[int], list[str], dict[str, np.ndarray]], None] | None = None,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+) -> tuple[RetryManifest, list[AuditRecord]]:
     """Overwrite the batch's rows that are failed now with `data` (the result's prepared arrays,
     in the round's row order); the manifest written and the audit records of the rows written.
 
     `fence` (the writer lease's check) gives the token the manifest records, and raises, before
-    the manifest, when the lease has passed to another writer. `check` (`--write-check`) reads
+    the manifest, when the writer lease has passed to another writer. `check` (`--write-check`) reads
     the written rows back (rows, page ids, values); when it raises, the rows are put back."""
     rows = rnd.batch_rows(result.batch_id)
     now = read_rows(arrays, rows, ["status"])["status"]
@@ -117,10 +125,9 @@ def commit_retry(
     records = []
     for k, row in enumerate(written):
         one = {name: v[k : k + 1] for name, v in new.items()}
-        (record,) = audit.page_records(
-            result.batch_id, rnd.job_id, row, [page_ids[k]], [page_of(row).manifest_path], one
+        records += audit.page_records(
+            result.batch_id, rnd.job_id, row, [page_ids[k]], [page_of(row).manifest_path], one, retry=True
         )
-        records.append({**record, "retry": True})
     if skipped:
         log.info("retry batch %d: rows %s are no longer failed and were left alone", result.batch_id, skipped)
     return manifest, records
@@ -134,21 +141,21 @@ def make_retry_manifest(
     statuses: list[str],
     skipped: list[int],
     token: int | None = None,
-) -> dict[str, Any]:
+) -> RetryManifest:
     """`rows` were overwritten with `statuses` (names, per row); `skipped` were no longer failed.
 
     `token` is the writer lease's fencing token, as in a batch's manifest."""
     counts: dict[str, int] = {}
     for s in statuses:
         counts[s] = counts.get(s, 0) + 1
-    return {
-        "batch_id": batch_id,
-        "job": job,
-        "timestamp": utc_now(),
-        "rows": list(rows),
-        "page_ids": list(page_ids),
-        "row_statuses": list(statuses),
-        "skipped_rows": list(skipped),
-        "statuses": counts,
-        **({"token": token} if token is not None else {}),
-    }
+    return RetryManifest(
+        batch_id=batch_id,
+        job=job,
+        timestamp=utc_now(),
+        rows=list(rows),
+        page_ids=list(page_ids),
+        row_statuses=list(statuses),
+        skipped_rows=list(skipped),
+        statuses=counts,
+        token=token,
+    )

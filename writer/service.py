@@ -11,11 +11,11 @@ Nothing else stops it:
   the batch sent again, up to COMIX_MAX_ATTEMPTS refusals; the others go on;
 - any Redis error is retried like a lost connection, re-reading what was not acknowledged.
 Being the one process always there, it also ends deliveries whose holder is gone: every
-WRITER_SCAN_S it sends again (from the job's kept payloads) each batch whose lease expired
-without a manifest, and commits as failed rows the batches lost COMIX_MAX_ATTEMPTS times
-(common/deliveries.py). Every commit goes through `_may_commit`, where the store's lease
-(writer/lease.py) is checked: a writer whose lease passed to another stops (exit status 2), as
-does a writer that finds the lease held when it starts. A full disk stops it with exit status 4
+WRITER_SCAN_S it sends again (from the job's kept payloads) each batch whose batch lease expired
+without a manifest (common/broker/batch_lease.py), and commits as failed rows the batches lost
+COMIX_MAX_ATTEMPTS times (common/broker/deliveries.py). Every commit goes through `_may_commit`,
+where the store's writer lease (writer/lease.py) is checked: a writer whose writer lease passed to
+another stops (exit status 2), as does a writer that finds the writer lease held when it starts. A full disk stops it with exit status 4
 (writer/diskfull.py); started again once there is room, it resumes.
 """
 
@@ -31,7 +31,7 @@ from typing import Any
 import redis
 
 from comix_embed.common import config
-from comix_embed.common.broker import deliveries
+from comix_embed.common.broker import batch_lease, deliveries
 from comix_embed.common.broker.results_stream import Entry, Malformed, ResultsReader, connect, store_id
 from comix_embed.common.celery_app import configure
 from comix_embed.common.messages import MalformedMessage, TaskPayload
@@ -102,9 +102,9 @@ class WriterService:
                 log.info("took over %d results that earlier writers left unacknowledged", taken)
 
     def _may_commit(self) -> None:
-        """Checked before each commit: a writer whose lease passed to another raises LeaseLost
-        here and commits nothing more; a lease taken again after Redis lost it brings a new token,
-        and so a new consumer name."""
+        """Checked before each commit: a writer whose writer lease passed to another raises
+        WriterLeaseLost here and commits nothing more; a writer lease taken again after Redis lost
+        it brings a new token, and so a new consumer name."""
         if self.lease is None:
             return
         self.lease.check()
@@ -248,17 +248,17 @@ class WriterService:
         return payload if payload is not None and payload.model is not None else None
 
     def _scan(self, store: str) -> None:
-        """Deliveries whose holder is gone, and batches given up, every WRITER_SCAN_S."""
+        """Deliveries whose holder is gone (batch lease expired), and batches given up, every WRITER_SCAN_S."""
         if time.monotonic() < self._next_scan:
             return
         self._next_scan = time.monotonic() + config.WRITER_SCAN_S
         self._adopt()
-        for info in deliveries.expired_leases(self.client, store):
-            if deliveries.claim(self.client, info.token) is None:
+        for info in batch_lease.expired_batch_leases(self.client, store):
+            if batch_lease.claim(self.client, info.token) is None:
                 continue  # its worker ended it meanwhile
-            why = f"lease expired: its holder {info.holder} (pid {info.pid}) stopped renewing it"
+            why = f"batch lease expired: its holder {info.holder} (pid {info.pid}) stopped renewing it"
             if self.writer.is_committed(info.batch):
-                self.client.delete(deliveries.PAGE_MARK.format(store=store, token=info.token))
+                batch_lease.drop_page_mark(self.client, store, info.token)
                 continue
             log.error(deliveries.lost(self.client, store, info, info.batch, why, self._payload(info.batch)))
         for batch, reason in deliveries.given_up(self.client, store).items():
@@ -284,7 +284,7 @@ class WriterService:
 
 
 def _wait_for_store(output_dir: Path, stopping: list[bool]) -> str | None:
-    """The store's id once its first job exists (the lease is per store); None if stopped first."""
+    """The store's id once its first job exists (the writer lease is per store); None if stopped first."""
     store = store_id(output_dir)
     if store is None:
         log.info("waiting for a job in %s", output_dir / config.JOBS_DIR_NAME)
@@ -318,7 +318,10 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, service.stop)
             signal.signal(signal.SIGINT, service.stop)
             log.info(
-                "writer for %s: %d rows committed (lease token %d)", writer.path, writer.committed_rows, lease.token
+                "writer for %s: %d rows committed (writer lease token %d)",
+                writer.path,
+                writer.committed_rows,
+                lease.token,
             )
             service.serve()
     except CheckFailed as exc:

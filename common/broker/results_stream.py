@@ -22,15 +22,16 @@ from typing import Any
 
 import redis
 
+from comix_embed.common.broker import keys
 from comix_embed.common.broker.redis_memory import describe_limit, is_out_of_memory
 from comix_embed.common.store.jobs import Job, first_job
 
 log = logging.getLogger("comix.results")
 
 GROUP = "writer"
-# The consumer of a writer without a lease token (tests of the writer alone, and writers from
-# before the lease); a writer with a lease reads as `writer-t<token>` and adopts what the others
-# left pending (`adopt`).
+# The consumer of a writer without a writer lease token (tests of the writer alone, and writers
+# from before the writer lease); a writer with one reads as `writer-t<token>` and adopts what the
+# others left pending (`adopt`).
 CONSUMER = "writer-1"
 
 # Adds the entry only below the bound; returns the entry id, or false when full.
@@ -58,7 +59,7 @@ def store_id_of(first: Job) -> str:
 
 
 def results_key(store: str) -> str:
-    return f"comix:results:{store}"
+    return keys.RESULTS.format(store=store)
 
 
 def connect(url: str) -> redis.Redis:

@@ -1,24 +1,23 @@
-"""The writer's lease as Redis holds it, declared once for the writer and for `status`.
+"""The writer lease as Redis holds it, declared once for the writer and for `status`.
 
-The writer takes and renews it (writer/lease.py); `status` shows who holds it; neither imports
-the other's code.
+The writer lease is the store's single-writer lease (not a batch lease, which a worker process
+holds on one delivery: common/broker/batch_lease.py). The writer takes and renews it
+(writer/lease.py); `status` shows who holds it; neither imports the other's code.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from typing import Any
-
+import msgspec
 import redis
 
-LEASE_KEY = "comix:writer-lease:{store}"
-TOKEN_KEY = "comix:writer-token:{store}"
+from comix_embed.common.broker import keys
+from comix_embed.common.messages import decode_json
 
 
-@dataclass(frozen=True)
-class Holder:
-    """Who holds a store's lease: the fencing token, and where and since when it runs."""
+class WriterLeaseHolder(msgspec.Struct, frozen=True, kw_only=True):
+    """Who holds a store's writer lease: the fencing token, and where and since when it runs.
+
+    Redis keeps it as JSON under `keys.WRITER_LEASE`, written by the writer's Lua script."""
 
     token: int
     host: str
@@ -26,25 +25,22 @@ class Holder:
     since: str
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Holder:
-        return cls(int(d["token"]), str(d["host"]), int(d["pid"]), str(d["since"]))
-
-    @classmethod
-    def parse(cls, raw: bytes | str) -> Holder:
-        return cls.from_dict(json.loads(raw))
+    def parse(cls, raw: bytes | str) -> WriterLeaseHolder:
+        """The holder Redis keeps; MalformedMessage names the field at fault."""
+        return decode_json(raw, cls, "writer lease holder")
 
     def __str__(self) -> str:
         return f"host {self.host}, pid {self.pid}, token {self.token}, since {self.since}"
 
 
-def current_holder(client: redis.Redis, store: str) -> tuple[Holder, float] | None:
-    """The lease's holder and the seconds before the lease expires unless renewed; None when no
-    writer holds it."""
-    key = LEASE_KEY.format(store=store)
+def current_holder(client: redis.Redis, store: str) -> tuple[WriterLeaseHolder, float] | None:
+    """The writer lease's holder and the seconds before the lease expires unless renewed; None
+    when no writer holds it."""
+    key = keys.WRITER_LEASE.format(store=store)
     with client.pipeline(transaction=True) as pipe:
         pipe.get(key)
         pipe.pttl(key)
         raw, left_ms = pipe.execute()
     if raw is None:
         return None
-    return Holder.parse(raw), max(int(left_ms), 0) / 1000
+    return WriterLeaseHolder.parse(raw), max(int(left_ms), 0) / 1000

@@ -1,4 +1,4 @@
-"""Batch manifests, the store's acknowledgements (spec/store.md): their format and how to read them.
+"""Batch manifests, the store's acknowledgements (docs/store.md, "Manifests"): their format and how to read them.
 
 A manifest is written whole (temporary file then rename) after its batch's rows, and never
 removed; only the writer writes them (`writer/manifests.py`), every role may read them here.
@@ -11,16 +11,19 @@ million pages in batches of 8 make 150 folders of 1,000 files, not one folder of
 written before keep their manifests flat in `manifest/`; both places are read, new manifests go
 to the sub-folders (nothing is moved).
 
-The checkpoint: the root attribute `manifest_checkpoint`, `{"batches": N, "rows": R, "statuses":
-{...}}` (every batch below N has a manifest; they cover rows [0, R) with these status counts),
-written in the same atomic rewrite of the root `zarr.json` as `committed_rows`, so they agree. Opening the
-store reads the checkpoint and only the manifests past it (`load_committed`): a few files,
-whatever the store's size. A store without the checkpoint (written before it) is scanned whole.
+A manifest is a `BatchManifest`, the in-flight record an `InflightRecord`: both decode here,
+with the field at fault named when they do not.
+
+The checkpoint: the root attribute `manifest_checkpoint`, a `ManifestCheckpoint`
+(common/store/attributes.py: every batch below N has a manifest; they cover rows [0, R) with
+these status counts), written in the same atomic rewrite of the root `zarr.json` as
+`committed_rows`, so they agree. Opening the store reads the checkpoint and only the manifests
+past it (`load_committed`): a few files, whatever the store's size. A store without the
+checkpoint (written before it) is scanned whole.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -29,8 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from comix_embed.common import config
 from comix_embed.common.durable import TMP_SUFFIX
+from comix_embed.common.messages import MalformedMessage, decode_json
+from comix_embed.common.store.attributes import ManifestCheckpoint, StoreAttributes
 from comix_embed.common.store.jobs import Job
 from comix_embed.common.store.reading import read_attrs
 
@@ -41,6 +48,37 @@ FOLDER_BATCHES = 1000  # manifests per sub-folder
 CHECKPOINT_ATTR = "manifest_checkpoint"
 _FOLDER_PATTERN = re.compile(r"^\d{6,}$")
 log = logging.getLogger(__name__)
+
+
+class BatchManifest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A batch's acknowledgement: its rows [start_idx, end_idx] (inclusive, as users know it),
+    their page ids and status counts, and the writer lease's fencing token it was written under
+    (None in manifests written before the writer lease, and then left out of the file)."""
+
+    batch_id: int
+    start_idx: int
+    end_idx: int
+    num_pages: int
+    timestamp: str = ""
+    page_ids: list[str]
+    job: str = ""
+    statuses: dict[str, int] = msgspec.field(default_factory=dict)
+    token: int | None = None
+
+    def rows(self) -> tuple[int, int]:
+        """[start, end) rows of the batch."""
+        return self.start_idx, self.start_idx + self.num_pages
+
+    def consistent(self, batch_id: int) -> bool:
+        """Whether it agrees with itself and with the batch id its file is named after."""
+        start, end = self.rows()
+        return self.batch_id == batch_id and end - start == len(self.page_ids) > 0 and self.end_idx == end - 1
+
+
+class InflightRecord(msgspec.Struct, kw_only=True):
+    """`manifest/inflight.json`: (batch_id, start, end) of the batches whose rows are being written."""
+
+    batches: list[tuple[int, int, int]]
 
 
 def manifest_dir(store: str | os.PathLike[str]) -> Path:
@@ -83,11 +121,6 @@ def manifest_files(store: str | os.PathLike[str], from_id: int = 0) -> Iterator[
                 yield int(m.group(1)), batches / sub / name
 
 
-def manifest_rows(manifest: dict[str, Any]) -> tuple[int, int]:
-    """[start, end) rows of a manifest (its `end_idx` is inclusive, as users know it)."""
-    return int(manifest["start_idx"]), int(manifest["start_idx"]) + int(manifest["num_pages"])
-
-
 def recent_manifests(store: str | os.PathLike[str], count: int) -> list[tuple[float, int]]:
     """(modification time, batch id) of the `count` manifests written last, oldest first.
 
@@ -110,29 +143,23 @@ def manifest_ids(store: str | os.PathLike[str]) -> set[int]:
     return committed.ids()
 
 
-def read_manifest(path: Path, batch_id: int) -> tuple[dict[str, Any] | None, str]:
-    """A manifest, checked against itself, or None and what is wrong with it."""
+def read_manifest(path: Path, batch_id: int) -> tuple[BatchManifest | None, str]:
+    """A manifest, checked against itself, or None and what is wrong with it (the field at fault
+    when it does not decode)."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            manifest = json.load(fh)
-        start, end = manifest_rows(manifest)
-        consistent = (
-            manifest["batch_id"] == batch_id
-            and end - start == len(manifest["page_ids"]) > 0
-            and manifest["end_idx"] == end - 1
-        )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        manifest = decode_json(path.read_bytes(), BatchManifest, f"{path.name} is unreadable")
+    except OSError as exc:
         return None, f"{path.name} is unreadable ({type(exc).__name__}: {exc})"
-    if not consistent:
+    except MalformedMessage as exc:
+        return None, str(exc)
+    if not manifest.consistent(batch_id):
         return None, f"{path.name} contradicts itself (batch_id, start_idx, end_idx, num_pages, page_ids)"
     return manifest, ""
 
 
-def scan_manifests(
-    store: str | os.PathLike[str], from_id: int = 0
-) -> tuple[dict[int, dict[str, Any]], dict[Path, str]]:
+def scan_manifests(store: str | os.PathLike[str], from_id: int = 0) -> tuple[dict[int, BatchManifest], dict[Path, str]]:
     """Valid manifests by batch id (those >= `from_id`), and the invalid ones with what is wrong; reads only."""
-    found: dict[int, dict[str, Any]] = {}
+    found: dict[int, BatchManifest] = {}
     bad: dict[Path, str] = {}
     for batch_id, path in manifest_files(store, from_id):
         manifest, problem = read_manifest(path, batch_id)
@@ -181,8 +208,8 @@ class Committed:
 
     def checkpoint(self) -> dict[str, Any]:
         """The root attributes that record the prefix (see the module's docstring)."""
-        checkpoint = {"batches": self.batches, "rows": self.rows, "statuses": self.statuses}
-        return {"committed_rows": self.rows, CHECKPOINT_ATTR: checkpoint}
+        checkpoint = ManifestCheckpoint(batches=self.batches, rows=self.rows, statuses=dict(self.statuses))
+        return {"committed_rows": self.rows, CHECKPOINT_ATTR: msgspec.to_builtins(checkpoint)}
 
     def pages(self) -> int:
         """Rows that have a manifest, in the prefix or past it."""
@@ -200,19 +227,19 @@ def load_committed(store: str | os.PathLike[str], read: bool = True) -> tuple[Co
     of those are then unknown: zero), and does not move the prefix over them.
     """
     path = Path(store)
-    attrs = read_attrs(path) if (path / "zarr.json").is_file() else {}
+    attrs = StoreAttributes.of(read_attrs(path)) if (path / "zarr.json").is_file() else StoreAttributes()
     committed = Committed()
-    if CHECKPOINT_ATTR in attrs:
-        saved = attrs[CHECKPOINT_ATTR]
-        committed = Committed(int(saved["batches"]), int(saved["rows"]), dict(saved["statuses"]))
+    saved = attrs.manifest_checkpoint
+    if saved is not None:
+        committed = Committed(saved.batches, saved.rows, dict(saved.statuses))
     if not read:
         for batch_id, _ in manifest_files(store, committed.batches):
             committed.add(batch_id, 0, 0, {})
         return committed, {}
     found, bad = scan_manifests(store, committed.batches)
     for batch_id, manifest in found.items():
-        start, end = manifest_rows(manifest)
-        committed.add(batch_id, start, end, manifest.get("statuses", {}))
+        start, end = manifest.rows()
+        committed.add(batch_id, start, end, manifest.statuses)
     committed.advance()
     return committed, bad
 
@@ -255,10 +282,9 @@ def inflight_record(store: str | os.PathLike[str]) -> tuple[list[tuple[int, int,
     if not path.exists():
         return [], None
     try:
-        with open(path, encoding="utf-8") as fh:
-            return [(int(b), int(s), int(e)) for b, s, e in json.load(fh)["batches"]], None
-    except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
-        return [], f"{path} is unreadable ({type(exc).__name__}: {exc}), as a power loss can leave it"
+        return decode_json(path.read_bytes(), InflightRecord, f"{path} is unreadable").batches, None
+    except MalformedMessage as exc:
+        return [], f"{exc}, as a power loss can leave it"
 
 
 def read_inflight(store: str | os.PathLike[str]) -> list[tuple[int, int, int]]:

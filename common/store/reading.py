@@ -15,19 +15,22 @@ from typing import TYPE_CHECKING, Any
 
 from comix_embed.common import config
 from comix_embed.common.errors import UsageError
+from comix_embed.common.store.attributes import StoreAttributes
 
 if TYPE_CHECKING:
     import xarray as xr
 
 
 def read_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Every root attribute as the store's `zarr.json` holds it (what xarray shows as `ds.attrs`);
+    `StoreAttributes.of` decodes the writer's bookkeeping among them."""
     with open(Path(path) / "zarr.json", encoding="utf-8") as fh:
         return json.load(fh).get("attributes", {})
 
 
 def read_committed_rows(path: str | os.PathLike[str]) -> int:
     """Rows [0, n) are committed: whole batches, in index order, never to change."""
-    return int(read_attrs(path).get("committed_rows", 0))
+    return StoreAttributes.of(read_attrs(path)).committed_rows
 
 
 def open_committed(path: str | os.PathLike[str], timeout: float = 10.0) -> xr.Dataset:

@@ -1,25 +1,26 @@
 """Retry rounds: failed rows (status 2) planned for embedding again, and their retry manifests.
 
-`--retry-failed` is the one change a committed row may undergo (spec/store.md): a failed row is
-embedded again and becomes ok or full_page, or stays failed with its new reason. The producer
-plans a round, `<output_dir>/jobs/retry_NNNNNN.json` (with its task payloads beside it, as a job
-keeps them), naming the failed rows it retries, in batches of arbitrary rows. Retry batch ids
-form their own series from RETRY_BASE, so that they never clash with a job's batch ids, in the
-store's manifests or in the broker's delivery records. The writer acknowledges each retry batch
-with `manifest/retry_NNNNNN.json` (NNNNNN: the id past RETRY_BASE), listing each row it
-overwrote with its new status; a row that was no longer failed when the batch came is listed as
-skipped and left alone. Every role reads rounds and retry manifests here; only the producer
-writes rounds, only the writer retry manifests.
+`--retry-failed` is the one change a committed row may undergo
+(docs/store.md, "Retry rounds and retry manifests"): a failed row is embedded again and becomes ok
+or full_page, or stays failed with its new reason. The producer plans a round,
+`<output_dir>/jobs/retry_NNNNNN.json` (with its task payloads beside it, as a job keeps them),
+naming the failed rows it retries, in batches of arbitrary rows. Retry batch ids form their own
+series from RETRY_BASE, so that they never clash with a job's batch ids, in the store's manifests or
+in the broker's delivery records. The writer acknowledges each retry batch with
+`manifest/retry_NNNNNN.json` (NNNNNN: the id past RETRY_BASE), a `RetryManifest` listing each
+row it overwrote with its new status; a row that was no longer failed when the batch came is
+listed as skipped and left alone. Every role reads rounds and retry manifests here; only the
+producer writes rounds, only the writer retry manifests.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+import msgspec
 
 from comix_embed.common.errors import UsageError
 from comix_embed.common.messages import MalformedMessage, ModelIdentity, decode_json
@@ -100,6 +101,26 @@ def batch_rows(owner: Job | RetryRound, batch_id: int) -> list[int]:
 # --- retry manifests ---
 
 
+class RetryManifest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A retry batch's acknowledgement: `rows` were overwritten with `row_statuses` (names, per
+    row, their page ids in `page_ids`), `skipped_rows` were no longer failed and left alone;
+    `token` is the writer lease's fencing token, as in a batch's manifest (left out when None)."""
+
+    batch_id: int
+    job: str
+    timestamp: str
+    rows: list[int]
+    page_ids: list[str]
+    row_statuses: list[str]
+    skipped_rows: list[int]
+    statuses: dict[str, int]
+    token: int | None = None
+
+    def consistent(self, batch_id: int) -> bool:
+        """Whether it agrees with itself and with the batch id its file is named after."""
+        return self.batch_id == batch_id and len(self.rows) == len(self.page_ids) == len(self.row_statuses)
+
+
 def retry_manifest_file(store: str | os.PathLike[str], batch_id: int) -> Path:
     return manifest_dir(store) / f"retry_{batch_id - RETRY_BASE:06d}.json"
 
@@ -112,9 +133,9 @@ def retry_manifest_ids(store: str | os.PathLike[str]) -> set[int]:
     return {RETRY_BASE + int(m.group(1)) for name in os.listdir(folder) if (m := RETRY_MANIFEST.match(name))}
 
 
-def scan_retry_manifests(store: str | os.PathLike[str]) -> tuple[dict[int, dict[str, Any]], list[str]]:
+def scan_retry_manifests(store: str | os.PathLike[str]) -> tuple[dict[int, RetryManifest], list[str]]:
     """Valid retry manifests by batch id, and what is wrong with the others; reads only."""
-    found: dict[int, dict[str, Any]] = {}
+    found: dict[int, RetryManifest] = {}
     bad: list[str] = []
     folder = manifest_dir(store)
     for name in sorted(os.listdir(folder)) if folder.is_dir() else []:
@@ -122,28 +143,25 @@ def scan_retry_manifests(store: str | os.PathLike[str]) -> tuple[dict[int, dict[
         if not match:
             continue
         try:
-            with open(folder / name, encoding="utf-8") as fh:
-                m = json.load(fh)
-            ok = (
-                m["batch_id"] == RETRY_BASE + int(match.group(1))
-                and len(m["rows"]) == len(m["page_ids"]) == len(m["row_statuses"])
-                and all(isinstance(r, int) for r in m["rows"] + m["skipped_rows"])
-            )
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            m = decode_json((folder / name).read_bytes(), RetryManifest, f"{name} is unreadable")
+        except OSError as exc:
             bad.append(f"{name} is unreadable ({type(exc).__name__}: {exc})")
             continue
-        if not ok:
+        except MalformedMessage as exc:
+            bad.append(str(exc))
+            continue
+        if not m.consistent(RETRY_BASE + int(match.group(1))):
             bad.append(f"{name} contradicts itself (batch_id, rows, page_ids, row_statuses)")
             continue
-        found[m["batch_id"]] = m
+        found[m.batch_id] = m
     return found, bad
 
 
-def retried_rows(manifests: dict[int, dict[str, Any]]) -> dict[int, str]:
+def retried_rows(manifests: dict[int, RetryManifest]) -> dict[int, str]:
     """Each row a retry overwrote, with the status name its latest retry gave it."""
     out: dict[int, str] = {}
     for _, m in sorted(manifests.items()):
-        out.update(zip(m["rows"], m["row_statuses"]))
+        out.update(zip(m.rows, m.row_statuses))
     return out
 
 

@@ -14,7 +14,7 @@ from comix_embed.common.durable import write_json_atomic
 from comix_embed.common.inputs.paths import is_windows_absolute
 from comix_embed.tools.dataspec_builder.coco import Box, Predictions
 from comix_embed.tools.dataspec_builder.mapping import MappingRow, derived_rel_paths, local_path
-from comix_embed.tools.dataspec_builder.report import REPORT_NAME, Drop, Report
+from comix_embed.tools.dataspec_builder.report import REPORT_NAME, CountMismatch, Drop, DroppedPage, Report
 from comix_embed.tools.dataspec_builder.vlm import panel_text, vlm_panels
 
 
@@ -43,20 +43,20 @@ class PageBuilder:
                 if first != row.row:
                     raise Drop("duplicate_output", f"{rel} already written for row {first}")
             except Drop as drop:
-                self.report.dropped.append(
-                    {"row": row.row, "image_path": row.image_path, "reason": drop.reason, "detail": drop.detail}
+                self.report.dropped_pages.append(
+                    DroppedPage(row=row.row, image_path=row.image_path, reason=drop.reason, detail=drop.detail)
                 )
                 continue
             if detected != vlm:
                 self.report.kept_with_count_mismatch.append(
-                    {"row": row.row, "image_path": row.image_path, "detected": detected, "vlm": vlm}
+                    CountMismatch(row=row.row, image_path=row.image_path, detected=detected, vlm=vlm)
                 )
             path = out / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(path, spec, fsync=False, indent=2)  # an interrupted run leaves no half file
             written.append(path)
             self.report.kept += 1
-            self.report.panels += len(spec["panels"])
+            self.report.panels_written += len(spec["panels"])
         return written
 
     def dataspec(self, row: MappingRow) -> tuple[dict[str, Any], int, int]:

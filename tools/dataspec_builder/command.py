@@ -66,13 +66,13 @@ def run(args: argparse.Namespace) -> int:
         list_file=str(list_path),
         subset=args.subset,
         min_score=args.min_score,
-        pages=len(rows),
+        pages_in_mapping=len(rows),
         unusable_annotations=predictions.unusable,
     )
     builder = PageBuilder(predictions, Path(os.path.abspath(args.mapping)).parent, args.subset, args.min_score, report)
     written = builder.write_all(rows, out)
     write_list(list_path, written)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / REPORT_NAME, report.to_json(), fsync=False, indent=2)
+    write_json_atomic(out / REPORT_NAME, report.to_file(), fsync=False, indent=2)
     print(report.text())
     return 0 if report.kept else 3

@@ -7,9 +7,9 @@ in the order they are tested), so that nothing leaves the run unaccounted for.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+import msgspec
 
 REPORT_NAME = "report.json"
 PRINT_LIMIT = 20
@@ -34,9 +34,27 @@ class Drop(Exception):
         self.reason, self.detail = reason, detail
 
 
-@dataclass
-class Report:
-    """What a run kept and dropped; printed, and written as OUT/report.json."""
+class DroppedPage(msgspec.Struct, kw_only=True):
+    """A mapping row not written: its reason (from REASONS) and the detail."""
+
+    row: int
+    image_path: str
+    reason: str
+    detail: str
+
+
+class CountMismatch(msgspec.Struct, kw_only=True):
+    """A page kept (subset "all") whose detected panel count differs from its VLM panel count."""
+
+    row: int
+    image_path: str
+    detected: int
+    vlm: int
+
+
+class Report(msgspec.Struct, kw_only=True):
+    """What a run kept and dropped; printed, and written as OUT/report.json (`dropped` and
+    `dropped_by_reason` are counted from `dropped_pages` when it is written)."""
 
     coco: str
     mapping: str
@@ -44,43 +62,29 @@ class Report:
     list_file: str
     subset: str
     min_score: float
-    pages: int
-    unusable_annotations: int
+    pages_in_mapping: int
     kept: int = 0
-    panels: int = 0
+    dropped: int = 0
+    dropped_by_reason: dict[str, int] = msgspec.field(default_factory=dict)
+    panels_written: int = 0
     boxes_below_min_score: int = 0  # panel boxes under the score, on pages whose VLM JSON was read
+    unusable_annotations: int
     images_not_checked: int = 0  # image paths of another OS (Windows on POSIX), kept unchecked
-    dropped: list[dict[str, Any]] = field(default_factory=list)
-    kept_with_count_mismatch: list[dict[str, Any]] = field(default_factory=list)  # subset "all"
+    kept_with_count_mismatch: list[CountMismatch] = msgspec.field(default_factory=list)  # subset "all"
+    dropped_pages: list[DroppedPage] = msgspec.field(default_factory=list)
 
     def by_reason(self) -> dict[str, int]:
-        counts = Counter(d["reason"] for d in self.dropped)
+        counts = Counter(d.reason for d in self.dropped_pages)
         return {reason: counts[reason] for reason in REASONS}
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "coco": self.coco,
-            "mapping": self.mapping,
-            "out": self.out,
-            "list_file": self.list_file,
-            "subset": self.subset,
-            "min_score": self.min_score,
-            "pages_in_mapping": self.pages,
-            "kept": self.kept,
-            "dropped": len(self.dropped),
-            "dropped_by_reason": self.by_reason(),
-            "panels_written": self.panels,
-            "boxes_below_min_score": self.boxes_below_min_score,
-            "unusable_annotations": self.unusable_annotations,
-            "images_not_checked": self.images_not_checked,
-            "kept_with_count_mismatch": self.kept_with_count_mismatch,
-            "dropped_pages": self.dropped,
-        }
+    def to_file(self) -> Report:
+        """The report with its counts of dropped pages filled in, as report.json holds it."""
+        return msgspec.structs.replace(self, dropped=len(self.dropped_pages), dropped_by_reason=self.by_reason())
 
     def text(self) -> str:
         lines = [
-            f"{self.pages} pages in {self.mapping}: {self.kept} kept ({self.panels} panels), "
-            f"{len(self.dropped)} dropped [subset {self.subset}, min score {self.min_score:g}]",
+            f"{self.pages_in_mapping} pages in {self.mapping}: {self.kept} kept ({self.panels_written} panels), "
+            f"{len(self.dropped_pages)} dropped [subset {self.subset}, min score {self.min_score:g}]",
         ]
         reasons = ", ".join(f"{r} {n}" for r, n in self.by_reason().items() if n)
         if reasons:
@@ -96,8 +100,8 @@ class Report:
         lines.append(f"DataSpecs: {self.out}")
         lines.append(f"list: {self.list_file} ({self.kept} lines)")
         lines.append(f"report: {Path(self.out) / REPORT_NAME}")
-        if self.dropped:
-            shown = self.dropped[:PRINT_LIMIT]
-            lines.append(f"dropped pages ({len(shown)} of {len(self.dropped)} shown):")
-            lines += [f"  row {d['row']}: {d['reason']}: {d['image_path']}: {d['detail']}" for d in shown]
+        if self.dropped_pages:
+            shown = self.dropped_pages[:PRINT_LIMIT]
+            lines.append(f"dropped pages ({len(shown)} of {len(self.dropped_pages)} shown):")
+            lines += [f"  row {d.row}: {d.reason}: {d.image_path}: {d.detail}" for d in shown]
         return "\n".join(lines)

@@ -12,14 +12,14 @@ and no WARN.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from comix_embed.common import config
+from comix_embed.common.messages import MalformedMessage
+from comix_embed.common.store.audit_log import AuditRecord
 from comix_embed.common.store.schema import STATUS_NAMES
 from comix_embed.tools.diagnose.facts import RowFacts
 from comix_embed.tools.diagnose.load import Store
@@ -43,7 +43,7 @@ def check_audit(s: Store, facts: RowFacts | None) -> Check:
     if stray:
         check.fails.append(f"the audit log says rows {listed(stray)} were committed but no manifest covers them")
     # a retry's record follows the first commit's: the row changed through a retry manifest
-    repeated = sorted(r for r, recs in records.items() if sum(1 for rec in recs if not rec.get("retry")) > 1)
+    repeated = sorted(r for r, recs in records.items() if sum(1 for rec in recs if not rec.retry) > 1)
     if repeated:
         check.warns.append(
             f"rows {listed(repeated)} have several audit records (batch committed again); the last is compared"
@@ -62,36 +62,37 @@ def check_audit(s: Store, facts: RowFacts | None) -> Check:
     return check
 
 
-def read_audit(path: Path) -> tuple[dict[int, list[dict[str, Any]]], int]:
+def read_audit(path: Path) -> tuple[dict[int, list[AuditRecord]], int]:
     """Audit records by row, and how many lines could not be read."""
-    records: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    records: dict[int, list[AuditRecord]] = defaultdict(list)
     unreadable = 0
     with open(path, encoding="utf-8", errors="replace") as fh:
         for line in fh:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-                records[int(record["row"])].append(record)
-            except (ValueError, KeyError, TypeError):
+                record = AuditRecord.decode(line)
+            except MalformedMessage:
                 unreadable += 1
+                continue
+            records[record.row].append(record)
     return dict(records), unreadable
 
 
-def audit_mismatches(s: Store, facts: RowFacts, records: dict[int, list[dict[str, Any]]]) -> list[str]:
+def audit_mismatches(s: Store, facts: RowFacts, records: dict[int, list[AuditRecord]]) -> list[str]:
     """Rows whose last audit record disagrees with the store."""
     scanned = set(facts.rows.tolist())
     rows = np.array(sorted(r for r in records if r in scanned), dtype=np.int64)
     problems: dict[str, list[int]] = defaultdict(list)
     for row, pos in zip(rows.tolist(), facts.at(rows).tolist()):
         rec = records[row][-1]
-        if rec.get("page_id") != str(s.page_ids[row]):
+        if rec.page_id != str(s.page_ids[row]):
             problems["page id"].append(row)
-        if rec.get("status") != STATUS_NAMES.get(int(s.status[row]), str(int(s.status[row]))):
+        if rec.status != STATUS_NAMES.get(int(s.status[row]), str(int(s.status[row]))):
             problems["status"].append(row)
-        if not abs(float(rec.get("emb_l2", -1.0)) - facts.l2[pos]) <= L2_TOLERANCE:
+        if not abs(rec.emb_l2 - facts.l2[pos]) <= L2_TOLERANCE:
             problems["page embedding L2"].append(row)
-        if int(rec.get("mask_sum", -1)) != int(facts.mask_sum[pos]):
+        if rec.mask_sum != int(facts.mask_sum[pos]):
             problems["mask sum"].append(row)
     return [
         f"{what} differs from the audit record in rows {listed(bad)} (changed after commit?)"

@@ -17,26 +17,29 @@ import numpy as np
 import zarr
 
 from comix_embed.common import config
+from comix_embed.common.store.attributes import StoreAttributes
 from comix_embed.common.store.jobs import Job, load_jobs
-from comix_embed.common.store.manifests import manifest_rows, scan_manifests
+from comix_embed.common.store.manifests import BatchManifest, scan_manifests
 from comix_embed.common.store.reading import read_attrs
-from comix_embed.common.store.retries import scan_retry_manifests
+from comix_embed.common.store.retries import RetryManifest, scan_retry_manifests
 from comix_embed.common.store.schema import row_arrays
 
 
 @dataclass
 class Store:
-    """The store's attributes, arrays, manifests, job files and small per-row columns."""
+    """The store's attributes (all of them, and the writer's bookkeeping decoded), arrays,
+    manifests, job files and small per-row columns."""
 
     path: Path
     output_dir: Path
     attrs: dict[str, Any]
+    kept: StoreAttributes
     arrays: dict[str, zarr.Array]  # the root's arrays by name (a group of that name is not one)
     array_rows: int
     rows: int  # rows worth reading: registered, committed or claimed by a manifest
-    manifests: dict[int, dict[str, Any]]
+    manifests: dict[int, BatchManifest]
     bad_manifests: list[str]
-    retries: dict[int, dict[str, Any]]  # retry manifests by retry batch id (common/retries.py)
+    retries: dict[int, RetryManifest]  # retry manifests by retry batch id (common/store/retries.py)
     bad_retries: list[str]
     jobs: list[Job]
     page_ids: np.ndarray
@@ -45,17 +48,17 @@ class Store:
 
     @property
     def committed(self) -> int:
-        return int(self.attrs.get("committed_rows", 0))
+        return self.kept.committed_rows
 
     @property
     def registered(self) -> int:
-        return int(self.attrs.get("registered_rows", 0))
+        return self.kept.registered_rows
 
     def covered_rows(self) -> np.ndarray:
         """Rows a manifest covers, within what the arrays hold."""
         mask = np.zeros(self.rows, dtype=bool)
         for manifest in self.manifests.values():
-            start, end = manifest_rows(manifest)
+            start, end = manifest.rows()
             mask[start : min(end, self.rows)] = True
         return mask
 
@@ -105,13 +108,14 @@ def _pid_alive(text: str) -> bool:
 def load_store(path: Path) -> Store:
     """Read the snapshot; raises whatever stops the attributes, manifests or job files being read."""
     attrs = read_attrs(path)
+    kept = StoreAttributes.of(attrs)
     arrays = dict(zarr.open_group(path, mode="r").arrays())
     lengths = [arrays[name].shape[0] for name in row_arrays() if name in arrays]
     array_rows = min(lengths, default=0)
     manifests, bad_files = scan_manifests(path)
     retries, bad_retries = scan_retry_manifests(path)
-    claimed = max((manifest_rows(m)[1] for m in manifests.values()), default=0)
-    attr_rows = max(int(attrs.get("registered_rows", 0)), int(attrs.get("committed_rows", 0)))
+    claimed = max((m.rows()[1] for m in manifests.values()), default=0)
+    attr_rows = max(kept.registered_rows, kept.committed_rows)
     rows = min(array_rows, max(attr_rows, claimed))
 
     def column(name: str, fill: Any) -> np.ndarray:
@@ -121,6 +125,7 @@ def load_store(path: Path) -> Store:
         path=path,
         output_dir=path.parent,
         attrs=attrs,
+        kept=kept,
         arrays=arrays,
         array_rows=array_rows,
         rows=rows,

@@ -13,9 +13,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
-from comix_embed.common.store.manifests import committed_prefix, manifest_rows
+from comix_embed.common.store.manifests import BatchManifest, committed_prefix
 from comix_embed.common.store.retries import retried_rows
 from comix_embed.common.store.schema import STATUS_NAMES
 from comix_embed.tools.diagnose.load import Store
@@ -27,7 +26,7 @@ def check_manifests(s: Store) -> Check:
     check.fails += s.bad_manifests
     check.fails += manifest_job_problems(s)
     check.fails += overlap_problems(s.manifests)
-    ranges = {b: manifest_rows(m) for b, m in s.manifests.items()}
+    ranges = {b: m.rows() for b, m in s.manifests.items()}
     next_batch, rows = committed_prefix(ranges)
     if rows < s.committed:
         check.fails.append(
@@ -55,7 +54,7 @@ def check_manifests(s: Store) -> Check:
 def gap_reason(s: Store, batch_id: int, prefix_end: int) -> str:
     """Why the prefix of manifests stops at `batch_id`: its manifest is missing, or misplaced."""
     if batch_id in s.manifests:
-        return f"batch {batch_id}'s manifest starts at row {manifest_rows(s.manifests[batch_id])[0]}, not {prefix_end}"
+        return f"batch {batch_id}'s manifest starts at row {s.manifests[batch_id].start_idx}, not {prefix_end}"
     found = s.batch_of(batch_id)
     where = f"rows {found[1][0]}-{found[1][1] - 1}" if found else "rows unknown: no job file has it"
     return f"batch {batch_id} ({where}) has no manifest"
@@ -70,21 +69,21 @@ def manifest_job_problems(s: Store) -> list[str]:
             problems.append(f"batch {batch_id} belongs to no job file")
             continue
         job, expected = found
-        if manifest_rows(manifest) != expected or manifest.get("job") != job.job_id:
+        if manifest.rows() != expected or manifest.job != job.job_id:
             problems.append(
-                f"batch {batch_id} claims rows {manifest_rows(manifest)} of {manifest.get('job')}, "
+                f"batch {batch_id} claims rows {manifest.rows()} of {manifest.job or None}, "
                 f"its job file says {expected} of {job.job_id}"
             )
-        elif list(manifest["page_ids"]) != [p.page_id for p in job.page_slice(*expected)]:
+        elif manifest.page_ids != [p.page_id for p in job.page_slice(*expected)]:
             problems.append(
                 f"batch {batch_id}'s page ids differ from {job.job_id}'s rows {expected[0]}-{expected[1] - 1}"
             )
     return problems
 
 
-def overlap_problems(manifests: dict[int, dict[str, Any]]) -> list[str]:
+def overlap_problems(manifests: dict[int, BatchManifest]) -> list[str]:
     """Two manifests claiming the same rows."""
-    spans = sorted((*manifest_rows(m), b) for b, m in manifests.items())
+    spans = sorted((*m.rows(), b) for b, m in manifests.items())
     problems = []
     for (_s1, e1, b1), (s2, e2, b2) in zip(spans, spans[1:]):
         if s2 < e1:
@@ -96,16 +95,16 @@ def check_manifest_rows(s: Store) -> Check:
     check = Check("manifest-rows")
     retried = retried_rows(s.retries)
     for batch_id, manifest in sorted(s.manifests.items()):
-        start, end = manifest_rows(manifest)
+        start, end = manifest.rows()
         if end > s.rows:
             check.fails.append(f"batch {batch_id} claims rows up to {end - 1}, the store holds {s.rows}")
             continue
         stored = [str(x) for x in s.page_ids[start:end]]
-        wrong = [start + i for i, (a, b) in enumerate(zip(stored, manifest["page_ids"])) if a != b]
+        wrong = [start + i for i, (a, b) in enumerate(zip(stored, manifest.page_ids)) if a != b]
         if wrong:
             check.fails.append(f"batch {batch_id}: page_id of rows {listed(wrong)} differs from its manifest")
         counts = dict(Counter(STATUS_NAMES.get(int(v), str(int(v))) for v in s.status[start:end]))
-        expected = Counter(manifest.get("statuses", {}))
+        expected = Counter(manifest.statuses)
         changed = [r for r in range(start, end) if r in retried]
         for row in changed:
             expected["failed"] -= 1
@@ -114,7 +113,7 @@ def check_manifest_rows(s: Store) -> Check:
         if counts != expected_counts:
             after = f" after the retries of rows {listed(changed)} ({expected_counts})" if changed else ""
             check.fails.append(
-                f"batch {batch_id}: statuses in the store {counts}, in its manifest {manifest.get('statuses')}{after}"
+                f"batch {batch_id}: statuses in the store {counts}, in its manifest {manifest.statuses}{after}"
             )
     if not check.fails:
         check.notes.append(f"page ids and status counts of {len(s.manifests)} manifests match the store's rows")

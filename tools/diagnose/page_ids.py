@@ -31,10 +31,10 @@ def job_row_problems(s: Store, registered: list[str]) -> list[str]:
     """Every registered job's file exists and its pages sit in its rows."""
     files = {j.job_id: j for j in s.jobs}
     problems = []
-    for record in s.attrs.get("jobs", []):
-        job = files.get(record["job_id"])
+    for record in s.kept.jobs:
+        job = files.get(record.job_id)
         if job is None:
-            problems.append(f"{record['job_id']} is registered but its job file is gone")
+            problems.append(f"{record.job_id} is registered but its job file is gone")
             continue
         pages = job.all_pages()
         wrong = [

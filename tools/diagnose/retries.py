@@ -27,16 +27,14 @@ def check_retries(s: Store) -> Check:
         if rnd is None:
             check.fails.append(f"{name} belongs to no retry round")
             continue
-        if sorted(m["rows"] + m["skipped_rows"]) != rnd.batch_rows(batch_id):
-            check.fails.append(
-                f"{name}: rows {m['rows'] + m['skipped_rows']}, {rnd.job_id} says {rnd.batch_rows(batch_id)}"
-            )
+        if sorted(m.rows + m.skipped_rows) != rnd.batch_rows(batch_id):
+            check.fails.append(f"{name}: rows {m.rows + m.skipped_rows}, {rnd.job_id} says {rnd.batch_rows(batch_id)}")
             continue
-        outside = [r for r in m["rows"] if not (0 <= r < s.rows and covered[r])]
+        outside = [r for r in m.rows if not (0 <= r < s.rows and covered[r])]
         if outside:
             check.fails.append(f"{name} overwrote rows {listed(outside)} that no batch manifest covers")
             continue
-        wrong = [r for r, p in zip(m["rows"], m["page_ids"]) if str(s.page_ids[r]) != p]
+        wrong = [r for r, p in zip(m.rows, m.page_ids) if str(s.page_ids[r]) != p]
         if wrong:
             check.fails.append(f"{name}: page_id of rows {listed(wrong)} differs from the retry manifest")
     final = retried_rows(s.retries)

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import faiss
 import numpy as np
 
 from comix_embed.common import config
-from comix_embed.tools.search.layout import SEGMENTS
+from comix_embed.tools.search.layout import SEGMENTS, Segment, VectorPart
 from comix_embed.tools.search.ranking import Candidates
 
 # Candidates taken from faiss per query, at least, before re-ranking.
@@ -33,10 +32,10 @@ class Segments:
     at a million pages). `pread` also keeps no file offset, so `serve`'s threads share the files.
     """
 
-    def __init__(self, folder: Path, segments: list[dict[str, Any]], dim: int) -> None:
-        kept = [s for s in segments if s["count"]]
-        self.paths = [folder / SEGMENTS / s["file"] for s in kept]
-        self.offsets = np.cumsum([0] + [int(s["count"]) for s in kept])
+    def __init__(self, folder: Path, segments: list[Segment], dim: int) -> None:
+        kept = [s for s in segments if s.count]
+        self.paths = [folder / SEGMENTS / s.file for s in kept]
+        self.offsets = np.cumsum([0] + [s.count for s in kept])
         self.dim = dim
         self.row_bytes = dim * np.dtype(np.float16).itemsize
         self._files = [open(path, "rb") for path in self.paths]  # noqa: SIM115 - held for the searcher's life
@@ -68,10 +67,10 @@ class Segments:
 class AnnPart:
     """One generation's index of one kind (`pages` or `panels`), loaded for queries."""
 
-    def __init__(self, folder: Path, generation: Path, kind: str, part: dict[str, Any], dim: int) -> None:
+    def __init__(self, folder: Path, generation: Path, kind: str, part: VectorPart, dim: int) -> None:
         self.kind = kind
         self.index = faiss.read_index(str(generation / f"{kind}.faiss"))
-        if part["type"] == "ivf":
+        if part.type == "ivf":
             faiss.extract_index_ivf(self.index).nprobe = config.INDEX_NPROBE
         self.rows: np.ndarray = np.load(generation / f"{kind}_rows.npy")
         self.slots: np.ndarray = (
@@ -79,7 +78,7 @@ class AnnPart:
             if kind == "panels"
             else np.full(len(self.rows), -1, np.int64)
         )
-        self.vectors = Segments(folder, part["segments"], dim)
+        self.vectors = Segments(folder, part.segments, dim)
 
     @property
     def live(self) -> int:

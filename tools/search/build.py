@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import faiss
 import numpy as np
@@ -30,6 +29,11 @@ from comix_embed.tools.search.ann import Segments
 from comix_embed.tools.search.layout import (
     FORMAT,
     SEGMENTS,
+    IndexMeta,
+    IndexParts,
+    Segment,
+    TextPart,
+    VectorPart,
     build_lock,
     current_generation,
     fsync_file,
@@ -78,12 +82,12 @@ def build_index(
     with build_lock(folder):
         previous = current_generation(folder)
         meta = read_meta(previous) if previous is not None else None
-        if meta is not None and meta["store"] != store_identity(store.attrs):
+        if meta is not None and meta.store != store_identity(store.attrs):
             log.info("the index in %s is of another store (or model): building afresh", folder)
             meta = None
         remove_leftovers(folder, previous)
         (folder / SEGMENTS).mkdir(exist_ok=True)
-        covered = int(meta["rows"]) if meta is not None else 0
+        covered = meta.rows if meta is not None else 0
         old_status = np.load(previous / "status.npy") if meta is not None and previous is not None else None
         changed = (
             np.flatnonzero(store.status[:covered] != old_status) if old_status is not None else np.empty(0, np.int64)
@@ -103,11 +107,12 @@ def build_index(
             store.committed,
             len(changed),
         )
-        parts: dict[str, Any] = {}
+        parts: dict[str, VectorPart] = {}
         added: dict[str, int] = {}
         retrained: list[str] = []
+        text = TextPart(segments=list(meta.parts.text.segments) if meta is not None else [])
         for kind in KINDS:
-            before = meta["parts"][kind] if meta is not None else None
+            before = getattr(meta.parts, kind) if meta is not None else None
             builder = _PartBuilder(store, folder, generation, number, kind, ivf_min, progress)
             parts[kind], added[kind], fresh = builder.build(
                 previous if meta is not None else None, before, changed, to_add
@@ -115,18 +120,17 @@ def build_index(
             if fresh:
                 retrained.append(kind)
             if kind == "pages":
-                text_before = meta["parts"]["text"]["segments"] if meta is not None else []
-                parts["text"] = {"segments": [*text_before, _write_text(store, folder, number, builder.added_rows)]}
+                text.segments.append(_write_text(store, folder, number, builder.added_rows))
         save_array(generation / "status.npy", store.status)
-        new_meta = {
-            "format": FORMAT,
-            "generation": number,
-            "store": store_identity(store.attrs),
-            "store_path": str(store.path),
-            "rows": store.committed,
-            "built": utc_now(),
-            "parts": parts,
-        }
+        new_meta = IndexMeta(
+            format=FORMAT,
+            generation=number,
+            store=store_identity(store.attrs),
+            store_path=str(store.path),
+            rows=store.committed,
+            built=utc_now(),
+            parts=IndexParts(pages=parts["pages"], panels=parts["panels"], text=text),
+        )
         publish(folder, generation, new_meta)
         remove_leftovers(folder, generation)
         report = _report(number, new_meta, added, retrained, started)
@@ -145,7 +149,7 @@ def build_index(
 
 def _report(
     number: int,
-    meta: dict[str, Any],
+    meta: IndexMeta,
     added: dict[str, int],
     retrained: list[str],
     started: float,
@@ -153,9 +157,9 @@ def _report(
 ) -> BuildReport:
     return BuildReport(
         generation=number,
-        rows=int(meta["rows"]),
-        pages=int(meta["parts"]["pages"]["live"]),
-        panels=int(meta["parts"]["panels"]["live"]),
+        rows=meta.rows,
+        pages=meta.parts.pages.live,
+        panels=meta.parts.panels.live,
         added_pages=added.get("pages", 0),
         added_panels=added.get("panels", 0),
         retrained=retrained,
@@ -164,7 +168,7 @@ def _report(
     )
 
 
-def _write_text(store: StoreRows, folder: Path, number: int, rows: np.ndarray) -> dict[str, Any]:
+def _write_text(store: StoreRows, folder: Path, number: int, rows: np.ndarray) -> Segment:
     """The word index of these (searchable) rows' page text, as a new segment; its entry.
 
     A row's text is in one segment only: rows indexed again are pages `--retry-failed` embedded,
@@ -176,7 +180,7 @@ def _write_text(store: StoreRows, folder: Path, number: int, rows: np.ndarray) -
         for batch in store.batches(rows)
     ]
     Postings.merge(parts, store.committed).save(folder / SEGMENTS / name)
-    return {"file": name, "count": len(rows)}
+    return Segment(file=name, count=len(rows))
 
 
 class _PartBuilder:
@@ -191,10 +195,10 @@ class _PartBuilder:
         self.added_rows = np.empty(0, np.int64)
 
     def build(
-        self, previous: Path | None, before: dict[str, Any] | None, changed: np.ndarray, to_add: np.ndarray
-    ) -> tuple[dict[str, Any], int, bool]:
+        self, previous: Path | None, before: VectorPart | None, changed: np.ndarray, to_add: np.ndarray
+    ) -> tuple[VectorPart, int, bool]:
         """Write this kind's files; returns (its meta, vectors added, whether trained afresh)."""
-        segments: list[dict[str, Any]] = list(before["segments"]) if before else []
+        segments: list[Segment] = list(before.segments) if before else []
         if previous is not None and before is not None:
             rows = np.load(previous / f"{self.kind}_rows.npy")
             slots = np.load(previous / f"{self.kind}_slots.npy")
@@ -211,8 +215,8 @@ class _PartBuilder:
         fresh = (
             before is None
             or previous is None
-            or before["type"] != kind_wanted
-            or (kind_wanted == "ivf" and total > config.INDEX_RETRAIN_GROWTH * before["trained_on"])
+            or before.type != kind_wanted
+            or (kind_wanted == "ivf" and total > config.INDEX_RETRAIN_GROWTH * before.trained_on)
         )
         vectors = Segments(self.folder, segments, self.dim)
         if fresh:
@@ -220,23 +224,23 @@ class _PartBuilder:
             first = 0
         else:
             assert previous is not None and before is not None
-            index, trained_on = faiss.read_index(str(previous / f"{self.kind}.faiss")), before["trained_on"]
-            first = total - segment["count"]
+            index, trained_on = faiss.read_index(str(previous / f"{self.kind}.faiss")), before.trained_on
+            first = total - segment.count
         self._add(index, vectors, first, total)
         path = self.generation / f"{self.kind}.faiss"
         faiss.write_index(index, str(path))
         fsync_file(path)
         save_array(self.generation / f"{self.kind}_rows.npy", rows)
         save_array(self.generation / f"{self.kind}_slots.npy", slots)
-        meta = {
-            "type": kind_wanted,
-            "lists": int(faiss.extract_index_ivf(index).nlist) if kind_wanted == "ivf" else 0,
-            "trained_on": int(trained_on),
-            "entries": total,
-            "live": int((rows >= 0).sum()),
-            "segments": segments,
-        }
-        return meta, int(segment["count"]), fresh
+        meta = VectorPart(
+            type=kind_wanted,
+            lists=int(faiss.extract_index_ivf(index).nlist) if kind_wanted == "ivf" else 0,
+            trained_on=int(trained_on),
+            entries=total,
+            live=int((rows >= 0).sum()),
+            segments=segments,
+        )
+        return meta, segment.count, fresh
 
     def _vectors(self, rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(rows, slots, unit vectors) of `rows` for this kind."""
@@ -246,7 +250,7 @@ class _PartBuilder:
         else:
             yield from self.store.panel_vectors(rows)
 
-    def _write_segment(self, rows: np.ndarray) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    def _write_segment(self, rows: np.ndarray) -> tuple[Segment, np.ndarray, np.ndarray]:
         """The vectors of `rows` as a new float16 segment file; (its entry, their rows, their slots)."""
         name = f"{self.kind}_{self.number:06d}.f16"
         found_rows, found_slots, count = [], [], 0
@@ -267,7 +271,7 @@ class _PartBuilder:
         bar.close()
         cat_rows = np.concatenate(found_rows) if found_rows else np.empty(0, np.int64)
         cat_slots = np.concatenate(found_slots) if found_slots else np.empty(0, np.int64)
-        return {"file": name, "count": count}, cat_rows, cat_slots
+        return Segment(file=name, count=count), cat_rows, cat_slots
 
     def _new_index(self, kind: str, vectors: Segments) -> tuple[faiss.Index, int]:
         """An empty index for `vectors`: flat, or IVF lists trained on a sample of them."""

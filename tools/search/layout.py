@@ -2,7 +2,7 @@
 
     <output_dir>/index/
         CURRENT                 the name of the generation in use ("gen_000003"), replaced atomically
-        gen_000003/meta.json    what the generation covers (rows, the store's identity, its parts)
+        gen_000003/meta.json    what the generation covers (an `IndexMeta`: rows, the store's identity, its parts)
         gen_000003/...          faiss indexes, position -> row (and slot) arrays, status snapshot
         segments/*.f16          float16 unit vectors (re-ranking), written once, shared by generations
         segments/text_*/        the page text's word index of the rows a build added (text.Postings)
@@ -16,27 +16,83 @@ the next build. One build at a time: the builder holds `index/build.lock`.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from comix_embed.common import config
 from comix_embed.common.durable import fsync_dir
 from comix_embed.common.errors import UsageError
+from comix_embed.common.messages import MalformedMessage, convert, decode_json, encode_json
 
 CURRENT = "CURRENT"
 SEGMENTS = "segments"
 META = "meta.json"
 FORMAT = 1
-# The store's attributes that make it the same store: a store made afresh under the same path,
-# or with another model, is another store, and an index of the old one is never used for it.
-IDENTITY_KEYS = ("created", "checkpoint_sha256", "tokenizer", "encoder_mode", "embedding_dim", "max_panels")
+
+
+class IndexedStore(msgspec.Struct, frozen=True, kw_only=True):
+    """The store's attributes that make it the same store: a store made afresh under the same path,
+    or with another model, is another store, and an index of the old one is never used for it
+    (None where the store has no such attribute)."""
+
+    created: str | None = None
+    checkpoint_sha256: str | None = None
+    tokenizer: str | None = None
+    encoder_mode: str | None = None
+    embedding_dim: int | None = None
+    max_panels: int | None = None
+
+
+class Segment(msgspec.Struct, kw_only=True):
+    """One file under `segments/` and how many entries it holds."""
+
+    file: str
+    count: int
+
+
+class VectorPart(msgspec.Struct, kw_only=True):
+    """One kind's vectors (pages or panels): its faiss index (flat, or IVF with `lists` lists
+    trained on `trained_on` vectors), its entries (`live` of them not replaced since), and its
+    float16 segments."""
+
+    type: str
+    lists: int
+    trained_on: int
+    entries: int
+    live: int
+    segments: list[Segment]
+
+
+class TextPart(msgspec.Struct, kw_only=True):
+    """The page text's word index, one segment per build that added rows."""
+
+    segments: list[Segment]
+
+
+class IndexParts(msgspec.Struct, kw_only=True):
+    pages: VectorPart
+    panels: VectorPart
+    text: TextPart
+
+
+class IndexMeta(msgspec.Struct, kw_only=True):
+    """`gen_NNNNNN/meta.json`: what one generation covers (committed rows [0, `rows`) of the store
+    named by `store`) and its parts."""
+
+    format: int
+    generation: int
+    store: IndexedStore
+    store_path: str
+    rows: int
+    built: str
+    parts: IndexParts
 
 
 def index_dir(store: Path) -> Path:
@@ -46,8 +102,8 @@ def index_dir(store: Path) -> Path:
     return store.with_name(store.name.removesuffix(".zarr") + ".index")
 
 
-def store_identity(attrs: dict[str, Any]) -> dict[str, Any]:
-    return {key: attrs.get(key) for key in IDENTITY_KEYS}
+def store_identity(attrs: Mapping[str, Any]) -> IndexedStore:
+    return convert(attrs, IndexedStore, "the store's attributes")
 
 
 def generation_name(number: int) -> str:
@@ -75,11 +131,15 @@ def generation_in_use(store: Path) -> int | None:
     return int(name.removeprefix("gen_"))
 
 
-def read_meta(generation: Path) -> dict[str, Any]:
-    with open(generation / META, encoding="utf-8") as fh:
-        meta: dict[str, Any] = json.load(fh)
-    if meta.get("format") != FORMAT:
-        raise UsageError(f"{generation / META}: index format {meta.get('format')!r}, this version reads {FORMAT}")
+def read_meta(generation: Path) -> IndexMeta:
+    """A generation's meta; UsageError for one of another format or one that does not decode."""
+    raw = (generation / META).read_bytes()
+    try:
+        meta = decode_json(raw, IndexMeta, str(generation / META))
+    except MalformedMessage as exc:
+        raise UsageError(str(exc)) from None
+    if meta.format != FORMAT:
+        raise UsageError(f"{generation / META}: index format {meta.format!r}, this version reads {FORMAT}")
     return meta
 
 
@@ -113,8 +173,9 @@ def remove_leftovers(folder: Path, keep: Path | None) -> None:
                 path.unlink(missing_ok=True)
 
 
-def segment_files(meta: dict[str, Any]) -> list[str]:
-    return [s["file"] for part in meta.get("parts", {}).values() for s in part.get("segments", [])]
+def segment_files(meta: IndexMeta) -> list[str]:
+    parts = meta.parts
+    return [s.file for part in (parts.pages, parts.panels, parts.text) for s in part.segments]
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
@@ -130,10 +191,10 @@ def fsync_file(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def publish(folder: Path, generation: Path, meta: dict[str, Any]) -> None:
+def publish(folder: Path, generation: Path, meta: IndexMeta) -> None:
     """Write the generation's meta, make it durable, then point CURRENT at it (atomically)."""
-    with open(generation / META, "w", encoding="utf-8") as fh:
-        json.dump(meta, fh, indent=1)
+    with open(generation / META, "wb") as fh:
+        fh.write(msgspec.json.format(encode_json(meta), indent=1))
         fh.flush()
         os.fsync(fh.fileno())
     fsync_dir(generation)

@@ -22,7 +22,14 @@ import numpy as np
 from comix_embed.common.errors import UsageError
 from comix_embed.tools.search.ann import AnnPart
 from comix_embed.tools.search.exact import DEFAULT_PANEL_MEMORY, ExactPart
-from comix_embed.tools.search.layout import SEGMENTS, current_generation, index_dir, read_meta, store_identity
+from comix_embed.tools.search.layout import (
+    SEGMENTS,
+    Segment,
+    current_generation,
+    index_dir,
+    read_meta,
+    store_identity,
+)
 from comix_embed.tools.search.lookup import PageLookup
 from comix_embed.tools.search.ranking import Candidates, Hit
 from comix_embed.tools.search.rows import LOAD_ROWS, SEARCHABLE, StoreRows
@@ -48,7 +55,7 @@ class SearchIndex:
         self.covered = 0
         self.changed = np.empty(0, np.int64)
         self.ann: dict[str, AnnPart] = {}
-        self._text_segments: list[dict[str, Any]] = []
+        self._text_segments: list[Segment] = []
         if use_index:
             self._open_index()
         delta = np.union1d(self.changed, np.arange(self.covered, self.committed)).astype(np.int64)
@@ -72,24 +79,24 @@ class SearchIndex:
             return
         if generation is None or meta is None:
             return
-        if meta["store"] != store_identity(self.attrs):
+        if meta.store != store_identity(self.attrs):
             log.warning("%s is the index of another store (or model): searching exactly; build it again", folder)
             return
         faiss.omp_set_num_threads(1)  # queries: one thread each (shared 2-core machines, serve's threads)
         try:
-            covered = min(int(meta["rows"]), self.committed)
+            covered = min(meta.rows, self.committed)
             indexed_status = np.load(generation / "status.npy")[:covered]
             ann = {
-                kind: AnnPart(folder, generation, kind, meta["parts"][kind], self.store.dim)
-                for kind in ("pages", "panels")
+                kind: AnnPart(folder, generation, kind, part, self.store.dim)
+                for kind, part in (("pages", meta.parts.pages), ("panels", meta.parts.panels))
             }
         except (OSError, ValueError, KeyError, RuntimeError) as exc:  # faiss raises RuntimeError for a bad file
             log.warning("%s cannot be read (%s): searching exactly; build the index again", generation, exc)
             return
-        self.generation = int(meta["generation"])
+        self.generation = meta.generation
         self.covered = covered
         self.changed = np.flatnonzero(self.status[:covered] != indexed_status).astype(np.int64)
-        self._text_segments = meta["parts"]["text"]["segments"]
+        self._text_segments = meta.parts.text.segments
         self.ann = ann
 
     # --- what the store holds ---
@@ -214,7 +221,7 @@ class SearchIndex:
         if self.generation is not None:
             folder = index_dir(self.path)
             for segment in self._text_segments:
-                found.append(Postings.load(folder / SEGMENTS / segment["file"], self.committed))
+                found.append(Postings.load(folder / SEGMENTS / segment.file, self.committed))
         rows = self.exact.page_rows
         lower = [t.lower() for t in self.page_text(rows)]
         found.append(Postings.of_texts(lower, rows, self.committed))

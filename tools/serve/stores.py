@@ -26,6 +26,7 @@ from comix_embed.common import config
 from comix_embed.common.errors import UsageError
 from comix_embed.common.inputs.paths import ImageResolver
 from comix_embed.common.model.preprocess import join_text
+from comix_embed.common.store.attributes import StoreAttributes
 from comix_embed.common.store.reading import read_attrs, read_committed_rows, resolve_store
 from comix_embed.common.store.schema import PAGE_COLUMNS, STATUS_FAILED, STATUS_FULL_PAGE, STATUS_NAMES, STATUS_OK
 from comix_embed.tools.query_model import QueryEncoder
@@ -208,8 +209,8 @@ class ServedStore:
     def status(self, failed_limit: int = 1000) -> dict[str, Any]:
         """Registered, committed, ok, full-page and failed pages, read from the committed prefix now;
         failed pages listed (up to `failed_limit`) with their reasons."""
-        attrs = read_attrs(self.path)
-        committed = int(attrs.get("committed_rows", 0))
+        kept = StoreAttributes.of(read_attrs(self.path))
+        committed = kept.committed_rows
         arrays = _Arrays(self.path)
         statuses = arrays.at("status", slice(0, committed))
         failed_rows = np.flatnonzero(statuses == STATUS_FAILED)
@@ -221,7 +222,7 @@ class ServedStore:
             "name": self.name,
             "store": str(self.path),
             "encoder_mode": self.encoder_mode,
-            "registered_rows": int(attrs.get("registered_rows", 0)),
+            "registered_rows": kept.registered_rows,
             "committed_rows": committed,
             "ok": int((statuses == STATUS_OK).sum()),
             "full_page": int((statuses == STATUS_FULL_PAGE).sum()),
@@ -231,7 +232,7 @@ class ServedStore:
             "failed_pages": [
                 {"row": int(r), "page_id": str(p), "error": str(e)} for r, p, e in zip(shown, ids, errors)
             ],
-            "jobs": [j.get("job_id") for j in attrs.get("jobs", [])],
+            "jobs": kept.job_ids(),
         }
 
 
