@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
-from comix_embed.common.errors import UsageError
+from comix_embed.common.errors import EXIT_OK, EXIT_USAGE, UsageError
 
 
 def main() -> int:
@@ -28,7 +28,7 @@ def main() -> int:
         tokenizer = load_tokenizer(settings.tokenizer, settings.checkpoint)
     except UsageError as exc:
         print(str(exc), file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     identity = make_identity(
         loaded.sha256, loaded.config.d, settings.encoder_mode, tokenizer.identity, tokenizer.legacy_identity
     )
@@ -43,7 +43,7 @@ def main() -> int:
             }
         )
     )
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

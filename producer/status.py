@@ -24,7 +24,7 @@ from comix_embed.common.broker import deliveries
 from comix_embed.common.broker.results_stream import connect, results_key, store_id
 from comix_embed.common.broker.writer_lease import current_holder
 from comix_embed.common.celery_app import configure
-from comix_embed.common.errors import UsageError
+from comix_embed.common.errors import EXIT_OK, UsageError
 from comix_embed.common.messages import ModelIdentity
 from comix_embed.common.model.identity import describe, identity_of, is_legacy_tokenizer, queue_name
 from comix_embed.common.store.jobs import Job, load_jobs
@@ -209,4 +209,4 @@ def _lines(s: dict) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     state = collect(args.output_dir, args.broker)
     print(json.dumps(state) if args.json else "\n".join(_lines(state)))
-    return 0
+    return EXIT_OK
