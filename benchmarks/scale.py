@@ -6,7 +6,7 @@ Why one benchmark: issue 12 asks the store, the writer, `status`, `summaries`, `
 search to stay as good at 1.2 million pages as at 200, and these figures are the proof.
 
 How the store grows, as in production but with no model:
-- a private `redis-server` on a free port (launch/private_redis.py), and the real writer process
+- a private `redis-server` on a free port (comix_embed/private_redis.py), and the real writer process
   (`comix-embed writer`) reading the results stream;
 - 10 lists registered as jobs the way the producer registers them (`plan_job`: list file, job file,
   kept task payloads), bound to one model identity, before the writer starts;

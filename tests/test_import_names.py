@@ -13,6 +13,7 @@ from pathlib import Path
 
 from comix_embed.common.store.reading import open_committed
 from comix_embed.common.store.schema import store_path
+from tests.tree import ROLE_FOLDERS
 
 # The generic names the package once installed, and our own name: a child started with a plain
 # `python -m` (current folder first on sys.path) would import the user's `comix_embed/` instead.
@@ -67,7 +68,7 @@ def test_run_from_a_folder_with_generic_module_names_imports_only_its_own(
 
 
 def test_generic_names_are_not_importable_from_a_neutral_folder(tmp_path: Path) -> None:
-    for name in ("common", "writer", "producer", "consumers", "tools", "launch"):
+    for name in ROLE_FOLDERS:
         proc = subprocess.run(
             [sys.executable, "-c", f"import {name}"], cwd=tmp_path, capture_output=True, text=True, timeout=60
         )
