@@ -1,8 +1,8 @@
 """The users' old way, kept only as the benchmarks' yardstick: per-page inputs and per-page writes.
 
 Their script wrote each page separately into arrays chunked 1000 pages deep and compressed with
-Blosc-zstd (level 6, bit shuffle): for every array, first zero the page's row, then write it
-(research/performance-anchors.md §4.2). Each write re-encodes the whole 1000-row chunk.
+Blosc-zstd (level 6, bit shuffle): for every array, first zero the page's row, then write it.
+Each write re-encodes the whole 1000-row chunk.
 """
 
 from __future__ import annotations

@@ -2,11 +2,10 @@
 
 Flower and any `celery` command take it as `celery -A comix_embed.common.celery_app`.
 
-Settings give at-least-once delivery over Redis (research/celery-reliability.md §0): late
-acknowledgement, one task reserved per process, a hard time
-limit below the visibility timeout so a task never outlives its lease, JSON only (no pickle is
-accepted: whoever can write to Redis would run code on every worker), and task events on so
-Flower sees every task. The broker URL comes from $COMIX_BROKER_URL (the commands' `--broker`
+Settings give at-least-once delivery over Redis: late acknowledgement, one task reserved per
+process, a hard time limit below the visibility timeout so a task never outlives its lease, JSON
+only (no pickle is accepted: whoever can write to Redis would run code on every worker), and task
+events on so Flower sees every task. The broker URL comes from $COMIX_BROKER_URL (the commands' `--broker`
 sets it); credentials belong in that URL, never in code.
 
 A batch whose worker process died is not re-queued by Celery (`task_reject_on_worker_lost` off:

@@ -1,9 +1,9 @@
 """Every setting of the system in one place.
 
-Constants describe the model and the store contract (spec/closure-lite.md, spec/store.md) and
+Constants describe the model and the store contract (docs/model.md, docs/store.md) and
 must not vary between processes. Deployment settings (broker URL, credentials, bounds) come from
 the environment, so that the same values reach the producer, the workers, the writer and Flower
-(research/celery-reliability.md: mismatched visibility timeouts on one Redis cause redeliveries).
+(mismatched visibility timeouts on one Redis cause redeliveries).
 Each COMIX_* variable is declared here once, with its rule, through the checked readers of
 common/environment.py. Every command calls `check()` first: a setting that cannot work stops it
 with a message naming the variable (exit status 2), instead of failing later, elsewhere, or never.
@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 from comix_embed.common import environment
 from comix_embed.common.errors import UsageError
 
-# --- model and page inputs (spec/closure-lite.md) ---
+# --- model and page inputs (docs/model.md) ---
 MAX_PANELS = 12
 IMAGE_SIZE = 224
 TEXT_MAX_TOKENS = 128
@@ -28,12 +28,12 @@ MODEL_NAME = "CLOSURE-Lite-Simple"
 # A page larger than this many pixels is refused as a decompression bomb (real scans are ~4-6 MP).
 MAX_IMAGE_PIXELS = environment.integer("COMIX_MAX_IMAGE_PIXELS", 64_000_000, at_least=1).get()
 
-# --- store (spec/store.md) ---
+# --- store (docs/store.md) ---
 STORE_NAME = "combined_embeddings.zarr"
 MANIFEST_GROUP = "manifest"
 SCHEMA_VERSION = 1
-# Chunking along page_id (research at 1.2M pages, batch 8, d=384): at most a few thousand files
-# per array, and a committed region rewritten only while its shard or chunk fills.
+# Chunking along page_id (docs/store.md, "Chunks, shards and compression"): at most a few thousand
+# files per array at 1.2M pages, and a committed region rewritten only while its shard or chunk fills.
 # The embedding arrays: chunks of CHUNK_ROWS rows, packed in shards of SHARD_ROWS rows (one file).
 CHUNK_ROWS = 64
 SHARD_ROWS = 1024
@@ -77,7 +77,7 @@ INDEX_NPROBE = 32
 # A store grown past this multiple of the vectors its lists were trained on is indexed afresh.
 INDEX_RETRAIN_GROWTH = 4.0
 
-# --- broker and delivery (research/celery-reliability.md §0) ---
+# --- broker and delivery: at least once (common/celery_app.py) ---
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 # Seconds before an unacknowledged task is handed to another worker. Far above a batch's runtime.
 VISIBILITY_TIMEOUT = environment.integer("COMIX_VISIBILITY_TIMEOUT", 1800, at_least=1).get()

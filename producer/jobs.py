@@ -1,8 +1,8 @@
 """Planning a job: the list's pages given rows and batches, and its job file written before any work starts.
 
 Rows and batch ids continue from one job to the next (`next_job_layout`), so batch ids are global
-and consecutive. The pages, then the task payloads, then the header are written whole, in that
-order, so that a job file exists only beside its complete pages and tasks (docs/store.md, "Job
+and consecutive. The task payloads, then the pages, then the header are written whole, in that
+order, so that a job file exists only beside its complete tasks and pages (docs/store.md, "Job
 files"). Two producers planning at once are serialised by a lock in the jobs folder.
 """
 

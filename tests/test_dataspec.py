@@ -1,4 +1,4 @@
-"""DataSpec reading: every real-world form of spec/dataspec.md, on real files."""
+"""DataSpec reading: every real-world form (docs/inputs.md, "DataSpec files"), on real files."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Faults at the edges end well (issue 9), with a real Redis, real worker processes and a real store.
+"""Faults at the edges end well, with a real Redis, real worker processes and a real store.
 
 A job is bound to its model, nothing loops, nothing stalls, no healthy page is recorded as failed."""
 
@@ -64,7 +64,7 @@ def _ready(client: redis.Redis, name: str) -> bool:
     return bool(client.keys(f"comix:ready:{name}@*"))
 
 
-# --- §2 a job is bound to one model ---
+# --- a job is bound to one model ---
 
 
 def test_a_worker_with_another_model_never_receives_the_jobs_batches(
@@ -205,7 +205,7 @@ def test_a_store_written_before_keeps_working_and_records_its_tokenizer_by_conte
     assert mixed.returncode == 2 and "one model per store" in mixed.stderr
 
 
-# --- §3 nothing loops: refused results ---
+# --- nothing loops: refused results ---
 
 
 def test_a_batch_refused_max_attempts_times_stops_run_with_the_reason(
@@ -255,7 +255,7 @@ def test_a_batch_refused_max_attempts_times_stops_run_with_the_reason(
     assert time.monotonic() - started < 600  # it stopped; it did not spin
 
 
-# --- §4 a batch that can never be embedded does not block the store ---
+# --- a batch that can never be embedded does not block the store ---
 
 
 def test_a_batch_lost_max_attempts_times_is_committed_as_failed_rows(
@@ -298,7 +298,7 @@ def test_a_batch_lost_max_attempts_times_is_committed_as_failed_rows(
     assert read_committed_rows(store_path(out)) == ROWS
 
 
-# --- §5 the crash guard counts crashes, not deliveries ---
+# --- the crash guard counts crashes, not deliveries ---
 
 
 def test_given_back_resent_and_shut_down_batches_never_fail_a_healthy_page(
@@ -337,7 +337,7 @@ def test_given_back_resent_and_shut_down_batches_never_fail_a_healthy_page(
     assert_same_store(out, clean_store)  # only the 3 broken pages failed, as in a clean run
 
 
-# --- §6 the readable prefix keeps moving ---
+# --- the readable prefix keeps moving ---
 
 
 def test_after_a_kill_the_readable_prefix_keeps_moving(
@@ -384,7 +384,7 @@ def test_after_a_kill_the_readable_prefix_keeps_moving(
     assert (store_arrays(out)["status"] == 2).sum() == 0  # the killed batch was embedded, not failed
 
 
-# --- §7 a dead worker host does not stall the job ---
+# --- a dead worker host does not stall the job ---
 
 
 def test_a_worker_killed_whole_holding_a_batch_is_replaced_within_a_minute(
@@ -427,7 +427,7 @@ def _alive(pid: int) -> bool:
     return process_state(pid) not in (None, "Z")
 
 
-# --- §8 malformed results never stop the writer ---
+# --- malformed results never stop the writer ---
 
 
 def test_malformed_results_are_set_aside_and_the_writer_goes_on(tmp_path: Path, broker: PrivateRedis) -> None:
@@ -479,7 +479,7 @@ def test_malformed_results_are_set_aside_and_the_writer_goes_on(tmp_path: Path, 
     assert read_committed_rows(store_path(out)) == 32
 
 
-# --- §9 resume covers every unfinished job ---
+# --- resume covers every unfinished job ---
 
 
 def test_run_resumes_every_unfinished_job_of_the_store(tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""A full disk during a commit, and a Redis out of memory (issue 10 §5): nothing is lost.
+"""A full disk during a commit, and a Redis out of memory: nothing is lost.
 
 The disk is a small tmpfs mounted for the test (the tests run as root); Redis is a private
 server whose `maxmemory` the test lowers and raises (`noeviction`: it refuses writes when full).

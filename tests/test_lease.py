@@ -1,8 +1,8 @@
-"""One writer per store across hosts: the Redis lease and its fencing token (issue 10 §2).
+"""One writer per store across hosts: the Redis lease and its fencing token.
 
-Real writer processes on one store with the output folder's flock off (COMIX_TEST_WRITER_FLOCK=0,
-a test switch: the flock would stop the second writer first), over a private Redis that the tests
-wipe.
+What they hold to is docs/store.md, "The writer lease and fencing tokens". Real writer processes
+on one store with the output folder's flock off (COMIX_TEST_WRITER_FLOCK=0, a test switch: the
+flock would stop the second writer first), over a private Redis that the tests wipe.
 """
 
 from __future__ import annotations

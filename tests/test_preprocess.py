@@ -1,4 +1,4 @@
-"""Page inputs against hand-computed values (spec/closure-lite.md, "Turning a page into inputs")."""
+"""Page inputs against hand-computed values (docs/model.md, "Turning a page into inputs")."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from comix_embed.common.model.preprocess import (
 
 
 def test_composition_features_without_characters() -> None:
-    # the spec's example panel: 322 x 318 on a 924 x 1280 page
+    # the first panel of the example in docs/inputs.md, "DataSpec files": 322 x 318 on a 924 x 1280 page
     feats = composition_features([50, 92, 322, 318], 924, 1280, [])
     assert feats.dtype == np.float32
     expected = [(322 + 1e-6) / (318 + 1e-6), 322 * 318 / (924 * 1280 + 1e-6), 0, 0, 0, 0.5, 0.5]

@@ -1,4 +1,4 @@
-"""The scale benchmark (issue 12) at 20,000 pages: one JSON object, every figure present and sane.
+"""The scale benchmark at 20,000 pages: one JSON object, every figure present and sane.
 
 It runs the benchmark as users do, as a process: a private Redis, the real writer process fed
 through the results stream, then the commands and the queries on the finished store. The
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = 20_000
 D = 384
 
-# issue 12's table, spelled out here rather than taken from the benchmark
+# every figure the benchmark promises, spelled out here rather than taken from the benchmark
 RATES = ("write_pages_per_s_first", "write_pages_per_s_last")
 CPU = ("writer_cpu_s_per_1k_first", "writer_cpu_s_per_1k_last")
 COUNTS = ("folder_files_max", "files_per_array_max", "files_total", "bytes_per_page", "query_peak_rss_mb")

@@ -68,7 +68,7 @@ def test_layout_and_plain_xarray_open_without_warning(tmp_path: Path) -> None:
 
 
 def test_xarray_shows_exactly_the_registered_rows(tmp_path: Path) -> None:
-    """A 24-page job's store opens with 24 rows and a unique page_id index (issue 12 §3), before
+    """A 24-page job's store opens with 24 rows and a unique page_id index, before
     any result, part-way and once committed; registering a second job grows it to 24 + 10."""
     pages = synthetic.make_pages(34)
     job, _ = synthetic.plan(tmp_path, pages[:24], 8)

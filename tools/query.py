@@ -5,7 +5,7 @@
 
 Modes (one of):
 - `--text` (old `--query`): semantic search through the model. The text is encoded as the users'
-  search UI did (spec/closure-lite.md, Query encoders): one panel with a zero image, the query's
+  search UI did (docs/model.md, "Query encoders"): one panel with a zero image, the query's
   tokens and zero composition, through the store's encoder mode; it is compared by cosine with
   every valid panel, and pages rank by their best panel (the `panel` column names it). Needs the
   store's own `--checkpoint` (with its tokenizer, the store's model identity); the tokenizer comes from

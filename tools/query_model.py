@@ -1,7 +1,7 @@
 """Queries embedded by a store's own model: text and images turned into vectors of its space.
 
 A query vector is only comparable with a store's vectors when the same checkpoint made both and
-went through the same path (spec/closure-lite.md, Query encoders). So:
+went through the same path (docs/model.md, "Query encoders"). So:
 - the checkpoint is refused unless its SHA-256 is the one the store recorded;
 - a text query is one panel of zero image, the query's tokens and zero composition (as the
   users' search UI did), through the store's encoder mode;

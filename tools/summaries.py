@@ -1,13 +1,12 @@
 """`comix-embed summaries`: per-page norms and text of the committed rows, at once.
 
-The users' old `print_page_summaries.py` (research/comic-analysis.md §5.3) printed
-`idx page_l2 panel_mean_l2 text_preview` for the first rows of the store whether or not they were
-written, so on a shuffled, half-written store it showed zeros and people waited for a "flush"
-that never came (§6.3 item 1). This tool reads the committed part only (up to `committed_rows`), says
-how many rows that is out of how many are registered, and gives each row's status, so a zero
-is never ambiguous: a failed page shows its error instead of text, and a row not yet committed
-is never printed. A row that `--retry-failed` embedded again (or that failed again) has a `*`
-after its status, and the header counts the retries.
+The users' old `print_page_summaries.py` printed `idx page_l2 panel_mean_l2 text_preview` for the
+first rows of the store whether or not they were written, so on a shuffled, half-written store it
+showed zeros and people waited for a "flush" that never came. This tool reads the committed part
+only (up to `committed_rows`), says how many rows that is out of how many are registered, and gives
+each row's status, so a zero is never ambiguous: a failed page shows its error instead of text, and
+a row not yet committed is never printed. A row that `--retry-failed` embedded again (or that failed
+again) has a `*` after its status, and the header counts the retries.
 
 Only the rows printed are read (the slice is taken before anything is loaded), so the command
 answers at once whatever the size of the store.

@@ -1,7 +1,7 @@
 """The writer's zarr store on disk: every file zarr writes is durable when the write returns.
 
 zarr's `LocalStore` writes a file to a temporary name and renames it onto its key, with no fsync
-(research/zarr-durability.md §2). The rename is atomic, not durable: after a power loss a chunk
+(docs/store.md, "What is fsynced, and why"). The rename is atomic, not durable: after a power loss a chunk
 that was rewritten while later batches filled it may come back empty or zeroed, though the
 manifests of its committed rows were made durable after it. Here each write fsyncs the temporary
 file before it replaces the old one, then the folder (and any folder it had to create), so

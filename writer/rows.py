@@ -23,7 +23,7 @@ Region = tuple[int, int, dict[str, np.ndarray]]  # start row, end row, arrays
 
 
 def prepared(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The arrays as they go to disk: failed pages hold zeros in every float array (spec/store.md)."""
+    """The arrays as they go to disk: failed pages hold zeros in every float array (docs/store.md, "Arrays")."""
     failed = np.asarray(arrays["status"]) == STATUS_FAILED
     out = {}
     for name, (_, dtype) in RESULT_ARRAYS.items():

@@ -1,6 +1,6 @@
 """Reading one DataSpec JSON into a `PageSpec`.
 
-Real DataSpecs come from several writers over years (spec/dataspec.md): other encodings, a list
+Real DataSpecs come from several writers over years (docs/inputs.md, "DataSpec files"): other encodings, a list
 around the page, other key names for the image and the panels, boxes as `panel_coords`, COCO
 `bbox` or polygons, text as dicts, lists, strings or `speakers`. All of them are normalised here,
 once, so that nothing downstream guesses. Anything that cannot be read is a `DataSpecError` that

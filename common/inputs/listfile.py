@@ -1,4 +1,4 @@
-"""Reading the list file: one DataSpec path per line (spec/dataspec.md, "The list file").
+"""Reading the list file: one DataSpec path per line (docs/inputs.md, "The list file").
 
 Lists are made on Windows as often as not and hold up to hundreds of thousands of lines, so this
 accepts BOMs, CRLF, backslashes and drive letters, and costs one `stat` per line. Nothing is

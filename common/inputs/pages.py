@@ -1,7 +1,7 @@
 """The page as it travels from the list to the worker.
 
 A `PageSpec` is what a DataSpec JSON says about a page once its many real-world forms are
-normalised (spec/dataspec.md). A `PageTask` is one page of a batch as the producer sends it to a
+normalised (docs/inputs.md, "DataSpec files"). A `PageTask` is one page of a batch as the producer sends it to a
 worker: its store row, its identity, where its image is (relative to an image root), its panels,
 or the reason it already failed. Both are plain JSON so that no pickle ever crosses the broker.
 """

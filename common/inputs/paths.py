@@ -3,7 +3,7 @@
 DataSpecs come from other machines (often Windows, `E:\\...`) and are data from elsewhere, so an
 image path in one is never trusted: it is mapped onto a local directory (`--path-map`), and must
 land inside a configured image root, lexically at the producer (which may not have the images)
-and again, symlinks followed, at the worker that opens it (spec/dataspec.md, "Where the image is").
+and again, symlinks followed, at the worker that opens it (docs/inputs.md, "Image roots and path maps").
 
 Paths are handled as text with `/` separators: a backslash is always a separator (list files and
 DataSpecs made on Windows), so the same input gives the same answer on every operating system.
@@ -209,7 +209,7 @@ def page_metadata(page_id: str) -> dict[str, str]:
     - source: the first folder above the book folder that is not a container, else "unknown";
     - volume: `v01`/`vol 2`/`volume 3` -> "v01"/"v2"/"v3", else `(2001-2003)` -> "2001-2003",
       else a year `2001`, else "unknown";
-    - issue: `#12` or `issue 12` -> "12", else a standalone 3-digit number "012", else "unknown";
+    - issue: `#12`, or the word issue and a number -> "12", else a standalone 3-digit number "012", else "unknown";
     - series: the book folder without those tokens, without a trailing " - Unknown" (calibre's
       placeholder author; real author suffixes are kept), spaces collapsed; "unknown" if none;
     - page_num: the last run of digits of the file name, as written ("0123"), else "unknown".

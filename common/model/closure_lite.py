@@ -1,7 +1,7 @@
 """Closure-Lite: ViT and RoBERTa fused per panel, attention-pooled per page.
 
-Module and parameter names follow the users' checkpoints exactly (spec/closure-lite.md, state-dict
-layout), so `load_state_dict` maps their weights one to one. Backbones are built from configs,
+Module and parameter names follow the users' checkpoints exactly (docs/model.md, "State-dict
+layout"), so `load_state_dict` maps their weights one to one. Backbones are built from configs,
 never downloaded: the checkpoint holds their complete fine-tuned weights.
 
 Two forward paths share every module:

@@ -1,4 +1,4 @@
-"""A page turned into model inputs, exactly as spec/closure-lite.md says.
+"""A page turned into model inputs, exactly as docs/model.md, "Turning a page into inputs", says.
 
 Per valid panel: a 224x224 RGB crop (uint8 here; the device divides by 255, no mean/std
 normalisation), the joined text, 7 composition features and the box in original pixels.
@@ -114,7 +114,7 @@ def overlaps(box: list[float], width: int, height: int) -> bool:
 
 
 def crop_box(box: list[float], width: int, height: int) -> tuple[int, int, int, int]:
-    """The clamped crop rectangle (x, y, x2, y2) of spec/closure-lite.md."""
+    """The clamped crop rectangle (x, y, x2, y2) (docs/model.md, "Turning a page into inputs")."""
     x = min(max(int(box[0]), 0), width - 1)
     y = min(max(int(box[1]), 0), height - 1)
     w = max(1, int(box[2]))

@@ -1,4 +1,4 @@
-"""Batch manifests, the store's acknowledgements (spec/store.md): their format and how to read them.
+"""Batch manifests, the store's acknowledgements (docs/store.md, "Manifests"): their format and how to read them.
 
 A manifest is written whole (temporary file then rename) after its batch's rows, and never
 removed; only the writer writes them (`writer/manifests.py`), every role may read them here.

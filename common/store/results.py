@@ -1,6 +1,6 @@
 """A batch's embeddings as they travel from a worker to the writer.
 
-The arrays are the per-page arrays of spec/store.md for a fixed, contiguous row range. They are
+The arrays are the store's result arrays (docs/store.md, "Arrays") for a fixed, contiguous row range. They are
 packed with msgpack as raw little-endian buffers (no pickle, no float lists): about the size of
 the arrays themselves, and cheap to unpack. The envelope is declared in common/messages.py.
 """

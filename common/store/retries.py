@@ -1,15 +1,16 @@
 """Retry rounds: failed rows (status 2) planned for embedding again, and their retry manifests.
 
-`--retry-failed` is the one change a committed row may undergo (spec/store.md): a failed row is
-embedded again and becomes ok or full_page, or stays failed with its new reason. The producer
-plans a round, `<output_dir>/jobs/retry_NNNNNN.json` (with its task payloads beside it, as a job
-keeps them), naming the failed rows it retries, in batches of arbitrary rows. Retry batch ids
-form their own series from RETRY_BASE, so that they never clash with a job's batch ids, in the
-store's manifests or in the broker's delivery records. The writer acknowledges each retry batch
-with `manifest/retry_NNNNNN.json` (NNNNNN: the id past RETRY_BASE), listing each row it
-overwrote with its new status; a row that was no longer failed when the batch came is listed as
-skipped and left alone. Every role reads rounds and retry manifests here; only the producer
-writes rounds, only the writer retry manifests.
+`--retry-failed` is the one change a committed row may undergo
+(docs/store.md, "Retry rounds and retry manifests"): a failed row is embedded again and becomes ok
+or full_page, or stays failed with its new reason. The producer plans a round,
+`<output_dir>/jobs/retry_NNNNNN.json` (with its task payloads beside it, as a job keeps them),
+naming the failed rows it retries, in batches of arbitrary rows. Retry batch ids form their own
+series from RETRY_BASE, so that they never clash with a job's batch ids, in the store's manifests or
+in the broker's delivery records. The writer acknowledges each retry batch with
+`manifest/retry_NNNNNN.json` (NNNNNN: the id past RETRY_BASE), listing each row it overwrote with
+its new status; a row that was no longer failed when the batch came is listed as skipped and left
+alone. Every role reads rounds and retry manifests here; only the producer writes rounds, only the
+writer retry manifests.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`comix-embed dataspec`: DataSpecs and their list file from panel detections and VLM text.
 
-This is how users make DataSpecs (spec/dataspec.md, "Making DataSpecs from detections"; their own
-writer is described in research/comic-analysis.md §1.2 A, and this command writes the same files):
+This is how users make DataSpecs (docs/inputs.md, "Making DataSpecs from detections"), and this
+command writes the same files as the users' own DataSpec writer did:
 a COCO predictions file gives each page's panel boxes, a VLM JSON per page gives the panels' text,
 and a mapping CSV joins them page by page.
 

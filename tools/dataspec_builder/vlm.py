@@ -1,7 +1,8 @@
 """The VLM JSON of a page: its panels in reading order, and each panel's text by kind.
 
-The text is folded as the users' writer folded it (research/comic-analysis.md §1.2 A), with the
-DataSpec reader's own `panel_text`, so that a DataSpec written here reads back as the VLM said.
+The text is folded as the users' DataSpec writer folded it (`text` and `speakers`, then the
+panel's `caption` and `description` as narration), with the DataSpec reader's own `panel_text`,
+so that a DataSpec written here reads back as the VLM said.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def vlm_panels(vlm_path: str, mapping_dir: Path) -> list[dict[str, Any]]:
 
 
 def panel_text(panel: dict[str, Any]) -> dict[str, list[str]]:
-    """A VLM panel's text by kind, as the users' writer folded it (research §1.2 A).
+    """A VLM panel's text by kind, as the users' DataSpec writer folded it.
 
     `text` and `speakers` as the DataSpec reader reads them, then the panel's `caption` and
     `description` as narration: the VLM's descriptions are what most pages' narration holds in

@@ -1,9 +1,9 @@
-"""`comix-embed diagnose Z`: check a store against its contract (spec/store.md), read only.
+"""`comix-embed diagnose Z`: check a store against its contract (docs/store.md), read only.
 
-The users' checking scripts printed statistics of the first rows (research/comic-analysis.md
-§5.4); on a store written in random order that cannot tell "not written yet" from "lost" (§6.3
-item 1). This tool checks what the store claims against what it holds, one line per check (OK,
-WARN or FAIL), then a verdict. Each family of checks is a module that says what it checks:
+The users' checking scripts printed statistics of the first rows; on a store their tool wrote in
+random order, that cannot tell "not written yet" from "lost". This tool checks what the store claims
+against what it holds, one line per check (OK, WARN or FAIL), then a verdict. Each family of checks
+is a module that says what it checks:
 
 - `layout.py`: layout (the arrays against the schema) and zarr-vs-xarray;
 - `manifests.py`: manifests (against themselves and their job files) and manifest-rows;

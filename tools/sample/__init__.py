@@ -1,6 +1,6 @@
 """`comix-embed sample`: a synthetic, deterministic comic corpus (images, DataSpecs, list).
 
-The corpus looks like the users' own (spec/dataspec.md): books of 8-40 JPEG pages of real scan
+The corpus looks like the users' own (docs/inputs.md, "DataSpec files"): books of 8-40 JPEG pages of real scan
 sizes in `<Book>/JPG4CBZ/0001.jpg` trees, one minimal DataSpec per page whose panel boxes and
 text match what is drawn, and a list file with a few Windows-style lines. It exists so that the
 whole pipeline, its tests and its benchmarks run without anyone's private comics.

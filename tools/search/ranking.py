@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# What the users' tools count as an embedded row (spec/store.md: zero rows are unwritten or failed).
+# What the users' tools count as an embedded row: zero rows are unwritten or failed (docs/store.md, "Arrays").
 NORM_EPS = 1e-6
 
 
