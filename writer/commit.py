@@ -114,12 +114,10 @@ class StoreWriter:
     def open(self) -> StoreWriter:
         """Lock the output folder, recover from any crash, register the jobs planned since."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        if config.writer_flock():
+        if config.WRITER_FLOCK:
             self._lock_fh = recovery.lock(self.output_dir)
         else:
-            log.warning(
-                "%s=0: the output folder is not locked (for tests of the writer lease)", config.WRITER_FLOCK_ENV
-            )
+            log.warning("COMIX_TEST_WRITER_FLOCK=0: the output folder is not locked (a test of the writer lease)")
         try:
             leftover = self.path.with_name(f".{self.path.name}.creating")
             if leftover.exists():
