@@ -87,7 +87,7 @@ TASK_TIME_LIMIT = environment.integer("COMIX_TASK_TIME_LIMIT", 1200, at_least=1)
 SOFT_LIMIT_MARGIN_S = 60
 TASK_SOFT_TIME_LIMIT = TASK_TIME_LIMIT - SOFT_LIMIT_MARGIN_S
 # Batches go to one queue per model identity, `comix.embed.<model key>`: a worker consumes only
-# its own model's queue, so another model never receives a job's batches (common/identity.py).
+# its own model's queue, so another model never receives a job's batches (common/model/identity.py).
 EMBED_QUEUE = "comix.embed"
 # A worker's node name, set by `comix-embed worker` for its processes (logs, readiness, batch leases).
 WORKER_NAME_ENV = "COMIX_WORKER_NAME"

@@ -389,7 +389,7 @@ class StoreWriter:
         return identity_of(self._attrs) if self.path.exists() else None
 
     def _check_models(self, results: list[BatchResult], jobs: dict[int, Job]) -> ModelIdentity:
-        """Every result's model against its job's (one function decides, common/identity.py);
+        """Every result's model against its job's (one function decides, common/model/identity.py);
         the identity the store is (or will be) made with."""
         checked: list[ModelIdentity] = []
         for r in results:
@@ -446,7 +446,7 @@ class StoreWriter:
 
     def _advance(self) -> None:
         """Publish the contiguous prefix of manifests as `committed_rows` (only ever grows), with
-        the checkpoint that lets the next open skip the manifests it covers (common/manifests.py)."""
+        the checkpoint that lets the next open skip the manifests it covers (common/store/manifests.py)."""
         self._committed.advance()
         prefix, published = self._committed.rows, self._kept.committed_rows
         checkpoint = self._kept.manifest_checkpoint
