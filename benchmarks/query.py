@@ -2,7 +2,7 @@
 
     python -m benchmarks.query [--json] [--pages 100000] [--queries 50] [--keep DIR]
 
-The store has the project's layout (made with common/store.py's `create_store`, then filled a
+The store has the project's layout (made with writer/growth.py's `create_store`, then filled a
 slice at a time, as committed rows look): d = 384, 12 panel slots of which ~60% are valid, random
 embeddings, comic-like text from tools/sample/text.py, and 1% failed (zero) rows. `--keep DIR`
 builds it under DIR once and reuses it afterwards. Loading (page matrix, text index, panel matrix)

@@ -2,7 +2,11 @@
 
 Each subcommand lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`;
 modules are imported only when their command runs, so `comix-embed sample` does not load torch.
-Exit status: 0 success, 2 bad usage or configuration, 3 finished with failed pages, 1 otherwise.
+Here, and only here, a command's end becomes an exit status: what `run` returns, or the status of
+the CommandError it raised (its message printed as `error: ...`), or 130 on Ctrl-C; every status
+and its meaning is in common/errors.py, and `comix-embed --help` lists them.
+Logging is set up before the command's module is imported, third-party libraries at WARNING
+(faiss's loader, for one, says at INFO which CPU build it loads: noise before a query's results).
 """
 
 from __future__ import annotations
@@ -13,7 +17,13 @@ import logging
 import sys
 
 from comix_embed.common import config
-from comix_embed.common.errors import UsageError
+from comix_embed.common.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CommandError, describe_statuses
+
+# Our loggers: `comix.*` and the modules' own (`comix_embed.*`), at the level --log-level names.
+OUR_LOGGERS = ("comix", "comix_embed")
+# Everything else (the root logger's level) speaks only at WARNING and above. The Celery worker
+# sets up its own logging when it starts (its banner, tasks received and done).
+THIRD_PARTY_LEVEL = logging.WARNING
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -38,12 +48,33 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="comix-embed", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    parser = argparse.ArgumentParser(
+        prog="comix-embed",
+        description=__doc__.splitlines()[0],
+        epilog="exit status:\n" + describe_statuses(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        help="DEBUG, INFO, WARNING (default INFO): of comix-embed's own log lines; other libraries' show from WARNING",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_module_name, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
+
+
+def setup_logging(level_name: str) -> None:
+    """Our log lines at `level_name` (INFO unless named), on stderr; other libraries' at WARNING."""
+    logging.basicConfig(
+        level=THIRD_PARTY_LEVEL,
+        format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    level = getattr(logging, str(level_name).upper(), logging.INFO)
+    for name in OUR_LOGGERS:
+        logging.getLogger(name).setLevel(level)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,27 +83,23 @@ def main(argv: list[str] | None = None) -> int:
     top, rest = parser.parse_known_args(argv)
     if not top.command:
         parser.print_help()
-        return 2
+        return EXIT_USAGE
+    setup_logging(top.log_level)
     module_name, help_text = COMMANDS[top.command]
     module = importlib.import_module(module_name)
     cmd_parser = argparse.ArgumentParser(prog=f"comix-embed {top.command}", description=help_text)
     module.add_arguments(cmd_parser)
     # parse_known_args above stopped at the command; everything after it belongs to the command
     cmd_args = cmd_parser.parse_args(argv[argv.index(top.command) + 1 :])
-    logging.basicConfig(
-        level=getattr(logging, str(top.log_level).upper(), logging.INFO),
-        format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
     try:
         config.check()
-        return int(module.run(cmd_args) or 0)
-    except UsageError as exc:
+        return int(module.run(cmd_args) or EXIT_OK)
+    except CommandError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.status
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

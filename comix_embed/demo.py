@@ -12,7 +12,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from comix_embed.common.errors import UsageError
+from comix_embed.common.errors import EXIT_OK, UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,4 +80,4 @@ def run(args: argparse.Namespace) -> int:
         "\nSearch the store and look at its pages in a browser (http://127.0.0.1:8000/):\n"
         f"  comix-embed {shlex.join(serve_command(store_dir, ckpt, corpus))}"
     )
-    return 0
+    return EXIT_OK

@@ -5,14 +5,13 @@ workers as `run` does, sends the round, and waits until every retry batch has it
 re-sending what the broker lost. Exit status: 0 when every retried page is now embedded (ok or
 full_page), and with "no failed pages" when there was none; 3 when some still fail (their new
 reasons in the store's `error` array and the audit log); 1 when a child process failed or a
-retry batch's results were refused COMIX_MAX_ATTEMPTS times.
+retry batch's results were refused COMIX_MAX_ATTEMPTS times; 2, 4 and 130 as for `run`.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from collections import Counter
 
@@ -21,6 +20,7 @@ from tqdm import tqdm
 from comix_embed.common import config
 from comix_embed.common.broker import deliveries
 from comix_embed.common.broker.results_stream import connect, store_id
+from comix_embed.common.errors import EXIT_OK, EXIT_PAGES_FAILED
 from comix_embed.common.messages import ModelIdentity
 from comix_embed.common.store.jobs import load_jobs
 from comix_embed.common.store.manifests import store_owed
@@ -29,13 +29,11 @@ from comix_embed.common.store.schema import store_path
 from comix_embed.producer import retry
 from comix_embed.producer.enqueue import bind_model
 from comix_embed.run import (
-    EXIT_ERROR,
-    EXIT_FAILED_PAGES,
-    EXIT_OK,
     RECONCILE_EVERY_S,
     Children,
     lost_work,
     start_children,
+    stop,
     wait_for_workers,
     with_system,
 )
@@ -84,8 +82,7 @@ def _retry_round(args: argparse.Namespace, identity: ModelIdentity, plan: retry.
         )
         if problem:
             bar.close()
-            print(f"stopping: {problem}", file=sys.stderr, flush=True)
-            return EXIT_ERROR
+            return stop(children, problem)
         now_owed = _owed(args, plan)
         if now_owed != owed:
             bar.update(len(owed) - len(now_owed))
@@ -114,4 +111,4 @@ def _outcome(args: argparse.Namespace, plan: retry.RetryPlan) -> int:
     if counts["failed"]:
         line += f" (reasons in the store's `error` array and {args.output_dir / config.AUDIT_LOG_NAME})"
     print(line, flush=True)
-    return EXIT_FAILED_PAGES if counts["failed"] else EXIT_OK
+    return EXIT_PAGES_FAILED if counts["failed"] else EXIT_OK

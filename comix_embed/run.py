@@ -9,10 +9,12 @@ are embedded, of this list's job and of any earlier one.
 
 With `--retry-failed` it embeds again the store's failed pages instead (`retry_run.py`).
 
-Exit status: 0 every page ok; 3 done, some pages failed (each recorded in the store and the audit
-log; a batch lost COMIX_MAX_ATTEMPTS times is committed as failed pages); 2 bad usage or
-configuration; 1 anything else (a child process failed, or a batch's results were refused
-COMIX_MAX_ATTEMPTS times: the reason is printed).
+Exit status (common/errors.py lists them all): 0 every page ok; 3 done, some pages failed (each
+recorded in the store and the audit log; a batch lost COMIX_MAX_ATTEMPTS times is committed as
+failed pages); 2 bad usage or configuration; 4 the store's disk is full (the writer's error is
+printed; run again once there is room); 130 interrupted by Ctrl-C (committed batches are kept);
+1 anything else (a child process failed, or a batch's results were refused COMIX_MAX_ATTEMPTS
+times: the reason is printed).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from comix_embed.common import config
 from comix_embed.common.broker import batch_lease, deliveries, keys
 from comix_embed.common.broker.results_stream import connect, results_key
 from comix_embed.common.child import cli_argv
+from comix_embed.common.errors import EXIT_DISK_FULL, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PAGES_FAILED
 from comix_embed.common.messages import ModelIdentity, encode_json
 from comix_embed.common.model.checkpoint import load_model
 from comix_embed.common.model.identity import make_identity, model_key, queue_name
@@ -52,10 +55,8 @@ from comix_embed.consumers.worker import add_arguments as add_worker_arguments
 from comix_embed.consumers.worker import worker_command
 from comix_embed.private_redis import PrivateRedis
 from comix_embed.producer.enqueue import EnqueueReport, add_source_arguments, plan, send_owed
-from comix_embed.writer.diskfull import EXIT_DISK_FULL
 
 log = logging.getLogger("comix.run")
-EXIT_OK, EXIT_FAILED_PAGES, EXIT_ERROR = 0, 3, 1
 RECONCILE_EVERY_S = 10.0
 
 
@@ -241,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
     jobs = load_jobs(args.output_dir)
     if _covered(args.output_dir, _registered_rows(jobs)):
         print(f"every job of {store_path(args.output_dir)} is already committed", flush=True)
-        return EXIT_FAILED_PAGES if _failed_pages(args.output_dir) else EXIT_OK
+        return EXIT_PAGES_FAILED if _failed_pages(args.output_dir) else EXIT_OK
     return with_system(args, lambda children: _run_jobs(args, identity, report, children))
 
 
@@ -254,7 +255,7 @@ def with_system(args: argparse.Namespace, work: Callable[[Children], int]) -> in
         print(f"broker: private Redis on 127.0.0.1:{redis_server.port} ({redis_server.binary})", flush=True)
     # children read the broker from the environment, never from a command line that every user
     # of the machine can see (its URL may hold a password)
-    os.environ["COMIX_BROKER_URL"] = args.broker
+    os.environ[config.BROKER_URL.name] = args.broker
     children = Children(args.output_dir / "logs")
     try:
         return work(children)
@@ -262,13 +263,24 @@ def with_system(args: argparse.Namespace, work: Callable[[Children], int]) -> in
         print(
             "\ninterrupted: stopping workers and writer (committed batches are kept; run again to resume)", flush=True
         )
-        return 130
+        return EXIT_INTERRUPTED
     finally:
         # workers: a cold shutdown, which gives back what they hold (sent again, ahead of new
         # batches, to the next run's workers); the writer: a clean stop after the commit at hand
         children.stop("", timeout=30, sig={"worker": signal.SIGQUIT, "writer": signal.SIGTERM})
         if redis_server is not None:
             redis_server.stop()
+
+
+def stop(children: Children, problem: str) -> int:
+    """Say why `run` stops and return its exit status: a writer stopped by a full disk has said
+    where and how much room it needs (4), anything else is `problem` (1)."""
+    if children.procs["writer"].poll() == EXIT_DISK_FULL:
+        said = (children.log_dir / "writer.log").read_text(errors="replace").splitlines()
+        print(next((x for x in reversed(said) if x.startswith("error:")), problem), file=sys.stderr, flush=True)
+        return EXIT_DISK_FULL
+    print(f"stopping: {problem}", file=sys.stderr, flush=True)
+    return EXIT_FAILED
 
 
 def start_children(args: argparse.Namespace, children: Children, identity: ModelIdentity) -> list[str]:
@@ -306,7 +318,7 @@ def _run_jobs(args: argparse.Namespace, identity: ModelIdentity, report: Enqueue
     refused = _refused(client, store, jobs, args.output_dir)
     if refused:  # before anything starts: a batch refused that often needs a look, not another run
         print(f"stopping: {refused}", file=sys.stderr, flush=True)
-        return EXIT_ERROR
+        return EXIT_FAILED
     names = start_children(args, children, identity)
     wait_for_workers(client, names, children)
     started = time.time()
@@ -325,15 +337,9 @@ def _run_jobs(args: argparse.Namespace, identity: ModelIdentity, report: Enqueue
             "" if children.alive("worker") else f"every worker exited (see {children.log_dir})"
         )
         problem = problem or _refused(client, store, jobs, args.output_dir)
-        if children.procs["writer"].poll() == EXIT_DISK_FULL:  # its error says where and how much
-            bar.close()
-            said = (children.log_dir / "writer.log").read_text(errors="replace").splitlines()
-            print(next((x for x in reversed(said) if x.startswith("error:")), problem), file=sys.stderr, flush=True)
-            return EXIT_DISK_FULL
         if problem:
             bar.close()
-            print(f"stopping: {problem}", file=sys.stderr, flush=True)
-            return EXIT_ERROR
+            return stop(children, problem)
         now_done = _committed_pages(args.output_dir)
         if now_done != done:
             bar.update(now_done - done)
@@ -366,4 +372,4 @@ def _run_jobs(args: argparse.Namespace, identity: ModelIdentity, report: Enqueue
         ),
         flush=True,
     )
-    return EXIT_FAILED_PAGES if failed_pages else EXIT_OK
+    return EXIT_PAGES_FAILED if failed_pages else EXIT_OK

@@ -11,7 +11,7 @@ sets it); credentials belong in that URL, never in code.
 A batch whose worker process died is not re-queued by Celery (`task_reject_on_worker_lost` off:
 Kombu would push it to the back of its queue, behind every new batch, and the readable prefix
 would stall for the whole job). The worker's main process sends it again itself, ahead of new
-batches, and counts the loss (common/deliveries.py). Batches travel on one queue per model
+batches, and counts the loss (common/broker/deliveries.py). Batches travel on one queue per model
 identity, chosen when they are sent; two priority steps keep work given back first.
 """
 

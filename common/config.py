@@ -4,31 +4,17 @@ Constants describe the model and the store contract (docs/model.md, docs/store.m
 must not vary between processes. Deployment settings (broker URL, credentials, bounds) come from
 the environment, so that the same values reach the producer, the workers, the writer and Flower
 (mismatched visibility timeouts on one Redis cause redeliveries).
-Every command calls `check()` first: a setting that cannot work stops it with a message naming
-the variable (exit status 2), instead of failing later, elsewhere, or never.
+Each COMIX_* variable is declared here once, with its rule, through the checked readers of
+common/environment.py. Every command calls `check()` first: a setting that cannot work stops it
+with a message naming the variable (exit status 2), instead of failing later, elsewhere, or never.
 """
 
 from __future__ import annotations
 
-import os
 from urllib.parse import urlsplit, urlunsplit
 
+from comix_embed.common import environment
 from comix_embed.common.errors import UsageError
-
-_UNREADABLE: list[str] = []  # environment values that are not numbers, reported by check()
-
-
-def _number(name: str, default: int | float) -> int | float:
-    """$name as the type of `default`; a value that is not a number is reported by check()."""
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    try:
-        return type(default)(raw)
-    except ValueError:
-        _UNREADABLE.append(f"{name}={raw!r} is not {'an integer' if isinstance(default, int) else 'a number'}")
-        return default
-
 
 # --- model and page inputs (docs/model.md) ---
 MAX_PANELS = 12
@@ -40,7 +26,7 @@ ATTENTION_TEMPERATURE = 0.1
 ENCODER_MODES = ("fused", "vision", "text", "comp")
 MODEL_NAME = "CLOSURE-Lite-Simple"
 # A page larger than this many pixels is refused as a decompression bomb (real scans are ~4-6 MP).
-MAX_IMAGE_PIXELS = int(_number("COMIX_MAX_IMAGE_PIXELS", 64_000_000))
+MAX_IMAGE_PIXELS = environment.integer("COMIX_MAX_IMAGE_PIXELS", 64_000_000, at_least=1).get()
 
 # --- store (docs/store.md) ---
 STORE_NAME = "combined_embeddings.zarr"
@@ -59,12 +45,12 @@ AUDIT_LOG_NAME = "audit.jsonl"
 JOBS_DIR_NAME = "jobs"
 # The writer's lock file in the output folder: one writer per store on one host.
 WRITER_LOCK_NAME = "writer.lock"
-# For tests only: 0 skips that lock, so that two writer processes on one store meet the writer lease.
-WRITER_FLOCK_ENV = "COMIX_WRITER_FLOCK"
+# A test switch: 0 skips that lock, so that two writer processes on one store meet the writer lease.
+WRITER_FLOCK = environment.flag("COMIX_TEST_WRITER_FLOCK", True).get()
 # One writer per store across hosts: the writer lease in Redis with a fencing token (writer/lease.py),
 # held for this many seconds and renewed every third of it. A writer killed without releasing it
 # keeps a restarted one waiting at most this long; a network blip longer than it costs the writer lease.
-WRITER_LEASE_TTL_S = float(_number("COMIX_WRITER_LEASE_TTL_S", 10.0))
+WRITER_LEASE_TTL_S = environment.number("COMIX_WRITER_LEASE_TTL_S", 10.0, at_least=1).get()
 # The latest writer lease token, recorded in the output folder: tokens grow even across a wiped Redis.
 WRITER_TOKEN_NAME = "writer.token.json"
 # Group commit (writer/grouping.py): the writer commits the results that continue the readable
@@ -72,13 +58,13 @@ WRITER_TOKEN_NAME = "writer.token.json"
 # that reaches no boundary is committed once its oldest result has waited WRITER_LINGER_S, and
 # results past a gap (a batch not arrived yet) once they have waited WRITER_GAP_LINGER_S.
 WRITER_COMMIT_ROWS = 2 * SHARD_ROWS
-WRITER_LINGER_S = float(_number("COMIX_WRITER_LINGER_S", 1.0))
-WRITER_GAP_LINGER_S = float(_number("COMIX_WRITER_GAP_LINGER_S", 10.0))
+WRITER_LINGER_S = environment.number("COMIX_WRITER_LINGER_S", 1.0, at_least=0).get()
+WRITER_GAP_LINGER_S = environment.number("COMIX_WRITER_GAP_LINGER_S", 10.0, at_least=0).get()
 # fsync what the writer writes (chunks, zarr.json, manifests, committed_rows) before its rename and
 # the folder after, so that no manifest outlives its rows on power loss (writer/commit.py says
 # which renames need not be durable). Process crashes need no fsync (rename is atomic either way):
-# off is for tests and benchmarks.
-WRITER_FSYNC = os.environ.get("COMIX_WRITER_FSYNC", "1") not in ("0", "false", "no")
+# off is for scratch stores, tests and benchmarks.
+WRITER_FSYNC = environment.flag("COMIX_WRITER_FSYNC", True).get()
 
 # --- search index beside the store (tools/search/) ---
 # The index's folder beside a store named STORE_NAME (`<output_dir>/index/`).
@@ -94,14 +80,14 @@ INDEX_RETRAIN_GROWTH = 4.0
 # --- broker and delivery: at least once (common/celery_app.py) ---
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 # Seconds before an unacknowledged task is handed to another worker. Far above a batch's runtime.
-VISIBILITY_TIMEOUT = int(_number("COMIX_VISIBILITY_TIMEOUT", 1800))
+VISIBILITY_TIMEOUT = environment.integer("COMIX_VISIBILITY_TIMEOUT", 1800, at_least=1).get()
 # A task is killed before its visibility timeout runs out, so it never runs twice concurrently.
-TASK_TIME_LIMIT = int(_number("COMIX_TASK_TIME_LIMIT", 1200))
+TASK_TIME_LIMIT = environment.integer("COMIX_TASK_TIME_LIMIT", 1200, at_least=1).get()
 # The soft limit lets a batch give its pages back before the hard one kills it.
 SOFT_LIMIT_MARGIN_S = 60
 TASK_SOFT_TIME_LIMIT = TASK_TIME_LIMIT - SOFT_LIMIT_MARGIN_S
 # Batches go to one queue per model identity, `comix.embed.<model key>`: a worker consumes only
-# its own model's queue, so another model never receives a job's batches (common/identity.py).
+# its own model's queue, so another model never receives a job's batches (common/model/identity.py).
 EMBED_QUEUE = "comix.embed"
 # A worker's node name, set by `comix-embed worker` for its processes (logs, readiness, batch leases).
 WORKER_NAME_ENV = "COMIX_WORKER_NAME"
@@ -113,26 +99,32 @@ PRIORITY_STEPS = [PRIORITY_AGAIN, PRIORITY_NEW]
 # A batch refused this many times by the writer, or lost this many times (its worker died, hit its
 # time limit, or stopped renewing its batch lease), is given up: refused, `run` stops with exit 1;
 # lost, its pages are committed as failed rows with the reason.
-MAX_ATTEMPTS = int(os.environ.get("COMIX_MAX_ATTEMPTS", 3))
+MAX_ATTEMPTS = environment.integer("COMIX_MAX_ATTEMPTS", 3, at_least=1).get()
 # The batch lease (common/broker/batch_lease.py), not the writer lease: a worker process holding
 # a batch renews it every BATCH_LEASE_TTL_S / 6 seconds; the writer sends a batch again once its
 # batch lease has expired (a dead host, a preempted GPU) with no manifest.
-BATCH_LEASE_TTL_S = float(os.environ.get("COMIX_LEASE_TTL_S", 30))
+BATCH_LEASE_TTL_S = environment.number("COMIX_LEASE_TTL_S", 30.0, positive=True).get()
 # How often the writer looks for expired batch leases and given-up batches.
-WRITER_SCAN_S = float(os.environ.get("COMIX_WRITER_SCAN_S", 2))
-# For fault tests only (consumers/failpoint.py): "STAGE:PATH[,STAGE:PATH...]" stops, once per
-# PATH, the worker process that reaches STAGE ("batch", "decode", "encode"). Unset in any real
-# deployment.
+WRITER_SCAN_S = environment.number("COMIX_WRITER_SCAN_S", 2.0, positive=True).get()
+# A test switch for fault tests (consumers/failpoint.py): "STAGE:PATH[,STAGE:PATH...]" stops, once
+# per PATH, the worker process that reaches STAGE ("batch", "decode", "encode").
 STOP_STAGES = ("batch", "decode", "encode")
-_STOP_AT_TEXT = os.environ.get("COMIX_STOP_AT", "")
-STOP_AT = {s: p for s, _, p in (item.partition(":") for item in _STOP_AT_TEXT.split(",") if item)}
+
+
+def _stop_points(text: str) -> dict[str, str]:
+    points = [item.partition(":") for item in text.split(",") if item]
+    if not points or any(stage not in STOP_STAGES or not path for stage, _, path in points):
+        raise ValueError(f"must be STAGE:PATH[,STAGE:PATH...] with STAGE one of {', '.join(STOP_STAGES)}")
+    return {stage: path for stage, _, path in points}
+
+
+STOP_AT: dict[str, str] = environment.declare("COMIX_TEST_STOP_AT", dict[str, str](), _stop_points).get()
+
 # Results waiting for the writer are bounded: a worker waits while the stream holds
 # `pending_bound(its batch's pages)` results: MAX_PENDING_ROWS pages' worth (room for the writer's
 # group commits, about 85 MB at d=384), or exactly COMIX_MAX_PENDING_RESULTS results when it is set.
-MAX_PENDING_ROWS = int(_number("COMIX_MAX_PENDING_ROWS", 4096))
-MAX_PENDING_RESULTS = (
-    int(_number("COMIX_MAX_PENDING_RESULTS", 0)) if "COMIX_MAX_PENDING_RESULTS" in os.environ else None
-)
+MAX_PENDING_ROWS = environment.integer("COMIX_MAX_PENDING_ROWS", 4096, at_least=1).get()
+MAX_PENDING_RESULTS = environment.optional_integer("COMIX_MAX_PENDING_RESULTS", at_least=1).get()
 
 
 def pending_bound(rows_per_result: int) -> int:
@@ -140,16 +132,6 @@ def pending_bound(rows_per_result: int) -> int:
     if MAX_PENDING_RESULTS is not None:
         return MAX_PENDING_RESULTS
     return max(2, -(-MAX_PENDING_ROWS // max(1, rows_per_result)))
-
-
-def writer_flock() -> bool:
-    """Whether the writer locks its output folder (always, except in tests of the writer lease)."""
-    return os.environ.get(WRITER_FLOCK_ENV, "1") not in ("0", "false", "no")
-
-
-def broker_url(cli_value: str | None = None) -> str:
-    """The broker URL: the command-line value, else $COMIX_BROKER_URL, else local Redis."""
-    return cli_value or os.environ.get("COMIX_BROKER_URL") or DEFAULT_BROKER_URL
 
 
 def masked_url(url: str) -> str:
@@ -161,52 +143,48 @@ def masked_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
+def _redis_url(url: str) -> str:
+    # Celery's transport and the results stream's client both take these two schemes, and only these
+    if urlsplit(url).scheme not in ("redis", "rediss"):
+        raise ValueError("is not a redis:// or rediss:// URL")
+    return url
+
+
+# Read when asked: `run` and `worker` hand a --broker URL to their children through it.
+BROKER_URL = environment.text("COMIX_BROKER_URL", DEFAULT_BROKER_URL, _redis_url, lambda url: repr(masked_url(url)))
+
+
+def broker_url(cli_value: str | None = None) -> str:
+    """The broker URL: the command-line value, else $COMIX_BROKER_URL, else local Redis."""
+    return cli_value or BROKER_URL.get()
+
+
 def check() -> None:
     """Refuse settings that cannot work, naming the variable; every command calls this first."""
-    problems = list(_UNREADABLE)
-    for name, value in (
-        ("COMIX_VISIBILITY_TIMEOUT", VISIBILITY_TIMEOUT),
-        ("COMIX_TASK_TIME_LIMIT", TASK_TIME_LIMIT),
-        ("COMIX_MAX_PENDING_RESULTS", 1 if MAX_PENDING_RESULTS is None else MAX_PENDING_RESULTS),
-        ("COMIX_MAX_PENDING_ROWS", MAX_PENDING_ROWS),
-        ("COMIX_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS),
-    ):
-        if value <= 0:
-            problems.append(f"{name} must be positive, got {value}")
-    if WRITER_LEASE_TTL_S < 1:
-        problems.append(f"COMIX_WRITER_LEASE_TTL_S must be at least 1 second, got {WRITER_LEASE_TTL_S}")
-    for name, seconds in (
-        ("COMIX_WRITER_LINGER_S", WRITER_LINGER_S),
-        ("COMIX_WRITER_GAP_LINGER_S", WRITER_GAP_LINGER_S),
-    ):
-        if seconds < 0:
-            problems.append(f"{name} must be 0 or more seconds, got {seconds}")
-    if 0 < TASK_TIME_LIMIT <= SOFT_LIMIT_MARGIN_S:
+    problems = environment.problems()
+    if SOFT_LIMIT_MARGIN_S >= TASK_TIME_LIMIT:
         problems.append(
             f"COMIX_TASK_TIME_LIMIT must be more than {SOFT_LIMIT_MARGIN_S} s (its soft limit comes "
             f"{SOFT_LIMIT_MARGIN_S} s earlier), got {TASK_TIME_LIMIT}"
         )
-    if TASK_TIME_LIMIT >= VISIBILITY_TIMEOUT > 0:
+    if TASK_TIME_LIMIT >= VISIBILITY_TIMEOUT:
         problems.append(
             f"COMIX_TASK_TIME_LIMIT ({TASK_TIME_LIMIT} s) must be below COMIX_VISIBILITY_TIMEOUT "
             f"({VISIBILITY_TIMEOUT} s): otherwise a batch still running is delivered to a second worker"
-        )
-    if any(stage not in STOP_STAGES or not path for stage, path in STOP_AT.items()):
-        problems.append(
-            f"COMIX_STOP_AT must be STAGE:PATH[,...] with STAGE one of {STOP_STAGES}, got {_STOP_AT_TEXT!r}"
         )
     if problems:
         raise UsageError("configuration: " + "; ".join(problems))
 
 
 # --- comix-embed serve ---
-SERVE_USER_ENV, SERVE_PASSWORD_ENV = "COMIX_SERVE_USER", "COMIX_SERVE_PASSWORD"
+# Basic-auth credentials, from the environment as Flower's are; read when asked.
+SERVE_USER, SERVE_PASSWORD = environment.text("COMIX_SERVE_USER"), environment.text("COMIX_SERVE_PASSWORD")
 
 
 def serve_credentials() -> tuple[str, str] | None:
-    """Basic-auth user and password for `serve` from the environment (as Flower's are), or None.
+    """Basic-auth user and password for `serve`, or None unless both are set.
 
     `serve` refuses to listen beyond the loopback interface without them.
     """
-    user, password = os.environ.get(SERVE_USER_ENV, ""), os.environ.get(SERVE_PASSWORD_ENV, "")
+    user, password = SERVE_USER.get(), SERVE_PASSWORD.get()
     return (user, password) if user and password else None

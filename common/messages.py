@@ -5,7 +5,7 @@
 - `ResultEnvelope`: one batch's arrays as a worker hands them to the writer (msgpack, in the
   results stream).
 - `ModelIdentity`: the model a job is bound to, carried by jobs, tasks, results and the store.
-Job files (`common/jobs.py`) and pages (`common/pages.py`) are declared beside their owners and
+Job files (`common/store/jobs.py`) and pages (`common/inputs/pages.py`) are declared beside their owners and
 decoded through `decode_json` / `convert` here.
 
 Every message carries a format version `v`. A reader accepts every version up to its own (fields
@@ -35,14 +35,14 @@ class MalformedMessage(ValueError):
 
 
 class ModelIdentity(msgspec.Struct, frozen=True, kw_only=True):
-    """What makes two models' embeddings comparable; `common/identity.py` decides "same model"."""
+    """What makes two models' embeddings comparable; `common/model/identity.py` decides "same model"."""
 
     model_name: str
     embedding_dim: int
     max_panels: int
     encoder_mode: str
     checkpoint_sha256: str
-    tokenizer: str  # content hash (common/tokenizer.py), or the old form in stores written before
+    tokenizer: str  # content hash (common/model/tokenizer.py), or the old form in stores written before
     tokenizer_legacy: str = ""  # the old form of the same files, where they were at hand
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 The tests that kill a worker process mid-batch, or while a page is at a stage, cannot catch a
 stage that lasts milliseconds by polling, least of all on a loaded machine. With
-COMIX_STOP_AT=STAGE:PATH[,STAGE:PATH...], the first process to reach STAGE ("batch": a batch
+COMIX_TEST_STOP_AT=STAGE:PATH[,STAGE:PATH...] (a test switch: accepted only beside
+COMIX_TEST_SWITCHES=1, common/environment.py), the first process to reach STAGE ("batch": a batch
 taken, its batch lease held; "decode", "encode": a page embedded alone, its mark already in Redis)
 writes its process id to PATH and stops itself (SIGSTOP); the test waits for that stopped process
 and kills it. PATH is created exclusively, so it happens once per PATH, whichever process and
@@ -19,7 +20,7 @@ from comix_embed.common import config
 
 
 def stop_here(stage: str) -> None:
-    """Stop this process if COMIX_STOP_AT names `stage` and no process has stopped at its PATH yet."""
+    """Stop this process if COMIX_TEST_STOP_AT names `stage` and no process has stopped at its PATH yet."""
     path = config.STOP_AT.get(stage)
     if path is None:
         return

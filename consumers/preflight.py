@@ -11,7 +11,7 @@ import sys
 
 import msgspec
 
-from comix_embed.common.errors import UsageError
+from comix_embed.common.errors import EXIT_OK, EXIT_USAGE, UsageError
 from comix_embed.common.messages import ModelIdentity, decode_json, encode_json
 
 
@@ -46,7 +46,7 @@ def main() -> int:
         tokenizer = load_tokenizer(settings.tokenizer, settings.checkpoint)
     except UsageError as exc:
         print(str(exc), file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     identity = make_identity(
         loaded.sha256, loaded.config.d, settings.encoder_mode, tokenizer.identity, tokenizer.legacy_identity
     )
@@ -58,7 +58,7 @@ def main() -> int:
         gpus=torch.cuda.device_count() if device.type == "cuda" else 0,
     )
     print(encode_json(report).decode())
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

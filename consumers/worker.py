@@ -17,7 +17,7 @@ from pathlib import Path
 
 from comix_embed.common import config
 from comix_embed.common.child import cli_argv, module_argv
-from comix_embed.common.errors import UsageError
+from comix_embed.common.errors import EXIT_OK, UsageError
 from comix_embed.common.locks import try_lock
 from comix_embed.common.model.identity import describe, queue_name
 from comix_embed.common.model.options import TRUST_FLAG, add_model_arguments
@@ -78,7 +78,7 @@ def celery_argv(name: str, loglevel: str, queue: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     if args.broker:
-        os.environ["COMIX_BROKER_URL"] = args.broker
+        os.environ[config.BROKER_URL.name] = args.broker
     settings = WorkerSettings(
         checkpoint=str(args.checkpoint.resolve()),
         tokenizer=str(args.tokenizer.resolve()) if args.tokenizer else None,
@@ -128,7 +128,7 @@ def _start_celery(args: argparse.Namespace, settings: WorkerSettings, device: st
     from comix_embed.common.celery_app import configure
 
     configure(args.broker).worker_main(celery_argv(name, args.loglevel, f"{config.EMBED_QUEUE}.{settings.model_key}"))
-    return 0
+    return EXIT_OK
 
 
 _claims: list = []  # lock files held for the life of the process

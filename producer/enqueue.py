@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from comix_embed.common.broker import deliveries
 from comix_embed.common.broker.redis_memory import describe_limit, is_out_of_memory
 from comix_embed.common.broker.results_stream import connect, store_id, store_id_of
 from comix_embed.common.celery_app import configure
-from comix_embed.common.errors import UsageError
+from comix_embed.common.errors import EXIT_OK, CommandError, UsageError
 from comix_embed.common.inputs.listfile import read_list
 from comix_embed.common.inputs.paths import ImageResolver, parse_path_map
 from comix_embed.common.messages import TASK_FORMAT, ModelIdentity, TaskPayload
@@ -290,7 +289,7 @@ def _send(
                 sent_now.append(payload.batch_id)
 
 
-class RedisFull(Exception):
+class RedisFull(CommandError):
     """Redis refused the batches for lack of memory: `enqueue` stops with exit status 1."""
 
 
@@ -301,15 +300,11 @@ def enqueue(args: argparse.Namespace, resend: bool = False) -> EnqueueReport:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        if args.retry_failed:
-            return _retry(args)
-        report = enqueue(args, resend=args.resend)
-    except RedisFull as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    if args.retry_failed:
+        return _retry(args)
+    report = enqueue(args, resend=args.resend)
     print("\n".join(report.lines()))
-    return 0
+    return EXIT_OK
 
 
 def _retry(args: argparse.Namespace) -> int:
@@ -317,7 +312,7 @@ def _retry(args: argparse.Namespace) -> int:
     plan_ = retry.prepare(args, bind_model(args, load_jobs(args.output_dir)))
     if plan_ is None:
         print(f"{retry.NO_FAILED} in {store_path(args.output_dir)}")
-        return 0
+        return EXIT_OK
     print("\n".join(plan_.lines()))
     print(f"retry batches sent: {retry.send(args, plan_)}")
-    return 0
+    return EXIT_OK

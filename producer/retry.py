@@ -5,7 +5,7 @@ read again (each job's list: the `--list` given when it is that job's, else the 
 recorded), so their DataSpecs are read again and their images located again; the images are read
 by the workers. A page that still cannot be planned goes with its new reason and stays failed.
 A round not finished (a retry interrupted) is resumed instead of planning another: its batches
-without a retry manifest are sent again. Rounds and retry manifests: common/retries.py.
+without a retry manifest are sent again. Rounds and retry manifests: common/store/retries.py.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from comix_embed.common.broker.deliveries import Refusal
 from comix_embed.common.broker.results_stream import connect, results_key, store_id
 from comix_embed.common.broker.writer_lease import WriterLeaseHolder, current_holder
 from comix_embed.common.celery_app import configure
-from comix_embed.common.errors import UsageError
+from comix_embed.common.errors import EXIT_OK, UsageError
 from comix_embed.common.messages import ModelIdentity, encode_json
 from comix_embed.common.model.identity import describe, identity_of, is_legacy_tokenizer, queue_name
 from comix_embed.common.store.attributes import StoreAttributes
@@ -256,4 +256,4 @@ def _lines(s: StatusReport) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     report = collect(args.output_dir, args.broker)
     print(encode_json(report).decode() if args.json else "\n".join(_lines(report)))
-    return 0
+    return EXIT_OK

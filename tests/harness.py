@@ -13,8 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from comix_embed.common.child import cli_argv
+from comix_embed.common.environment import TEST_SWITCHES
 from comix_embed.common.store.reading import open_committed, read_attrs
 from comix_embed.common.store.schema import store_path
+
+
+def with_switches(switches: dict[str, str], env: dict[str, str] | None = None) -> dict[str, str]:
+    """`env` plus COMIX_TEST_* `switches`, and the variable without which a process refuses them."""
+    return {**(env or {}), **switches, TEST_SWITCHES: "1"}
 
 
 class Proc:
@@ -103,7 +109,7 @@ def worker(
     there (consumers/failpoint.py; `Proc.stop_file` gives where it writes its pid)."""
     if stop_at:
         stops = ",".join(f"{stage}:{log_dir / f'{name}.{stage}.pid'}" for stage in stop_at)
-        env = {**(env or {}), "COMIX_STOP_AT": stops}
+        env = with_switches({"COMIX_TEST_STOP_AT": stops}, env)
     return Proc(
         name,
         [

@@ -21,6 +21,7 @@ import pytest
 import redis
 
 from comix_embed.common.broker.results_stream import push, results_key
+from comix_embed.common.errors import EXIT_DISK_FULL, EXIT_FAILED
 from comix_embed.common.store.manifests import manifest_dir, manifest_ids
 from comix_embed.common.store.reading import read_committed_rows
 from comix_embed.common.store.schema import store_path
@@ -89,9 +90,9 @@ def test_a_full_disk_stops_the_writer_and_a_restart_resumes(
         wait_results(broker.url, out, 3, 180)  # the second job's batches wait for the writer
         filler = _fill(small_disk, leave=16 * 1024)
         full = writer(out, broker.url, logs, "full")
-        assert full.proc.wait(120) == 4, full.text()
+        assert full.proc.wait(120) == EXIT_DISK_FULL, full.text()  # DiskFull, mapped by the command line
         text = full.text()
-        assert "disk full (No space left on device) while committing batches 3, 4, 5: " in text
+        assert "\nerror: disk full (No space left on device) while committing batches 3, 4, 5: " in text
         assert f"{small_disk}" in text.split("while committing")[1]
         assert "needs about " in text and "MiB free" in text
         assert "start the writer again, it resumes where it stopped" in text
@@ -143,8 +144,8 @@ def test_a_redis_out_of_memory_stops_enqueue_with_the_limit_and_loses_nothing(
     client = redis.Redis.from_url(broker.url)
     client.config_set("maxmemory", 1)  # below what an empty Redis uses: every write is refused
     refused = run_cli(*enqueue_args(tiny_checkpoint, job_corpus, out, broker.url))
-    assert refused.returncode == 1, refused.stdout + refused.stderr
-    assert "Redis refuses writes: it is out of memory (maxmemory 1 bytes, used " in refused.stderr
+    assert refused.returncode == EXIT_FAILED, refused.stdout + refused.stderr  # RedisFull
+    assert "error: Redis refuses writes: it is out of memory (maxmemory 1 bytes, used " in refused.stderr
     assert "policy noeviction" in refused.stderr and "CONFIG SET maxmemory" in refused.stderr
     assert "sent 0 of 6 batches" in refused.stderr
     client.config_set("maxmemory", 0)

@@ -1,7 +1,7 @@
 """One writer per store across hosts: the Redis lease and its fencing token.
 
 What they hold to is docs/store.md, "The writer lease and fencing tokens". Real writer processes
-on one store with the output folder's flock off (COMIX_WRITER_FLOCK=0, a setting for tests: the
+on one store with the output folder's flock off (COMIX_TEST_WRITER_FLOCK=0, a test switch: the
 flock would stop the second writer first), over a private Redis that the tests wipe.
 """
 
@@ -30,10 +30,10 @@ from comix_embed.writer.lease import WriterLease, read_record
 from comix_embed.writer.manifests import write_manifest
 from tests import synthetic
 from tests.cli import run_cli
-from tests.harness import writer
+from tests.harness import with_switches, writer
 
 TTL = "3"  # seconds: a short lease keeps the takeover tests short
-ENV = {"COMIX_WRITER_FLOCK": "0", "COMIX_WRITER_LEASE_TTL_S": TTL, "COMIX_WRITER_LINGER_S": "0"}
+ENV = with_switches({"COMIX_TEST_WRITER_FLOCK": "0"}, {"COMIX_WRITER_LEASE_TTL_S": TTL, "COMIX_WRITER_LINGER_S": "0"})
 
 
 def _wait(condition, timeout: float, what) -> None:
@@ -208,7 +208,7 @@ def test_recovery_sets_aside_what_a_lower_token_wrote_after_the_takeover(tmp_pat
 def test_lease_ttl_is_checked_at_start(tmp_path: Path) -> None:
     done = run_cli("writer", "--output-dir", str(tmp_path), env={"COMIX_WRITER_LEASE_TTL_S": "0.2"}, timeout=60)
     assert done.returncode == 2
-    assert "COMIX_WRITER_LEASE_TTL_S must be at least 1 second, got 0.2" in done.stderr
+    assert "COMIX_WRITER_LEASE_TTL_S='0.2' must be at least 1" in done.stderr
 
 
 def test_results_left_by_an_earlier_writer_are_read_again(tmp_path: Path, broker: PrivateRedis) -> None:

@@ -1,7 +1,7 @@
 """What the messages, model identities, kept task payloads and every other record decode, and what they refuse.
 
-Messages are declared once (common/messages.py), model identities in common/identity.py, kept task
-payloads in common/jobs.py, and every other record that crosses a process or a file beside its
+Messages are declared once (common/messages.py), model identities in common/model/identity.py, kept task
+payloads in common/store/jobs.py, and every other record that crosses a process or a file beside its
 owner (manifests, store attributes, the audit log, the leases' records in Redis, worker settings,
 the index meta, the status report): each test says what decodes, that what the code wrote before
 still decodes, and what is refused with which words (the field at fault)."""

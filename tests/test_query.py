@@ -85,6 +85,18 @@ def test_like_finds_the_page_itself_first(
     assert scores == sorted(scores, reverse=True)
 
 
+def test_query_prints_no_third_party_log_lines(pipeline_store: Path, pages: dict) -> None:
+    """faiss says at INFO which CPU build it loads when imported (logger faiss.loader): the command
+    line keeps other libraries at WARNING, so a user sees results, not that."""
+    word = next(w for w in (longest_word(t) for t in pages["page_text"]) if w)
+    proc = run_cli("query", "--zarr", str(pipeline_store), "--keyword", word.lower(), "--top-k", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"keyword {word.lower()!r}: top ")
+    assert "faiss" not in proc.stderr and "Loading" not in proc.stderr, proc.stderr
+    loggers = re.findall(r"^[\d:.]+ [A-Z]+ (\S+): ", proc.stderr, re.MULTILINE)
+    assert [name for name in loggers if name.split(".")[0] not in ("comix", "comix_embed")] == []
+
+
 def test_like_accepts_a_pasted_windows_path(
     pipeline_store: Path, pages: dict, capsys: pytest.CaptureFixture[str]
 ) -> None:

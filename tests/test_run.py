@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from comix_embed.common.errors import EXIT_USAGE
 from comix_embed.common.store.reading import open_committed
 from comix_embed.common.store.schema import store_path
 from comix_embed.tools.init_checkpoint import init_checkpoint
@@ -24,7 +25,8 @@ def test_incremental_append_skips_stored_pages_and_refuses_another_model(tiny_ch
     second.write_text("\n".join(lines[5:]) + "\n")  # 3 pages already stored, 4 new
 
     missing = _run(tiny_checkpoint, corpus, out, second, "--incremental")
-    assert missing.returncode == 2 and "Incremental mode requested but Zarr not found" in missing.stderr
+    assert missing.returncode == EXIT_USAGE  # a UsageError, mapped by the command line
+    assert "error: Incremental mode requested but Zarr not found" in missing.stderr, missing.stderr
 
     done = _run(tiny_checkpoint, corpus, out, first)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -51,5 +53,5 @@ def test_empty_list_is_a_usage_error_and_creates_nothing(tiny_checkpoint: Path, 
     empty = tmp_path / "list.txt"
     empty.write_text("\r\n# nothing here\r\n")
     proc = _run(tiny_checkpoint, tmp_path, tmp_path / "out", empty)
-    assert proc.returncode == 2 and "No pages to process" in proc.stderr
+    assert proc.returncode == EXIT_USAGE and "No pages to process" in proc.stderr
     assert not (tmp_path / "out").exists()

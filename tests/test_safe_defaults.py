@@ -1,13 +1,14 @@
 """Safe defaults, each tested where a user would meet it.
 
 Checkpoints unpickled fully only when trusted, the broker password kept out of command lines and
-logs, settings checked at start, an ETA that counts days."""
+logs, settings checked at start, test switches refused outside tests, an ETA that counts days."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -19,9 +20,12 @@ import redis
 import torch
 
 from comix_embed.cli import COMMANDS
+from comix_embed.common import environment
 from comix_embed.common.broker.keys import EMBED_BATCH_TASK
 from comix_embed.common.child import cli_argv
 from comix_embed.common.config import masked_url
+from comix_embed.common.environment import TEST_SWITCHES
+from comix_embed.common.errors import EXIT_USAGE
 from comix_embed.common.model.checkpoint import CheckpointError, load_model
 from comix_embed.common.model.tokenizer import tokenizer_dir_beside
 from comix_embed.consumers.settings import ready_key
@@ -29,6 +33,7 @@ from comix_embed.private_redis import PrivateRedis
 from comix_embed.producer.status import duration
 from comix_embed.tools.sample.corpus import make_sample
 from tests.cli import run_args, run_cli
+from tests.harness import with_switches
 
 
 def checkpoint_needing_trust(tiny_checkpoint: Path, out: Path) -> Path:
@@ -178,25 +183,108 @@ def test_status_names_an_unreachable_broker_without_its_password(tmp_path: Path)
 
 
 @pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("COMIX_VISIBILITY_TIMEOUT", "-5", "COMIX_VISIBILITY_TIMEOUT='-5' must be at least 1"),
+        ("COMIX_MAX_PENDING_RESULTS", "0", "COMIX_MAX_PENDING_RESULTS='0' must be at least 1"),
+        ("COMIX_MAX_IMAGE_PIXELS", "0", "COMIX_MAX_IMAGE_PIXELS='0' must be at least 1"),
+        ("COMIX_TASK_TIME_LIMIT", "20m", "COMIX_TASK_TIME_LIMIT='20m' is not an integer"),
+        ("COMIX_WRITER_LINGER_S", "-1", "COMIX_WRITER_LINGER_S='-1' must be at least 0"),
+        ("COMIX_WRITER_LEASE_TTL_S", "0.2", "COMIX_WRITER_LEASE_TTL_S='0.2' must be at least 1"),
+        ("COMIX_MAX_ATTEMPTS", "0", "COMIX_MAX_ATTEMPTS='0' must be at least 1"),
+        ("COMIX_MAX_ATTEMPTS", "three", "COMIX_MAX_ATTEMPTS='three' is not an integer"),
+        ("COMIX_LEASE_TTL_S", "0", "COMIX_LEASE_TTL_S='0' must be positive"),
+        ("COMIX_LEASE_TTL_S", "inf", "COMIX_LEASE_TTL_S='inf' is not a finite number"),
+        ("COMIX_WRITER_SCAN_S", "-2", "COMIX_WRITER_SCAN_S='-2' must be positive"),
+        (
+            "COMIX_WRITER_FSYNC",
+            "ture",
+            "COMIX_WRITER_FSYNC='ture' is not a boolean (1, true, yes, on or 0, false, no, off)",
+        ),
+        (
+            "COMIX_BROKER_URL",
+            "amqp://u:hunter2@mq/",
+            "COMIX_BROKER_URL='amqp://u:***@mq/' is not a redis:// or rediss:// URL",
+        ),
+        (
+            "COMIX_TEST_STOP_AT",
+            "tokenize:/tmp/x",
+            "COMIX_TEST_STOP_AT='tokenize:/tmp/x' must be STAGE:PATH[,STAGE:PATH...] with STAGE one of batch, decode, encode",
+        ),
+    ],
+)
+def test_each_rule_names_the_variable_and_its_value(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, problem: str
+) -> None:
+    monkeypatch.setenv(TEST_SWITCHES, "1")
+    variable = environment.DECLARED[name]
+    monkeypatch.setenv(name, value)
+    assert variable.problem() == problem and variable.get() == variable.default  # refused: the default
+    assert problem in environment.problems()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "read"),
+    [("COMIX_WRITER_FSYNC", "Off", False), ("COMIX_WRITER_FSYNC", "yes", True), ("COMIX_LEASE_TTL_S", "", 30.0)],
+)
+def test_good_values_are_read(monkeypatch: pytest.MonkeyPatch, name: str, value: str, read: object) -> None:
+    monkeypatch.setenv(name, value)
+    variable = environment.DECLARED[name]
+    assert variable.problem() is None and variable.get() == read
+
+
+def test_every_bad_setting_stops_a_command_named_at_once(tmp_path: Path) -> None:
+    env = {"COMIX_MAX_ATTEMPTS": "0", "COMIX_WRITER_SCAN_S": "0", "COMIX_BROKER_URL": "http://u:hunter2@mq/"}
+    proc = run_cli("status", "--output-dir", str(tmp_path), env=env)
+    assert proc.returncode == EXIT_USAGE and proc.stderr.startswith("error: configuration: ")
+    for name in env:
+        assert environment.DECLARED[name].shown(env[name]) in proc.stderr, name
+    assert "hunter2" not in proc.stderr
+
+
+@pytest.mark.parametrize(
     ("env", "message"),
     [
         (
             {"COMIX_TASK_TIME_LIMIT": "2000", "COMIX_VISIBILITY_TIMEOUT": "1800"},
             "COMIX_TASK_TIME_LIMIT (2000 s) must be below COMIX_VISIBILITY_TIMEOUT (1800 s)",
         ),
-        ({"COMIX_VISIBILITY_TIMEOUT": "-5"}, "COMIX_VISIBILITY_TIMEOUT must be positive, got -5"),
-        ({"COMIX_MAX_PENDING_RESULTS": "0"}, "COMIX_MAX_PENDING_RESULTS must be positive, got 0"),
-        ({"COMIX_MAX_IMAGE_PIXELS": "0"}, "COMIX_MAX_IMAGE_PIXELS must be positive, got 0"),
         ({"COMIX_TASK_TIME_LIMIT": "30"}, "COMIX_TASK_TIME_LIMIT must be more than 60 s"),
-        ({"COMIX_TASK_TIME_LIMIT": "20m"}, "COMIX_TASK_TIME_LIMIT='20m' is not an integer"),
-        ({"COMIX_WRITER_LINGER_S": "-1"}, "COMIX_WRITER_LINGER_S must be 0 or more seconds"),
-        ({"COMIX_STOP_AT": "tokenize:/tmp/x"}, "COMIX_STOP_AT must be STAGE:PATH"),
     ],
 )
-def test_bad_settings_stop_a_command_naming_the_variable(tmp_path: Path, env: dict[str, str], message: str) -> None:
+def test_settings_that_cannot_work_together_stop_a_command(tmp_path: Path, env: dict[str, str], message: str) -> None:
     proc = run_cli("status", "--output-dir", str(tmp_path), env=env)
-    assert proc.returncode == 2
+    assert proc.returncode == EXIT_USAGE
     assert proc.stderr.startswith("error: configuration: ") and message in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("switch", "value"), [("COMIX_TEST_STOP_AT", "batch:/tmp/stop.pid"), ("COMIX_TEST_WRITER_FLOCK", "0")]
+)
+def test_a_test_switch_is_refused_unless_tests_enable_it(tmp_path: Path, switch: str, value: str) -> None:
+    """Without COMIX_TEST_SWITCHES=1 a process refuses a switch, naming it; with it, the switch
+    passes the check (the fault and lease tests show that it then works)."""
+    refused = run_cli("status", "--output-dir", str(tmp_path), env={switch: value, TEST_SWITCHES: "0"})
+    assert refused.returncode == EXIT_USAGE
+    assert f"{switch} is a switch for tests only" in refused.stderr and f"{TEST_SWITCHES}=1" in refused.stderr
+    accepted = run_cli("status", "--output-dir", str(tmp_path), env=with_switches({switch: value}))
+    assert accepted.returncode == EXIT_USAGE and "no job in" in accepted.stderr  # past the check, to the command
+
+
+def test_a_misspelt_test_switch_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COMIX_TEST_STOPAT", "batch:/x")
+    assert (
+        "COMIX_TEST_STOPAT is no test switch (those are COMIX_TEST_STOP_AT, COMIX_TEST_WRITER_FLOCK)"
+        in environment.problems()
+    )
+
+
+def test_the_readme_lists_every_variable_and_no_other() -> None:
+    """The Configuration table of the README against the variables config.py declares."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (`COMIX_.*?) \|", section, re.MULTILINE)
+    assert {name for row in rows for name in re.findall(r"`(COMIX_\w+)`", row)} == set(environment.DECLARED)
 
 
 def test_good_settings_pass_the_check(tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ def test_layout_and_plain_xarray_open_without_warning(tmp_path: Path) -> None:
         elif arr.metadata.dimension_names[0] == "page_id":
             assert arr.chunks[0] == config.SHARD_ROWS and arr.shards is None, name
         if arr.dtype == np.float32:
-            assert arr.compressors == (), name  # shards: see common/store.py's array_layout
+            assert arr.compressors == (), name  # shards: see common/store/schema.py's array_layout
     # one file per shard: 40 rows are one shard, one chunk per other array
     assert sorted(p.name for p in (path / "panel_embeddings" / "c").rglob("*") if p.is_file()) == ["0"]
     assert json.loads((path / "manifest" / "zarr.json").read_text())["node_type"] == "group"

@@ -16,6 +16,7 @@ import torch
 from tokenizers import ByteLevelBPETokenizer
 from transformers import RobertaTokenizerFast
 
+from comix_embed.common.errors import EXIT_OK
 from comix_embed.common.model.checkpoint import save_checkpoint
 from comix_embed.common.model.closure_lite import ClosureLite, ModelConfig
 from comix_embed.common.model.tokenizer import tokenizer_dir_beside
@@ -81,4 +82,4 @@ def run(args: argparse.Namespace) -> int:
     params = sum(t.numel() for t in torch.load(ckpt, weights_only=True)["model_state_dict"].values())
     print(f"wrote {ckpt} ({args.size}, {params / 1e6:.1f}M parameters) and tokenizer {tok_dir}/")
     print("NOTE: this checkpoint is UNTRAINED (random weights): use it to try the pipeline, not for search.")
-    return 0
+    return EXIT_OK

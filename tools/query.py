@@ -45,7 +45,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from comix_embed.common.errors import UsageError
+from comix_embed.common.errors import EXIT_OK, UsageError
 from comix_embed.common.model.options import add_model_arguments
 from comix_embed.common.store.reading import read_attrs, resolve_store
 from comix_embed.tools.arguments import add_store_argument
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result, ensure_ascii=False, indent=2))
     else:
         _print_table(index, str(query), mode, args.panels, result["results"])
-    return 0
+    return EXIT_OK
 
 
 def _read_image(path: Path) -> bytes:

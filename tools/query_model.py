@@ -65,7 +65,7 @@ def load_query_model(
 
 def check_store_model(loaded: LoadedModel, tokenizer: LoadedTokenizer, store: Path, attrs: dict[str, Any]) -> None:
     """Refuse a model that did not make the store, by the one "same model" test
-    (common/identity.py): its vectors would not be comparable."""
+    (common/model/identity.py): its vectors would not be comparable."""
     from comix_embed.common.model.identity import ModelMismatch, check_same_model, make_identity
 
     mode = str(attrs.get("encoder_mode", "fused"))

@@ -23,7 +23,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from comix_embed.common import config
-from comix_embed.common.errors import UsageError
+from comix_embed.common.errors import EXIT_OK, UsageError
 from comix_embed.common.store.attributes import StoreAttributes
 from comix_embed.common.store.manifests import load_committed
 from comix_embed.common.store.reading import read_attrs, resolve_store
@@ -175,4 +175,4 @@ def run(args: argparse.Namespace) -> int:
     if args.max_pages < 0 or args.text_len < 0:
         raise UsageError("--max-pages and --text-len must be 0 or more")
     print_summary(resolve_store(args.zarr), args.max_pages, args.text_len, args.compact, sys.stdout)
-    return 0
+    return EXIT_OK

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from comix_embed.common.errors import CommandError
 from comix_embed.common.store.jobs import JobPage
 from comix_embed.common.store.results import BatchResult
 from comix_embed.common.store.schema import RESULT_ARRAYS, STATUS_FULL_PAGE, STATUS_OK
@@ -24,8 +25,8 @@ from comix_embed.writer.rows import read_rows
 EMBEDDED = (STATUS_OK, STATUS_FULL_PAGE)
 
 
-class CheckFailed(Exception):
-    """A batch failed --verify-batches or --write-check; the run must stop."""
+class CheckFailed(CommandError):
+    """A batch failed --verify-batches or --write-check; the run must stop (exit status 1)."""
 
 
 def expected_shape(name: str, rows: int, d: int, p: int) -> tuple[int, ...]:

@@ -114,12 +114,10 @@ class StoreWriter:
     def open(self) -> StoreWriter:
         """Lock the output folder, recover from any crash, register the jobs planned since."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        if config.writer_flock():
+        if config.WRITER_FLOCK:
             self._lock_fh = recovery.lock(self.output_dir)
         else:
-            log.warning(
-                "%s=0: the output folder is not locked (for tests of the writer lease)", config.WRITER_FLOCK_ENV
-            )
+            log.warning("COMIX_TEST_WRITER_FLOCK=0: the output folder is not locked (a test of the writer lease)")
         try:
             leftover = self.path.with_name(f".{self.path.name}.creating")
             if leftover.exists():
@@ -391,7 +389,7 @@ class StoreWriter:
         return identity_of(self._attrs) if self.path.exists() else None
 
     def _check_models(self, results: list[BatchResult], jobs: dict[int, Job]) -> ModelIdentity:
-        """Every result's model against its job's (one function decides, common/identity.py);
+        """Every result's model against its job's (one function decides, common/model/identity.py);
         the identity the store is (or will be) made with."""
         checked: list[ModelIdentity] = []
         for r in results:
@@ -448,7 +446,7 @@ class StoreWriter:
 
     def _advance(self) -> None:
         """Publish the contiguous prefix of manifests as `committed_rows` (only ever grows), with
-        the checkpoint that lets the next open skip the manifests it covers (common/manifests.py)."""
+        the checkpoint that lets the next open skip the manifests it covers (common/store/manifests.py)."""
         self._committed.advance()
         prefix, published = self._committed.rows, self._kept.committed_rows
         checkpoint = self._kept.manifest_checkpoint

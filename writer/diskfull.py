@@ -17,13 +17,13 @@ from typing import NoReturn
 import numpy as np
 
 from comix_embed.common import config
+from comix_embed.common.errors import OutOfSpace
 
-EXIT_DISK_FULL = 4  # the writer's (and `run`'s) exit status when the store's disk is full
 _MANIFEST_BYTES = 4096  # a manifest, an in-flight record, a zarr.json: a filesystem block each
 
 
-class DiskFull(Exception):
-    """The store's filesystem refused a write for lack of space (ENOSPC or a quota)."""
+class DiskFull(OutOfSpace):
+    """The store's filesystem refused a write for lack of space (ENOSPC or a quota): exit status 4."""
 
 
 def is_disk_full(exc: BaseException) -> bool:

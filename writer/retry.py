@@ -1,6 +1,6 @@
 """Committing a retry batch: failed rows overwritten in place, each batch under its own manifest.
 
-The one change a committed row may undergo (common/retries.py). A retry commit overwrites only the
+The one change a committed row may undergo (common/store/retries.py). A retry commit overwrites only the
 rows of its batch that are failed (status 2) at that moment; a row already embedded is left alone
 and listed as skipped. Crash safety, whatever is killed when: before any row is written, the rows'
 current values (every result array) are saved whole to `manifest/retry_inflight.json` (a

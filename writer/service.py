@@ -34,15 +34,14 @@ from comix_embed.common import config
 from comix_embed.common.broker import batch_lease, deliveries
 from comix_embed.common.broker.results_stream import Entry, Malformed, ResultsReader, connect, store_id
 from comix_embed.common.celery_app import configure
+from comix_embed.common.errors import EXIT_OK
 from comix_embed.common.messages import MalformedMessage, TaskPayload
 from comix_embed.common.model.identity import ModelMismatch
 from comix_embed.common.store.jobs import read_task
 from comix_embed.common.store.results import BatchResult
 from comix_embed.common.store.retries import batch_rows
 from comix_embed.writer import grouping
-from comix_embed.writer.checks import CheckFailed
 from comix_embed.writer.commit import InvalidResult, StoreWriter
-from comix_embed.writer.diskfull import EXIT_DISK_FULL, DiskFull
 from comix_embed.writer.grouping import Held
 from comix_embed.writer.lease import WriterLease
 
@@ -302,35 +301,25 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
     store = _wait_for_store(args.output_dir, stopping)
     if store is None:
-        return 0
-    try:
-        with (
-            WriterLease(client, store, args.output_dir) as lease,
-            StoreWriter(
-                args.output_dir,
-                verify_batches=args.verify_batches,
-                write_check=args.write_check,
-                verbose=args.verbose,
-                fence=lease,
-            ) as writer,
-        ):
-            service = WriterService(writer, client, args.output_dir, args.read, lease)
-            signal.signal(signal.SIGTERM, service.stop)
-            signal.signal(signal.SIGINT, service.stop)
-            log.info(
-                "writer for %s: %d rows committed (writer lease token %d)",
-                writer.path,
-                writer.committed_rows,
-                lease.token,
-            )
-            service.serve()
-    except CheckFailed as exc:
-        log.error("check failed, stopping: %s", exc)
-        print(f"error: {exc}", flush=True)
-        return 1
-    except DiskFull as exc:
-        log.error("%s", exc)
-        print(f"error: {exc}", flush=True)
-        return EXIT_DISK_FULL
+        return EXIT_OK
+    # a failed check (CheckFailed), a full disk (DiskFull), a writer lease lost (WriterLeaseLost)
+    # end the command with their exit status (common/errors.py)
+    with (
+        WriterLease(client, store, args.output_dir) as lease,
+        StoreWriter(
+            args.output_dir,
+            verify_batches=args.verify_batches,
+            write_check=args.write_check,
+            verbose=args.verbose,
+            fence=lease,
+        ) as writer,
+    ):
+        service = WriterService(writer, client, args.output_dir, args.read, lease)
+        signal.signal(signal.SIGTERM, service.stop)
+        signal.signal(signal.SIGINT, service.stop)
+        log.info(
+            "writer for %s: %d rows committed (writer lease token %d)", writer.path, writer.committed_rows, lease.token
+        )
+        service.serve()
     log.info("writer stopped")
-    return 0
+    return EXIT_OK

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class EmbedSettings:
     encoder_mode: str = "fused"
-    # decode JPEGs at reduced scale where every crop keeps >= 224 px (see common/preprocess.py)
+    # decode JPEGs at reduced scale where every crop keeps >= 224 px (see common/model/preprocess.py)
     fast_decode: bool = True
     decode_threads: int = max(1, min(8, os.cpu_count() or 1))
     # crops per encoder call: large batches keep a GPU busy; bounded to cap memory

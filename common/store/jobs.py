@@ -136,7 +136,7 @@ class Job:
 
 
 class KeepsTasks(Protocol):
-    """What keeps task payloads beside its file: a job, or a retry round (common/retries.py)."""
+    """What keeps task payloads beside its file: a job, or a retry round (common/store/retries.py)."""
 
     job_id: str
     first_batch: int

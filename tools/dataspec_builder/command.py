@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from comix_embed.common.durable import write_json_atomic
-from comix_embed.common.errors import UsageError
+from comix_embed.common.errors import EXIT_OK, EXIT_PAGES_FAILED, UsageError
 from comix_embed.tools.dataspec_builder.build import PageBuilder, write_list
 from comix_embed.tools.dataspec_builder.coco import read_predictions
 from comix_embed.tools.dataspec_builder.mapping import read_mapping
@@ -75,4 +75,4 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / REPORT_NAME, report.to_file(), fsync=False, indent=2)
     print(report.text())
-    return 0 if report.kept else 3
+    return EXIT_OK if report.kept else EXIT_PAGES_FAILED

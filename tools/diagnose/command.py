@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from comix_embed.common.errors import EXIT_FAILED, EXIT_OK
 from comix_embed.common.store.reading import resolve_store
 from comix_embed.tools.diagnose.audit import check_audit
 from comix_embed.tools.diagnose.facts import scan_rows
@@ -59,4 +60,4 @@ def run(args: argparse.Namespace) -> int:
     for check in checks:
         print(check.line())
     print(verdict(checks))
-    return 1 if any(c.level == "FAIL" for c in checks) else 0
+    return EXIT_FAILED if any(c.level == "FAIL" for c in checks) else EXIT_OK

@@ -1,6 +1,6 @@
 """The store as diagnose reads it, once: attributes, arrays, manifests, job files, small columns.
 
-Retry manifests (`--retry-failed`, common/retries.py) are read with the manifests.
+Retry manifests (`--retry-failed`, common/store/retries.py) are read with the manifests.
 
 Every check works on this snapshot, so that the checks agree on one state of a store that a
 running writer may be changing, and the store is opened read only in one place.

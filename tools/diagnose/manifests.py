@@ -7,7 +7,7 @@
   N"): reported, not an error.
 - manifest-rows: each manifest's page ids are the store's rows, its status counts are the
   store's `status` values, once the rows a retry manifest changed (failed to its new status,
-  common/retries.py) are counted as that retry left them; any other change is a FAIL.
+  common/store/retries.py) are counted as that retry left them; any other change is a FAIL.
 """
 
 from __future__ import annotations

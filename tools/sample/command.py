@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from comix_embed.common.errors import EXIT_OK
 from comix_embed.tools.sample.corpus import make_sample
 from comix_embed.tools.sample.page import WINDOWS_ROOT
 
@@ -23,4 +24,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     summary = make_sample(args.out, args.pages, seed=args.seed, windows_paths=args.windows_paths)
     print(summary.report())
-    return 0
+    return EXIT_OK

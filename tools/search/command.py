@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from comix_embed.common.errors import EXIT_OK
 from comix_embed.tools.arguments import add_store_argument
 from comix_embed.tools.search.build import build_index
 
@@ -31,4 +32,4 @@ def run(args: argparse.Namespace) -> int:
             f"{report.panels} panels indexed ({report.added_pages} and {report.added_panels} added"
             f"{', trained afresh: ' + ', '.join(report.retrained) if report.retrained else ''}) in {report.seconds} s"
         )
-    return 0
+    return EXIT_OK

@@ -21,12 +21,11 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from comix_embed.common import config
-from comix_embed.common.errors import UsageError
+from comix_embed.common.errors import EXIT_OK, UsageError
 from comix_embed.common.inputs.paths import ImageResolver, PathMapper, parse_path_map
 from comix_embed.common.model.options import add_model_arguments
 from comix_embed.common.store.reading import resolve_store
@@ -96,14 +95,15 @@ def is_loopback(host: str) -> bool:
 
 def credentials_for(host: str) -> tuple[str, str] | None:
     """The basic-auth credentials to require: from the environment, and mandatory off loopback."""
-    given = [name for name in (config.SERVE_USER_ENV, config.SERVE_PASSWORD_ENV) if os.environ.get(name)]
+    user, password = config.SERVE_USER.name, config.SERVE_PASSWORD.name
+    given = [v.name for v in (config.SERVE_USER, config.SERVE_PASSWORD) if v.get()]
     if len(given) == 1:
-        raise UsageError(f"only {given[0]} is set: set both {config.SERVE_USER_ENV} and {config.SERVE_PASSWORD_ENV}")
+        raise UsageError(f"only {given[0]} is set: set both {user} and {password}")
     credentials = config.serve_credentials()
     if credentials is None and not is_loopback(host):
         raise UsageError(
-            f"--host {host} listens beyond this machine: set {config.SERVE_USER_ENV} and "
-            f"{config.SERVE_PASSWORD_ENV} (basic-auth credentials), or keep the default 127.0.0.1"
+            f"--host {host} listens beyond this machine: set {user} and "
+            f"{password} (basic-auth credentials), or keep the default 127.0.0.1"
         )
     return credentials
 
@@ -168,4 +168,4 @@ def run(args: argparse.Namespace) -> int:
         print("stopped", flush=True)
     finally:
         server.close()
-    return 0
+    return EXIT_OK

@@ -1,6 +1,6 @@
 """Which file a request for an image may read: only images inside the image roots.
 
-The same confinement as the workers (common/paths.py, `ImageResolver`): a relative path must not
+The same confinement as the workers (common/inputs/paths.py, `ImageResolver`): a relative path must not
 climb out of its root (`..`), symbolic links are followed and must stay inside it, and the file
 must be an image. An absolute path is refused unless a `--path-map` maps it into a root (the
 paths DataSpecs hold, `E:\\...`, which the producer maps the same way); a plain `/etc/passwd`
