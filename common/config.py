@@ -90,7 +90,7 @@ TASK_SOFT_TIME_LIMIT = TASK_TIME_LIMIT - SOFT_LIMIT_MARGIN_S
 # its own model's queue, so another model never receives a job's batches (common/model/identity.py).
 EMBED_QUEUE = "comix.embed"
 # A worker's node name, set by `comix-embed worker` for its processes (logs, readiness, batch leases).
-WORKER_NAME_ENV = "COMIX_WORKER_NAME"
+WORKER_NAME = environment.text("COMIX_WORKER_NAME")
 # Kombu's Redis transport keeps one list per priority step and pops the lowest step first: work
 # given back after a fault (PRIORITY_AGAIN) is taken before new batches (PRIORITY_NEW).
 PRIORITY_AGAIN = 0

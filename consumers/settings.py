@@ -8,18 +8,13 @@ decoded with the field at fault named when a value does not fit.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import msgspec
 
-from comix_embed.common import config
+from comix_embed.common import environment
 from comix_embed.common.broker import keys
 from comix_embed.common.messages import decode_json, encode_json
-
-PREFIX = "COMIX_WORKER_"
-SETTINGS_ENV = PREFIX + "SETTINGS"
-READY_NAME_ENV = config.WORKER_NAME_ENV  # the node name, under which a loaded pool process reports ready
 
 
 def ready_key(name: str) -> str:
@@ -43,15 +38,23 @@ class WorkerSettings(msgspec.Struct, kw_only=True):
     model_key: str = ""  # the key of the model whose queue the worker consumes; each process checks it
 
     def to_env(self) -> dict[str, str]:
-        return {SETTINGS_ENV: encode_json(self).decode()}
+        return {SETTINGS.name: encode_json(self).decode()}
 
     @classmethod
     def from_env(cls) -> WorkerSettings:
         """The settings `comix-embed worker` set; MalformedMessage names the field at fault."""
-        raw = os.environ.get(SETTINGS_ENV)
-        if not raw:
-            raise RuntimeError(f"{SETTINGS_ENV} is not set: start workers with `comix-embed worker`")
-        return decode_json(raw, cls, SETTINGS_ENV)
+        raw = SETTINGS.text()
+        if raw is None:
+            raise RuntimeError(f"{SETTINGS.name} is not set: start workers with `comix-embed worker`")
+        return _decode(raw)
 
     def roots(self) -> list[Path]:
         return [Path(r) for r in self.image_roots]
+
+
+def _decode(raw: str) -> WorkerSettings:
+    return decode_json(raw, WorkerSettings, SETTINGS.name)
+
+
+# Set by `comix-embed worker` for its pool processes; `config.check()` refuses one that does not decode.
+SETTINGS = environment.declare("COMIX_WORKER_SETTINGS", None, _decode)

@@ -92,7 +92,7 @@ def _load_model(**_: Any) -> None:
     _state["make"] = lambda roots: Embedder(loaded, tokenizer, ImageResolver(roots), device, embed_settings)
     _state["embedder"] = _state["make"](_state["roots"] or [Path(".")])
     _state["embedder"].warm_up()
-    name = os.environ.get(config.WORKER_NAME_ENV)
+    name = config.WORKER_NAME.get()
     if name:  # the main process resumes taking batches once a replaced pool process gets here
         _client().set(_pool_ready_key(name), time.time(), ex=24 * 3600)
     if not _state["roots"]:
@@ -111,10 +111,10 @@ def _load_model(**_: Any) -> None:
 def _announce_ready(sender: Any = None, **_: Any) -> None:
     """In the worker's main process, once its pool (models loaded) consumes: `run` waits for this."""
     from comix_embed.common.broker.results_stream import connect
-    from comix_embed.consumers.settings import READY_NAME_ENV, ready_key
+    from comix_embed.consumers.settings import ready_key
 
     _state["consumer"] = sender  # to stop taking batches while a new pool process loads the model
-    name = os.environ.get(READY_NAME_ENV)
+    name = config.WORKER_NAME.get()
     if name:
         connect(app.conf.broker_url).set(ready_key(name), time.time(), ex=24 * 3600)
 
@@ -128,7 +128,7 @@ def _pause_until_pool_ready(queue: str) -> None:
     its model. Otherwise this worker would take the batch just sent again (ahead of new ones) and
     hold it while the model loads, and the other workers would commit past it meanwhile."""
     consumer = _state.get("consumer")
-    name = os.environ.get(config.WORKER_NAME_ENV)
+    name = config.WORKER_NAME.get()
     if consumer is None or not name or not queue:
         return
     consumer.cancel_task_queue(queue)

@@ -22,7 +22,7 @@ from comix_embed.common.locks import try_lock
 from comix_embed.common.model.identity import describe, queue_name
 from comix_embed.common.model.options import TRUST_FLAG, add_model_arguments
 from comix_embed.consumers.preflight import PreflightReport
-from comix_embed.consumers.settings import READY_NAME_ENV, WorkerSettings
+from comix_embed.consumers.settings import WorkerSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -121,7 +121,7 @@ def _start_celery(args: argparse.Namespace, settings: WorkerSettings, device: st
     settings.model_key = key
     os.environ.update(settings.to_env())
     name = (args.name or f"comix-{settings.device.replace(':', '')}-{os.getpid()}@{host}").replace("%h", host)
-    os.environ[READY_NAME_ENV] = name
+    os.environ[config.WORKER_NAME.name] = name
     # Import torch and transformers once here, before the pool forks, so each pool process starts
     # in a fraction of a second. Nothing here touches CUDA or runs a torch op (not fork-safe).
     import comix_embed.common.model.embed  # noqa: F401

@@ -36,7 +36,7 @@ _MARK_TTL = 4 * config.VISIBILITY_TIMEOUT
 
 def holder_name() -> str:
     """This worker's node name (set by `comix-embed worker`), else the host: who holds a batch lease."""
-    return os.environ.get(config.WORKER_NAME_ENV) or socket.gethostname()
+    return config.WORKER_NAME.get() or socket.gethostname()
 
 
 class BatchLeaseInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
