@@ -26,13 +26,24 @@ from PIL import Image
 from comix_embed.cli import main
 from comix_embed.common.errors import UsageError
 from comix_embed.common.inputs.paths import ImageResolver, PathMapper
+from comix_embed.common.messages import decode_json, encode_json
 from comix_embed.common.model.identity import IDENTITY_KEYS
 from comix_embed.common.store.jobs import load_jobs
 from comix_embed.common.store.reading import open_committed, read_attrs
 from comix_embed.common.store.schema import STATUS_FAILED, STATUS_FULL_PAGE, store_path
 from comix_embed.demo import serve_command
 from comix_embed.tools.init_checkpoint import init_checkpoint
+from comix_embed.tools.search.answers import QueryAnswer
 from comix_embed.tools.serve import command
+from comix_embed.tools.serve.answers import (
+    PAGE_RECORD,
+    ApiError,
+    RequestFields,
+    StatusList,
+    StoreAnswer,
+    StoreList,
+    StoreRefusal,
+)
 from comix_embed.tools.serve.app import ServeState, create_app
 from comix_embed.tools.serve.thumbs import OUTLINE, Thumbnail, ThumbnailCache, render
 from comix_embed.writer.commit import StoreWriter
@@ -209,6 +220,33 @@ def test_page_api_shows_every_panel_as_stored(client: FlaskClient, pipeline_stor
             assert sum(p["attention"] for p in page["panels"]) == pytest.approx(1.0, abs=1e-4)
     assert client.get(f"/api/page/{names['fused']}/{count}").status_code == 404
     assert client.get(f"/page/{names['fused']}/{count}").status_code == 404
+
+
+def test_every_api_answer_is_its_declared_record(
+    client: FlaskClient, names: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the API and `query --json` answer decodes into the records declared for it, and encodes
+    back to the same JSON: no field missing, none added."""
+
+    def same_after_decoding(raw: bytes | str, kind: Any) -> None:
+        assert json.loads(encode_json(decode_json(raw, kind, "answer"))) == json.loads(raw)
+
+    fused = names["fused"]
+    same_after_decoding(client.get("/api/stores").get_data(), StoreList)
+    same_after_decoding(client.get("/api/status").get_data(), StatusList)
+    same_after_decoding(client.get(f"/api/page/{fused}/0").get_data(), PAGE_RECORD)
+    same_after_decoding(client.get(f"/api/page/{fused}/100000").get_data(), ApiError)
+    page_id = client.get(f"/api/page/{fused}/0").get_json()["page_id"]
+    search = client.get("/api/search", query_string={"mode": "like", "q": page_id}).get_json()
+    refused = client.get("/api/search", query_string={"mode": "like", "q": page_id, "panel": 99}).get_json()
+    assert not any("error" in a for a in search["stores"]) and all("error" in a for a in refused["stores"])
+    same_after_decoding(json.dumps(search["request"]), RequestFields)
+    for answer in search["stores"]:
+        same_after_decoding(json.dumps(answer), StoreAnswer)
+    for answer in refused["stores"]:
+        same_after_decoding(json.dumps(answer), StoreRefusal)
+    assert main(["query", "--zarr", search["stores"][0]["store"], "--like", page_id, "--json"]) == 0
+    same_after_decoding(capsys.readouterr().out, QueryAnswer)
 
 
 def test_status_lists_failed_pages_with_their_reasons(client: FlaskClient, pipeline_store: Path, names: dict) -> None:

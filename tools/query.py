@@ -40,17 +40,19 @@ are streamed from the store (tools/search/exact.py).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import Any
+
+import msgspec
 
 from comix_embed.common.errors import EXIT_OK, UsageError
+from comix_embed.common.messages import encode_json
 from comix_embed.common.model.options import add_model_arguments
 from comix_embed.common.store.reading import read_attrs, resolve_store
 from comix_embed.tools.arguments import add_store_argument
 from comix_embed.tools.query_model import QueryEncoder, check_store_model, load_query_model
 from comix_embed.tools.search import DEFAULT_PANEL_MEMORY, Hit, SearchIndex
+from comix_embed.tools.search.answers import HitRecord, QueryAnswer
 
 # Query modes, as `--json` names them; those that go through the model need the store's checkpoint.
 MODES = ("text", "like", "keyword", "image")
@@ -101,9 +103,9 @@ def run(args: argparse.Namespace) -> int:
             encoder.close()
     result = report(index, str(query), mode, args.panels, hits)
     if args.json:
-        print(json.dumps(result, ensure_ascii=False, indent=2))
+        print(msgspec.json.format(encode_json(result), indent=2).decode())
     else:
-        _print_table(index, str(query), mode, args.panels, result["results"])
+        _print_table(index, str(query), mode, args.panels, result.results)
     return EXIT_OK
 
 
@@ -159,27 +161,22 @@ def find(
     raise UsageError(f"unknown query mode {mode!r} (one of {', '.join(MODES)})")
 
 
-def report(index: SearchIndex, query: str, mode: str, panels: bool, hits: list[Hit]) -> dict[str, Any]:
-    """The `--json` object of a query: the store, the query, and the hits described."""
-    keyword = query if mode == "keyword" else None
-    results = [{"rank": i + 1, **r} for i, r in enumerate(index.describe(hits, keyword))]
-    if mode == "keyword":  # a count of occurrences, not a similarity
-        for r in results:
-            r["score"] = int(r["score"])
-    return {
-        "store": str(index.path),
-        "query": query,
-        "mode": mode,
-        "panels": panels,
-        "committed_rows": index.committed,
-        "searchable_pages": len(index.rows),
-        "index_generation": index.generation,
-        "indexed_rows": index.covered,
-        "results": results,
-    }
+def report(index: SearchIndex, query: str, mode: str, panels: bool, hits: list[Hit]) -> QueryAnswer:
+    """The `--json` record of a query: the store, the query, and the hits described."""
+    return QueryAnswer(
+        store=str(index.path),
+        query=query,
+        mode=mode,
+        panels=panels,
+        committed_rows=index.committed,
+        searchable_pages=len(index.rows),
+        index_generation=index.generation,
+        indexed_rows=index.covered,
+        results=index.describe(hits, query if mode == "keyword" else None),
+    )
 
 
-def _print_table(index: SearchIndex, query: str, mode: str, panels: bool, results: list[dict[str, Any]]) -> None:
+def _print_table(index: SearchIndex, query: str, mode: str, panels: bool, results: list[HitRecord]) -> None:
     unit = "panels" if panels else "pages"
     print(
         f"{mode} {query!r}: top {len(results)} {unit} of {len(index.rows)} searchable pages "
@@ -192,13 +189,13 @@ def _print_table(index: SearchIndex, query: str, mode: str, panels: bool, result
     columns = ["rank", "score", "page_id", "series", "page", "panel", "text"]
     rows = [
         [
-            str(r["rank"]),
-            _score(r["score"], mode),
-            r["page_id"],
-            r["series"],
-            r["page_num"],
-            "" if r["panel"] is None else str(r["panel"]),
-            r["snippet"],
+            str(r.rank),
+            _score(r.score, mode),
+            r.page_id,
+            r.series,
+            r.page_num,
+            "" if r.panel is None else str(r.panel),
+            r.snippet,
         ]
         for r in results
     ]

@@ -11,6 +11,8 @@ value (the original embedded such a page as one full-page panel, with no error):
 4 finite numbers or has no area, a polygon of fewer than 3 points, text that is not a string, a
 list of strings or a dict of those. A panel with no box at all (no box key, or null, or `[]`) is
 dropped and counted, as are the panels past the first MAX_PANELS, whatever they hold.
+
+Our own tools (the sample corpus, the DataSpec builder) write one form only, `DataSpecRecord`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from comix_embed.common.config import MAX_PANELS
 from comix_embed.common.inputs.pages import Box, PageSpec, PanelSpec
@@ -47,6 +51,20 @@ POLYGON_KEYS = ("polygon", "segmentation")
 
 _NARRATION = ("narrat", "caption")
 _SFX = ("sfx", "sound", "onomatopoeia", "effect")
+
+
+class PanelRecord(msgspec.Struct):
+    """One panel as our tools write it: an x, y, w, h box in pixels and its text by kind."""
+
+    panel_coords: list[int]
+    text: dict[str, list[str]]
+
+
+class DataSpecRecord(msgspec.Struct):
+    """The DataSpec form our tools write (docs/inputs.md, "DataSpec files"), read back like any other."""
+
+    page_image_path: str
+    panels: list[PanelRecord]
 
 
 class DataSpecError(Exception):

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import posixpath
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from comix_embed.common.durable import write_json_atomic
+from comix_embed.common.inputs.dataspec import DataSpecRecord, PanelRecord
 from comix_embed.common.inputs.paths import is_windows_absolute
 from comix_embed.tools.dataspec_builder.coco import Box, Predictions
 from comix_embed.tools.dataspec_builder.mapping import MappingRow, derived_rel_paths, local_path
@@ -56,10 +56,10 @@ class PageBuilder:
             write_json_atomic(path, spec, fsync=False, indent=2)  # an interrupted run leaves no half file
             written.append(path)
             self.report.kept += 1
-            self.report.panels_written += len(spec["panels"])
+            self.report.panels_written += len(spec.panels)
         return written
 
-    def dataspec(self, row: MappingRow) -> tuple[dict[str, Any], int, int]:
+    def dataspec(self, row: MappingRow) -> tuple[DataSpecRecord, int, int]:
         """(DataSpec, detected panels, VLM panels) of one row, or Drop with the first reason that applies."""
         self.check_image(row.image_path)
         boxes = self.predictions.panels.get(row.image_id) if row.image_id else None
@@ -73,8 +73,8 @@ class PageBuilder:
             raise Drop("no_panels", f"{len(kept)} panel boxes with score >= {self.min_score:g}, {len(vlm)} VLM panels")
         if len(kept) != len(vlm) and self.subset == "perfect":
             raise Drop("count_mismatch", f"{len(kept)} detected panels, {len(vlm)} VLM panels")
-        panels = [{"panel_coords": coords(box), "text": panel_text(panel)} for box, panel in zip(kept, vlm)]
-        return {"page_image_path": row.image_path, "panels": panels}, len(kept), len(vlm)
+        panels = [PanelRecord(panel_coords=coords(box), text=panel_text(panel)) for box, panel in zip(kept, vlm)]
+        return DataSpecRecord(page_image_path=row.image_path, panels=panels), len(kept), len(vlm)
 
     def check_image(self, image_path: str) -> None:
         if not image_path:

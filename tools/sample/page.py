@@ -12,8 +12,10 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 from PIL import Image, ImageDraw
 
+from comix_embed.common.inputs.dataspec import DataSpecRecord, PanelRecord
 from comix_embed.tools.sample.drawing import INK, PAPER, WHITE, book_hue, draw_art, hsv, scan_noise
 from comix_embed.tools.sample.layout import layout, page_kind
 from comix_embed.tools.sample.lettering import font, letter_balloon, letter_caption, letter_sfx
@@ -99,16 +101,16 @@ def make_page(job: PageJob) -> PageResult:
         text = panel_text(rng)
         page.paste(draw_panel(rng, (w, h), text, hue, letter), (x, y))
         draw.rectangle([x, y, x + w - 1, y + h - 1], outline=INK, width=rng.randint(4, 7))
-        panels.append({"panel_coords": [x, y, w, h], "text": text})
+        panels.append(PanelRecord(panel_coords=[x, y, w, h], text=text))
     page = scan_noise(page, rng)
 
     out = Path(job.out)
     image_rel = relative_parts(job, ".jpg")
     page.save(out.joinpath("images", *image_rel), "JPEG", quality=JPEG_QUALITY)
     image_path = "\\".join([WINDOWS_ROOT, *image_rel]) if job.windows_paths else "/".join(image_rel)
-    spec = {"page_image_path": image_path, "panels": panels}
+    spec = DataSpecRecord(page_image_path=image_path, panels=panels)
     spec_rel = relative_parts(job, ".json")
-    spec_text = json.dumps(spec, indent=2, ensure_ascii=False) + "\n"
+    spec_text = json.dumps(msgspec.to_builtins(spec), indent=2, ensure_ascii=False) + "\n"
     out.joinpath("dataspecs", *spec_rel).write_text(spec_text, encoding="utf-8")
     separator = "\\" if rng.random() < BACKSLASH_LINES else "/"
     return PageResult(separator.join(["dataspecs", *spec_rel]), len(panels))

@@ -14,13 +14,13 @@ import logging
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import faiss
 import numpy as np
 
 from comix_embed.common.errors import UsageError
 from comix_embed.tools.search.ann import AnnPart
+from comix_embed.tools.search.answers import HitRecord
 from comix_embed.tools.search.exact import DEFAULT_PANEL_MEMORY, ExactPart
 from comix_embed.tools.search.layout import (
     SEGMENTS,
@@ -275,21 +275,23 @@ class SearchIndex:
         pages = [plain_text(t) for t in self.store.cells("page_text", rows)]
         return [pages[i] if h.panel is None else plain_text(panels[i]) for i, h in enumerate(hits)]
 
-    def describe(self, hits: list[Hit], keyword: str | None = None) -> list[dict[str, Any]]:
-        """Hits as the CLI prints them (and as its JSON holds them); each column read once."""
+    def describe(self, hits: list[Hit], keyword: str | None = None) -> list[HitRecord]:
+        """Hits ranked as the CLI prints them (and as its JSON holds them); each column read once.
+        With a `keyword`, scores are counts and snippets are cut around its first occurrence."""
         rows = [h.row for h in hits]
         columns = {name: self.store.cells(name, rows) for name in ("page_id", "series", "page_num", "manifest_path")}
         texts = self.texts_of(hits)
         return [
-            {
-                "score": round(h.score, 6),
-                "page_id": str(columns["page_id"][i]),
-                "series": str(columns["series"][i]),
-                "page_num": str(columns["page_num"][i]),
-                "row": h.row,
-                "panel": h.panel,
-                "manifest_path": str(columns["manifest_path"][i]),
-                "snippet": snippet(texts[i], keyword),
-            }
+            HitRecord(
+                rank=i + 1,
+                score=int(h.score) if keyword is not None else round(h.score, 6),
+                page_id=str(columns["page_id"][i]),
+                series=str(columns["series"][i]),
+                page_num=str(columns["page_num"][i]),
+                row=h.row,
+                panel=h.panel,
+                manifest_path=str(columns["manifest_path"][i]),
+                snippet=snippet(texts[i], keyword),
+            )
             for i, h in enumerate(hits)
         ]

@@ -5,7 +5,8 @@
     GET  /api/page/<store>/<row>             a committed page: columns, status, panels
     GET  /api/status                         committed, failed and registered pages of each store
 
-A search answers `{"request": {...}, "stores": [...]}`, one object per store, never merged: the
+Each answer is a record of tools/serve/answers.py. A search answers
+`{"request": {...}, "stores": [...]}`, one object per store, never merged: the
 object `comix-embed query --json` prints (store, query, mode, panels, committed_rows,
 searchable_pages, results of rank, score, page_id, series, page_num, row, panel, manifest_path,
 snippet) plus `name`, `encoder_mode` and `elapsed_ms`; or `name`, `store` and `error`. Bad
@@ -14,12 +15,12 @@ requests answer 400 and a missing page 404, with `{"error": "..."}`.
 
 from __future__ import annotations
 
-from typing import Any
-
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, request
 from flask.typing import ResponseReturnValue
 
 from comix_embed.common.errors import UsageError
+from comix_embed.common.messages import encode_json
+from comix_embed.tools.serve.answers import ApiError, StatusList, StoreList, StoreSummary
 from comix_embed.tools.serve.app import state
 from comix_embed.tools.serve.searching import SearchRequest, search
 from comix_embed.tools.serve.views import uploaded_image
@@ -27,35 +28,39 @@ from comix_embed.tools.serve.views import uploaded_image
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 
-def _error(message: str, code: int) -> ResponseReturnValue:
-    return jsonify({"error": message}), code
+def _json(record: object, code: int = 200) -> Response:
+    """A record of tools/serve/answers.py as the JSON response."""
+    return Response(encode_json(record), status=code, mimetype="application/json")
+
+
+def _error(message: str, code: int) -> Response:
+    return _json(ApiError(message), code)
 
 
 @bp.get("/stores")
 def stores() -> ResponseReturnValue:
-    listed: list[dict[str, Any]] = [
-        {
-            "name": s.name,
-            "store": str(s.path),
-            "encoder_mode": s.encoder_mode,
-            "committed_rows": s.index().committed,
-            "searchable_pages": len(s.index().rows),
-            "text_queries": s.encoder is not None and s.encoder.refusal("text") is None,
-            "image_queries": s.encoder is not None and s.encoder.refusal("image") is None,
-        }
+    listed = [
+        StoreSummary(
+            name=s.name,
+            store=str(s.path),
+            encoder_mode=s.encoder_mode,
+            committed_rows=s.index().committed,
+            searchable_pages=len(s.index().rows),
+            text_queries=s.encoder is not None and s.encoder.refusal("text") is None,
+            image_queries=s.encoder is not None and s.encoder.refusal("image") is None,
+        )
         for s in state().stores.values()
     ]
-    return jsonify({"stores": listed})
+    return _json(StoreList(listed))
 
 
 @bp.route("/search", methods=["GET", "POST"])
 def search_api() -> ResponseReturnValue:
     try:
-        query = SearchRequest.parse(request.values, uploaded_image())
-        answers = search(state().stores, query)
+        answer = search(state().stores, SearchRequest.parse(request.values, uploaded_image()))
     except UsageError as exc:
         return _error(str(exc), 400)
-    return jsonify({"request": query.fields(), "stores": answers})
+    return _json(answer)
 
 
 @bp.get("/page/<store>/<int:row>")
@@ -64,7 +69,7 @@ def page(store: str, row: int) -> ResponseReturnValue:
     if served is None:
         return _error(f"no store named {store!r}", 404)
     try:
-        return jsonify(served.page(row))
+        return _json(served.page(row))
     except UsageError as exc:
         return _error(str(exc), 404)
 
@@ -72,4 +77,4 @@ def page(store: str, row: int) -> ResponseReturnValue:
 @bp.get("/status")
 def status() -> ResponseReturnValue:
     limit = request.args.get("failed_limit", 1000, type=int)
-    return jsonify({"stores": [s.status(failed_limit=max(0, limit)) for s in state().stores.values()]})
+    return _json(StatusList([s.status(failed_limit=max(0, limit)) for s in state().stores.values()]))

@@ -1,7 +1,7 @@
 """A search request from the web, asked of each served store in turn; never merged across stores.
 
 The request's fields are the same for the HTML form and the JSON API (`mode`, `q`, `panels`,
-`k`, `store`, `panel`, and an uploaded `image`). Each store answers with the object
+`k`, `store`, `panel`, and an uploaded `image`). Each store answers with the record
 `comix-embed query --json` prints (the same `find` and `report`), plus its name, encoder mode
 and the time it took; a store that cannot answer (a page it does not hold, an encoder mode that
 does not see that kind of query) answers with its reason instead. Each query is embedded for
@@ -16,8 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from comix_embed.common.errors import UsageError
 from comix_embed.tools.query import MODES, find, report
+from comix_embed.tools.serve.answers import RequestFields, SearchAnswer, StoreAnswer, StoreRefusal
 from comix_embed.tools.serve.stores import ServedStore
 
 DEFAULT_K = 24
@@ -60,16 +63,11 @@ class SearchRequest:
             image=image[1] if image else None,
         )
 
-    def fields(self) -> dict[str, Any]:
+    def fields(self) -> RequestFields:
         """The request as fields (for links and the JSON answer); the image's bytes left out."""
-        return {
-            "mode": self.mode,
-            "q": self.query,
-            "panels": self.panels,
-            "k": self.k,
-            "store": self.store,
-            "panel": self.panel,
-        }
+        return RequestFields(
+            mode=self.mode, q=self.query, panels=self.panels, k=self.k, store=self.store, panel=self.panel
+        )
 
 
 def _int(values: Mapping[str, str], name: str, default: int | None, low: int, high: int) -> Any:
@@ -94,21 +92,25 @@ def selected(stores: dict[str, ServedStore], name: str) -> list[ServedStore]:
     return [stores[name]]
 
 
-def ask(store: ServedStore, request: SearchRequest) -> dict[str, Any]:
-    """One store's answer: `query --json`'s object plus name, encoder mode and time, or its reason."""
+def ask(store: ServedStore, request: SearchRequest) -> StoreAnswer | StoreRefusal:
+    """One store's answer: `query --json`'s record plus name, encoder mode and time, or its reason."""
     started = time.perf_counter()
-    head = {"name": store.name, "encoder_mode": store.encoder_mode}
     index = store.index()
     try:
         hits = find(
             index, request.mode, request.query, request.k, request.panels, store.encoder, request.image, request.panel
         )
     except UsageError as exc:
-        return {**head, "store": str(store.path), "error": str(exc)}
+        return StoreRefusal(name=store.name, encoder_mode=store.encoder_mode, store=str(store.path), error=str(exc))
     answer = report(index, request.query, request.mode, request.panels, hits)
-    return {**head, **answer, "elapsed_ms": round((time.perf_counter() - started) * 1000, 1)}
+    return StoreAnswer(
+        **msgspec.structs.asdict(answer),
+        name=store.name,
+        encoder_mode=store.encoder_mode,
+        elapsed_ms=round((time.perf_counter() - started) * 1000, 1),
+    )
 
 
-def search(stores: dict[str, ServedStore], request: SearchRequest) -> list[dict[str, Any]]:
+def search(stores: dict[str, ServedStore], request: SearchRequest) -> SearchAnswer:
     """Every selected store's answer, in the order the stores were given."""
-    return [ask(store, request) for store in selected(stores, request.store)]
+    return SearchAnswer(request.fields(), [ask(store, request) for store in selected(stores, request.store)])

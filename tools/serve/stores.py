@@ -15,7 +15,6 @@ import logging
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +27,14 @@ from comix_embed.common.inputs.paths import ImageResolver
 from comix_embed.common.model.preprocess import join_text
 from comix_embed.common.store.attributes import StoreAttributes
 from comix_embed.common.store.reading import read_attrs, read_committed_rows, resolve_store
-from comix_embed.common.store.schema import PAGE_COLUMNS, STATUS_FAILED, STATUS_FULL_PAGE, STATUS_NAMES, STATUS_OK
+from comix_embed.common.store.schema import STATUS_FAILED, STATUS_FULL_PAGE, STATUS_NAMES, STATUS_OK
 from comix_embed.tools.query_model import QueryEncoder
 from comix_embed.tools.search import SearchIndex
 from comix_embed.tools.search.layout import generation_in_use
+from comix_embed.tools.serve.answers import PAGE_FIELDS, FailedPage, PageDetail, PanelView, StoreStatus, page_detail
 
 log = logging.getLogger(__name__)
 
-# Page columns shown with a page: the store's page columns, and where its image is or why it failed.
-PAGE_FIELDS = (*PAGE_COLUMNS, "image_path", "error")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -52,18 +50,6 @@ def store_names(paths: list[Path]) -> list[str]:
             candidate = f"{name}-{n}"
         names.append(candidate)
     return names
-
-
-@dataclass
-class PanelView:
-    """One valid panel of a page, as the page view shows it."""
-
-    slot: int
-    box: list[float]  # x, y, w, h in original (upright) pixels
-    attention: float
-    next: int  # predicted next panel, -1 where none
-    text: dict[str, list[str]]
-    plain: str
 
 
 class ServedStore:
@@ -141,17 +127,11 @@ class ServedStore:
             raise UsageError(f"row {row} is not among the {committed} committed rows of {self.name}")
         return row
 
-    def page(self, row: int) -> dict[str, Any]:
+    def page(self, row: int) -> PageDetail:
         """A committed page: its columns, status and valid panels (box, attention, next, text)."""
         row = self.committed_row(row)
         arrays = _Arrays(self.path)
-        info: dict[str, Any] = {"store": self.name, "row": row}
-        for name in PAGE_FIELDS:
-            info[name] = str(arrays.at(name, row))
         status = int(arrays.at("status", row))
-        info["status"] = status
-        info["status_name"] = STATUS_NAMES.get(status, "pending")
-        info["image_root"] = arrays.image_root(row)
         boxes = arrays.at("panel_coordinates", row)
         attention = arrays.at("attention_weights", row)
         order = arrays.at("reading_order", row)
@@ -159,18 +139,26 @@ class ServedStore:
         panels = []
         for slot in np.flatnonzero(arrays.at("panel_mask", row)):
             text = _text(texts[slot])
-            view = PanelView(
-                slot=int(slot),
-                box=[round(float(v), 2) for v in boxes[slot]],
-                attention=round(float(attention[slot]), 6),
-                next=int(order[slot]),
-                text=text,
-                plain=join_text(text),
+            panels.append(
+                PanelView(
+                    slot=int(slot),
+                    box=[round(float(v), 2) for v in boxes[slot]],
+                    attention=round(float(attention[slot]), 6),
+                    next=int(order[slot]),
+                    text=text,
+                    plain=join_text(text),
+                )
             )
-            panels.append(view.__dict__)
-        info["panels"] = panels
-        info["page_text"] = join_text(_text(arrays.at("page_text", row)))
-        return info
+        return page_detail(
+            {name: str(arrays.at(name, row)) for name in PAGE_FIELDS},
+            store=self.name,
+            row=row,
+            status=status,
+            status_name=STATUS_NAMES.get(status, "pending"),
+            image_root=arrays.image_root(row),
+            panels=panels,
+            page_text=join_text(_text(arrays.at("page_text", row))),
+        )
 
     def panel_box(self, row: int, slot: int) -> list[float]:
         """x, y, w, h of one valid panel of a committed page (UsageError for a padded slot)."""
@@ -206,7 +194,7 @@ class ServedStore:
 
     # --- status ---
 
-    def status(self, failed_limit: int = 1000) -> dict[str, Any]:
+    def status(self, failed_limit: int = 1000) -> StoreStatus:
         """Registered, committed, ok, full-page and failed pages, read from the committed prefix now;
         failed pages listed (up to `failed_limit`) with their reasons."""
         kept = StoreAttributes.of(read_attrs(self.path))
@@ -218,22 +206,20 @@ class ServedStore:
         ids = arrays.cells("page_id", shown)
         errors = arrays.cells("error", shown)
         index = self._index
-        return {
-            "name": self.name,
-            "store": str(self.path),
-            "encoder_mode": self.encoder_mode,
-            "registered_rows": kept.registered_rows,
-            "committed_rows": committed,
-            "ok": int((statuses == STATUS_OK).sum()),
-            "full_page": int((statuses == STATUS_FULL_PAGE).sum()),
-            "failed": len(failed_rows),
-            "searchable_pages": len(index.rows),
-            "indexed_rows": index.committed,
-            "failed_pages": [
-                {"row": int(r), "page_id": str(p), "error": str(e)} for r, p, e in zip(shown, ids, errors)
-            ],
-            "jobs": kept.job_ids(),
-        }
+        return StoreStatus(
+            name=self.name,
+            store=str(self.path),
+            encoder_mode=self.encoder_mode,
+            registered_rows=kept.registered_rows,
+            committed_rows=committed,
+            ok=int((statuses == STATUS_OK).sum()),
+            full_page=int((statuses == STATUS_FULL_PAGE).sum()),
+            failed=len(failed_rows),
+            searchable_pages=len(index.rows),
+            indexed_rows=index.committed,
+            failed_pages=[FailedPage(row=int(r), page_id=str(p), error=str(e)) for r, p, e in zip(shown, ids, errors)],
+            jobs=kept.job_ids(),
+        )
 
 
 class _Arrays:

@@ -6,13 +6,14 @@ original files those pages show."""
 from __future__ import annotations
 
 import logging
-from typing import Any
 
+import msgspec
 from flask import Blueprint, Response, abort, render_template, request, send_file
 
 from comix_embed.common.errors import UsageError
 from comix_embed.common.inputs.paths import PathRefused
 from comix_embed.common.model.preprocess import PageImageError
+from comix_embed.tools.serve.answers import PanelView
 from comix_embed.tools.serve.app import state
 from comix_embed.tools.serve.files import page_thumbnail, requested_image
 from comix_embed.tools.serve.searching import SearchRequest, search
@@ -43,11 +44,12 @@ def search_page() -> tuple[str, int] | str:
     stores = state().stores
     try:
         query = SearchRequest.parse(request.values, uploaded_image())
-        answers = search(stores, query)
+        answer = search(stores, query)
     except UsageError as exc:
         form = {k: request.values.get(k, "") for k in ("mode", "q", "store", "k")}
         return render_template("search.html", stores=stores, form=form, answers=None, error=str(exc)), 400
-    return render_template("search.html", stores=stores, form=query.fields(), answers=answers, error=None)
+    form = msgspec.structs.asdict(answer.request)
+    return render_template("search.html", stores=stores, form=form, answers=answer.stores, error=None)
 
 
 @bp.get("/page/<store>/<int:row>")
@@ -60,7 +62,7 @@ def page_view(store: str, row: int) -> str:
     except UsageError as exc:
         abort(404, str(exc))
     size, image_error = None, None
-    if info["status_name"] != "failed":
+    if info.status_name != "failed":
         try:
             size = page_thumbnail(state(), store, row, PAGE_SIZE, None).page_size
         except (PathRefused, FileNotFoundError, PageImageError, UsageError) as exc:
@@ -71,28 +73,28 @@ def page_view(store: str, row: int) -> str:
         store=served,
         size=size,
         image_error=image_error,
-        arrows=reading_arrows(info["panels"]),
+        arrows=reading_arrows(info.panels),
         unit=max(size) / 100 if size else 1.0,
         thumb_size=PAGE_SIZE,
     )
 
 
-def reading_arrows(panels: list[dict[str, Any]]) -> list[dict[str, float]]:
+def reading_arrows(panels: list[PanelView]) -> list[dict[str, float]]:
     """One arrow per panel to the panel predicted next (from centre to centre, shortened so
     that heads and tails stay clear of the labels); none where a panel points nowhere or at itself."""
-    centres = {p["slot"]: (p["box"][0] + p["box"][2] / 2, p["box"][1] + p["box"][3] / 2) for p in panels}
+    centres = {p.slot: (p.box[0] + p.box[2] / 2, p.box[1] + p.box[3] / 2) for p in panels}
     arrows = []
     for p in panels:
-        target = p["next"]
-        if target == p["slot"] or target not in centres:
+        target = p.next
+        if target == p.slot or target not in centres:
             continue
-        (x1, y1), (x2, y2) = centres[p["slot"]], centres[target]
+        (x1, y1), (x2, y2) = centres[p.slot], centres[target]
         dx, dy = x2 - x1, y2 - y1
         length = max((dx * dx + dy * dy) ** 0.5, 1e-6)
         trim = min(0.15 * length, 60.0)
         arrows.append(
             {
-                "from": p["slot"],
+                "from": p.slot,
                 "to": target,
                 "x1": x1 + dx / length * trim,
                 "y1": y1 + dy / length * trim,
@@ -106,7 +108,7 @@ def reading_arrows(panels: list[dict[str, Any]]) -> list[dict[str, float]]:
 @bp.get("/status")
 def status_view() -> str:
     statuses = [s.status() for s in state().stores.values()]
-    running = any(s["committed_rows"] < s["registered_rows"] for s in statuses)
+    running = any(s.committed_rows < s.registered_rows for s in statuses)
     return render_template("status.html", statuses=statuses, refresh=STATUS_REFRESH_S if running else None)
 
 
