@@ -52,13 +52,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import zarr
 
 from comix_embed.common import config
 from comix_embed.common.broker.results_stream import ResultsFull, connect, push, store_id_of
 from comix_embed.common.inputs.pages import PageSpec, PageTask, PanelSpec
-from comix_embed.common.messages import TASK_FORMAT, ModelIdentity, TaskPayload
+from comix_embed.common.messages import TASK_FORMAT, ModelIdentity, TaskPayload, decode_json, encode_json
 from comix_embed.common.model.identity import make_identity
 from comix_embed.common.model.preprocess import text_to_json
 from comix_embed.common.store.jobs import Job, JobPage
@@ -466,7 +467,17 @@ def search_panels(index: Any, vector: np.ndarray) -> list[int]:
     return [h.row for h in index.panels(vector, K)]
 
 
-def query_process(store: Path, d: int, pages: int) -> dict[str, Any]:
+class QueryFigures(msgspec.Struct, kw_only=True):
+    """What the query child process reports to its parent (as JSON on its stdout)."""
+
+    query_like_p50_ms: float
+    query_keyword_p50_ms: float
+    query_panel_p50_ms: float
+    query_peak_rss_mb: int
+    answers: list[list[int]]  # the rows found for each recall query
+
+
+def query_process(store: Path, d: int, pages: int) -> QueryFigures:
     """Median latencies of 50 like, keyword and panel queries on the open store, the panel
     answers to the recall queries, and this process's peak memory."""
     corpus = Corpus(pages, d, SEED)
@@ -498,13 +509,13 @@ def query_process(store: Path, d: int, pages: int) -> dict[str, Any]:
         times.append((time.perf_counter() - t0) * 1000)
     with open("/proc/self/status") as fh:
         hwm = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
-    return {
-        "query_like_p50_ms": p50(search_like, like_rows),
-        "query_keyword_p50_ms": p50(search_keyword, words[:TIMED_QUERIES]),
-        "query_panel_p50_ms": round(float(np.median(times[:TIMED_QUERIES])), 2),
-        "query_peak_rss_mb": round(max(hwm, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024),
-        "answers": answers,
-    }
+    return QueryFigures(
+        query_like_p50_ms=p50(search_like, like_rows),
+        query_keyword_p50_ms=p50(search_keyword, words[:TIMED_QUERIES]),
+        query_panel_p50_ms=round(float(np.median(times[:TIMED_QUERIES])), 2),
+        query_peak_rss_mb=round(max(hwm, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024),
+        answers=answers,
+    )
 
 
 def exact_top_pages(store: Path, queries: np.ndarray, k: int = K, step: int = 4096) -> list[list[int]]:
@@ -551,8 +562,9 @@ def measure_queries(store: Path, d: int, pages: int) -> dict[str, Any]:
     )
     if done.returncode != 0:
         raise SystemExit(f"error: the query process failed:\n{done.stderr[-3000:]}")
-    figures = json.loads(done.stdout)
+    reported = decode_json(done.stdout, QueryFigures, "the query process's figures")
     exact = exact_top_pages(store, Corpus(pages, d, SEED).queries(RECALL_QUERIES))
+    figures: dict[str, Any] = msgspec.structs.asdict(reported)
     figures["panel_recall_at_10"] = recall_at_k(figures.pop("answers"), exact)
     return figures
 
@@ -639,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.pages < 10 * len(JOB_SHARES):
         parser.error(f"--pages must be at least {10 * len(JOB_SHARES)}")
     if args.query_store is not None:
-        print(json.dumps(query_process(args.query_store, args.d, args.pages)))
+        print(encode_json(query_process(args.query_store, args.d, args.pages)).decode())
         return 0
     if args.keep is not None:
         figures = run(args.keep, args.pages, args.batch_size, args.d)
