@@ -73,6 +73,7 @@ def interrupted_store(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint:
         for p in planned
     ]
     job, _ = plan_job(out, corpus / "list.txt", pages, batch_size=4, incremental=False)
+    assert job is not None
     by_id = {p.task.page_id: p.task for p in planned}
     embedder = Embedder(
         load_model(tiny_checkpoint),

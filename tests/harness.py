@@ -163,10 +163,11 @@ def wait_results(broker: str, out: Path, count: int, timeout: float) -> None:
     """Until at least `count` batch results wait for the writer in Redis."""
     import redis
 
-    from comix_embed.common.broker.results_stream import results_key, store_id
+    from comix_embed.common.broker.results_stream import results_key
+    from tests.typed import broker_store
 
     client = redis.Redis.from_url(broker)
-    key = results_key(store_id(out))
+    key = results_key(broker_store(out))
     deadline = time.monotonic() + timeout
     while client.xlen(key) < count:
         if time.monotonic() > deadline:
@@ -238,7 +239,7 @@ def is_stopped(pid: int) -> bool:
 def store_arrays(out: Path) -> dict[str, np.ndarray]:
     """Every variable of the committed store as numpy arrays, for array-by-array comparison."""
     ds = open_committed(store_path(out))
-    return {name: np.asarray(ds[name].values) for name in list(ds.data_vars) + list(ds.coords)}
+    return {str(name): np.asarray(ds[name].values) for name in list(ds.data_vars) + list(ds.coords)}
 
 
 def assert_same_store(a: Path, b: Path) -> None:

@@ -53,15 +53,24 @@ def make_pages(n: int, prefix: str = "book", seed: int = 0, max_panels: int = 12
     return pages
 
 
-def plan(
+def plan_maybe(
     output_dir: str | Path, pages: list[JobPage], batch_size: int, incremental: bool = False, name: str = "list.txt"
 ) -> tuple[Job | None, list[tuple[JobPage, str]]]:
-    """Write a list file for these pages and plan it as a job."""
+    """Write a list file for these pages and plan it as a job (None: nothing new to embed)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     list_path = output_dir / name
     list_path.write_text("".join(p.manifest_path + "\n" for p in pages), encoding="utf-8")
     return plan_job(output_dir, list_path, pages, batch_size, incremental)
+
+
+def plan(
+    output_dir: str | Path, pages: list[JobPage], batch_size: int, incremental: bool = False, name: str = "list.txt"
+) -> tuple[Job, list[tuple[JobPage, str]]]:
+    """`plan_maybe` where the pages hold something new: the job planned."""
+    job, skipped = plan_maybe(output_dir, pages, batch_size, incremental, name)
+    assert job is not None, "nothing new to plan"
+    return job, skipped
 
 
 def make_result(job: Job, batch_id: int, model: dict[str, Any], seed: int = 0) -> BatchResult:

@@ -10,7 +10,7 @@ import pytest
 from comix_embed.common.inputs.dataspec import DataSpecError, load_dataspec, read_dataspec
 from comix_embed.common.inputs.pages import PageSpec, PanelSpec
 
-EMPTY = {"dialogue": [], "narration": [], "sfx": []}
+EMPTY: dict[str, list[str]] = {"dialogue": [], "narration": [], "sfx": []}
 
 
 def write_json(path: Path, data: object) -> Path:

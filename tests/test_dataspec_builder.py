@@ -19,7 +19,7 @@ from comix_embed.tools.dataspec_builder.mapping import derived_rel_paths
 
 REPO = Path(__file__).resolve().parents[1]
 
-PAGE1_TEXT = [
+PAGE1_TEXT: list[dict[str, list[str]]] = [
     {
         "dialogue": ["Hello.", "hmm", "Hi!"],
         "narration": ["Meanwhile...", "A street.", "Two people meet."],

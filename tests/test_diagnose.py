@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
 
 from comix_embed.cli import main
 from comix_embed.common.store.manifests import INFLIGHT_NAME, manifest_dir, manifest_file
 from comix_embed.common.store.schema import store_path
 from tests.cli import run_cli
+from tests.typed import StoreArrays
 
 
 def diagnose(capsys: pytest.CaptureFixture[str], target: Path) -> tuple[int, dict[str, str], str]:
@@ -77,7 +77,7 @@ def test_deleted_manifest_inside_committed_prefix(pipeline_store: Path, tmp_path
 
 def test_changed_row_is_named(pipeline_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = copy_of(pipeline_store, tmp_path)
-    arr = zarr.open_group(store_path(out), mode="r+")["page_embeddings"]
+    arr = StoreArrays(store_path(out), mode="r+")["page_embeddings"]
     arr[5] = arr[5] * 2.0  # plausible values, but not those committed
     code, checks, _ = diagnose(capsys, out)
     assert code == 1
@@ -87,7 +87,7 @@ def test_changed_row_is_named(pipeline_store: Path, tmp_path: Path, capsys: pyte
 
 def test_nan_row_is_named(pipeline_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = copy_of(pipeline_store, tmp_path)
-    arr = zarr.open_group(store_path(out), mode="r+")["page_embeddings"]
+    arr = StoreArrays(store_path(out), mode="r+")["page_embeddings"]
     arr[6] = np.full(arr.shape[1], np.nan, dtype=np.float32)
     code, checks, _ = diagnose(capsys, out)
     assert code == 1

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import zarr
 
 from comix_embed.common import config
 from comix_embed.common.store.schema import RESULT_ARRAYS, store_path
 from comix_embed.writer.commit import StoreWriter
 from tests import synthetic
+from tests.typed import StoreArrays
 
 
 @dataclass
@@ -115,15 +115,15 @@ def _commit_job(out: Path, fsync: bool) -> tuple[StoreWriter, list[tuple[int, in
 def _chunk_files(out: Path, rows: list[tuple[int, int]]) -> set[str]:
     """The chunk (or shard) files of these rows in every result array, named by zarr's own
     chunk-key encoding (whose grid is the shards' in a sharded array)."""
-    group = zarr.open_group(store_path(out), mode="r")
+    group = StoreArrays(store_path(out))
     files = set()
     for name in RESULT_ARRAYS:
         arr = group[name]
-        rest = (0,) * (arr.ndim - 1)
+        rest = (0,) * (len(arr.shape) - 1)
         per_file = (arr.shards or arr.chunks)[0]
         for start, end in rows:
             for chunk in range(start // per_file, (end - 1) // per_file + 1):
-                files.add(str(store_path(out) / name / arr.metadata.encode_chunk_key((chunk, *rest))))
+                files.add(str(store_path(out) / name / arr.chunk_key((chunk, *rest))))
     return files
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,14 @@ def corpus_tasks(corpus: Path) -> list[PageTask]:
     return assign_rows(plan_pages(read_list(corpus / "list.txt", corpus), resolver), 0)
 
 
+def spec_of(task: PageTask) -> PageSpec:
+    """The DataSpec of a task planned with one (a page whose DataSpec could not be read has none)."""
+    assert task.spec is not None, task.page_id
+    return task.spec
+
+
 @pytest.fixture(scope="module")
-def embedder(tiny_checkpoint: Path, corpus: Path) -> Embedder:
+def embedder(tiny_checkpoint: Path, corpus: Path) -> Iterator[Embedder]:
     emb = make_embedder(tiny_checkpoint, [corpus / "images"])
     yield emb
     emb.close()
@@ -48,7 +55,7 @@ def test_skipping_padded_slots_matches_all_slots(embedder: Embedder, corpus: Pat
     tasks = corpus_tasks(corpus)[:10]
     arrays, _ = embedder.embed(tasks)
     assert np.isin(arrays["status"], [STATUS_OK, STATUS_FULL_PAGE]).all()
-    prepared = [prepare_page(t.spec, (corpus / "images" / t.image).read_bytes(), t.image) for t in tasks]
+    prepared = [prepare_page(spec_of(t), (corpus / "images" / t.image).read_bytes(), t.image) for t in tasks]
     ref = reference_embed(embedder.model, embedder.tokenizer, prepared)
     mask = arrays["panel_mask"]
     assert mask.sum(1).tolist() == [len(p.crops) for p in prepared]
@@ -65,7 +72,7 @@ def test_skipping_padded_slots_matches_all_slots(embedder: Embedder, corpus: Pat
 
 def test_page_without_panels_is_one_full_page_panel(embedder: Embedder, corpus: Path) -> None:
     task = corpus_tasks(corpus)[0]
-    task.spec = PageSpec(image=task.spec.image, panels=[])
+    task.spec = PageSpec(image=spec_of(task).image, panels=[])
     arrays, _ = embedder.embed([task])
     assert arrays["status"][0] == STATUS_FULL_PAGE
     assert arrays["panel_mask"][0].tolist() == [True] + [False] * 11
@@ -83,7 +90,7 @@ def test_more_than_twelve_panels_keeps_the_first_twelve(embedder: Embedder, corp
         PanelSpec(box=[10 * i, 10 * i, 300, 300], text={"dialogue": [f"panel {i}"], "narration": [], "sfx": []})
         for i in range(14)
     ]
-    task.spec = PageSpec(image=task.spec.image, panels=panels)
+    task.spec = PageSpec(image=spec_of(task).image, panels=panels)
     arrays, _ = embedder.embed([task])
     assert arrays["panel_mask"][0].all()
     assert arrays["panel_coordinates"][0, 11].tolist() == [110, 110, 300, 300]
@@ -102,7 +109,7 @@ def _bomb_png() -> bytes:
 def test_broken_images_fail_alone(tiny_checkpoint: Path, corpus: Path, tmp_path: Path) -> None:
     root = tmp_path / "images"
     root.mkdir()
-    good = [t for t in corpus_tasks(corpus) if t.spec.panels][:3]
+    good = [t for t in corpus_tasks(corpus) if spec_of(t).panels][:3]
     for t in good:
         (root / t.image).parent.mkdir(parents=True, exist_ok=True)
         (root / t.image).write_bytes((corpus / "images" / t.image).read_bytes())
@@ -145,14 +152,14 @@ def test_confinement_refuses_escapes_and_embeds_the_rest(tiny_checkpoint: Path, 
     outside = tmp_path / "outside"
     root.mkdir()
     outside.mkdir()
-    good = [t for t in corpus_tasks(corpus) if t.spec.panels][0]
+    good = [t for t in corpus_tasks(corpus) if spec_of(t).panels][0]
     jpeg = (corpus / "images" / good.image).read_bytes()
     (root / "ok.jpg").write_bytes(jpeg)
     (outside / "secret.jpg").write_bytes(jpeg)
     os.symlink(outside / "secret.jpg", root / "link.jpg")
     resolver = ImageResolver([root])
     spec = PageSpec(image="", panels=[PanelSpec(box=[0, 0, 400, 400])])
-    tasks = []
+    tasks: list[PageTask] = []
     for image in ("ok.jpg", "../outside/secret.jpg", str(outside / "secret.jpg"), "link.jpg"):
         task = PageTask(row=len(tasks), page_id=image, spec=spec)
         try:
@@ -179,7 +186,7 @@ def test_ablation_modes_use_one_encoder(tiny_checkpoint: Path, corpus: Path, mod
     emb = make_embedder(tiny_checkpoint, [corpus / "images"], mode=mode)
     try:
         arrays, _ = emb.embed(tasks)
-        prepared = [prepare_page(t.spec, (corpus / "images" / t.image).read_bytes(), t.image) for t in tasks]
+        prepared = [prepare_page(spec_of(t), (corpus / "images" / t.image).read_bytes(), t.image) for t in tasks]
         ref = reference_embed(emb.model, emb.tokenizer, prepared, mode)
     finally:
         emb.close()

@@ -74,7 +74,12 @@ def _literal_statuses(source: str) -> list[str]:
         if not isinstance(func, ast.FunctionDef):
             continue
         returns = [n for n in ast.walk(func) if isinstance(n, ast.Return) and n.value is not None]
-        by_name = any(isinstance(n, ast.Name) and n.id.startswith("EXIT_") for r in returns for n in ast.walk(r.value))
+        by_name = any(
+            isinstance(n, ast.Name) and n.id.startswith("EXIT_")
+            for r in returns
+            if r.value is not None
+            for n in ast.walk(r.value)
+        )
         if func.name not in ("run", "main") and not by_name:
             continue
         for r in returns:

@@ -18,7 +18,7 @@ import redis
 
 from comix_embed.common.broker import deliveries, keys
 from comix_embed.common.broker.batch_lease import batch_leases
-from comix_embed.common.broker.results_stream import push, results_key, store_id
+from comix_embed.common.broker.results_stream import push, results_key
 from comix_embed.common.child import cli_argv
 from comix_embed.common.messages import RESULT_FORMAT
 from comix_embed.common.model.tokenizer import load_tokenizer, tokenizer_dir_beside
@@ -45,6 +45,7 @@ from tests.harness import (
     worker,
     writer,
 )
+from tests.typed import broker_store, entries, read_new
 
 ROWS = PIPELINE_PAGES + 3  # the pipeline corpus: 21 pages in 6 batches of 4
 
@@ -129,7 +130,7 @@ def test_the_same_tokenizer_in_two_folders_is_one_model(
     queue = job_queue(out)
     assert all(f"queue {queue}" in p.text() for p in procs[:2])
     client = redis.Redis.from_url(broker.url)
-    assert client.xlen(keys.REFUSED.format(store=store_id(out))) == 0  # nothing set aside
+    assert client.xlen(keys.REFUSED.format(store=broker_store(out))) == 0  # nothing set aside
 
 
 def test_a_store_written_before_keeps_working_and_records_its_tokenizer_by_content(
@@ -187,7 +188,7 @@ def test_a_batch_refused_max_attempts_times_stops_run_with_the_reason(
     out, logs = tmp_path / "out", tmp_path / "logs"
     client = redis.Redis.from_url(broker.url)
     assert run_cli(*enqueue_args(tiny_checkpoint, job_corpus, out, broker.url)).returncode == 0
-    store, queue = store_id(out), job_queue(out)
+    store, queue = broker_store(out), job_queue(out)
     assert deliveries.queued(client, queue) == 6
     job = load_jobs(out)[0]
     other = synthetic.model_info(d=32, checkpoint=synthetic.CHECKPOINT_B)
@@ -224,7 +225,7 @@ def test_a_batch_lost_max_attempts_times_is_committed_as_failed_rows(
     wr = writer(out, broker.url, logs, env=env)
     try:
         assert run_cli(*enqueue_args(tiny_checkpoint, job_corpus, out, broker.url)).returncode == 0
-        store = store_id(out)
+        store = broker_store(out)
         lost_key = keys.LOST.format(store=store)
         given_up: list[int] = []
         for _ in range(12):  # kill whatever the worker holds until a batch has been lost twice
@@ -272,7 +273,7 @@ def test_given_back_resent_and_shut_down_batches_never_fail_a_healthy_page(
         _wait(lambda: "given back" in w1.text(), 180, "no batch was given back")
         resent = run_cli(*enqueue_args(tiny_checkpoint, job_corpus, out, broker.url, "--resend"))
         assert resent.returncode == 0 and "6 sent now" in resent.stdout, resent.stdout  # two deliveries of each
-        key = results_key(store_id(out))
+        key = results_key(broker_store(out))
         _wait(lambda: client.xlen(key) >= 1, 120, "the results stream never filled")
         # from now on no delivery can hand its result over: a batch w0 holds, it holds until told
         wait_batch_lease(broker.url, 120, holder="w0@")
@@ -286,7 +287,7 @@ def test_given_back_resent_and_shut_down_batches_never_fail_a_healthy_page(
         if "wr" in locals():
             wr.stop()
     assert "given back on shutdown" in w0.text()
-    store = store_id(out)
+    store = broker_store(out)
     assert client.hlen(keys.CRASHED.format(store=store)) == 0
     assert client.hlen(keys.LOST.format(store=store)) == 0
     assert "one by one" not in w0.text() + w1.text()  # no delivery was taken for a crash
@@ -391,7 +392,7 @@ def test_malformed_results_are_set_aside_and_the_writer_goes_on(tmp_path: Path, 
 
     out, logs = tmp_path / "out", tmp_path / "logs"
     job, _ = synthetic.plan(out, synthetic.make_pages(32), 8)
-    store, client = store_id(out), redis.Redis.from_url(broker.url)
+    store, client = broker_store(out), redis.Redis.from_url(broker.url)
     key = results_key(store)
     good = {b: synthetic.make_result(job, b, synthetic.model_info()) for b in range(4)}
     old_format = msgspec.msgpack.decode(good[1].to_bytes())
@@ -406,7 +407,7 @@ def test_malformed_results_are_set_aside_and_the_writer_goes_on(tmp_path: Path, 
     client.xadd(key, {"batch": 2, "data": msgspec.msgpack.encode(newer)})
     client.xadd(key, {"batch": 3, "data": b"\xc1 not msgpack"})
     # a writer read them all and died before acknowledging: they are its pending entries now
-    assert len(client.xreadgroup("writer", "writer-1", {key: ">"})[0][1]) == 6
+    assert len(read_new(client, "writer", "writer-1", key)) == 6
     for b in (1, 2, 3):
         client.xadd(key, {"batch": b, "data": good[b].to_bytes()})
     refused = keys.REFUSED.format(store=store)
@@ -429,7 +430,7 @@ def test_malformed_results_are_set_aside_and_the_writer_goes_on(tmp_path: Path, 
     assert any(f"result format {RESULT_FORMAT + 1} is newer than this writer reads" in r for r in reasons)
     assert any(r.startswith("batch result:") and "MessagePack" in r for r in reasons)
     assert "results set aside: 5" in text
-    kept = {f[b"reason"].decode(): f for _, f in client.xrange(refused)}  # moved aside with their data
+    kept = {f[b"reason"].decode(): f for _, f in entries(client, refused)}  # moved aside with their data
     garbage = next(f for r, f in kept.items() if "MessagePack" in r)
     assert garbage[b"data"] == b"\xc1 not msgpack" and garbage[b"data_bytes"] == b"13"
     assert read_committed_rows(store_path(out)) == 32

@@ -29,6 +29,7 @@ from comix_embed.private_redis import PrivateRedis
 from tests.cli import enqueue_args, run_cli
 from tests.corpora import PIPELINE_PAGES
 from tests.harness import assert_same_store, store_arrays, wait_committed, wait_results, worker, writer
+from tests.typed import entries
 
 FIRST = 12  # pages of the first job (3 batches of 4); the rest of the list is the second job
 
@@ -183,5 +184,6 @@ def test_a_result_waits_while_redis_is_out_of_memory(broker: PrivateRedis, caplo
     assert "batch 7 waits: Redis refuses writes: it is out of memory (maxmemory 1 bytes" in caplog.text
     assert client.xlen(results_key("store0")) == 1
     assert np.array_equal(
-        np.frombuffer(client.xrange(results_key("store0"))[0][1][b"data"], np.uint8), np.frombuffer(b"result", np.uint8)
+        np.frombuffer(entries(client, results_key("store0"))[0][1][b"data"], np.uint8),
+        np.frombuffer(b"result", np.uint8),
     )

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
 
 from comix_embed.cli import main
 from comix_embed.common.child import cli_argv
@@ -29,6 +28,7 @@ from comix_embed.tools.search.layout import CURRENT, SEGMENTS, index_dir, read_m
 from comix_embed.writer.commit import StoreWriter
 from tests import synthetic
 from tests.cli import run_cli
+from tests.typed import StoreArrays
 
 PAGES = 2400
 BATCH = 8
@@ -145,7 +145,7 @@ def test_never_stale_rows_committed_or_retried_since_are_found(tmp_path: Path) -
     # the next build, which indexes it
     retried = int(np.flatnonzero(indexed.status[:1600] == STATUS_FAILED)[0])
     vector = unit(np.random.default_rng(3))
-    group = zarr.open_group(store.path, mode="r+")
+    group = StoreArrays(store.path, mode="r+")
     group["page_embeddings"][retried] = vector
     group["panel_embeddings"][retried, 0] = vector
     group["panel_mask"][retried, 0] = True

@@ -15,12 +15,10 @@ import time
 from pathlib import Path
 
 import msgspec
-import numpy as np
 import redis
-import zarr
 
 from comix_embed.common.broker.keys import WRITER_LEASE
-from comix_embed.common.broker.results_stream import push, results_key, store_id
+from comix_embed.common.broker.results_stream import push, results_key
 from comix_embed.common.store.jobs import Job
 from comix_embed.common.store.manifests import manifest_file, manifest_ids, read_manifest, scan_manifests
 from comix_embed.common.store.schema import store_path
@@ -31,6 +29,7 @@ from comix_embed.writer.manifests import write_manifest
 from tests import synthetic
 from tests.cli import run_cli
 from tests.harness import with_switches, writer
+from tests.typed import StoreArrays, broker_store, read_new
 
 TTL = "3"  # seconds: a short lease keeps the takeover tests short
 ENV = with_switches({"COMIX_TEST_WRITER_FLOCK": "0"}, {"COMIX_WRITER_LEASE_TTL_S": TTL, "COMIX_WRITER_LINGER_S": "0"})
@@ -45,10 +44,7 @@ def _wait(condition, timeout: float, what) -> None:
 
 def _job(out: Path) -> tuple[Job, str]:
     job, _ = synthetic.plan(out, synthetic.make_pages(48), 8)
-    assert job is not None
-    store = store_id(out)
-    assert store is not None
-    return job, store
+    return job, broker_store(out)
 
 
 def _send(client: redis.Redis, store: str, job: Job, batches: list[int]) -> None:
@@ -186,7 +182,7 @@ def test_recovery_sets_aside_what_a_lower_token_wrote_after_the_takeover(tmp_pat
         assert lease.token == 2 and w.committed_rows == 16
         w.commit([results[2]])
         # what the writer of token 1 wrote once it had lost the lease: rows, then a manifest
-        group = zarr.open_group(store_path(tmp_path), mode="r+")
+        group = StoreArrays(store_path(tmp_path), mode="r+")
         group["page_embeddings"][24:32] = results[3].arrays["page_embeddings"]
         group["status"][24:32] = results[3].arrays["status"]
         taken, _ = read_manifest(manifest_file(store_path(tmp_path), 2), 2)
@@ -201,7 +197,7 @@ def test_recovery_sets_aside_what_a_lower_token_wrote_after_the_takeover(tmp_pat
     path = store_path(tmp_path)
     fenced = manifest_file(path, 3)
     assert fenced.with_name(fenced.name + ".fenced").exists() and not fenced.exists()
-    assert not np.asarray(zarr.open_group(path, mode="r")["page_embeddings"][24:32]).any()
+    assert not StoreArrays(path)["page_embeddings"][24:32].any()
     assert _tokens(tmp_path) == {0: 1, 1: 1, 2: 2}
 
 
@@ -220,7 +216,7 @@ def test_results_left_by_an_earlier_writer_are_read_again(tmp_path: Path, broker
     key = results_key(store)
     client.xgroup_create(key, "writer", id="0", mkstream=True)
     _send(client, store, job, [0, 1])
-    assert len(client.xreadgroup("writer", "writer-t7", {key: ">"})[0][1]) == 2  # read, then it died
+    assert len(read_new(client, "writer", "writer-t7", key)) == 2  # read, then it died
     w = writer(out, broker.url, logs, "w", env=ENV)
     try:
         _wait(lambda: manifest_ids(store_path(out)) == {0, 1}, 60, w.text)

@@ -123,9 +123,9 @@ def test_open_path_rechecks_what_a_task_says(roots: tuple[Path, Path]) -> None:
     with pytest.raises(PathRefused) as exc:
         resolver.open_path(2, "book/p1.png")
     assert str(exc.value) == "image path book/p1.png names image root #2, but this machine has 1 image root(s)"
-    with pytest.raises(FileNotFoundError) as exc:
+    with pytest.raises(FileNotFoundError) as missing:
         resolver.open_path(0, "book/missing.png")
-    assert str(exc.value) == f"image not found: {comics / 'book/missing.png'}"
+    assert str(missing.value) == f"image not found: {comics / 'book/missing.png'}"
 
 
 def test_symlinked_root_is_followed(tmp_path: Path, roots: tuple[Path, Path]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from comix_embed.common import config
 from comix_embed.common.broker.batch_lease import PageMark
 from comix_embed.common.broker.deliveries import queued
 from comix_embed.common.broker.keys import CRASHED, EMBED_BATCH_TASK, PAGE_MARK, REFUSED
-from comix_embed.common.broker.results_stream import results_key, store_id
+from comix_embed.common.broker.results_stream import results_key
 from comix_embed.common.inputs.listfile import read_list
 from comix_embed.common.inputs.paths import ImageResolver
 from comix_embed.common.messages import decode_json
@@ -43,6 +44,7 @@ from tests.harness import (
     worker,
     writer,
 )
+from tests.typed import broker_store, entries
 
 PAGES = PIPELINE_PAGES  # + 3 broken pages
 
@@ -62,7 +64,7 @@ def test_two_workers_give_what_the_embedding_function_gives(
         settings=EmbedSettings(decode_threads=1),
     )
     try:
-        arrays = {}
+        arrays: dict[str, list[np.ndarray]] = {}
         for start in range(0, len(tasks), 4):  # the same batches as the job
             part, _ = embedder.embed(tasks[start : start + 4])
             for name, values in part.items():
@@ -161,7 +163,7 @@ def test_results_in_redis_stay_bounded_while_the_writer_is_stopped(
     client = redis.Redis.from_url(broker.url)
     try:
         assert run_cli(*enqueue_args(tiny_checkpoint, job_corpus, out, broker.url, batch_size=2)).returncode == 0
-        key = results_key(store_id(out))
+        key = results_key(broker_store(out))
         # 11 batches, no writer: workers fill the stream to the bound, then wait
         deadline = time.monotonic() + 90
         peak_len, peak_mem = 0, 0
@@ -176,7 +178,7 @@ def test_results_in_redis_stay_bounded_while_the_writer_is_stopped(
             peak_mem = max(peak_mem, client.info("memory")["used_memory"])
             time.sleep(0.1)
         assert peak_len == bound
-        entry_bytes = max(len(fields[b"data"]) for _, fields in client.xrange(key))
+        entry_bytes = max(len(fields[b"data"]) for _, fields in entries(client, key))
         baseline = 2_000_000  # an empty Redis plus the queued task messages
         assert peak_mem < baseline + 3 * bound * entry_bytes, (peak_mem, entry_bytes)
         wr = writer(out, broker.url, logs)
@@ -190,7 +192,6 @@ def test_results_in_redis_stay_bounded_while_the_writer_is_stopped(
 def test_flower_lists_workers_and_succeeded_tasks(
     job_corpus: Path, tiny_checkpoint: Path, tmp_path: Path, broker: PrivateRedis
 ) -> None:
-    import subprocess
     import sys
     import urllib.request
     from base64 import b64encode
@@ -291,13 +292,17 @@ def test_run_without_any_redis_on_path_or_default_port(job_corpus: Path, tiny_ch
 
 
 def subprocess_lines(argv: list[str]) -> list[str]:
-    import subprocess
 
     return [ln for ln in subprocess.run(argv, capture_output=True, text=True).stdout.splitlines() if "pgrep" not in ln]
 
 
+def first_line(proc: subprocess.Popen[str]) -> str:
+    """The first line a child started with stdout=PIPE prints."""
+    assert proc.stdout is not None
+    return proc.stdout.readline()
+
+
 def test_gpu_claims_give_each_replica_its_own_gpu(tmp_path: Path) -> None:
-    import subprocess
     import sys
 
     # Each replica holds its claim until the test kills it (it waits on its stdin: no sleep to outlive).
@@ -310,7 +315,7 @@ def test_gpu_claims_give_each_replica_its_own_gpu(tmp_path: Path) -> None:
 
     procs = [replica() for _ in range(3)]
     try:
-        claimed = [int(p.stdout.readline()) for p in procs]
+        claimed = [int(first_line(p)) for p in procs]
         assert sorted(claimed) == [0, 1, 2]
         fourth = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True)
         assert fourth.returncode != 0 and "all 3 GPUs of this host are claimed" in fourth.stderr
@@ -318,7 +323,7 @@ def test_gpu_claims_give_each_replica_its_own_gpu(tmp_path: Path) -> None:
         procs[1].wait()
         again = replica()
         procs.append(again)
-        assert int(again.stdout.readline()) == claimed[1]  # the dead replica's GPU is free again
+        assert int(first_line(again)) == claimed[1]  # the dead replica's GPU is free again
     finally:
         for p in procs:
             p.kill()
@@ -333,7 +338,7 @@ def test_writer_sets_aside_a_result_from_another_model_and_commits_the_rest(
 
     out, logs = tmp_path / "out", tmp_path / "logs"
     job, _ = synthetic.plan(out, synthetic.make_pages(24), 8)
-    store = store_id(out)
+    store = broker_store(out)
     client = connect(broker.url)
     good, other = synthetic.model_info(), synthetic.model_info(checkpoint=synthetic.CHECKPOINT_B)
     for batch_id, model in ((0, good), (1, other), (2, good)):
@@ -348,7 +353,7 @@ def test_writer_sets_aside_a_result_from_another_model_and_commits_the_rest(
     finally:
         wr.stop()
     assert manifest_ids(store_path(out)) == {0, 2}
-    ((_, fields),) = client.xrange(REFUSED.format(store=store))
+    ((_, fields),) = entries(client, REFUSED.format(store=store))
     assert fields[b"batch"] == b"1" and synthetic.CHECKPOINT_B[:12].encode() in fields[b"reason"]
     assert client.xlen(results_key(store)) == 0  # all three acknowledged: nothing is retried forever
 
@@ -366,7 +371,7 @@ def test_a_page_that_keeps_killing_its_worker_fails_alone(
     try:
         assert run_cli(*enqueue_args(tiny_checkpoint, job_corpus, out, broker.url)).returncode == 0
         w.kill_pool_mid_batch(broker.url)  # first death: the batch comes back and is embedded page by page
-        store = store_id(out)
+        store = broker_store(out)
         # second death while a page is at `stage`: the process stops itself there (consumers/failpoint.py)
         pid = stopped_at(w.stop_file(stage), 300)
         found = client.keys(PAGE_MARK.format(store=store, token="*"))

@@ -34,7 +34,7 @@ def test_composition_features_with_characters() -> None:
     shots = [50 * 100 / 20000, 20 * 40 / 20000]
     cx = [(10 + 25 - 10) / 100, (60 + 10 - 10) / 100]
     cy = [(20 + 50 - 20) / 200, (120 + 20 - 20) / 200]
-    expected = [0.5, 20000 / 2_000_000, 2, np.mean(shots), max(shots), np.mean(cx), np.mean(cy)]
+    expected = [0.5, 20000 / 2_000_000, 2.0, float(np.mean(shots)), max(shots), float(np.mean(cx)), float(np.mean(cy))]
     np.testing.assert_allclose(feats, expected, rtol=1e-5)
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import zarr
 
 from comix_embed.cli import main
 from comix_embed.common.errors import UsageError
@@ -26,6 +25,7 @@ from comix_embed.tools.init_checkpoint import init_checkpoint
 from comix_embed.tools.query_model import QueryEncoder
 from comix_embed.tools.search import SearchIndex, TextIndex, top_k
 from tests.cli import run_cli
+from tests.typed import StoreArrays
 
 
 def query(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -149,9 +149,9 @@ def test_text_query_ranks_as_by_hand(
         q = loaded.model.panel_vectors(
             "fused", torch.zeros(1, 3, size, size), enc["input_ids"], enc["attention_mask"], torch.zeros(1, 7)
         )
-    q = q[0].double().numpy()
+    query = q[0].double().numpy()
     emb = pages["panel_embeddings"].astype(np.float64)
-    cos = emb @ q / (np.linalg.norm(emb, axis=-1) * np.linalg.norm(q) + 1e-30)
+    cos = emb @ query / (np.linalg.norm(emb, axis=-1) * np.linalg.norm(query) + 1e-30)
     valid = pages["panel_mask"] & (pages["status"] != STATUS_FAILED)[:, None]
     best = np.where(valid, cos, -np.inf).max(axis=1)
     order = np.argsort(-best, kind="stable")[:5]
@@ -200,7 +200,7 @@ def full_page_rows(pipeline_store: Path) -> list[int]:
 
 def stored_image(pipeline_store: Path, pipeline_corpus: Path, row: int) -> Path:
     """The image of a row, from the store's own record of its root and relative path."""
-    group = zarr.open_group(store_path(pipeline_store), mode="r")
+    group = StoreArrays(store_path(pipeline_store))
     assert int(group["image_root"][row]) == 0  # the pipeline ran with one image root
     return pipeline_corpus / "images" / str(group["image_path"][row])
 
@@ -314,7 +314,7 @@ def test_interrupted_store_searches_committed_rows_only(
     store = store_path(interrupted_store)
     ds = open_committed(store)
     committed = [str(p) for p in ds["page_id"].values]
-    registered = [str(p) for p in zarr.open_group(store, mode="r")["page_id"][:]]
+    registered = [str(p) for p in StoreArrays(store)["page_id"][:]]
     assert 0 < len(committed) < len(registered)
     written_not_committed = registered[len(committed) + 4]  # batch 3 is written, the prefix stops at 2
     code, _, err = query(capsys, "--zarr", str(interrupted_store), "--like", written_not_committed)

@@ -156,7 +156,7 @@ def test_a_retry_killed_mid_write_puts_the_failed_rows_back_and_a_redelivery_cha
         batch_size=4,
     )
     plan = prepare(args, identity_of(read_attrs(store_path(out))))
-    assert plan is not None and plan.round.rows == [[row]]
+    assert plan is not None and plan.round.rows == [[row]] and plan.round.model is not None
     (batch,) = plan.round.batch_ids()
     result = failed_result(
         plan.round.job_id, batch, row, plan.round.page_ids[0], ["again"], plan.round.model.to_dict(), [""]

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import zarr
 from flask.testing import FlaskClient
 from markupsafe import escape
 from PIL import Image
@@ -50,6 +49,7 @@ from comix_embed.writer.commit import StoreWriter
 from tests.cli import run_args, run_cli
 from tests.synthetic import make_result
 from tests.test_query import longest_word
+from tests.typed import StoreArrays
 
 EXTRA_FIELDS = {"name", "encoder_mode", "elapsed_ms"}
 
@@ -110,7 +110,7 @@ def committed(store: Path) -> dict[str, np.ndarray]:
 
 def full_page_image(store: Path, corpus: Path) -> tuple[int, Path]:
     """A row embedded as one full-page panel, and its image (found through the store's record)."""
-    group = zarr.open_group(store_path(store), mode="r")
+    group = StoreArrays(store_path(store))
     row = int(np.flatnonzero(committed(store)["status"] == STATUS_FULL_PAGE)[0])
     assert int(group["image_root"][row]) == 0
     return row, corpus / "images" / str(group["image_path"][row])
@@ -203,7 +203,7 @@ def test_more_like_this_page_and_panel(client: FlaskClient, pipeline_store: Path
 
 
 def test_page_api_shows_every_panel_as_stored(client: FlaskClient, pipeline_store: Path, names: dict) -> None:
-    group = zarr.open_group(store_path(pipeline_store), mode="r")
+    group = StoreArrays(store_path(pipeline_store))
     count = read_attrs(store_path(pipeline_store))["committed_rows"]
     for row in range(count):
         page = client.get(f"/api/page/{names['fused']}/{row}").get_json()

@@ -24,12 +24,12 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
-import zarr
 
 from comix_embed.common.child import cli_argv
 from comix_embed.common.model.preprocess import join_text
 from comix_embed.common.store.reading import open_committed
 from comix_embed.common.store.schema import STATUS_FULL_PAGE, store_path
+from tests.typed import StoreArrays
 
 CHROMIUM = Path(os.environ.get("COMIX_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -156,7 +156,7 @@ def test_keyword_shows_thumbnails_whose_text_holds_it(
     searchable = stored["status"] != 2
     page_texts = [join_text(json.loads(t)) if ok else "" for t, ok in zip(stored["page_text"], searchable)]
     word = common_word(page_texts)
-    group = zarr.open_group(store_path(pipeline_store), mode="r")
+    group = StoreArrays(store_path(pipeline_store))
     panel_texts = [
         join_text(json.loads(str(group["text_content"][row, slot])))
         for row, slot in zip(*np.nonzero(stored["panel_mask"] & searchable[:, None]))
@@ -185,7 +185,7 @@ def test_a_page_shows_as_many_boxes_as_it_has_panels(
     server: str, store_name: str, page, stored: dict, pipeline_corpus: Path, pipeline_store: Path, tmp_path: Path
 ) -> None:
     counts = stored["panel_mask"].sum(axis=1)
-    manifests = zarr.open_group(store_path(pipeline_store), mode="r")["manifest_path"]
+    manifests = StoreArrays(store_path(pipeline_store))["manifest_path"]
     checked = 0
     for row in np.argsort(-counts, kind="stable")[:3]:  # the pages with the most panels
         spec = json.loads((pipeline_corpus / str(manifests[row]).replace("\\", "/")).read_text())
@@ -214,7 +214,7 @@ def test_uploading_a_page_without_panels_finds_it_first(
 ) -> None:
     rows = np.flatnonzero(stored["status"] == STATUS_FULL_PAGE)
     assert len(rows), "the sample corpus has pages without panels (covers)"
-    group = zarr.open_group(store_path(pipeline_store), mode="r")
+    group = StoreArrays(store_path(pipeline_store))
     row = int(rows[0])
     image = pipeline_corpus / "images" / str(group["image_path"][row])
     page.goto(server)
@@ -254,6 +254,7 @@ def test_image_paths_out_of_the_roots_are_refused(server: str, page) -> None:
         assert "root:x:0:0" not in page.content()
         # ... and exactly as written, on the wire
         parts = urlsplit(server)
+        assert parts.hostname is not None
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
         conn.request("GET", path)
         raw = conn.getresponse()

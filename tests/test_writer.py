@@ -24,6 +24,7 @@ from comix_embed.writer.commit import InvalidResult, StoreWriter
 from comix_embed.writer.growth import write_attrs
 from comix_embed.writer.manifests import write_inflight
 from tests import synthetic
+from tests.typed import StoreArrays
 
 
 def _snapshot(path: Path) -> dict[str, bytes]:
@@ -73,7 +74,7 @@ def test_recovery_clears_what_lies_past_the_manifests(tmp_path: Path) -> None:
     path = store_path(tmp_path)
     # the state a writer killed while writing batch 3 leaves: its record, its rows, temporaries
     write_inflight(path, [(3, 24, 32)])
-    group = zarr.open_group(path, mode="r+")
+    group = StoreArrays(path, mode="r+")
     group["page_embeddings"][24:32] = np.ones((8, 16), dtype=np.float32)
     group["status"][24:32] = np.ones(8, dtype=np.int8)
     (path / "page_embeddings" / "c" / "0" / "0.deadbeef.partial").write_bytes(b"torn")
@@ -111,7 +112,7 @@ def test_refuses_to_mix_models(tmp_path: Path) -> None:
         assert writer.committed_rows == 8
     path = store_path(tmp_path)
     assert sorted(manifest_ids(path)) == [0]
-    assert not zarr.open_group(path, mode="r")["page_embeddings"][8:16].any()
+    assert not StoreArrays(path)["page_embeddings"][8:16].any()
 
 
 def test_refuses_results_that_do_not_fit_their_job(tmp_path: Path) -> None:

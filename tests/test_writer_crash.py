@@ -21,7 +21,6 @@ from pathlib import Path
 
 import msgspec
 import numpy as np
-import zarr
 
 from comix_embed.common.store.attributes import StoreAttributes
 from comix_embed.common.store.jobs import load_jobs
@@ -31,6 +30,7 @@ from comix_embed.common.store.results import BatchResult
 from comix_embed.common.store.schema import store_path
 from comix_embed.writer.commit import StoreWriter
 from tests import synthetic
+from tests.typed import StoreArrays
 
 ROOT = Path(__file__).resolve().parents[1]
 KILLS = 30
@@ -64,7 +64,7 @@ def _prepare(tmp_path: Path) -> tuple[Path, Path, Path, list[list[str]]]:
 
 
 def _compare_stores(a: Path, b: Path) -> None:
-    ga, gb = zarr.open_group(a, mode="r"), zarr.open_group(b, mode="r")
+    ga, gb = StoreArrays(a), StoreArrays(b)
     names = sorted(k for k, _ in ga.arrays())
     assert names == sorted(k for k, _ in gb.arrays())
     for name in names:
@@ -89,7 +89,7 @@ def _compare_stores(a: Path, b: Path) -> None:
 
 
 def _check_manifests_match_rows(store: Path) -> None:
-    group = zarr.open_group(store, mode="r")
+    group = StoreArrays(store)
     ids, status = group["page_id"][...], group["status"][...]
     found, bad = scan_manifests(store)
     assert not bad
