@@ -3,7 +3,8 @@
 Each subcommand lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`;
 modules are imported only when their command runs, so `comix-embed sample` does not load torch.
 Here, and only here, a command's end becomes an exit status: what `run` returns, or the status of
-the CommandError it raised (its message printed as `error: ...`), or 130 on Ctrl-C; every status
+the CommandError it raised (its message printed as `error: ...`), 1 when the broker cannot be
+reached (one line naming it, not a traceback), or 130 on Ctrl-C; every status
 and its meaning is in common/errors.py, and `comix-embed --help` lists them.
 Logging is set up before the command's module is imported, third-party libraries at WARNING
 (faiss's loader, for one, says at INFO which CPU build it loads: noise before a query's results).
@@ -16,8 +17,18 @@ import importlib
 import logging
 import sys
 
+from kombu.exceptions import OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 from comix_embed.common import config
-from comix_embed.common.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CommandError, describe_statuses
+from comix_embed.common.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandError,
+    describe_statuses,
+)
 
 # Our loggers: `comix.*` and the modules' own (`comix_embed.*`), at the level --log-level names.
 OUR_LOGGERS = ("comix", "comix_embed")
@@ -77,6 +88,10 @@ def setup_logging(level_name: str) -> None:
         logging.getLogger(name).setLevel(level)
 
 
+# What redis-py and Celery raise when the broker cannot be reached: an error message, not a traceback.
+BROKER_UNREACHABLE = (RedisConnectionError, OperationalError)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -97,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.status
+    except BROKER_UNREACHABLE as exc:  # the broker down or unreachable before the command could begin
+        broker = getattr(cmd_args, "broker", None) or config.BROKER_URL.get()
+        print(f"error: cannot reach the broker at {config.masked_url(broker)}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

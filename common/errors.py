@@ -24,7 +24,7 @@ EXIT_STATUSES: dict[int, str] = {
     EXIT_FAILED: (
         "failed: a check failed (`writer`/`run` --verify-batches or --write-check, a `diagnose` FAIL), "
         "a child process of `run` failed, a batch's results were refused COMIX_MAX_ATTEMPTS times, "
-        "Redis is out of memory (`enqueue`)"
+        "Redis is out of memory (`enqueue`), the broker cannot be reached"
     ),
     EXIT_USAGE: (
         "bad usage or configuration: a bad option, file or setting, a model that is not the store's, "

@@ -18,10 +18,13 @@ from comix_embed.cli import COMMANDS
 from comix_embed.common import errors
 from comix_embed.common.child import cli_argv
 from comix_embed.common.model.checkpoint import CheckpointError
+from comix_embed.private_redis import free_port
 from comix_embed.producer.enqueue import RedisFull
 from comix_embed.writer.checks import CheckFailed
 from comix_embed.writer.diskfull import DiskFull
 from comix_embed.writer.lease import WriterLeaseHeld, WriterLeaseLost
+from tests import synthetic
+from tests.cli import run_cli
 from tests.tree import ROOT, module_paths
 
 # The modules whose functions end commands: each command's, and those `run` and `worker` hand to.
@@ -122,3 +125,15 @@ def test_help_and_readme_list_every_status() -> None:
     assert [int(s) for s in re.findall(r"^\s+(\d+)  ", listed, re.MULTILINE)] == list(errors.EXIT_STATUSES)
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert [int(s) for s in re.findall(r"^- `(\d+)` ", readme, re.MULTILINE)] == list(errors.EXIT_STATUSES)
+
+
+def test_an_unreachable_broker_is_an_error_message_not_a_traceback(tmp_path: Path) -> None:
+    """A writer started on a store with a job, its broker down: exit 1, one line naming the broker
+    (its password masked), and no traceback."""
+    out = tmp_path / "out"
+    synthetic.plan(out, synthetic.make_pages(8), 8)
+    broker = f"redis://:secret@127.0.0.1:{free_port()}/0"  # nothing listens there
+    done = run_cli("writer", "--output-dir", str(out), "--broker", broker, timeout=120)
+    assert done.returncode == errors.EXIT_FAILED, done.stderr
+    assert f"error: cannot reach the broker at redis://:***@127.0.0.1:{broker.rsplit(':', 1)[1]}" in done.stderr
+    assert "Traceback" not in done.stderr and "secret" not in done.stderr
