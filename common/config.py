@@ -91,6 +91,9 @@ TASK_SOFT_TIME_LIMIT = TASK_TIME_LIMIT - SOFT_LIMIT_MARGIN_S
 EMBED_QUEUE = "comix.embed"
 # A worker's node name, set by `comix-embed worker` for its processes (logs, readiness, batch leases).
 WORKER_NAME = environment.text("COMIX_WORKER_NAME")
+# A worker's settings as one JSON object, set by `comix-embed worker` for its pool processes, which
+# decode it (consumers/settings.py) with the field at fault named.
+WORKER_SETTINGS = environment.text("COMIX_WORKER_SETTINGS")
 # Kombu's Redis transport keeps one list per priority step and pops the lowest step first: work
 # given back after a fault (PRIORITY_AGAIN) is taken before new batches (PRIORITY_NEW).
 PRIORITY_AGAIN = 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from comix_embed.common import environment
+from comix_embed.common import config
 from comix_embed.common.broker import keys
 from comix_embed.common.messages import decode_json, encode_json
 
@@ -38,23 +38,15 @@ class WorkerSettings(msgspec.Struct, kw_only=True):
     model_key: str = ""  # the key of the model whose queue the worker consumes; each process checks it
 
     def to_env(self) -> dict[str, str]:
-        return {SETTINGS.name: encode_json(self).decode()}
+        return {config.WORKER_SETTINGS.name: encode_json(self).decode()}
 
     @classmethod
     def from_env(cls) -> WorkerSettings:
         """The settings `comix-embed worker` set; MalformedMessage names the field at fault."""
-        raw = SETTINGS.text()
+        raw = config.WORKER_SETTINGS.text()
         if raw is None:
-            raise RuntimeError(f"{SETTINGS.name} is not set: start workers with `comix-embed worker`")
-        return _decode(raw)
+            raise RuntimeError(f"{config.WORKER_SETTINGS.name} is not set: start workers with `comix-embed worker`")
+        return decode_json(raw, cls, config.WORKER_SETTINGS.name)
 
     def roots(self) -> list[Path]:
         return [Path(r) for r in self.image_roots]
-
-
-def _decode(raw: str) -> WorkerSettings:
-    return decode_json(raw, WorkerSettings, SETTINGS.name)
-
-
-# Set by `comix-embed worker` for its pool processes; `config.check()` refuses one that does not decode.
-SETTINGS = environment.declare("COMIX_WORKER_SETTINGS", None, _decode)

@@ -15,7 +15,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from comix_embed.common import environment
+from comix_embed.common import config
 from comix_embed.common.broker.batch_lease import BatchLeaseInfo, PageMark
 from comix_embed.common.broker.deliveries import GivenUp
 from comix_embed.common.broker.writer_lease import WriterLeaseHolder
@@ -45,7 +45,7 @@ from comix_embed.common.store.manifests import INFLIGHT_NAME, inflight_record, r
 from comix_embed.common.store.results import BatchResult
 from comix_embed.common.store.retries import RETRY_BASE, retried_rows, scan_retry_manifests
 from comix_embed.consumers.preflight import PreflightReport
-from comix_embed.consumers.settings import SETTINGS, WorkerSettings
+from comix_embed.consumers.settings import WorkerSettings
 from comix_embed.producer.jobs import write_tasks
 from comix_embed.producer.status import StatusReport
 from comix_embed.run import RunStats
@@ -345,17 +345,13 @@ def test_worker_settings_travel_whole_and_a_bad_value_names_its_field(monkeypatc
     monkeypatch.setenv(*next(iter(settings.to_env().items())))
     assert WorkerSettings.from_env() == settings
     old = {**dataclass_like(settings), "tokenizer": None}  # as json.dumps(asdict(settings)) wrote them
-    monkeypatch.setenv(SETTINGS.name, json.dumps(old))
+    monkeypatch.setenv(config.WORKER_SETTINGS.name, json.dumps(old))
     assert WorkerSettings.from_env() == settings
-    monkeypatch.setenv(SETTINGS.name, json.dumps({**old, "decode_threads": "two"}))
+    monkeypatch.setenv(config.WORKER_SETTINGS.name, json.dumps({**old, "decode_threads": "two"}))
     with pytest.raises(
         MalformedMessage, match=r"COMIX_WORKER_SETTINGS: Expected `int`, got `str` - at `\$.decode_threads`"
     ):
         WorkerSettings.from_env()
-    assert [p for p in environment.problems() if p.startswith(SETTINGS.name)] == [
-        f"{SETTINGS.name}={json.dumps({**old, 'decode_threads': 'two'})!r} {SETTINGS.name}: "
-        "Expected `int`, got `str` - at `$.decode_threads`"
-    ]
     report = PreflightReport.decode(
         json.dumps(
             {
