@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.status
     except BROKER_UNREACHABLE as exc:  # the broker down or unreachable before the command could begin
-        broker = getattr(cmd_args, "broker", None) or config.BROKER_URL.get()
+        broker = config.broker_url(getattr(cmd_args, "broker", None))
         print(f"error: cannot reach the broker at {config.masked_url(broker)}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

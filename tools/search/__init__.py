@@ -4,7 +4,8 @@ One module per job: `rows` reads the committed prefix; `exact` searches rows exa
 memory, or streamed); `layout`, `build` and `ann` keep the approximate index beside the store
 (faiss, in generations); `searcher` answers queries from both, never stale; `text` counts
 keywords; `lookup` finds a pasted page; `ranking` orders candidates; `answers` declares what a
-query answers; `command` is `comix-embed index`. The names below are the package's API (query, serve, benchmarks).
+query answers; `command` is `comix-embed index`. The names below are the package's API (query,
+serve, benchmarks).
 """
 
 from comix_embed.tools.search.build import BuildReport, build_index
