@@ -29,6 +29,7 @@ from comix_embed.common.errors import (
     CommandError,
     describe_statuses,
 )
+from comix_embed.common.inputs.reading import apply_remote_arguments
 
 # Our loggers: `comix.*` and the modules' own (`comix_embed.*`), at the level --log-level names.
 OUR_LOGGERS = ("comix", "comix_embed")
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd_args = cmd_parser.parse_args(argv[argv.index(top.command) + 1 :])
     try:
         config.check()
+        apply_remote_arguments(cmd_args)  # --endpoint-url, --anonymous: for this process and its children
         return int(module.run(cmd_args) or EXIT_OK)
     except CommandError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -41,6 +41,8 @@ from comix_embed.common.broker import batch_lease, deliveries, keys
 from comix_embed.common.broker.results_stream import connect, results_key
 from comix_embed.common.child import cli_argv
 from comix_embed.common.errors import EXIT_DISK_FULL, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PAGES_FAILED
+from comix_embed.common.inputs.paths import ImageResolver
+from comix_embed.common.inputs.reading import check_remote_roots
 from comix_embed.common.messages import ModelIdentity, encode_json
 from comix_embed.common.model.checkpoint import load_model
 from comix_embed.common.model.identity import make_identity, model_key, queue_name
@@ -79,6 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "help",
             "broker",
             "image_root",
+            "endpoint_url",
+            "anonymous",
             "name",
             "loglevel",
             "gpu_claim_dir",
@@ -232,6 +236,7 @@ def _covered(output_dir: Path, rows: int) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     identity = _identify(args)
+    check_remote_roots(ImageResolver(args.image_root).roots)  # before anything starts: wrong credentials, no bucket
     if args.retry_failed:
         from comix_embed.retry_run import run_retry  # it uses this module's pieces
 

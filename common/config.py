@@ -179,6 +179,22 @@ def check() -> None:
         raise UsageError("configuration: " + "; ".join(problems))
 
 
+# --- inputs on object storage and HTTP(S) (common/inputs/reading.py, docs/inputs.md) ---
+# Objects read at once by one process: a worker's images ahead of decoding, the producer's DataSpecs.
+# Object storage answers in tens of milliseconds, so throughput comes from reads in flight.
+REMOTE_READS_IN_FLIGHT = environment.integer("COMIX_REMOTE_READS_IN_FLIGHT", 32, at_least=1).get()
+# Tries of one read before its page fails, on a transient error only (503 SlowDown, 5xx, a reset
+# connection, a timeout): backoff from REMOTE_BACKOFF_S, doubling, with jitter, at most 10 s apart.
+REMOTE_READ_ATTEMPTS = environment.integer("COMIX_REMOTE_READ_ATTEMPTS", 8, at_least=1).get()
+REMOTE_BACKOFF_S = environment.number("COMIX_REMOTE_BACKOFF_S", 0.1, at_least=0).get()
+# Seconds to connect, and to wait for bytes, before a try counts as a transient failure.
+REMOTE_TIMEOUT_S = environment.number("COMIX_REMOTE_TIMEOUT_S", 30.0, positive=True).get()
+# Read public buckets without signing (`--anonymous` sets it for a command and its children).
+S3_ANONYMOUS = environment.flag("COMIX_S3_ANONYMOUS", False)
+# The endpoint of an S3-compatible server is the AWS SDKs' own variable; `--endpoint-url` sets it.
+S3_ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
 # --- comix-embed serve ---
 # Basic-auth credentials, from the environment as Flower's are; read when asked.
 SERVE_USER, SERVE_PASSWORD = environment.text("COMIX_SERVE_USER"), environment.text("COMIX_SERVE_PASSWORD")

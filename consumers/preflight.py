@@ -1,8 +1,10 @@
 """Run by `comix-embed worker` in a throwaway process: can this worker load its model?
 
 Prints one JSON line, a `PreflightReport` (model identity and key, device, visible GPU count), or
-the error on stderr with exit status 2. Doing this outside the Celery parent keeps torch and CUDA
-out of the process that forks.
+the error on stderr with exit status 2. It also reads under each image root once, so that a worker
+whose endpoint, credentials or bucket are wrong fails at start, naming the root and the reason.
+Doing this outside the Celery parent keeps torch, CUDA and the object-storage clients (none of them
+fork-safe) out of the process that forks.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class PreflightReport(msgspec.Struct, kw_only=True):
 def main() -> int:
     import torch
 
+    from comix_embed.common.inputs.paths import ImageResolver
+    from comix_embed.common.inputs.reading import check_remote_roots
     from comix_embed.common.model.checkpoint import load_model
     from comix_embed.common.model.embed import resolve_device
     from comix_embed.common.model.identity import make_identity, model_key
@@ -41,6 +45,8 @@ def main() -> int:
 
     settings = WorkerSettings.from_env()
     try:
+        if settings.image_roots:
+            check_remote_roots(ImageResolver(settings.image_roots).roots)
         device = resolve_device(settings.device)
         loaded = load_model(settings.checkpoint, "cpu", trust=settings.trust_checkpoint)
         tokenizer = load_tokenizer(settings.tokenizer, settings.checkpoint)

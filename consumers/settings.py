@@ -8,8 +8,6 @@ decoded with the field at fault named when a value does not fit.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import msgspec
 
 from comix_embed.common import config
@@ -48,5 +46,6 @@ class WorkerSettings(msgspec.Struct, kw_only=True):
             raise RuntimeError(f"{config.WORKER_SETTINGS.name} is not set: start workers with `comix-embed worker`")
         return decode_json(raw, cls, config.WORKER_SETTINGS.name)
 
-    def roots(self) -> list[Path]:
-        return [Path(r) for r in self.image_roots]
+    def roots(self) -> list[str]:
+        """The worker's image roots, as given (folders, s3:// and https:// prefixes)."""
+        return list(self.image_roots)

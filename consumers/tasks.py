@@ -20,7 +20,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from billiard.exceptions import WorkerLostError
@@ -90,7 +89,7 @@ def _load_model(**_: Any) -> None:
     _state["identity"] = identity
     _state["roots"] = settings.roots()
     _state["make"] = lambda roots: Embedder(loaded, tokenizer, ImageResolver(roots), device, embed_settings)
-    _state["embedder"] = _state["make"](_state["roots"] or [Path(".")])
+    _state["embedder"] = _state["make"](_state["roots"] or ["."])
     _state["embedder"].warm_up()
     name = config.WORKER_NAME.get()
     if name:  # the main process resumes taking batches once a replaced pool process gets here
@@ -158,7 +157,7 @@ def _embedder(task_roots: list[str]):
     """This process's Embedder; with no --image-root of its own, the producer's roots."""
     if _state.get("embedder") is None:
         log.info("no --image-root on this worker: using the producer's %s", task_roots)
-        _state["embedder"] = _state["make"]([Path(r) for r in task_roots])
+        _state["embedder"] = _state["make"](task_roots)
     return _state["embedder"]
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 from comix_embed.common import config
 from comix_embed.common.child import cli_argv, module_argv
 from comix_embed.common.errors import EXIT_OK, UsageError
+from comix_embed.common.inputs.paths import ImageResolver
+from comix_embed.common.inputs.reading import add_remote_arguments
 from comix_embed.common.locks import try_lock
 from comix_embed.common.model.identity import describe, queue_name
 from comix_embed.common.model.options import TRUST_FLAG, add_model_arguments
@@ -30,11 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (every visible GPU, else CPU), cpu, cuda, cuda:N")
     parser.add_argument(
         "--image-root",
-        type=Path,
         action="append",
         default=[],
-        help="image root(s), in the producer's order (default: the producer's, carried by each task)",
+        help="image root(s): folders, s3://bucket/prefix/, https://host/prefix/, in the producer's order "
+        "(default: the producer's, carried by each task)",
     )
+    add_remote_arguments(parser)
     parser.add_argument("--broker", help="broker URL (default $COMIX_BROKER_URL, else redis://127.0.0.1:6379/0)")
     parser.add_argument("--name", help="worker node name (default comix-<device>-<pid>@<host>)")
     parser.add_argument("--exact-decode", action="store_true", help="full-resolution JPEG decoding (slower)")
@@ -83,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=str(args.checkpoint.resolve()),
         tokenizer=str(args.tokenizer.resolve()) if args.tokenizer else None,
         device=args.device,
-        image_roots=[str(r.resolve()) for r in args.image_root],
+        image_roots=ImageResolver(args.image_root).texts() if args.image_root else [],
         encoder_mode=args.encoder_mode,
         fast_decode=not args.exact_decode,
         decode_threads=args.decode_threads,
@@ -157,7 +160,9 @@ def worker_command(args: argparse.Namespace, device: str, name: str | None) -> l
     for root in args.image_root:
         argv += ["--image-root", str(root)]
     # never --broker: its URL may hold a password, and a command line is visible to every user of
-    # the machine; children get it through COMIX_BROKER_URL (set by `run` and by `worker` itself)
+    # the machine; children get it through COMIX_BROKER_URL (set by `run` and by `worker` itself).
+    # Nor --endpoint-url or --anonymous: they reach children through the environment as well
+    # (AWS_ENDPOINT_URL_S3, COMIX_S3_ANONYMOUS), and AWS credentials only ever do.
     if name:
         argv += ["--name", name]
     if args.exact_decode:

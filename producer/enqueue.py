@@ -31,6 +31,7 @@ from comix_embed.common.celery_app import configure
 from comix_embed.common.errors import EXIT_OK, CommandError, UsageError
 from comix_embed.common.inputs.listfile import read_list
 from comix_embed.common.inputs.paths import ImageResolver, parse_path_map
+from comix_embed.common.inputs.reading import add_remote_arguments
 from comix_embed.common.messages import TASK_FORMAT, ModelIdentity, TaskPayload
 from comix_embed.common.model.identity import check_same_model, describe, identify, queue_name
 from comix_embed.common.model.options import add_model_arguments
@@ -104,23 +105,32 @@ class EnqueueReport:
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that say what to embed and where it goes (shared with `run`)."""
     parser.add_argument(
-        "--list", "--amazon_json_list", dest="list", type=Path, required=True, help="list file of DataSpec paths"
+        "--list",
+        "--amazon_json_list",
+        dest="list",
+        required=True,
+        help="list file of DataSpec paths: a local file, or s3://bucket/key",
     )
     parser.add_argument(
         "--image-root",
         "--amazon_image_root",
         dest="image_root",
-        type=Path,
         action="append",
         required=True,
-        help="directory the page images lie under (repeatable)",
+        help="where the page images lie: a folder, s3://bucket/prefix/ or https://host/prefix/ (repeatable)",
     )
     parser.add_argument("--output-dir", "--output_dir", dest="output_dir", type=Path, required=True)
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8)
     parser.add_argument(
-        "--path-map", action="append", default=[], help=r"PREFIX=DIR, e.g. E:\CalibreComics_extracted=/data/comics"
+        "--path-map",
+        action="append",
+        default=[],
+        help=r"PREFIX=DIR or PREFIX=s3://bucket/prefix/, e.g. E:\CalibreComics_extracted=/data/comics",
     )
-    parser.add_argument("--dataspec-root", type=Path, help="directory relative list lines resolve against")
+    parser.add_argument(
+        "--dataspec-root", help="folder, or s3://bucket/prefix/, that relative list lines resolve against"
+    )
+    add_remote_arguments(parser)
     parser.add_argument("--incremental", action="store_true", help="append a new list to an existing store")
     parser.add_argument(
         "--retry-failed",
@@ -180,9 +190,18 @@ def plan(args: argparse.Namespace, model: ModelIdentity | None = None) -> tuple[
     ]
 
     def tasks(job: Job, first: Job):
-        return batch_payloads(job, planned, store_id_of(first), args.image_root, job.model or model)
+        return batch_payloads(job, planned, store_id_of(first), resolver.texts(), job.model or model)
 
-    job, skipped = plan_job(args.output_dir, args.list, job_pages, args.batch_size, args.incremental, model, tasks)
+    job, skipped = plan_job(
+        args.output_dir,
+        str(listed.list_path),
+        job_pages,
+        args.batch_size,
+        args.incremental,
+        model,
+        tasks,
+        list_sha256=listed.sha256,
+    )
     report = EnqueueReport(job=job, store=store_id(args.output_dir), pages=len(planned), model=model)
     report.problems = [d.message for d in listed.duplicates]
     report.failed_at_producer = [p.task.error for p in planned if p.task.error]
@@ -191,10 +210,10 @@ def plan(args: argparse.Namespace, model: ModelIdentity | None = None) -> tuple[
     return job, report
 
 
-def batch_payloads(job: Job, planned: list[PlannedPage], store: str, roots: list[Path], model: ModelIdentity):
-    """One task payload per batch of the job, in order, pages with their rows."""
+def batch_payloads(job: Job, planned: list[PlannedPage], store: str, image_roots: list[str], model: ModelIdentity):
+    """One task payload per batch of the job, in order, pages with their rows (`image_roots` as
+    the resolver gives them: absolute folders, prefix URLs)."""
     by_id = {p.task.page_id: p.task for p in planned}
-    image_roots = [str(r.resolve()) for r in roots]
     for batch_id, start, end in job.batches():
         pages = []
         for row in range(start, end):

@@ -115,6 +115,7 @@ def plan_job(
     incremental: bool,
     model: ModelIdentity | None = None,
     tasks: Callable[[Job, Job], Iterable[TaskPayload]] | None = None,
+    list_sha256: str | None = None,
 ) -> tuple[Job | None, list[tuple[JobPage, str]]]:
     """Register a list as a job (writing its job file), or find the job it already is.
 
@@ -126,12 +127,14 @@ def plan_job(
 
     A new job is bound to `model`; `tasks(job, first_job)` gives its batches' payloads, kept
     before the job file is written (also for a job found without them: one from before).
+    `list_sha256` is the list's digest when it was read already (a list on object storage is read
+    once); otherwise the local file `list_path` is hashed.
     """
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
     output_dir = Path(output_dir)
     store = output_dir / config.STORE_NAME
-    sha = file_sha256(list_path)
+    sha = list_sha256 or file_sha256(list_path)
     with planning_lock(output_dir):
         jobs = load_jobs(output_dir)
         for job in jobs:

@@ -24,7 +24,6 @@ from comix_embed.common import config
 from comix_embed.common.broker import deliveries
 from comix_embed.common.broker.results_stream import connect, store_id
 from comix_embed.common.celery_app import configure
-from comix_embed.common.digest import file_sha256
 from comix_embed.common.durable import write_json_atomic
 from comix_embed.common.errors import UsageError
 from comix_embed.common.inputs.listfile import read_list
@@ -81,15 +80,17 @@ def _tasks(args: argparse.Namespace, jobs: list[Job], rows: list[int]) -> tuple[
     """A task per failed row, its list line read again; the reasons of those that fail already."""
     path_maps = [parse_path_map(m) for m in args.path_map]
     resolver = ImageResolver(args.image_root, path_maps)
-    given = file_sha256(args.list) if getattr(args, "list", None) else None
+    given = read_list(args.list, args.dataspec_root, path_maps) if getattr(args, "list", None) else None
     tasks: list[PageTask] = []
     problems: list[str] = []
     for job in jobs:
         mine = [r for r in rows if job.start_row <= r < job.end_row]
         if not mine:
             continue
-        list_path = args.list if given == job.list_sha256 else Path(job.list_path)
-        entries = {e.page_id: e for e in read_list(list_path, args.dataspec_root, path_maps).entries}
+        listed = given if given is not None and given.sha256 == job.list_sha256 else None
+        listed = listed or read_list(job.list_path, args.dataspec_root, path_maps)
+        list_path = listed.list_path
+        entries = {e.page_id: e for e in listed.entries}
         for row in mine:
             page_id = job.page(row).page_id
             entry = entries.get(page_id)
@@ -129,7 +130,7 @@ def prepare(args: argparse.Namespace, model: ModelIdentity) -> RetryPlan | None:
         )
         store = store_id(args.output_dir)
         assert store is not None  # a store has a first job
-        roots = [str(r.resolve()) for r in args.image_root]
+        roots = ImageResolver(args.image_root).texts()
 
         def payloads() -> Iterator[TaskPayload]:
             for k, pages in enumerate(batches):

@@ -342,7 +342,7 @@ def test_thumbnail_outlines_the_panel_where_its_box_is(tmp_path: Path) -> None:
     exif[0x0112] = 6
     page.transpose(Image.Transpose.ROTATE_90).save(turned, quality=95, exif=exif)
     for path in (plain, turned):
-        thumb = render(path, 256, box)
+        thumb = render(path.read_bytes(), path.name, 256, box)
         assert thumb.page_size == (1000, 1600)
         img = Image.open(io.BytesIO(thumb.jpeg)).convert("RGB")
         assert img.size == (160, 256)
@@ -415,4 +415,4 @@ def test_demo_prints_a_serve_command_for_its_store(tmp_path: Path) -> None:
     assert argv[0] == "serve"
     args = serve_args(*argv[1:])
     assert args.zarr == [str(tmp_path / "embeddings")] and args.checkpoint == tmp_path / "tiny.pt"
-    assert args.image_root == [tmp_path / "corpus" / "images"] and args.host == "127.0.0.1"
+    assert args.image_root == [str(tmp_path / "corpus" / "images")] and args.host == "127.0.0.1"

@@ -46,6 +46,9 @@ from pathlib import Path
 import msgspec
 
 from comix_embed.common.errors import EXIT_OK, UsageError
+from comix_embed.common.inputs.locations import parse_location
+from comix_embed.common.inputs.read_errors import InputUnreadable
+from comix_embed.common.inputs.reading import add_remote_arguments, read_bytes
 from comix_embed.common.messages import encode_json
 from comix_embed.common.model.options import add_model_arguments
 from comix_embed.common.store.reading import read_attrs, resolve_store
@@ -65,7 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--text", "--query", dest="text", help="semantic search for this text (needs --checkpoint)")
     mode.add_argument("--like", "--query_page_id", dest="like", metavar="PAGE_ID", help="pages similar to this page")
     mode.add_argument("--keyword", "--search_text", dest="keyword", metavar="WORD", help="pages whose text holds WORD")
-    mode.add_argument("--image", type=Path, metavar="FILE", help="pages similar to this image (needs --checkpoint)")
+    mode.add_argument(
+        "--image",
+        metavar="FILE",
+        help="pages similar to this image: a file, s3://bucket/key or https://... (needs --checkpoint)",
+    )
     parser.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=10, help="results to show (default 10)")
     parser.add_argument("--panels", action="store_true", help="rank panels instead of pages")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -86,6 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-index", action="store_true", help="search every row exactly, even where the store has an index"
     )
+    add_remote_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,11 +117,11 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _read_image(path: Path) -> bytes:
+def _read_image(text: str) -> bytes:
     try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"--image {path}: cannot read it ({exc.strerror or exc})") from None
+        return read_bytes(parse_location(text, "--image"))
+    except InputUnreadable as exc:
+        raise UsageError(f"--image {exc.where}: cannot read it ({exc.reason})") from None
 
 
 def _encoder(args: argparse.Namespace, store: Path, mode: str) -> QueryEncoder:

@@ -26,7 +26,10 @@ from typing import Any
 import msgspec
 
 from comix_embed.common.config import MAX_PANELS
+from comix_embed.common.inputs.locations import RemoteURL
 from comix_embed.common.inputs.pages import Box, PageSpec, PanelSpec
+from comix_embed.common.inputs.read_errors import InputUnreadable
+from comix_embed.common.inputs.reading import read_bytes
 from comix_embed.common.inputs.user_text import decode_user_text
 
 IMAGE_KEYS = ("page_image_path", "image_path", "image", "IMAGE_PATH")
@@ -83,17 +86,17 @@ class DataSpecRead:
     dropped_panels: int = 0
 
 
-def read_dataspec(path: Path) -> PageSpec:
+def read_dataspec(path: Path | RemoteURL) -> PageSpec:
     """The page a DataSpec file describes (see `load_dataspec` for the dropped-panel count)."""
     return load_dataspec(path).spec
 
 
-def load_dataspec(path: Path) -> DataSpecRead:
-    """Read and normalise a DataSpec file; raise DataSpecError naming the file on bad input."""
+def load_dataspec(path: Path | RemoteURL) -> DataSpecRead:
+    """Read and normalise a DataSpec file or object; raise DataSpecError naming it on bad input."""
     try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise DataSpecError(f"DataSpec {path}: cannot read: {exc.strerror or exc}") from exc
+        raw = read_bytes(path)
+    except InputUnreadable as exc:
+        raise DataSpecError(f"DataSpec {exc.where}: cannot read: {exc.reason}") from exc
     text = decode_user_text(raw)
     try:
         data = json.loads(text)

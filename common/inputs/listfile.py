@@ -5,6 +5,11 @@ accepts BOMs, CRLF, backslashes and drive letters, and costs one `stat` per line
 dropped silently: a missing DataSpec stays an entry with its error (the producer records it as a
 failed page), and a duplicate line is reported with the line it repeats.
 
+A list, and the DataSpecs it names, may lie on object storage or a web server: `--list
+s3://bucket/lists/x.txt`, lines that are `s3://` URLs, or keys relative to the list's own prefix
+or to `--dataspec-root s3://bucket/dataspecs/`. Remote lines are not checked one by one (a
+request each): a missing DataSpec is found, and named, when the producer reads it.
+
 Skipped lines: blank ones, and those whose first non-blank character is `#` (comments).
 A line's surrounding whitespace and one pair of surrounding double quotes (as Windows'
 "Copy as path" writes) are removed before it is read as a path.
@@ -12,6 +17,7 @@ A line's surrounding whitespace and one pair of surrounding double quotes (as Wi
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 import stat
@@ -19,8 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from comix_embed.common.errors import UsageError
+from comix_embed.common.inputs.locations import Escapes, RemoteURL, is_url, parse_location, parse_root, parse_url
 from comix_embed.common.inputs.paths import PathMapper, PathMaps, is_windows_absolute
+from comix_embed.common.inputs.read_errors import InputNotFound, InputUnreadable
+from comix_embed.common.inputs.reading import check_root, read_bytes
 from comix_embed.common.inputs.user_text import decode_user_text
+
+Location = Path | RemoteURL
 
 
 @dataclass
@@ -29,7 +40,7 @@ class ListEntry:
 
     line_no: int  # 1-based
     raw: str  # the line exactly as written, without its newline (and BOM on line 1)
-    path: Path | None  # None only for a Windows path that no path map translates, on POSIX
+    path: Location | None  # None only for a Windows path that no path map translates, on POSIX
     page_id: str
     error: str = ""
 
@@ -51,7 +62,8 @@ class Duplicate:
 class ListReport:
     """The entries of a list in line order, first occurrences only, and what was set aside."""
 
-    list_path: Path
+    list_path: Location
+    sha256: str = ""  # of the list's bytes: what names the list in its job
     entries: list[ListEntry] = field(default_factory=list)
     duplicates: list[Duplicate] = field(default_factory=list)
     skipped: int = 0  # blank and comment lines
@@ -74,27 +86,38 @@ class ListReport:
         )
 
 
-def read_list(list_path: Path, dataspec_root: Path | None = None, path_maps: PathMaps = ()) -> ListReport:
+def read_list(list_path: str | Path, dataspec_root: str | Path | None = None, path_maps: PathMaps = ()) -> ListReport:
     """Read a list file into entries; raise UsageError if it is missing or names no DataSpec.
 
-    Relative lines resolve against `dataspec_root` when given, else against the current
-    directory, then the list file's directory (the first where the file exists). Absolute
-    lines (drive-letter or POSIX) go through `path_maps` first.
+    Relative lines resolve against `dataspec_root` when given; else, for a list on object
+    storage, against its own prefix; else against the current directory, then the list file's
+    directory (the first where the file exists). Absolute lines (drive-letter or POSIX) go
+    through `path_maps` first, which may map them onto a bucket.
     """
-    list_path = Path(list_path)
+    where = parse_location(list_path, "--list")
     try:
-        data = list_path.read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"List file not found: {list_path}") from None
-    except OSError as exc:
-        raise UsageError(f"Cannot read list file {list_path}: {exc.strerror or exc}") from None
-    root = Path(os.path.abspath(dataspec_root)) if dataspec_root is not None else None
-    if root is not None and not root.is_dir():
+        data = read_bytes(where)
+    except InputNotFound as exc:
+        raise UsageError(
+            f"List file not found: {exc.where}" + (f" ({exc.reason})" if is_url(exc.where) else "")
+        ) from None
+    except InputUnreadable as exc:
+        raise UsageError(f"Cannot read list file {exc.where}: {exc.reason}") from None
+    root = parse_root(dataspec_root, "--dataspec-root") if dataspec_root is not None else None
+    if isinstance(root, Path) and not root.is_dir():
         raise UsageError(f"DataSpec root not found: {dataspec_root}")
-    bases = [root] if root is not None else [Path.cwd(), Path(os.path.abspath(list_path.parent))]
+    if isinstance(root, RemoteURL):
+        check_root(root, "--dataspec-root")
+    bases: list[Location]
+    if root is not None:
+        bases = [root]
+    elif isinstance(where, RemoteURL):
+        bases = [where.parent()]
+    else:
+        bases = [Path.cwd(), Path(os.path.abspath(where.parent))]
     resolver = _LineResolver(bases, root, PathMapper(path_maps))
 
-    report = ListReport(list_path=list_path)
+    report = ListReport(list_path=where, sha256=hashlib.sha256(data).hexdigest())
     first_line: dict[str, int] = {}
     for line_no, raw in enumerate(decode_user_text(data).split("\n"), start=1):
         raw = raw.removesuffix("\r")
@@ -112,34 +135,54 @@ def read_list(list_path: Path, dataspec_root: Path | None = None, path_maps: Pat
         first_line[key] = line_no
         report.entries.append(entry)
     if not report.entries:
-        raise UsageError(f"No pages to process: {list_path} has no DataSpec lines")
+        raise UsageError(f"No pages to process: {where} has no DataSpec lines")
     return report
 
 
 class _LineResolver:
     """Turns one line's text into an entry; holds what is the same for every line."""
 
-    def __init__(self, bases: list[Path], root: Path | None, mapper: PathMapper) -> None:
-        self.bases = [str(base) for base in bases]
-        self.root_text = root.as_posix().rstrip("/") + "/" if root is not None else None
+    def __init__(self, bases: list[Location], root: Location | None, mapper: PathMapper) -> None:
+        self.bases = bases
+        self.root = root
+        self.root_text = root.as_posix().rstrip("/") + "/" if isinstance(root, Path) else None
         self.mapper = mapper
 
     def entry(self, line_no: int, raw: str, text: str) -> ListEntry:
+        if is_url(text):
+            return self._url(line_no, raw, text, text)
         windows = is_windows_absolute(text)
         if windows or text.startswith(("/", "\\")):
             return self._absolute(line_no, raw, text, windows)
         rel = posixpath.normpath(text.replace("\\", "/"))
-        candidates = [os.path.normpath(os.path.join(base, rel)) for base in self.bases]
+        remote = self.bases[0]
+        if isinstance(remote, RemoteURL):
+            try:
+                return ListEntry(line_no, raw, remote.child(rel), rel)
+            except Escapes:
+                return ListEntry(line_no, raw, None, rel, f"DataSpec path climbs out of {remote} (list line {line_no})")
+        candidates = [os.path.normpath(os.path.join(str(base), rel)) for base in self.bases]
         found = next((c for c in candidates if _is_file(c)), None)
         if found is not None:
             return ListEntry(line_no, raw, Path(found), rel)
         return ListEntry(line_no, raw, Path(candidates[0]), rel, _not_found(candidates[0], line_no))
+
+    def _url(self, line_no: int, raw: str, text: str, page_id: str) -> ListEntry:
+        """A DataSpec on object storage or a web server: its key below a remote --dataspec-root is its page id."""
+        try:
+            url = parse_url(text, "DataSpec")
+        except UsageError as exc:
+            return ListEntry(line_no, raw, None, page_id, f"{exc} (list line {line_no})")
+        below = url.relative_to(self.root) if isinstance(self.root, RemoteURL) else None
+        return ListEntry(line_no, raw, url, below or page_id)
 
     def _absolute(self, line_no: int, raw: str, text: str, windows: bool) -> ListEntry:
         norm = posixpath.normpath(text.replace("\\", "/"))
         if windows and norm[1] == ":":
             norm = norm[0].upper() + norm[1:]
         mapped = self.mapper.map(text)
+        if mapped is not None and is_url(mapped):
+            return self._url(line_no, raw, mapped, norm)
         if mapped is None and windows and os.name != "nt":
             hint = "; no --path-map matches this Windows path"
             return ListEntry(line_no, raw, None, norm, _not_found(text, line_no, hint))

@@ -1,9 +1,11 @@
 """A page's paths: where its image is (confined to the image roots), and the page id it is called by.
 
 DataSpecs come from other machines (often Windows, `E:\\...`) and are data from elsewhere, so an
-image path in one is never trusted: it is mapped onto a local directory (`--path-map`), and must
-land inside a configured image root, lexically at the producer (which may not have the images)
-and again, symlinks followed, at the worker that opens it (docs/inputs.md, "Image roots and path maps").
+image path in one is never trusted: it is mapped onto a local directory or a bucket prefix
+(`--path-map`), and must land inside a configured image root, lexically at the producer (which may
+not have the images) and again at the worker that reads it, symlinks followed for a local root
+(docs/inputs.md, "Image roots and path maps"). A root is a local folder, an `s3://bucket/prefix/`
+or an `http(s)://host/prefix/` (common/inputs/locations.py).
 
 Paths are handled as text with `/` separators: a backslash is always a separator (list files and
 DataSpecs made on Windows), so the same input gives the same answer on every operating system.
@@ -19,8 +21,18 @@ from functools import cached_property
 from pathlib import Path
 
 from comix_embed.common.errors import UsageError
+from comix_embed.common.inputs.locations import (
+    Escapes,
+    RemoteURL,
+    is_url,
+    parse_root,
+    parse_url,
+    plain_relative,
+    root_text,
+)
+from comix_embed.common.inputs.reading import read_bytes
 
-PathMaps = Sequence[tuple[str, str]]  # (prefix as written in DataSpecs, local directory)
+PathMaps = Sequence[tuple[str, str]]  # (prefix as written in DataSpecs, local directory or remote prefix)
 
 _DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
 
@@ -40,7 +52,7 @@ def _components(text: str) -> list[str]:
 
 
 def parse_path_map(text: str) -> tuple[str, str]:
-    """Parse a `--path-map` value `PREFIX=LOCAL_DIR`.
+    """Parse a `--path-map` value `PREFIX=LOCAL_DIR` (or `PREFIX=s3://bucket/prefix/`, `PREFIX=https://...`).
 
     The split is at the first `=`: Windows prefixes cannot contain one, while a local directory
     occasionally does. The prefix must be absolute (a drive-letter, UNC or POSIX path), since
@@ -52,6 +64,8 @@ def parse_path_map(text: str) -> tuple[str, str]:
         raise UsageError(f"Bad --path-map {text!r}: expected PREFIX=LOCAL_DIR, e.g. E:\\comics=/data/comics")
     if not (is_windows_absolute(prefix) or prefix.startswith("/")):
         raise UsageError(f"Bad --path-map {text!r}: the prefix {prefix!r} must be an absolute path (E:\\... or /...)")
+    if is_url(target):
+        return prefix, str(parse_url(target, "--path-map target").as_prefix())
     return prefix, os.path.abspath(target)
 
 
@@ -80,6 +94,8 @@ class PathMapper:
             if prefix_windows != windows or lowered[: len(prefix)] != prefix:
                 continue
             rest = parts[len(prefix) :]
+            if is_url(target):
+                return target + "/".join(rest)
             return posixpath.join(target.replace("\\", "/"), *rest) if rest else target
         return None
 
@@ -108,33 +124,43 @@ class ImageResolver:
     """Confines DataSpec image paths to the image roots, in two steps.
 
     `locate` is lexical (the producer may run where the images are not) and gives a root index
-    and a path relative to that root, which is what travels to the worker; `open_path` runs on
-    the worker, follows symbolic links and checks again, so that neither a crafted DataSpec nor
-    a crafted task makes a worker read outside its roots. The producer's and the workers' roots
-    must be listed in the same order, since tasks carry the index.
+    and a path relative to that root, which is what travels to the worker; `read` runs on the
+    worker and checks again (for a local root following symbolic links), so that neither a crafted
+    DataSpec nor a crafted task makes a worker read outside its roots. The producer's and the
+    workers' roots must be listed in the same order, since tasks carry the index.
     """
 
-    def __init__(self, roots: list[Path], path_maps: PathMaps = ()) -> None:
+    def __init__(self, roots: Sequence[str | Path | RemoteURL], path_maps: PathMaps = ()) -> None:
         if not roots:
             raise UsageError("No image root given: pass at least one --image-root")
-        self.roots = [Path(os.path.abspath(r)) for r in roots]
-        self._root_texts = [_normalise_absolute(r.as_posix()) for r in self.roots]
+        self.roots: list[Path | RemoteURL] = [
+            r if isinstance(r, RemoteURL) else parse_root(r, "--image-root") for r in roots
+        ]
+        self._root_texts = [_normalise_absolute(r.as_posix()) if isinstance(r, Path) else str(r) for r in self.roots]
         self._mapper = PathMapper(path_maps)
 
-    def locate(self, image_path: str, dataspec_path: Path | None = None) -> tuple[int, str]:
+    def texts(self) -> list[str]:
+        """The roots as a task payload carries them (absolute paths, prefix URLs)."""
+        return [root_text(r) for r in self.roots]
+
+    def locate(self, image_path: str, dataspec_path: object | None = None) -> tuple[int, str]:
         """(root index, `/`-separated path relative to that root) for a DataSpec image path.
 
-        Absolute paths (drive-letter or POSIX) go through the path maps and must then lie under
-        a root (the first that holds them); relative paths are under root 0 and may not climb
-        out of it. `dataspec_path`, when given, is named in the refusal.
+        Absolute paths (drive-letter or POSIX) go through the path maps, and URLs are taken as they
+        are; both must then lie under a root (the first that holds them). Relative paths are under
+        root 0 and may not climb out of it. `dataspec_path`, when given, is named in the refusal.
         """
         where = f" (DataSpec {dataspec_path})" if dataspec_path is not None else ""
         text = image_path.strip()
         if not text:
             raise PathRefused(f"image path is empty{where}")
+        if is_url(text):
+            return self._locate_url(image_path, text, None, where)
         windows = is_windows_absolute(text)
         if windows or text.startswith(("/", "\\")):
             mapped = self._mapper.map(text)
+            if mapped is not None and is_url(mapped):
+                return self._locate_url(image_path, mapped, mapped, where)
             if mapped is None and windows and os.name != "nt":
                 parent = text.replace("/", "\\").rsplit("\\", 1)[0]
                 raise PathRefused(
@@ -142,7 +168,7 @@ class ImageResolver:
                 )
             local = _normalise_absolute(mapped if mapped is not None else text)
             for index, root in enumerate(self._root_texts):
-                rel = _relative_under(local, root)
+                rel = _relative_under(local, root) if isinstance(self.roots[index], Path) else None
                 if rel == "":
                     raise PathRefused(f"image path names no file, only the image root: {image_path}{where}")
                 if rel is not None:
@@ -155,32 +181,78 @@ class ImageResolver:
             raise PathRefused(f"image path escapes the image root: {image_path}{where}")
         if rel == ".":
             raise PathRefused(f"image path names no file: {image_path}{where}")
+        if isinstance(self.roots[0], RemoteURL):
+            try:
+                rel = plain_relative(rel)
+            except Escapes:
+                raise PathRefused(f"image path escapes the image root: {image_path}{where}") from None
         return 0, rel
 
+    def _locate_url(self, image_path: str, text: str, mapped: str | None, where: str) -> tuple[int, str]:
+        via = f" (mapped to {mapped})" if mapped is not None else ""
+        try:
+            url = parse_url(text, "image path")
+        except UsageError as exc:
+            raise PathRefused(f"{exc}{via}{where}") from None
+        for index, root in enumerate(self.roots):
+            rel = url.relative_to(root) if isinstance(root, RemoteURL) else None
+            if rel == "":
+                raise PathRefused(f"image path names no file, only the image root: {image_path}{where}")
+            if rel is not None:
+                return index, rel
+        roots = ", ".join(self._root_texts)
+        raise PathRefused(f"image path {image_path}{via} is outside every image root ({roots}){where}")
+
     @cached_property
-    def _real_roots(self) -> list[Path]:
-        return [Path(os.path.realpath(r)) for r in self.roots]
+    def _real_roots(self) -> list[Path | None]:
+        return [Path(os.path.realpath(r)) if isinstance(r, Path) else None for r in self.roots]
 
-    def open_path(self, root_index: int, rel: str) -> Path:
-        """The real path of an image that `locate` placed, checked again on this machine.
-
-        Raises PathRefused when the index names no root here, when `rel` is not a plain relative
-        path, or when a symbolic link leads out of the root; FileNotFoundError when it is missing.
-        """
+    def _root(self, root_index: int, rel: str) -> Path | RemoteURL:
         if not 0 <= root_index < len(self.roots):
             raise PathRefused(
                 f"image path {rel} names image root #{root_index}, but this machine has {len(self.roots)} image root(s)"
             )
+        return self.roots[root_index]
+
+    def open_path(self, root_index: int, rel: str) -> Path:
+        """The real path of an image that `locate` placed under a local root, checked again here.
+
+        Raises PathRefused when the index names no local root here, when `rel` is not a plain
+        relative path, or when a symbolic link leads out of the root; FileNotFoundError when it is missing.
+        """
+        self._root(root_index, rel)
+        root = self._real_roots[root_index]
+        if root is None:
+            raise PathRefused(f"image root #{root_index} is {self.roots[root_index]}, not a folder of this machine")
         norm = posixpath.normpath(rel.replace("\\", "/")) if rel else "."
         if norm in (".", "..") or norm.startswith(("../", "/")) or is_windows_absolute(rel):
             raise PathRefused(f"image path escapes the image root: {rel}")
-        root = self._real_roots[root_index]
         real = Path(os.path.realpath(root / norm))
         if real != root and root not in real.parents:
             raise PathRefused(f"image path {rel} resolves outside the image root via a symbolic link: {real}")
         if not real.is_file():
-            raise FileNotFoundError(f"image not found: {self.roots[root_index] / norm}")
+            raise FileNotFoundError(f"image not found: {self._root_texts[root_index]}/{norm}")
         return real
+
+    def location(self, root_index: int, rel: str) -> Path | RemoteURL:
+        """Where an image that `locate` placed lies: a checked local path, or its URL below the root."""
+        root = self._root(root_index, rel)
+        if isinstance(root, Path):
+            return self.open_path(root_index, rel)
+        try:
+            return root.child(rel)
+        except Escapes:
+            raise PathRefused(f"image path escapes the image root: {rel}") from None
+
+    def read(self, root_index: int, rel: str) -> bytes:
+        """The bytes of an image that `locate` placed, wherever its root is, checked again here.
+
+        Raises PathRefused (outside the root), FileNotFoundError (missing; for a remote root an
+        InputNotFound naming the URL) or another OSError (an InputUnreadable naming the URL and cause).
+        """
+        where = self.location(root_index, rel)
+        root = self.roots[root_index]
+        return read_bytes(where, root if isinstance(root, RemoteURL) else None)
 
 
 # Folder names that hold a book's pages rather than name the book (e.g. `<Book>/JPG4CBZ/0001.json`).

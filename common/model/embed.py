@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -25,9 +25,10 @@ from PIL import Image
 from comix_embed.common import config
 from comix_embed.common.inputs.pages import PageSpec, PageTask, PanelSpec
 from comix_embed.common.inputs.paths import ImageResolver, PathRefused
+from comix_embed.common.inputs.read_errors import InputNotFound, InputUnreadable
 from comix_embed.common.model.checkpoint import LoadedModel
 from comix_embed.common.model.identity import make_identity
-from comix_embed.common.model.preprocess import PageImageError, PreparedPage, prepare_page, read_image_bytes
+from comix_embed.common.model.preprocess import PageImageError, PreparedPage, prepare_page
 from comix_embed.common.model.tokenizer import LoadedTokenizer
 from comix_embed.common.store.results import BatchResult, empty_arrays
 from comix_embed.common.store.schema import STATUS_FAILED
@@ -81,10 +82,11 @@ class Embedder:
             loaded.sha256, self.d, self.settings.encoder_mode, tokenizer.identity, tokenizer.legacy_identity
         )
         self._pool = ThreadPoolExecutor(self.settings.decode_threads, thread_name_prefix="decode")
+        self._readers = ThreadPoolExecutor(config.REMOTE_READS_IN_FLIGHT, thread_name_prefix="read")
 
     # ---- CPU side ----
-    def _prepare(self, task: PageTask) -> PreparedPage | str:
-        """Inputs of one page, or the reason it failed."""
+    def _read(self, task: PageTask) -> tuple[bytes, float] | str:
+        """The page's image bytes and the seconds the read took, or the reason the page failed."""
         if task.error:
             return task.error
         if task.spec is None:
@@ -93,17 +95,31 @@ class Embedder:
             return "no image root: this embedder embeds only images handed to it"
         t0 = time.perf_counter()
         try:
-            path = self.resolver.open_path(task.root, task.image)
-            data = read_image_bytes(path)
-            t1 = time.perf_counter()
-            page = prepare_page(task.spec, data, task.image, self.settings.fast_decode)
-        except (PathRefused, PageImageError) as exc:
+            return self.resolver.read(task.root, task.image), time.perf_counter() - t0
+        except PathRefused as exc:
             return str(exc)
+        except InputNotFound as exc:
+            return f"image not found: {exc.where} ({exc.reason})"
+        except InputUnreadable as exc:
+            return f"cannot read image {exc.where}: {exc.reason}"
         except FileNotFoundError as exc:
             return f"image not found: {task.image} ({exc.filename or exc})"
         except OSError as exc:
             return f"cannot read image {task.image}: {exc}"
-        page.timings = {"read": t1 - t0, "decode_crop": time.perf_counter() - t1}
+
+    def _prepare(self, task: PageTask, read: Future[tuple[bytes, float] | str] | None = None) -> PreparedPage | str:
+        """Inputs of one page, or the reason it failed; `read` is its image read ahead, if it was."""
+        item = read.result() if read is not None else self._read(task)
+        if isinstance(item, str):
+            return item
+        data, read_s = item
+        assert task.spec is not None
+        t1 = time.perf_counter()
+        try:
+            page = prepare_page(task.spec, data, task.image, self.settings.fast_decode)
+        except PageImageError as exc:
+            return str(exc)
+        page.timings = {"read": read_s, "decode_crop": time.perf_counter() - t1}
         return page
 
     def _prepared_chunks(
@@ -111,12 +127,15 @@ class Embedder:
     ) -> Iterator[list[tuple[int, PreparedPage]]]:
         """Prepared pages in groups of about `encode_batch` crops, decoded ahead by the pool.
 
-        A page that cannot be read goes to `failures` (its index and reason) and into no group.
+        Images are read ahead of decoding by their own pool (object storage answers in tens of
+        milliseconds: reads in flight, at most REMOTE_READS_IN_FLIGHT, hide it). A page that
+        cannot be read goes to `failures` (its index and reason) and into no group.
         """
         chunk: list[tuple[int, PreparedPage]] = []
         crops = 0
         wait0 = time.perf_counter()
-        for i, item in enumerate(self._pool.map(self._prepare, tasks)):
+        reads = [self._readers.submit(self._read, task) for task in tasks]
+        for i, item in enumerate(self._pool.map(self._prepare, tasks, reads)):
             if isinstance(item, str):
                 failures[i] = item
                 continue
@@ -311,3 +330,4 @@ class Embedder:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._readers.shutdown(wait=True)

@@ -11,9 +11,10 @@ from pathlib import Path, PurePosixPath
 
 from comix_embed.common.durable import write_json_atomic
 from comix_embed.common.inputs.dataspec import DataSpecRecord, PanelRecord
+from comix_embed.common.inputs.locations import RemoteURL
 from comix_embed.common.inputs.paths import is_windows_absolute
 from comix_embed.tools.dataspec_builder.coco import Box, Predictions
-from comix_embed.tools.dataspec_builder.mapping import MappingRow, derived_rel_paths, local_path
+from comix_embed.tools.dataspec_builder.mapping import MappingRow, derived_rel_paths, input_location
 from comix_embed.tools.dataspec_builder.report import REPORT_NAME, CountMismatch, Drop, DroppedPage, Report
 from comix_embed.tools.dataspec_builder.vlm import panel_text, vlm_panels
 
@@ -22,7 +23,12 @@ class PageBuilder:
     """Turns mapping rows into DataSpecs; holds what is the same for every row."""
 
     def __init__(
-        self, predictions: Predictions, mapping_dir: Path, subset: str, min_score: float, report: Report
+        self,
+        predictions: Predictions,
+        mapping_dir: Path | RemoteURL,
+        subset: str,
+        min_score: float,
+        report: Report,
     ) -> None:
         self.predictions = predictions
         self.mapping_dir = mapping_dir
@@ -79,8 +85,8 @@ class PageBuilder:
     def check_image(self, image_path: str) -> None:
         if not image_path:
             raise Drop("image_missing", "row has no image_path")
-        path = local_path(image_path, self.mapping_dir)
-        if path is None:
+        path = input_location(image_path, self.mapping_dir)
+        if path is None or isinstance(path, RemoteURL):  # another OS's path; an object: a request each
             self.report.images_not_checked += 1
         elif not path.is_file():
             raise Drop("image_missing", f"image not found: {path}")

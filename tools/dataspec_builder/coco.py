@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from comix_embed.common.errors import UsageError
+from comix_embed.common.inputs.locations import RemoteURL
+from comix_embed.common.inputs.read_errors import InputNotFound, InputUnreadable
+from comix_embed.common.inputs.reading import read_bytes
 
 PANEL_CATEGORY = 1
 _INTEGRAL = re.compile(r"^-?\d+\.0*$")
@@ -30,7 +33,7 @@ class Predictions:
     unusable: int = 0  # annotations without an image id or a 4-number bbox, or with a bad score
 
 
-def read_predictions(path: Path) -> Predictions:
+def read_predictions(path: Path | RemoteURL) -> Predictions:
     """Index a COCO predictions file by image id; raise UsageError if it cannot be used at all."""
     data = _read_json_input(path, "predictions file")
     images: Any  # whatever the file holds under "images": only a list of objects with an id is used
@@ -81,13 +84,13 @@ def id_key(value: Any) -> str:
     return text.split(".")[0] if _INTEGRAL.match(text) else text
 
 
-def _read_json_input(path: Path, what: str) -> Any:
+def _read_json_input(path: Path | RemoteURL, what: str) -> Any:
     try:
-        return json.loads(path.read_bytes().decode("utf-8-sig"))
-    except FileNotFoundError:
+        return json.loads(read_bytes(path).decode("utf-8-sig"))
+    except InputNotFound:
         raise UsageError(f"{what.capitalize()} not found: {path}") from None
-    except OSError as exc:
-        raise UsageError(f"Cannot read {what} {path}: {exc.strerror or exc}") from None
+    except InputUnreadable as exc:
+        raise UsageError(f"Cannot read {what} {path}: {exc.reason}") from None
     except UnicodeDecodeError as exc:
         raise UsageError(f"{what.capitalize()} {path} is not UTF-8 (byte {exc.start})") from None
     except json.JSONDecodeError as exc:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from comix_embed.common.durable import write_json_atomic
 from comix_embed.common.errors import EXIT_OK, EXIT_PAGES_FAILED, UsageError
+from comix_embed.common.inputs.locations import RemoteURL, parse_location
+from comix_embed.common.inputs.reading import add_remote_arguments
 from comix_embed.tools.dataspec_builder.build import PageBuilder, write_list
 from comix_embed.tools.dataspec_builder.coco import read_predictions
 from comix_embed.tools.dataspec_builder.mapping import read_mapping
@@ -23,13 +25,13 @@ SUBSETS = ("perfect", "all")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--coco", required=True, type=Path, help="COCO predictions JSON (or a bare list of annotations)"
+        "--coco", required=True, help="COCO predictions JSON (or a bare list of annotations): a file or s3://bucket/key"
     )
     parser.add_argument(
         "--mapping",
         required=True,
-        type=Path,
-        help="CSV: image_path, coco_image_id|predictions_json_id, vlm_json_path[, image_rel_path]",
+        help="CSV (a file or s3://bucket/key): image_path, coco_image_id|predictions_json_id, vlm_json_path"
+        "[, image_rel_path]; relative paths in it are below its own folder or prefix",
     )
     parser.add_argument(
         "--out",
@@ -48,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--list-out", type=Path, default=None, help="list file to write (default: <OUT>_<subset>_list.txt beside OUT)"
     )
+    add_remote_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,8 +60,9 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {args.out} exists and is not a folder")
     list_path = Path(os.path.abspath(args.list_out or out.parent / f"{out.name}_{args.subset}_list.txt"))
-    predictions = read_predictions(Path(args.coco))
-    rows = read_mapping(Path(args.mapping))
+    mapping = parse_location(args.mapping, "--mapping")
+    predictions = read_predictions(parse_location(args.coco, "--coco"))
+    rows = read_mapping(mapping)
     report = Report(
         coco=str(args.coco),
         mapping=str(args.mapping),
@@ -69,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         pages_in_mapping=len(rows),
         unusable_annotations=predictions.unusable,
     )
-    builder = PageBuilder(predictions, Path(os.path.abspath(args.mapping)).parent, args.subset, args.min_score, report)
+    mapping_dir = mapping.parent() if isinstance(mapping, RemoteURL) else Path(os.path.abspath(mapping)).parent
+    builder = PageBuilder(predictions, mapping_dir, args.subset, args.min_score, report)
     written = builder.write_all(rows, out)
     write_list(list_path, written)
     out.mkdir(parents=True, exist_ok=True)

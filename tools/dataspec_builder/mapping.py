@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from comix_embed.common.errors import UsageError
+from comix_embed.common.inputs.locations import Escapes, RemoteURL, is_url, parse_url
 from comix_embed.common.inputs.paths import is_windows_absolute
+from comix_embed.common.inputs.read_errors import InputNotFound, InputUnreadable
+from comix_embed.common.inputs.reading import read_bytes
 from comix_embed.common.inputs.user_text import decode_user_text
 from comix_embed.tools.dataspec_builder.coco import id_key
 
@@ -33,14 +36,14 @@ class MappingRow:
     rel_path: str
 
 
-def read_mapping(path: Path) -> list[MappingRow]:
+def read_mapping(path: Path | RemoteURL) -> list[MappingRow]:
     """The mapping's data rows; raise UsageError naming the file for a missing column or no rows."""
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
+        raw = read_bytes(path)
+    except InputNotFound:
         raise UsageError(f"Mapping CSV not found: {path}") from None
-    except OSError as exc:
-        raise UsageError(f"Cannot read mapping CSV {path}: {exc.strerror or exc}") from None
+    except InputUnreadable as exc:
+        raise UsageError(f"Cannot read mapping CSV {path}: {exc.reason}") from None
     reader = csv.reader(io.StringIO(decode_user_text(raw), newline=""))
     try:
         header = [name.strip().lower() for name in next(reader, [])]
@@ -53,7 +56,7 @@ def read_mapping(path: Path) -> list[MappingRow]:
     return rows
 
 
-def _columns(header: list[str], path: Path) -> dict[str, int]:
+def _columns(header: list[str], path: Path | RemoteURL) -> dict[str, int]:
     """Column index by role; the first present id column is preferred per row, in ID_COLUMNS order."""
     index = {name: i for i, name in reversed(list(enumerate(header)))}
     for name in ("image_path", "vlm_json_path"):
@@ -101,8 +104,21 @@ def _parts(path: str) -> list[str]:
     return (["/"] if text.startswith("/") else []) + [p for p in text.split("/") if p not in ("", ".")]
 
 
-def local_path(text: str, base: Path) -> Path | None:
-    """Where a mapping path is on this machine; None for a Windows absolute path on POSIX."""
+def input_location(text: str, base: Path | RemoteURL) -> Path | RemoteURL | None:
+    """Where a mapping path is: a URL as written, a relative path below `base` (the mapping's own
+    folder or prefix), a local path; None for a Windows absolute path on POSIX."""
+    if is_url(text):
+        try:
+            return parse_url(text, "mapping path")
+        except UsageError:
+            return None
+    if isinstance(base, RemoteURL):
+        if is_windows_absolute(text) or text.replace("\\", "/").startswith("/"):
+            return None
+        try:
+            return base.child(text)
+        except Escapes:
+            return None
     if os.name != "nt":
         if is_windows_absolute(text):
             return None

@@ -14,23 +14,26 @@ from typing import Any
 from comix_embed.common.config import TEXT_KEYS
 from comix_embed.common.inputs.dataspec import panel_text as read_panel_text
 from comix_embed.common.inputs.dataspec import strings
-from comix_embed.tools.dataspec_builder.mapping import local_path
+from comix_embed.common.inputs.locations import RemoteURL
+from comix_embed.common.inputs.read_errors import InputNotFound, InputUnreadable
+from comix_embed.common.inputs.reading import read_bytes
+from comix_embed.tools.dataspec_builder.mapping import input_location
 from comix_embed.tools.dataspec_builder.report import Drop
 
 VLM_PANEL_KEYS = ("panels", "VLM_panels", "vlm_panels")
 
 
-def vlm_panels(vlm_path: str, mapping_dir: Path) -> list[dict[str, Any]]:
+def vlm_panels(vlm_path: str, mapping_dir: Path | RemoteURL) -> list[dict[str, Any]]:
     """The VLM's panels in file order, or Drop (vlm_missing / vlm_unreadable) naming the file."""
-    path = local_path(vlm_path, mapping_dir) if vlm_path else None
+    path = input_location(vlm_path, mapping_dir) if vlm_path else None
     if path is None:
         raise Drop("vlm_missing", f"VLM JSON path cannot be read on this machine: {vlm_path!r}")
     try:
-        data = json.loads(path.read_bytes().decode("utf-8-sig"))
-    except FileNotFoundError:
+        data = json.loads(read_bytes(path).decode("utf-8-sig"))
+    except InputNotFound:
         raise Drop("vlm_missing", f"VLM JSON not found: {path}") from None
-    except OSError as exc:
-        raise Drop("vlm_unreadable", f"VLM JSON {path}: cannot read: {exc.strerror or exc}") from None
+    except InputUnreadable as exc:
+        raise Drop("vlm_unreadable", f"VLM JSON {path}: cannot read: {exc.reason}") from None
     except UnicodeDecodeError as exc:
         raise Drop("vlm_unreadable", f"VLM JSON {path}: not UTF-8 (byte {exc.start})") from None
     except json.JSONDecodeError as exc:

@@ -27,6 +27,7 @@ from typing import Any
 from comix_embed.common import config
 from comix_embed.common.errors import EXIT_OK, UsageError
 from comix_embed.common.inputs.paths import ImageResolver, PathMapper, parse_path_map
+from comix_embed.common.inputs.reading import add_remote_arguments, check_root
 from comix_embed.common.model.options import add_model_arguments
 from comix_embed.common.store.reading import resolve_store
 from comix_embed.tools.query_model import QueryEncoder, check_store_model, load_query_model
@@ -52,11 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--image-root",
-        type=Path,
         action="append",
         required=True,
-        help="directory the page images lie under (repeatable, in the order `run` was given them)",
+        help="where the page images lie: a folder, s3://bucket/prefix/ or https://host/prefix/ "
+        "(repeatable, in the order `run` was given them)",
     )
+    add_remote_arguments(parser)
     parser.add_argument(
         "--path-map",
         action="append",
@@ -113,8 +115,7 @@ def build_state(args: argparse.Namespace) -> ServeState:
     path_maps = [parse_path_map(m) for m in args.path_map]
     resolver = ImageResolver(args.image_root, path_maps)
     for root in resolver.roots:
-        if not root.is_dir():
-            raise UsageError(f"--image-root {root}: no such directory")
+        check_root(root)
     paths = [resolve_store(z) for z in args.zarr]
     if len(set(paths)) != len(paths):
         raise UsageError("the same store is given twice with --zarr")

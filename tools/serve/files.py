@@ -1,8 +1,8 @@
-"""Which file a request for an image may read: only images inside the image roots.
+"""Which image a request may read: only images inside the image roots, local or remote.
 
 The same confinement as the workers (common/inputs/paths.py, `ImageResolver`): a relative path must not
-climb out of its root (`..`), symbolic links are followed and must stay inside it, and the file
-must be an image. An absolute path is refused unless a `--path-map` maps it into a root (the
+climb out of its root (`..`), symbolic links are followed and must stay inside a local root, an
+HTTP redirect inside a remote one, and the file must be an image. An absolute path is refused unless a `--path-map` maps it into a root (the
 paths DataSpecs hold, `E:\\...`, which the producer maps the same way); a plain `/etc/passwd`
 never is. Checks run on the decoded path the route receives, so `%2e%2e`, `%2f` and the like
 are refused like their plain forms.
@@ -14,13 +14,16 @@ import mimetypes
 from pathlib import Path
 
 from comix_embed.common.errors import UsageError
+from comix_embed.common.inputs.locations import RemoteURL
 from comix_embed.common.inputs.paths import PathRefused, is_windows_absolute
 from comix_embed.tools.serve.app import ServeState
 from comix_embed.tools.serve.thumbs import Thumbnail, render
 
 
-def requested_image(state: ServeState, path: str, root: int) -> Path:
-    """The image file for `/images/<path>?root=N`; PathRefused or FileNotFoundError otherwise."""
+def requested_image(state: ServeState, path: str, root: int) -> tuple[int, str, Path | RemoteURL]:
+    """The image for `/images/<path>?root=N`: its root index, its path below it, and where it lies.
+
+    Raises PathRefused or FileNotFoundError."""
     if "\x00" in path:
         raise PathRefused(f"image path holds a NUL character: {path!r}")
     text = path.strip()
@@ -28,11 +31,11 @@ def requested_image(state: ServeState, path: str, root: int) -> Path:
         if state.mapper.map(text) is None:
             raise PathRefused(f"absolute image path {path} is not mapped into an image root by any --path-map")
         root, text = state.resolver.locate(text)
-    found = state.resolver.open_path(root, text)
-    kind, _ = mimetypes.guess_type(found.name)
+    found = state.resolver.location(root, text)
+    kind, _ = mimetypes.guess_type(found.name if isinstance(found, Path) else found.key)
     if not kind or not kind.startswith("image/"):
         raise PathRefused(f"not an image file: {path}")
-    return found
+    return root, text, found
 
 
 def page_thumbnail(state: ServeState, store_name: str, row: int, size: int, panel: int | None) -> Thumbnail:
@@ -46,7 +49,8 @@ def page_thumbnail(state: ServeState, store_name: str, row: int, size: int, pane
 
     def make() -> Thumbnail:
         box = None if panel is None else store.panel_box(row, panel)
-        return render(store.image_file(row, state.resolver), size, box)
+        root, rel = store.image_of(row, state.resolver)
+        return render(state.resolver.read(root, rel), rel, size, box)
 
     # committed rows never change: a thumbnail made once stands for good
     return state.thumbs.get((store_name, row, size, panel), make)

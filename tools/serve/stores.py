@@ -23,7 +23,7 @@ import zarr
 
 from comix_embed.common import config
 from comix_embed.common.errors import UsageError
-from comix_embed.common.inputs.paths import ImageResolver
+from comix_embed.common.inputs.paths import ImageResolver, PathRefused
 from comix_embed.common.model.preprocess import join_text
 from comix_embed.common.store.attributes import StoreAttributes
 from comix_embed.common.store.reading import read_attrs, read_committed_rows, resolve_store
@@ -169,11 +169,12 @@ class ServedStore:
             raise UsageError(f"page {row} of {self.name} has no panel {slot}")
         return [float(v) for v in arrays.at("panel_coordinates", row)[slot]]
 
-    def image_file(self, row: int, resolver: ImageResolver) -> Path:
-        """The page's image, confined to the image roots exactly as a worker opens it.
+    def image_of(self, row: int, resolver: ImageResolver) -> tuple[int, str]:
+        """The page's image as (root index, path below it), confined to the image roots exactly as
+        a worker reads it.
 
-        Where the store does not record the root, the roots are tried in order (as the producer
-        placed relative paths). Raises PathRefused, FileNotFoundError or UsageError.
+        Where the store does not record the root, the local roots are tried in order (as the
+        producer placed relative paths). Raises PathRefused, FileNotFoundError or UsageError.
         """
         row = self.committed_row(row)
         arrays = _Arrays(self.path)
@@ -184,11 +185,13 @@ class ServedStore:
             )
         root = arrays.image_root(row)
         if root is not None:
-            return resolver.open_path(root, rel)
+            resolver.location(root, rel)
+            return root, rel
         for candidate in range(self.roots):
             try:
-                return resolver.open_path(candidate, rel)
-            except FileNotFoundError:
+                resolver.open_path(candidate, rel)
+                return candidate, rel
+            except (FileNotFoundError, PathRefused):
                 continue
         raise FileNotFoundError(f"image not found under any image root: {rel}")
 

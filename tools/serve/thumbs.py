@@ -19,11 +19,10 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
-from comix_embed.common.model.preprocess import EXIF_ORIENTATION, PageImageError, open_image, read_image_bytes
+from comix_embed.common.model.preprocess import EXIF_ORIENTATION, PageImageError, open_image
 
 DEFAULT_CACHE_BYTES = 256 << 20
 GRID_SIZE = 256  # result grid
@@ -41,13 +40,13 @@ class Thumbnail:
     page_size: tuple[int, int]
 
 
-def render(path: Path, size: int, box: list[float] | None = None) -> Thumbnail:
-    """The page at `path` fitted into size x size, `box` (x, y, w, h, original pixels) outlined.
+def render(data: bytes, name: str, size: int, box: list[float] | None = None) -> Thumbnail:
+    """The page image `data` (`name` for errors) fitted into size x size, `box` (x, y, w, h,
+    original pixels) outlined.
 
-    Raises PageImageError when the file is not a usable image.
+    Raises PageImageError when the bytes are not a usable image.
     """
-    data = read_image_bytes(path)
-    img = open_image(data, path.name)
+    img = open_image(data, name)
     width, height = img.size  # boxes are in the upright page's pixels, as the workers saw it
     if img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
         width, height = height, width
@@ -57,7 +56,7 @@ def render(path: Path, size: int, box: list[float] | None = None) -> Thumbnail:
         upright = ImageOps.exif_transpose(img).convert("RGB")
         upright.thumbnail((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
     except Exception as exc:  # truncated or damaged data: Pillow says why
-        raise PageImageError(f"cannot decode image {path.name}: {exc}") from exc
+        raise PageImageError(f"cannot decode image {name}: {exc}") from exc
     if box is not None:
         sx, sy = upright.size[0] / width, upright.size[1] / height
         x, y, w, h = box

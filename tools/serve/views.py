@@ -6,6 +6,8 @@ original files those pages show."""
 from __future__ import annotations
 
 import logging
+import mimetypes
+from pathlib import Path
 
 import msgspec
 from flask import Blueprint, Response, abort, render_template, request, send_file
@@ -124,6 +126,8 @@ def thumbnail(store: str, row: int) -> Response:
         abort(403, str(exc))
     except (FileNotFoundError, UsageError, PageImageError) as exc:
         abort(404, str(exc))
+    except OSError as exc:  # an image root on object storage or HTTP(S) that did not answer
+        abort(502, str(exc))
     response = Response(thumb.jpeg, mimetype="image/jpeg")
     response.headers["Cache-Control"] = f"private, max-age={IMAGE_MAX_AGE_S}"
     return response
@@ -136,10 +140,22 @@ def image_file(path: str) -> Response:
     The answer names no file outside the request (a refusal's details, such as where a link
     leads, go to the log)."""
     try:
-        found = requested_image(state(), path, request.args.get("root", 0, type=int))
+        root, rel, found = requested_image(state(), path, request.args.get("root", 0, type=int))
     except PathRefused as exc:
         log.info("refused /images/%s: %s", path, exc)
         abort(403, "refused: images are served from inside the image roots only")
     except (FileNotFoundError, NotADirectoryError):
         abort(404, "no such image under the image roots")
-    return send_file(found, max_age=IMAGE_MAX_AGE_S)
+    if isinstance(found, Path):
+        return send_file(found, max_age=IMAGE_MAX_AGE_S)
+    try:
+        data = state().resolver.read(root, rel)
+    except FileNotFoundError:
+        abort(404, "no such image under the image roots")
+    except OSError as exc:
+        log.info("cannot read /images/%s: %s", path, exc)
+        abort(502, "the image could not be read from its store")
+    kind, _ = mimetypes.guess_type(found.key)
+    response = Response(data, mimetype=kind or "application/octet-stream")
+    response.headers["Cache-Control"] = f"private, max-age={IMAGE_MAX_AGE_S}"
+    return response
