@@ -15,7 +15,7 @@ from urllib.parse import urljoin
 from comix_embed.common import config
 from comix_embed.common.errors import UsageError
 from comix_embed.common.inputs.locations import RemoteURL, parse_url
-from comix_embed.common.inputs.read_errors import InputDenied, InputNotFound, InputUnreadable, Transient
+from comix_embed.common.inputs.read_errors import InputDenied, InputNotFound, InputUnreadable, Transient, retried
 
 MAX_REDIRECTS = 5
 _pools: dict[int, Any] = {}
@@ -85,8 +85,14 @@ def check(root: RemoteURL) -> str | None:
     (a folder often has no page of its own), only an unreachable server is refused."""
     import urllib3
 
+    def head() -> None:
+        try:
+            _pool().request("HEAD", str(root), redirect=False, preload_content=True)
+        except urllib3.exceptions.HTTPError as exc:
+            raise Transient(f"{type(exc).__name__}: {exc}") from None
+
     try:
-        _pool().request("HEAD", str(root), redirect=False, preload_content=True)
-    except urllib3.exceptions.HTTPError as exc:
-        return f"server unreachable ({type(exc).__name__}: {exc})"
+        retried(head)
+    except Transient as exc:
+        return f"server unreachable ({exc.reason})"
     return None

@@ -131,7 +131,7 @@ def parse_url(text: str, what: str = "URL") -> RemoteURL:
     norm = posixpath.normpath("/" + path) if path.strip("/") else "/"
     if _climbs(path):
         raise UsageError(f"{what} {text!r}: `..` climbs above the top of the {'bucket' if scheme == 's3' else 'site'}")
-    if scheme == "s3" and any(unquote(p) == ".." for p in path.split("/")):
+    if scheme == "s3" and any(unquote(p) in (".", "..") and p not in (".", "..") for p in path.split("/")):
         raise UsageError(f"{what} {text!r}: `%2e%2e` is not allowed in a key")
     key = norm.lstrip("/")
     if key and trailing:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
-import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +24,7 @@ from comix_embed.common import config
 from comix_embed.common.errors import UsageError
 from comix_embed.common.inputs import http, s3
 from comix_embed.common.inputs.locations import RemoteURL, parse_url
-from comix_embed.common.inputs.read_errors import InputNotFound, InputUnreadable, Transient
+from comix_embed.common.inputs.read_errors import InputNotFound, InputUnreadable, Transient, retried
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -50,16 +48,10 @@ def read_bytes(location: Location, root: RemoteURL | None = None) -> bytes:
 
 
 def _retried(url: RemoteURL, root: RemoteURL) -> bytes:
-    last = ""
-    for attempt in range(config.REMOTE_READ_ATTEMPTS):
-        if attempt:
-            delay = min(10.0, config.REMOTE_BACKOFF_S * 2 ** (attempt - 1))
-            time.sleep(delay * random.uniform(0.5, 1.0))
-        try:
-            return s3.get(url) if url.is_s3 else http.get(url, root)
-        except Transient as exc:
-            last = exc.reason
-    raise InputUnreadable(str(url), f"{last} (still after {config.REMOTE_READ_ATTEMPTS} tries)")
+    try:
+        return retried(lambda: s3.get(url) if url.is_s3 else http.get(url, root))
+    except Transient as exc:
+        raise InputUnreadable(str(url), exc.reason) from None
 
 
 def read_many(items: Iterable[T], read: Callable[[T], R], in_flight: int | None = None) -> Iterator[R]:

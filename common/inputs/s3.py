@@ -16,7 +16,7 @@ from typing import Any
 
 from comix_embed.common import config
 from comix_embed.common.inputs.locations import RemoteURL
-from comix_embed.common.inputs.read_errors import InputDenied, InputNotFound, InputUnreadable, Transient
+from comix_embed.common.inputs.read_errors import InputDenied, InputNotFound, InputUnreadable, Transient, retried
 
 _clients: dict[tuple[int, str, bool], Any] = {}
 _lock = threading.Lock()
@@ -135,16 +135,12 @@ def check(root: RemoteURL) -> str | None:
     missing key to a reader without list permission, so then the bucket itself is asked
     (HeadBucket); if that is allowed, the 403 was a real refusal. Reading never requires listing.
     """
-    from botocore.exceptions import ClientError
-
     probe = root.child(PROBE_NAME)
     try:
-        client().get_object(Bucket=probe.host, Key=probe.key, Range="bytes=0-0")
+        retried(lambda: get(probe))  # the whole object: it is never there, or a few bytes at most
         return None
-    except ClientError as exc:
-        answer = classify(exc, str(root))
-    except Exception as exc:
-        answer = _not_answered(exc, str(root))
+    except (InputUnreadable, Transient) as exc:
+        answer: InputUnreadable | Transient = exc
     if isinstance(answer, InputNotFound) and "no such object" in answer.reason:
         return None
     if isinstance(answer, InputDenied) and answer.reason.startswith("access denied"):
@@ -156,4 +152,4 @@ def check(root: RemoteURL) -> str | None:
     if isinstance(answer, Transient):
         host = endpoint() or "AWS S3"
         return f"endpoint {host} unreachable or failing ({answer.reason})"
-    return answer.reason if isinstance(answer, InputUnreadable) else str(answer)
+    return answer.reason
