@@ -1,5 +1,7 @@
-"""Real servers for the remote-input tests and benchmarks: an S3 API (moto in server mode, its own
-process), a fault proxy in front of it, and a plain HTTP server for image roots.
+"""Real servers for the remote-input tests and benchmarks: an S3 API, a fault proxy, a web server.
+
+The S3 API is moto in server mode, in its own process; the fault proxy stands in front of it; the
+web server serves image roots over plain HTTP.
 
 Nothing here is a mock of a client: the code under test talks HTTP to these servers on 127.0.0.1
 exactly as it would talk to AWS, MinIO or a web server. The fault proxy injects, with bounded

@@ -63,6 +63,15 @@ def test_redis_and_flower_are_published_on_this_host_only_by_default(compose: di
     assert [_default(p) for p in ports] == [f"127.0.0.1:{port}:{port}"]
 
 
+def test_a_remote_worker_mounts_no_images_and_holds_no_credential(compose: dict) -> None:
+    remote = compose["services"]["worker-remote"]
+    assert remote["profiles"] == ["remote"] and "gpu-claims:/claims" in remote["volumes"]
+    assert not [v for v in remote["volumes"] if "/data/images" in v]
+    assert "--image-root ${IMAGE_ROOT:?" in remote["command"]
+    passed = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3")
+    assert all(remote["environment"][name] is None for name in passed)  # from the environment, if set
+
+
 def test_gpu_claim_folder_belongs_to_the_containers_user(compose: dict) -> None:
     assert "gpu-claims:/claims" in compose["services"]["worker"]["volumes"]
     assert "--gpu-claim-dir /claims" in compose["services"]["worker"]["command"]
