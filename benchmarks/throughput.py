@@ -40,7 +40,7 @@ from comix_embed.common.inputs.paths import ImageResolver
 from comix_embed.common.messages import decode_json
 from comix_embed.common.model.checkpoint import load_model
 from comix_embed.common.model.embed import Embedder, EmbedSettings, resolve_device
-from comix_embed.common.model.preprocess import prepare_page, read_image_bytes
+from comix_embed.common.model.preprocess import prepare_page
 from comix_embed.common.model.tokenizer import load_tokenizer
 from comix_embed.producer.plan import assign_rows, plan_pages
 from comix_embed.run import RunStats
@@ -161,7 +161,7 @@ def measure_direct(corpus: Path, ckpt: Path, devices: list[str], threads: int, b
 
 
 def prepared_pages(corpus: Path, tasks: list[PageTask], fast: bool) -> list:
-    return [prepare_page(t.spec, read_image_bytes(corpus / "images" / t.image), t.image, fast) for t in tasks if t.spec]
+    return [prepare_page(t.spec, (corpus / "images" / t.image).read_bytes(), t.image, fast) for t in tasks if t.spec]
 
 
 def measure_model_only(corpus: Path, ckpt: Path, device: str, pages: list, tasks: list[PageTask]) -> dict:

@@ -15,7 +15,6 @@ import io
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import simplejpeg
@@ -237,9 +236,3 @@ def prepare_page(spec: PageSpec, data: bytes, name: str, fast_decode: bool = Fal
         dropped_panels=dropped,
         size=(width, height),
     )
-
-
-def read_image_bytes(path: Path) -> bytes:
-    """The whole file, read once (decode then works from memory)."""
-    with open(path, "rb") as fh:
-        return fh.read()
