@@ -3,10 +3,10 @@
     python -m benchmarks.object_clients [--objects 300] [--rounds 3] [--in-flight 32]
                                         [--s3fs-site DIR] [--json]
 
-The README's choice of client library rests on this. The same objects (page-sized, about 1 MB of
-incompressible bytes, and DataSpec-sized, 2 KB) are read from one moto S3 server through
-tests/object_store.py's fault proxy adding 20 ms to every request, with the same number of reads
-in flight, by each client in a fresh child process; clients alternate, best round of each kept.
+Why: the library that reads inputs is chosen on these figures. The same objects (page-sized,
+about 1 MB of incompressible bytes, and DataSpec-sized, 2 KB) are read from one moto S3 server
+through tests/object_store.py's fault proxy adding 20 ms to every request, with the same number of
+reads in flight, by each client in a fresh child process; clients alternate, best round of each kept.
 Each figure comes with the client's CPU time per object: on the workers' cores, a client's CPU
 is taken from decoding. s3fs pins an older botocore than boto3's, so it cannot share the
 project's environment: install it aside (`pip install --target DIR s3fs`) and pass --s3fs-site DIR.
@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks.remote import ROOT, children_cpu_s, latency_proxy, process_cpu_s
+from benchmarks.remote import ROOT, latency_proxy, process_cpu_s
 
 BUCKET = "comix-clients"
 LATENCY_S = 0.02
@@ -178,6 +178,11 @@ def child(client: str, kind: str, count: str, in_flight: str) -> None:
 # ---- in the parent ----
 
 
+def why_not(run: dict[str, Any]) -> str:
+    """Why a run has no figures ("" when it has): the library is missing, or the child failed."""
+    return str(run.get("unavailable") or run.get("failed") or "")
+
+
 def make_objects(server: Any, count: int) -> dict[str, int]:
     """`count` objects of each kind, incompressible bytes of sizes spread like pages and DataSpecs."""
     client = server.client()
@@ -207,9 +212,13 @@ def measure(
         text=True,
         env=run_env,
     )
-    if proc.returncode != 0:
-        return {"unavailable": f"failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}"}
-    figures: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    printed = proc.stdout.strip().splitlines()
+    if not printed or not printed[-1].startswith("{"):
+        said = proc.stderr.strip().splitlines()
+        return {"failed": f"exit status {proc.returncode}: {said[-1] if said else ''}"}
+    figures: dict[str, Any] = json.loads(printed[-1])
+    if proc.returncode != 0:  # after its reads, which count: say so beside the figures
+        figures["exit_status"] = proc.returncode
     for name, pid in servers.items():
         # whole child, set-up included: a bound on what the servers spent on these reads
         figures[f"{name}_cpu_ms_per_object"] = round(1000 * (process_cpu_s(pid) - before[name]) / count, 3)
@@ -240,22 +249,19 @@ def main(argv: list[str] | None = None) -> int:
             for r in range(args.rounds):
                 for client in clients:
                     for kind in SIZES:
-                        cpu0 = children_cpu_s()
                         run = measure(client, kind, args.objects, args.in_flight, env, servers, args.s3fs_site)
-                        run["child_cpu_s"] = round(children_cpu_s() - cpu0, 3)
                         runs[client][kind].append(run)
-                        said = (
-                            run.get("unavailable")
-                            or f"{run['objects_per_s']:8.1f} objects/s {run['mb_per_s']:7.1f} MB/s"
-                        )
+                        said = why_not(run) or f"{run['objects_per_s']:8.1f} objects/s {run['mb_per_s']:7.1f} MB/s"
+                        if run.get("exit_status"):
+                            said += f" (then exit status {run['exit_status']})"
                         log(f"round {r + 1} {client:<14} {kind:<9} {said}")
     results: dict[str, Any] = {}
     for client in clients:
         results[client] = {}
         for kind in SIZES:
-            done = [run for run in runs[client][kind] if "unavailable" not in run]
+            done = [run for run in runs[client][kind] if not why_not(run)]
             if not done:
-                results[client][kind] = {"unavailable": runs[client][kind][-1]["unavailable"]}
+                results[client][kind] = {"unavailable": why_not(runs[client][kind][-1])}
                 continue
             top = max(done, key=lambda run: run["objects_per_s"])
             results[client][kind] = {
@@ -269,7 +275,12 @@ def main(argv: list[str] | None = None) -> int:
                     "versions",
                 )
             }
+            # what one core could read if this client's work were all it did (moto's own cost aside)
+            results[client][kind]["objects_per_client_cpu_s"] = round(1000 / max(top["client_cpu_ms_per_object"], 1e-3))
             results[client][kind]["rounds"] = [run["objects_per_s"] for run in done]
+            crashed = [run["exit_status"] for run in done if run.get("exit_status")]
+            if crashed:
+                results[client][kind]["exited_abnormally_after_its_reads"] = crashed
     figures = {
         "device": f"CPU ({os.cpu_count()} cores)",
         "s3_server": "moto (ThreadedMotoServer, one process) on 127.0.0.1, through the fault proxy (its own process)",

@@ -1,14 +1,15 @@
 """Remote inputs: does reading from object storage slow the system down? Local disk against S3.
 
-    python -m benchmarks.remote [--pages 200] [--dataspecs 3000] [--rounds 2] [--keep DIR] [--json]
+    python -m benchmarks.remote [--pages 200] [--dataspecs 3000] [--rounds 2] [--run-args ARGS]
+                                [--parts pipeline,planning] [--keep DIR] [--json]
 
-Workers on rented machines read list, DataSpecs and images from S3, where every request waits
-tens of milliseconds. On one corpus, in one run, local and S3 rounds alternating (best of each
-kept): `comix-embed run` pages/s reading from local disk, from S3 (a moto server on 127.0.0.1),
-and from S3 with 20 ms added to every request (tests/object_store.py's fault proxy); and the
-producer's planning rate (read_list + plan_pages, DataSpecs per second) in the same three cases.
-Goals: pipeline on S3 with 20 ms >= 0.9 of local; planning with 20 ms >= 1,000 DataSpecs/s.
-Moto and the proxy run on the same cores as the system: their CPU time is reported beside the rates.
+Workers on rented machines read their inputs from S3, where each request waits tens of
+milliseconds; the goals are a pipeline from S3 with 20 ms latency at >= 0.9 of local disk, and
+planning at >= 1,000 DataSpecs/s. On one corpus, local and S3 cases alternating (best of each):
+`comix-embed run` pages/s and the producer's planning rate (read_list + plan_pages) from local
+disk, from S3 (moto on 127.0.0.1), and from S3 through tests/object_store.py's fault proxy
+adding 20 ms per request. Moto and the proxy share the machine's cores: their CPU time is
+reported beside the rates.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import platform
 import re
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -41,13 +43,10 @@ PIPELINE_GOAL = 0.9  # S3 with 20 ms latency against local disk
 PLANNING_GOAL = 1000.0  # DataSpecs/s with 20 ms latency
 
 # A child process: the fault proxy in front of moto, so that its threads do not share a GIL with
-# the code measured. It prints its URL once it listens and stops when its stdin closes. Its handler
-# is made to send without Nagle's delay: as written, a small answer's body waits for the client's
-# delayed ACK of its headers (about 40 ms more than the latency asked for).
+# the code measured. It prints its URL once it listens and stops when its stdin closes.
 _PROXY = """
 import sys
-from tests.object_store import Faults, _ProxyHandler, fault_proxy
-_ProxyHandler.disable_nagle_algorithm = True
+from tests.object_store import Faults, fault_proxy
 with fault_proxy(sys.argv[1], Faults(latency_s=float(sys.argv[2]))) as url:
     print(url, flush=True)
     sys.stdin.read()
@@ -115,7 +114,10 @@ def latency_proxy(upstream: str, latency_s: float) -> Iterator[tuple[str, int]]:
     )
     assert proc.stdout is not None and proc.stdin is not None
     try:
-        yield proc.stdout.readline().strip(), proc.pid
+        url = proc.stdout.readline().strip()
+        if not url:
+            raise RuntimeError(f"the fault proxy did not start (exit status {proc.wait()})")
+        yield url, proc.pid
     finally:
         proc.stdin.close()
         try:
@@ -157,7 +159,7 @@ def with_server_cpu(servers: dict[str, int | None], measure: Callable[[], dict[s
 
 
 def measure_pipeline(
-    list_location: str, image_root: str, ckpt: Path, work: Path, env: dict[str, str], batch: int
+    list_location: str, image_root: str, ckpt: Path, work: Path, env: dict[str, str], batch: int, extra: list[str]
 ) -> dict[str, Any]:
     """`comix-embed run` on the list, its figures (RunStats) and the pages it says failed."""
     out = Path(tempfile.mkdtemp(prefix="pipeline-", dir=work))
@@ -179,6 +181,7 @@ def measure_pipeline(
         "--stats-json",
         str(stats),
     )
+    argv += extra
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **env})
         if proc.returncode not in (0, 3) or not stats.exists():
@@ -258,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pages", type=int, default=200, help="pages of the sample corpus (pipeline)")
     parser.add_argument("--dataspecs", type=int, default=3000, help="DataSpecs in the planning list")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--run-args",
+        default="",
+        help="more options for `comix-embed run`, as --run-args='--workers 1 --torch-threads 1'",
+    )
+    parser.add_argument("--parts", default="pipeline,planning", help="what to measure: pipeline, planning or both")
     parser.add_argument("--rounds", type=int, default=2, help="each case measured this many times, alternating")
     parser.add_argument(
         "--in-flight",
@@ -298,6 +307,7 @@ def measure_all(
     proxy_url: str,
     proxy_pid: int,
 ) -> dict[str, Any]:
+    """Both parts asked for (`--parts`), cases alternating within each round."""
     s3_root = f"s3://{BUCKET}/corpus/images/"
     envs = {"local": {}, "s3": server.env(), "s3_latency": server.env(proxy_url)}
     servers: dict[str, dict[str, int | None]] = {
@@ -305,105 +315,121 @@ def measure_all(
         "s3": {"moto": server.proc.pid},
         "s3_latency": {"moto": server.proc.pid, "proxy": proxy_pid},
     }
-    sources = {
-        "local": (str(corpus / "list.txt"), str(corpus / "images")),
-        "s3": (f"s3://{BUCKET}/corpus/list.txt", s3_root),
-        "s3_latency": (f"s3://{BUCKET}/corpus/list.txt", s3_root),
-    }
-    plan_sources = {
-        "local": (str(plan / "list.txt"), str(corpus / "images")),
-        "s3": (f"s3://{BUCKET}/plan/list.txt", s3_root),
-        "s3_latency": (f"s3://{BUCKET}/plan/list.txt", s3_root),
-    }
-    log(
-        f"corpus: {args.pages} pages, planning list: {args.dataspecs} DataSpecs, S3 latency case: +{LATENCY_S * 1000:.0f} ms"
-    )
+    s3_list, s3_plan = f"s3://{BUCKET}/corpus/list.txt", f"s3://{BUCKET}/plan/list.txt"
+    sources = {"local": (str(corpus / "list.txt"), str(corpus / "images")), "s3": (s3_list, s3_root)}
+    plan_sources = {"local": (str(plan / "list.txt"), str(corpus / "images")), "s3": (s3_plan, s3_root)}
+    sources["s3_latency"], plan_sources["s3_latency"] = sources["s3"], plan_sources["s3"]
+    parts = {p.strip() for p in args.parts.split(",")}
+    log(f"pages: {args.pages}, DataSpecs to plan: {args.dataspecs}, S3 latency case: +{LATENCY_S * 1000:.0f} ms")
     load_before = os.getloadavg()[0]
     pipeline: dict[str, list[dict[str, Any]]] = {case: [] for case in CASES}
     planning: dict[str, list[dict[str, Any]]] = {case: [] for case in CASES}
     for r in range(args.rounds):
-        for case in CASES:
-            run = with_server_cpu(
-                servers[case], partial(measure_pipeline, *sources[case], ckpt, work, envs[case], args.batch_size)
+        for case in CASES if "pipeline" in parts else ():
+            measure = partial(
+                measure_pipeline, *sources[case], ckpt, work, envs[case], args.batch_size, shlex.split(args.run_args)
             )
-            pipeline[case].append(run)
-            log(f"round {r + 1} pipeline {case:<10} {run['pages_per_s']:8.2f} pages/s")
-        for case in CASES:
-            run = with_server_cpu(servers[case], partial(measure_planning, *plan_sources[case], envs[case]))
-            planning[case].append(run)
-            log(f"round {r + 1} planning {case:<10} {run['dataspecs_per_s']:8.1f} DataSpecs/s")
+            pipeline[case].append(with_server_cpu(servers[case], measure))
+            log(f"round {r + 1} pipeline {case:<10} {pipeline[case][-1]['pages_per_s']:8.2f} pages/s")
+        for case in CASES if "planning" in parts else ():
+            planning[case].append(
+                with_server_cpu(servers[case], partial(measure_planning, *plan_sources[case], envs[case]))
+            )
+            log(f"round {r + 1} planning {case:<10} {planning[case][-1]['dataspecs_per_s']:8.1f} DataSpecs/s")
     sweep: dict[str, float] = {}
-    for width in [int(w) for w in args.in_flight.split(",") if w.strip()]:
+    for width in [int(w) for w in args.in_flight.split(",") if w.strip()] if "planning" in parts else []:
         env = {**envs["s3_latency"], "COMIX_REMOTE_READS_IN_FLIGHT": str(width)}
-        run = measure_planning(*plan_sources["s3_latency"], env)
-        sweep[str(width)] = run["dataspecs_per_s"]
-        log(f"planning s3_latency, {width:>3} reads in flight: {run['dataspecs_per_s']:8.1f} DataSpecs/s")
-
-    top = {case: best(pipeline[case], "pages_per_s") for case in CASES}
-    top_plan = {case: best(planning[case], "dataspecs_per_s") for case in CASES}
-    local = top["local"]["pages_per_s"]
-    return {
+        sweep[str(width)] = measure_planning(*plan_sources["s3_latency"], env)["dataspecs_per_s"]
+        log(f"planning s3_latency, {width:>3} reads in flight: {sweep[str(width)]:8.1f} DataSpecs/s")
+    figures: dict[str, Any] = {
         "device": f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
         "s3_server": "moto (ThreadedMotoServer, one process) on 127.0.0.1; latency by the fault proxy, its own process",
         "load_average_1min": {"start": round(load_before, 2), "end": round(os.getloadavg()[0], 2)},
+        "latency_ms": LATENCY_S * 1000,
+        "reads_in_flight": int(os.environ.get("COMIX_REMOTE_READS_IN_FLIGHT", "32")),
+        "goals": {},
+    }
+    done = [pipeline_figures(args, pipeline)] if "pipeline" in parts else []
+    done += [planning_figures(args, planning, sweep)] if "planning" in parts else []
+    for part in done:
+        figures["goals"].update(part.pop("goals"))
+        figures.update(part)
+    return figures
+
+
+def pipeline_figures(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    top = {case: best(runs[case], "pages_per_s") for case in CASES}
+    local = top["local"]["pages_per_s"]
+    return {
         "pages": args.pages,
-        "dataspecs": args.dataspecs,
         "batch_size": args.batch_size,
         "workers": top["local"]["workers"],
-        "reads_in_flight": int(os.environ.get("COMIX_REMOTE_READS_IN_FLIGHT", "32")),
-        "latency_ms": LATENCY_S * 1000,
+        "run_args": args.run_args,
         "pipeline_pages_per_s": {case: top[case]["pages_per_s"] for case in CASES},
         "s3_vs_local": round(top["s3"]["pages_per_s"] / local, 3),
         "s3_latency_vs_local": round(top["s3_latency"]["pages_per_s"] / local, 3),
-        "planning_dataspecs_per_s": {case: top_plan[case]["dataspecs_per_s"] for case in CASES},
-        "planning_s3_latency_by_reads_in_flight": sweep,
-        "goals": {
-            "pipeline_s3_latency_vs_local_at_least_0.9": top["s3_latency"]["pages_per_s"] / local >= PIPELINE_GOAL,
-            "planning_s3_latency_at_least_1000_per_s": top_plan["s3_latency"]["dataspecs_per_s"] >= PLANNING_GOAL,
-        },
-        "rounds": {
-            "pipeline": {case: [r["pages_per_s"] for r in pipeline[case]] for case in CASES},
-            "planning": {case: [r["dataspecs_per_s"] for r in planning[case]] for case in CASES},
-        },
+        "pipeline_rounds": {case: [r["pages_per_s"] for r in runs[case]] for case in CASES},
         "failed_pages": {case: top[case]["failed_pages"] for case in CASES},
-        # where the time goes: CPU per page (whole `run`, planning and start-up included) and per
-        # DataSpec (planning child), of moto, of the proxy and of the measured process tree
+        # CPU per page over the whole `run` (start-up and planning included) of moto, of the proxy
+        # and of the `run` process tree (its workers, writer and Redis)
         "cpu_ms_per_page": {case: per_unit_ms(top[case], args.pages) for case in CASES},
-        "cpu_ms_per_dataspec": {case: per_unit_ms(top_plan[case], args.dataspecs) for case in CASES},
-        # the planning rate at which moto (one process: one core at most, under its GIL) and the
-        # planner (its reads through one boto3 client, likewise) would each be saturated
-        "planning_ceilings_per_s": {
-            case: {
-                name: round(1000 / ms, 0)
-                for name, ms in per_unit_ms(top_plan[case], args.dataspecs).items()
-                if name in ("moto_cpu_ms", "measured_cpu_ms")
-            }
-            for case in CASES[1:]
-        },
-        "moto_busy_during_planning": {
-            case: round(top_plan[case]["moto_cpu_s"] / top_plan[case]["seconds"], 2) for case in CASES[1:]
+        "goals": {
+            "pipeline_s3_latency_vs_local_at_least_0.9": top["s3_latency"]["pages_per_s"] / local >= PIPELINE_GOAL
         },
     }
 
 
+def planning_figures(
+    args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]], sweep: dict[str, float]
+) -> dict[str, Any]:
+    top = {case: best(runs[case], "dataspecs_per_s") for case in CASES}
+    per_dataspec = {case: per_unit_ms(top[case], args.dataspecs) for case in CASES}
+    return {
+        "dataspecs": args.dataspecs,
+        "planning_dataspecs_per_s": {case: top[case]["dataspecs_per_s"] for case in CASES},
+        "planning_s3_latency_by_reads_in_flight": sweep,
+        "planning_rounds": {case: [r["dataspecs_per_s"] for r in runs[case]] for case in CASES},
+        # CPU per DataSpec of moto, of the proxy and of the planning process
+        "cpu_ms_per_dataspec": per_dataspec,
+        # the planning rates at which moto (one process: one core at most, under its GIL) and the
+        # planner (its reads through one boto3 client, likewise) would each be saturated
+        "planning_ceilings_per_s": {
+            case: {
+                "moto": round(1000 / per_dataspec[case]["moto_cpu_ms"]),
+                "planner": round(1000 / per_dataspec[case]["measured_cpu_ms"]),
+            }
+            for case in CASES[1:]
+        },
+        "moto_busy_during_planning": {
+            case: round(top[case]["moto_cpu_s"] / top[case]["seconds"], 2) for case in CASES[1:]
+        },
+        "goals": {"planning_s3_latency_at_least_1000_per_s": top["s3_latency"]["dataspecs_per_s"] >= PLANNING_GOAL},
+    }
+
+
 def summarize(f: dict[str, Any]) -> None:
-    p, q = f["pipeline_pages_per_s"], f["planning_dataspecs_per_s"]
-    log(f"\n{f['device']}, {f['pages']} pages, {f['workers']} workers, batch {f['batch_size']}; {f['s3_server']}")
-    log(
-        f"pipeline  local {p['local']:.1f}, S3 {p['s3']:.1f}, S3 +{f['latency_ms']:.0f} ms {p['s3_latency']:.1f} pages/s: "
-        f"S3/local {f['s3_vs_local']:.3f}, S3+latency/local {f['s3_latency_vs_local']:.3f} (goal >= {PIPELINE_GOAL})"
-    )
-    log(
-        f"planning  local {q['local']:.0f}, S3 {q['s3']:.0f}, S3 +{f['latency_ms']:.0f} ms {q['s3_latency']:.0f} "
-        f"DataSpecs/s (goal >= {PLANNING_GOAL:.0f} with latency); by reads in flight: "
-        + ", ".join(f"{k}: {v:.0f}" for k, v in f["planning_s3_latency_by_reads_in_flight"].items())
-    )
-    log(
-        "moto CPU per DataSpec (ms): "
-        + ", ".join(f"{k} {v.get('moto_cpu_ms', 0)}" for k, v in f["cpu_ms_per_dataspec"].items() if k != "local")
-        + "; moto busy during planning (CPU s / wall s): "
-        + ", ".join(f"{k} {v}" for k, v in f["moto_busy_during_planning"].items())
-    )
+    log(f"\n{f['device']}; {f['s3_server']}")
+    if "pipeline_pages_per_s" in f:
+        p = f["pipeline_pages_per_s"]
+        log(
+            f"pipeline ({f['pages']} pages, {f['workers']} workers, batch {f['batch_size']}): local {p['local']:.1f}, "
+            f"S3 {p['s3']:.1f}, S3 +{f['latency_ms']:.0f} ms {p['s3_latency']:.1f} pages/s; S3/local "
+            f"{f['s3_vs_local']:.3f}, S3+latency/local {f['s3_latency_vs_local']:.3f} (goal >= {PIPELINE_GOAL})"
+        )
+    if "planning_dataspecs_per_s" in f:
+        q = f["planning_dataspecs_per_s"]
+        log(
+            f"planning ({f['dataspecs']} DataSpecs): local {q['local']:.0f}, S3 {q['s3']:.0f}, "
+            f"S3 +{f['latency_ms']:.0f} ms {q['s3_latency']:.0f} DataSpecs/s (goal >= {PLANNING_GOAL:.0f}); "
+            "by reads in flight: "
+            + ", ".join(f"{k}: {v:.0f}" for k, v in f["planning_s3_latency_by_reads_in_flight"].items())
+        )
+        log(
+            "planning ceilings from CPU per DataSpec (moto / planner, DataSpecs/s): "
+            + ", ".join(f"{k} {v['moto']} / {v['planner']}" for k, v in f["planning_ceilings_per_s"].items())
+            + "; moto busy (CPU s / wall s): "
+            + ", ".join(f"{k} {v}" for k, v in f["moto_busy_during_planning"].items())
+        )
     log("goals: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in f["goals"].items()))
 
 

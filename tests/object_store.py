@@ -154,6 +154,7 @@ class Faults:
 
 class _ProxyHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else each small answer waits for the client's delayed ACK (~40 ms)
     server: _ProxyServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name

@@ -22,7 +22,8 @@ _pools: dict[int, Any] = {}
 _lock = threading.Lock()
 
 
-def _pool() -> Any:
+def pool() -> Any:
+    """This process's connection pool, made on first use (after any fork)."""
     import urllib3
 
     pid = os.getpid()
@@ -48,7 +49,7 @@ def get(url: RemoteURL, root: RemoteURL) -> bytes:
     current = url
     for _ in range(MAX_REDIRECTS + 1):
         try:
-            response = _pool().request("GET", str(current), redirect=False, preload_content=True)
+            response = pool().request("GET", str(current), redirect=False, preload_content=True)
         except urllib3.exceptions.HTTPError as exc:
             raise Transient(f"{type(exc).__name__}: {exc}") from None
         status = response.status
@@ -87,7 +88,7 @@ def check(root: RemoteURL) -> str | None:
 
     def head() -> None:
         try:
-            _pool().request("HEAD", str(root), redirect=False, preload_content=True)
+            pool().request("HEAD", str(root), redirect=False, preload_content=True)
         except urllib3.exceptions.HTTPError as exc:
             raise Transient(f"{type(exc).__name__}: {exc}") from None
 

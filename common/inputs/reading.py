@@ -79,6 +79,16 @@ def check_root(root: Location, what: str = "--image-root") -> None:
         raise UsageError(f"{what} {root}: no such directory")
 
 
+def prepare_clients(roots: Iterable[Location]) -> None:
+    """Make this process's clients for its remote roots now (importing boto3 and making a client
+    cost about half a second of CPU), so that its first batch does not pay for them."""
+    for root in roots:
+        if isinstance(root, RemoteURL) and root.is_s3:
+            s3.client()
+        elif isinstance(root, RemoteURL):
+            http.pool()
+
+
 def check_remote_roots(roots: Iterable[Location], what: str = "--image-root") -> None:
     """`check_root` for each remote root (local folders are checked where they are read)."""
     for root in roots:

@@ -26,6 +26,7 @@ from comix_embed.common import config
 from comix_embed.common.inputs.pages import PageSpec, PageTask, PanelSpec
 from comix_embed.common.inputs.paths import ImageResolver, PathRefused
 from comix_embed.common.inputs.read_errors import InputNotFound, InputUnreadable
+from comix_embed.common.inputs.reading import prepare_clients
 from comix_embed.common.model.checkpoint import LoadedModel
 from comix_embed.common.model.identity import make_identity
 from comix_embed.common.model.preprocess import PageImageError, PreparedPage, prepare_page
@@ -237,7 +238,9 @@ class Embedder:
 
     def warm_up(self) -> None:
         """One synthetic page through every stage, so the first real batch pays no first-call costs
-        (thread pools, kernels, allocator, tokenizer caches)."""
+        (thread pools, kernels, allocator, tokenizer caches, this process's S3 client or HTTP pool)."""
+        if self.resolver is not None:
+            prepare_clients(self.resolver.roots)
         buf = io.BytesIO()
         Image.new("RGB", (1200, 1800), (200, 180, 150)).save(buf, format="JPEG")
         spec = PageSpec(
