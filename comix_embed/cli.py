@@ -56,6 +56,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("comix_embed.tools.search.command", "build or extend a store's search index (faster queries at scale)"),
     "dataspec": ("comix_embed.tools.dataspec_builder.command", "make DataSpecs from COCO detections and VLM text"),
     "serve": ("comix_embed.tools.serve.command", "a read-only web page to search stores and see their pages"),
+    "snapshot": (
+        "comix_embed.tools.snapshot.command",
+        "copy a growing store's committed rows to a folder or to S3, consistently and incrementally",
+    ),
 }
 
 

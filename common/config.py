@@ -195,6 +195,12 @@ S3_ANONYMOUS = environment.flag("COMIX_S3_ANONYMOUS", False)
 S3_ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 
 
+# --- snapshots (tools/snapshot/) ---
+# A test switch for the killed-snapshot test: `comix-embed snapshot` kills itself (SIGKILL) once it
+# has sent this many files, so that a test lands a kill at a point of its choosing.
+SNAPSHOT_KILL_AFTER = environment.optional_integer("COMIX_TEST_SNAPSHOT_KILL_AFTER", at_least=1)
+
+
 # --- comix-embed serve ---
 # Basic-auth credentials, from the environment as Flower's are; read when asked.
 SERVE_USER, SERVE_PASSWORD = environment.text("COMIX_SERVE_USER"), environment.text("COMIX_SERVE_PASSWORD")

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from comix_embed.common import config
 from comix_embed.common.inputs.locations import RemoteURL
 from comix_embed.common.inputs.read_errors import InputDenied, InputNotFound, InputUnreadable, Transient, retried
 
+T = TypeVar("T")
 _clients: dict[tuple[int, str, bool], Any] = {}
 _lock = threading.Lock()
 
@@ -72,15 +74,20 @@ def _make_client(endpoint_url: str, anonymous: bool) -> Any:
 
 def get(url: RemoteURL) -> bytes:
     """The whole object; raises InputNotFound, InputDenied, InputUnreadable or Transient."""
+    return answered(str(url), lambda: client().get_object(Bucket=url.host, Key=url.key)["Body"].read())
+
+
+def answered(where: str, request: Callable[[], T]) -> T:
+    """`request()`'s answer; its failure as InputNotFound, InputDenied, InputUnreadable (naming
+    `where`) or Transient, whatever the call (reads here, a snapshot's writes in tools/snapshot/)."""
     from botocore.exceptions import ClientError
 
     try:
-        response = client().get_object(Bucket=url.host, Key=url.key)
-        return response["Body"].read()
+        return request()
     except ClientError as exc:
-        raise classify(exc, str(url)) from None
+        raise classify(exc, where) from None
     except Exception as exc:
-        raise _not_answered(exc, str(url)) from None
+        raise _not_answered(exc, where) from None
 
 
 def classify(exc: Any, where: str) -> Exception:

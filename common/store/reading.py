@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from comix_embed.common import config
 from comix_embed.common.errors import UsageError
+from comix_embed.common.messages import decode_json
 from comix_embed.common.store.attributes import StoreAttributes
+from comix_embed.common.store.snapshots import POINTER_NAME, Pointer
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -62,8 +64,13 @@ def resolve_store(path: str | os.PathLike[str]) -> Path:
     """The store itself, given either its `.zarr` path or the output folder that holds it.
 
     Users pass both spellings (their old tools took the `.zarr`, our commands the output folder).
+    A folder of snapshots (`comix-embed snapshot --to`) gives the newest complete one's store.
     """
     given = Path(path)
+    pointer = given / POINTER_NAME
+    if pointer.is_file():
+        latest = decode_json(pointer.read_bytes(), Pointer, str(pointer))
+        given = given / latest.path
     for candidate in (given, given / config.STORE_NAME):
         if (candidate / "zarr.json").is_file():
             return candidate
