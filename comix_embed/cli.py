@@ -29,6 +29,7 @@ from comix_embed.common.errors import (
     CommandError,
     describe_statuses,
 )
+from comix_embed.common.inputs.locations import is_url
 from comix_embed.common.inputs.reading import apply_remote_arguments
 
 # Our loggers: `comix.*` and the modules' own (`comix_embed.*`), at the level --log-level names.
@@ -97,6 +98,17 @@ def setup_logging(level_name: str) -> None:
 BROKER_UNREACHABLE = (RedisConnectionError, OperationalError)
 
 
+def _mirror_remote_stores(args: argparse.Namespace) -> None:
+    """A read command's `--zarr s3://...` (snapshots) becomes the folder of a local mirror of the
+    newest one, so that every read command opens remote snapshots alike (tools/snapshot/mirror.py)."""
+    given = getattr(args, "zarr", None)
+    if not isinstance(given, (str, list)) or not any(is_url(z) for z in ([given] if isinstance(given, str) else given)):
+        return
+    from comix_embed.tools.snapshot.mirror import readable
+
+    args.zarr = readable(given) if isinstance(given, str) else [readable(z) for z in given]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -114,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config.check()
         apply_remote_arguments(cmd_args)  # --endpoint-url, --anonymous: for this process and its children
+        _mirror_remote_stores(cmd_args)
         return int(module.run(cmd_args) or EXIT_OK)
     except CommandError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -11,6 +11,7 @@ with a message naming the variable (exit status 2), instead of failing later, el
 
 from __future__ import annotations
 
+import os
 from urllib.parse import urlsplit, urlunsplit
 
 from comix_embed.common import environment
@@ -196,6 +197,10 @@ S3_ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 
 
 # --- snapshots (tools/snapshot/) ---
+# Where the read commands keep their local mirror of a snapshot given as `--zarr s3://...`.
+SNAPSHOT_CACHE = environment.text(
+    "COMIX_SNAPSHOT_CACHE", os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "comix-embed", "snapshots")
+)
 # A test switch for the killed-snapshot test: `comix-embed snapshot` kills itself (SIGKILL) once it
 # has sent this many files, so that a test lands a kill at a point of its choosing.
 SNAPSHOT_KILL_AFTER = environment.optional_integer("COMIX_TEST_SNAPSHOT_KILL_AFTER", at_least=1)

@@ -9,6 +9,7 @@ passes on it, and its rows equal the live store's first N rows.
 from __future__ import annotations
 
 import json
+import os
 import random
 import threading
 from collections.abc import Iterator
@@ -175,3 +176,62 @@ def test_keep_and_verify(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "b" / "snapshots").iterdir()) == ["000002", "000003"]
     assert "removed snapshot 000001 (--keep 2)" in proc.stdout  # by the third run
     assert _same_rows(tmp_path / "b" / "snapshots" / "000002", live) == 512  # each readable by its own path
+
+
+def test_read_commands_and_xarray_open_a_snapshot_on_s3(
+    s3: S3Server, pipeline_store: Path, pipeline_corpus: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import urllib.request
+
+    import obstore.store
+    import xarray as xr
+    import zarr.storage
+
+    from comix_embed.common.child import cli_argv
+
+    env = {**s3.env(), "COMIX_SNAPSHOT_CACHE": str(tmp_path / "cache")}
+    dest = f"s3://{BUCKET}/shared/"
+    made = run_cli("snapshot", "--zarr", str(pipeline_store), "--to", dest, "--no-progress", env=env)
+    assert made.returncode == 0, made.stderr
+    live = open_committed(store_path(pipeline_store))
+    page = str(live.page_id.values[int(np.flatnonzero(live["status"].values == 1)[0])])
+
+    query = run_cli("query", "--zarr", dest, "--like", page, "--json", env=env)
+    assert query.returncode == 0, query.stderr
+    assert json.loads(query.stdout)["results"][0]["page_id"] == page
+    assert run_cli("diagnose", dest, env=env).returncode == 0
+    assert run_cli("summaries", "--zarr", dest, "--max-pages", "2", env=env).returncode == 0
+
+    argv = cli_argv("serve", "--zarr", dest, "--checkpoint", str(tiny_checkpoint), "--port", "0")
+    argv += ["--image-root", str(pipeline_corpus / "images")]
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env}
+    ) as serve:
+        try:
+            assert serve.stdout is not None
+            line = serve.stdout.readline()  # printed once it listens
+            assert line.startswith("serving 1 store(s) on http://"), line + (
+                serve.stderr.read() if serve.poll() else ""
+            )
+            url = line.split(" on ", 1)[1].split(",")[0].strip()
+            with urllib.request.urlopen(f"{url}api/stores") as answer:
+                name = json.loads(answer.read())["stores"][0]["name"]
+            with urllib.request.urlopen(f"{url}api/page/{name}/0") as answer:
+                assert json.loads(answer.read())["page_id"] == str(live.page_id.values[0])
+        finally:
+            serve.terminate()
+
+    pointer = json.loads(s3.client().get_object(Bucket=BUCKET, Key="shared/latest.json")["Body"].read())
+    store = obstore.store.S3Store(
+        BUCKET,
+        prefix=f"shared/{pointer['path']}combined_embeddings.zarr",
+        endpoint=s3.endpoint,
+        access_key_id=s3.access_key,
+        secret_access_key=s3.secret_key,
+        region="us-east-1",
+        client_options={"allow_http": True},
+    )
+    ds = xr.open_zarr(zarr.storage.ObjectStore(store, read_only=True), consolidated=False)
+    assert ds.sizes["page_id"] == live.sizes["page_id"] == ds.attrs["committed_rows"]
+    np.testing.assert_array_equal(ds.page_embeddings.values, live.page_embeddings.values)

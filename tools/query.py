@@ -48,7 +48,7 @@ import msgspec
 from comix_embed.common.errors import EXIT_OK, UsageError
 from comix_embed.common.inputs.locations import parse_location
 from comix_embed.common.inputs.read_errors import InputUnreadable
-from comix_embed.common.inputs.reading import add_remote_arguments, read_bytes
+from comix_embed.common.inputs.reading import read_bytes
 from comix_embed.common.messages import encode_json
 from comix_embed.common.model.options import add_model_arguments
 from comix_embed.common.store.reading import read_attrs, resolve_store
@@ -93,7 +93,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-index", action="store_true", help="search every row exactly, even where the store has an index"
     )
-    add_remote_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,7 +10,9 @@ import argparse
 from pathlib import Path
 
 from comix_embed.common.errors import EXIT_FAILED, EXIT_OK
+from comix_embed.common.inputs.reading import add_remote_arguments
 from comix_embed.common.store.reading import resolve_store
+from comix_embed.tools.arguments import STORE_HELP
 from comix_embed.tools.diagnose.audit import check_audit
 from comix_embed.tools.diagnose.facts import scan_rows
 from comix_embed.tools.diagnose.layout import check_layout, check_xarray
@@ -24,7 +26,8 @@ from comix_embed.tools.diagnose.values import check_masks, check_values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("zarr", metavar="Z", help="the store (.zarr) or the output folder holding it")
+    parser.add_argument("zarr", metavar="Z", help=STORE_HELP)
+    add_remote_arguments(parser)
 
 
 def diagnose(path: Path) -> tuple[Store | None, list[Check]]:

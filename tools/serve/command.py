@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--zarr",
         action="append",
         required=True,
-        help="a store, or the output folder holding combined_embeddings.zarr (repeatable: one per store)",
+        help="a store, the output folder holding combined_embeddings.zarr, or a folder or s3://bucket/prefix/ "
+        "of snapshots (repeatable: one per store)",
     )
     add_model_arguments(parser, encoder_mode=False, checkpoint_help="the checkpoint that made the stores")
     parser.add_argument(
