@@ -209,10 +209,10 @@ def test_read_commands_and_xarray_open_a_snapshot_on_s3(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env}
     ) as serve:
         try:
-            assert serve.stdout is not None
+            assert serve.stdout is not None and serve.stderr is not None
             line = serve.stdout.readline()  # printed once it listens
             assert line.startswith("serving 1 store(s) on http://"), line + (
-                serve.stderr.read() if serve.poll() else ""
+                serve.stderr.read() if serve.poll() is not None else ""
             )
             url = line.split(" on ", 1)[1].split(",")[0].strip()
             with urllib.request.urlopen(f"{url}api/stores") as answer:
