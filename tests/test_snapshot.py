@@ -113,11 +113,29 @@ def test_incremental_snapshot_sends_a_fraction_and_equals_the_live_store(
     assert pointer["snapshot"] == second.id and (copy / "snapshots" / first.id / "snapshot.json").is_file()
 
 
-def test_a_snapshot_taken_while_the_writer_commits_is_the_prefix_it_saw(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_snapshot_taken_while_the_writer_commits_is_the_prefix_it_saw(
+    where: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
     live = tmp_path / "live"
     _grow(live, 4096, "first", incremental=False, seed=1)
     job, _ = synthetic.plan(live, synthetic.make_pages(4096, prefix="second", seed=3), 128, True, "second.txt")
     results = [synthetic.make_result(job, b, MODEL, seed=3) for b, _, _ in job.batches()]
+    server: S3Server | None = request.getfixturevalue("s3") if where == "s3" else None
+    if server is not None:
+        for key, value in server.env().items():
+            monkeypatch.setenv(key, value)
+
+    def destination(k: int) -> Destination:
+        if server is None:
+            return LocalDestination(tmp_path / f"backup{k}")
+        return S3Destination(parse_url(f"s3://{BUCKET}/{tmp_path.name}/{k}/"))
+
+    def readable(k: int) -> Path:
+        if server is None:
+            return tmp_path / f"backup{k}"
+        return _download(server, f"{tmp_path.name}/{k}/", tmp_path / f"read{k}")
+
     with StoreWriter(live, fsync=False) as writer:
         writer.commit([results[1], results[2]])  # past a gap: manifests, rows not in the prefix
         done = threading.Event()
@@ -129,16 +147,15 @@ def test_a_snapshot_taken_while_the_writer_commits_is_the_prefix_it_saw(tmp_path
 
         thread = threading.Thread(target=commit_the_rest)
         thread.start()
-        snapshots: list[tuple[int, Path]] = []
-        while not done.is_set() or not snapshots:
-            dest = LocalDestination(tmp_path / f"backup{len(snapshots)}")
-            contents, _ = take_snapshot(live, dest)
-            snapshots.append((contents.committed_rows, dest.root))
+        taken: list[int] = []
+        while not done.is_set() or not taken:
+            contents, _ = take_snapshot(live, destination(len(taken)))  # while the writer commits
+            taken.append(contents.committed_rows)
         thread.join()
-    assert snapshots[0][0] >= 4096
-    for n, folder in snapshots:
-        assert _same_rows(folder, live) == n
-    _diagnose(snapshots[0][1])
+    assert taken[0] >= 4096
+    for k, n in enumerate(taken):
+        assert _same_rows(readable(k), live) == n
+    _diagnose(readable(0))
 
 
 def test_a_killed_snapshot_leaves_the_previous_one_readable_and_the_next_run_completes(
@@ -152,7 +169,7 @@ def test_a_killed_snapshot_leaves_the_previous_one_readable_and_the_next_run_com
     _grow(live, 1024, "second", incremental=True, seed=2)
     files = 0
     rng = random.Random(7)
-    for attempt in range(6):
+    for attempt in range(10):
         kill_after = rng.randint(1, 60)
         proc = run_cli(*argv, env=with_switches({"COMIX_TEST_SNAPSHOT_KILL_AFTER": str(kill_after)}, s3.env()))
         assert proc.returncode == -9, (attempt, proc.stdout, proc.stderr)  # killed where the switch says

@@ -10,6 +10,9 @@ from __future__ import annotations
 import msgspec
 
 POINTER_NAME = "latest.json"
+# The root attribute that makes a store a snapshot: `{"committed_rows": N, "taken": ISO time}`. Its
+# arrays end at row N, where a job it caught mid-way goes on (`diagnose` checks the rows it holds).
+SNAPSHOT_ATTRIBUTE = "snapshot"
 
 
 class Pointer(msgspec.Struct, kw_only=True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from comix_embed.common.store.snapshots import SNAPSHOT_ATTRIBUTE
 from comix_embed.tools.diagnose.load import Store
 from comix_embed.tools.diagnose.report import LISTED, Check, listed
 
@@ -28,8 +29,10 @@ def check_page_ids(s: Store) -> Check:
 
 
 def job_row_problems(s: Store, registered: list[str]) -> list[str]:
-    """Every registered job's file exists and its pages sit in its rows."""
+    """Every registered job's file exists and its pages sit in its rows (in a snapshot, those of
+    its rows the snapshot holds: a job it caught mid-way goes on past its last row)."""
     files = {j.job_id: j for j in s.jobs}
+    snapshot = SNAPSHOT_ATTRIBUTE in s.attrs
     problems = []
     for record in s.kept.jobs:
         job = files.get(record.job_id)
@@ -37,9 +40,10 @@ def job_row_problems(s: Store, registered: list[str]) -> list[str]:
             problems.append(f"{record.job_id} is registered but its job file is gone")
             continue
         pages = job.all_pages()
+        end = min(job.end_row, len(registered)) if snapshot else job.end_row
         wrong = [
             r
-            for r in range(job.start_row, job.end_row)
+            for r in range(job.start_row, end)
             if r >= len(registered) or registered[r] != pages[r - job.start_row].page_id
         ]
         if wrong:

@@ -25,6 +25,8 @@ from comix_embed.common import config
 from comix_embed.common.errors import UsageError
 from comix_embed.common.store.attributes import StoreAttributes
 from comix_embed.common.store.manifests import is_temporary, manifest_files, read_manifest
+from comix_embed.common.store.snapshots import SNAPSHOT_ATTRIBUTE
+from comix_embed.common.timestamps import utc_now
 
 STORE = config.STORE_NAME
 # What the writer keeps for itself, never part of a snapshot: its in-flight records and locks.
@@ -110,6 +112,7 @@ def snapshot_files(output_dir: Path) -> tuple[int, list[SourceFile]]:
     root = copy.deepcopy(moment.root)
     attrs = root.setdefault("attributes", {})
     attrs["registered_rows"] = n
+    attrs[SNAPSHOT_ATTRIBUTE] = {"committed_rows": n, "taken": utc_now()}
     attrs["jobs"] = [job for job in attrs.get("jobs", []) if int(job.get("start_row", 0)) < n]
     files.append(_made(f"{STORE}/zarr.json", root))
     for name, meta in moment.arrays.items():
