@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import os
 import signal
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,14 @@ class Sent:
     bytes_reused: int = 0
     files_sent: int = 0
     files_reused: int = 0
+
+    def count(self, size: int, reused: bool) -> None:
+        if reused:
+            self.bytes_reused += size
+            self.files_reused += 1
+        else:
+            self.bytes_sent += size
+            self.files_sent += 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -126,6 +135,7 @@ def take_snapshot(
     if before is not None:
         by_sha = {record.sha256: rel for rel, record in before.files.items()}
     sent = Sent()
+    lock = threading.Lock()
     records: dict[str, FileRecord] = {}
     kill_after = config.SNAPSHOT_KILL_AFTER.get()
     bar = tqdm(total=sum(f.size for f in files), unit="B", unit_scale=True, desc="snapshot", disable=not progress)
@@ -140,17 +150,17 @@ def take_snapshot(
         data = None if unchanged else file.read()
         sha = old.sha256 if unchanged and old is not None else hashlib.sha256(data or b"").hexdigest()
         size = old.size if unchanged and old is not None else len(data or b"")
-        if sha in by_sha and before is not None:
+        reused = sha in by_sha and before is not None
+        if reused and before is not None:
             dest.reuse(f"snapshots/{before.id}/{by_sha[sha]}", folder + file.rel)
-            sent.bytes_reused += size
-            sent.files_reused += 1
         else:
             dest.write(folder + file.rel, data if data is not None else file.read())
-            sent.bytes_sent += size
-            sent.files_sent += 1
-        records[file.rel] = FileRecord(size=size, sha256=sha, source_size=file.size, source_mtime_ns=file.mtime_ns)
-        bar.update(file.size)
-        if kill_after is not None and len(records) >= kill_after:  # a test switch: killed here
+        with lock:
+            sent.count(size, reused)
+            records[file.rel] = FileRecord(size=size, sha256=sha, source_size=file.size, source_mtime_ns=file.mtime_ns)
+            bar.update(file.size)
+            done = len(records)
+        if kill_after is not None and done >= kill_after:  # a test switch: killed here
             os.kill(os.getpid(), signal.SIGKILL)
 
     with ThreadPoolExecutor(SENDERS, thread_name_prefix="snapshot") as pool:

@@ -16,10 +16,13 @@ import copy
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from comix_embed.common import config
 from comix_embed.common.errors import UsageError
@@ -32,6 +35,15 @@ STORE = config.STORE_NAME
 # What the writer keeps for itself, never part of a snapshot: its in-flight records and locks.
 LEFT_OUT = ("manifest/inflight.json", "manifest/retry_inflight.json")
 BLOCK = 1 << 22
+# File times are as coarse as 1-2 s on some file systems (and NFS): a file changed more recently
+# than this is read again by the next snapshot, whatever its size and time say.
+RACY_S = 2
+
+
+class _AuditRow(msgspec.Struct):
+    """The one field of an audit line a snapshot needs (the others are copied as written)."""
+
+    row: int = -1
 
 
 @dataclass
@@ -140,15 +152,19 @@ def _made(rel: str, data: dict[str, Any]) -> SourceFile:
 
 
 def _live(path: Path, rel: str) -> SourceFile:
+    """A live file as listed. A file changed within the last RACY_S seconds records no time: the
+    writer may change it again within the same clock tick at the same size (a full chunk of
+    floats), and the next snapshot must then read it rather than trust its size and time."""
     stat = path.stat()
-    return SourceFile(rel, stat.st_size, path=path, mtime_ns=stat.st_mtime_ns)
+    racy = time.time_ns() - stat.st_mtime_ns < RACY_S * 1_000_000_000
+    return SourceFile(rel, stat.st_size, path=path, mtime_ns=0 if racy else stat.st_mtime_ns)
 
 
 def _chunk_files(array: Path) -> Iterator[Path]:
     chunks = array / "c"
     for folder, _, names in os.walk(chunks):
         for name in sorted(names):
-            if not name.startswith("."):
+            if not name.startswith(".") and not is_temporary(name):  # a file being written, not yet a chunk
                 yield Path(folder) / name
 
 
@@ -209,8 +225,8 @@ def _audit(path: Path, n: int) -> SourceFile | None:
             if not line.endswith(b"\n"):
                 break
             try:
-                row = int(json.loads(line).get("row", -1))
-            except (ValueError, AttributeError):
+                row = msgspec.json.decode(line, type=_AuditRow).row
+            except msgspec.DecodeError:
                 continue
             if 0 <= row < n:
                 kept += line
