@@ -219,6 +219,10 @@ def test_read_commands_and_xarray_open_a_snapshot_on_s3(
     assert json.loads(query.stdout)["results"][0]["page_id"] == page
     assert run_cli("diagnose", dest, env=env).returncode == 0
     assert run_cli("summaries", "--zarr", dest, "--max-pages", "2", env=env).returncode == 0
+    indexed = run_cli("index", "--zarr", dest, "--no-progress", env=env)  # built beside the mirror
+    assert indexed.returncode == 0 and "index generation 1:" in indexed.stdout, indexed.stdout + indexed.stderr
+    again = run_cli("query", "--zarr", dest, "--like", page, "--json", env=env)
+    assert json.loads(again.stdout)["index_generation"] == 1
 
     argv = cli_argv("serve", "--zarr", dest, "--checkpoint", str(tiny_checkpoint), "--port", "0")
     argv += ["--image-root", str(pipeline_corpus / "images")]
