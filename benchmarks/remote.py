@@ -33,8 +33,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from comix_embed.common.child import cli_argv
-
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "comix-bench"
 LATENCY_S = 0.02
@@ -119,12 +117,9 @@ def latency_proxy(upstream: str, latency_s: float) -> Iterator[tuple[str, int]]:
             raise RuntimeError(f"the fault proxy did not start (exit status {proc.wait()})")
         yield url, proc.pid
     finally:
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        from tests.object_store import stop_child
+
+        stop_child(proc)
 
 
 def process_cpu_s(pid: int | None) -> float:
@@ -162,32 +157,13 @@ def measure_pipeline(
     list_location: str, image_root: str, ckpt: Path, work: Path, env: dict[str, str], batch: int, extra: list[str]
 ) -> dict[str, Any]:
     """`comix-embed run` on the list, its figures (RunStats) and the pages it says failed."""
+    from benchmarks.throughput import timed_run  # torch and the model code: not in the planning child
+
     out = Path(tempfile.mkdtemp(prefix="pipeline-", dir=work))
-    stats = out / "stats.json"
-    argv = cli_argv(
-        "run",
-        "--checkpoint",
-        str(ckpt),
-        "--list",
-        list_location,
-        "--image-root",
-        image_root,
-        "--output-dir",
-        str(out / "store"),
-        "--batch-size",
-        str(batch),
-        "--device",
-        "cpu",
-        "--stats-json",
-        str(stats),
-    )
-    argv += extra
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **env})
-        if proc.returncode not in (0, 3) or not stats.exists():
-            raise RuntimeError(f"run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        figures: dict[str, Any] = json.loads(stats.read_text())
-        failed = re.search(r"; (\d+) failed", proc.stdout)
+        source = ["--list", list_location, "--image-root", image_root]
+        figures, printed = timed_run(out, ckpt, batch, source, ["--device", "cpu", *extra], env)
+        failed = re.search(r"; (\d+) failed", printed)
         figures["failed_pages"] = int(failed.group(1)) if failed else 0
         return figures
     finally:

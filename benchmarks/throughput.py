@@ -76,32 +76,25 @@ def worker_layout(device: str, workers: int | None) -> tuple[list[str], int]:
 # ---- pipeline ----
 
 
+def timed_run(
+    out: Path, ckpt: Path, batch: int, source: list[str], extra: list[str], env: dict[str, str] | None = None
+) -> tuple[dict, str]:
+    """`comix-embed run` of `source` (its --list and --image-root options) into `out`: its figures
+    (RunStats, as a dict) and what it printed. Shared with benchmarks/remote.py."""
+    stats = out / "stats.json"
+    argv = cli_argv("run", "--checkpoint", str(ckpt), *source, "--output-dir", str(out / "store"))
+    argv += ["--batch-size", str(batch), "--stats-json", str(stats), *extra]
+    proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if proc.returncode not in (0, 3):
+        raise RuntimeError(f"run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return msgspec.structs.asdict(decode_json(stats.read_bytes(), RunStats, str(stats))), proc.stdout
+
+
 def measure_pipeline(corpus: Path, ckpt: Path, work: Path, workers: int, device: str, batch: int) -> dict:
     out = Path(tempfile.mkdtemp(prefix="pipeline-", dir=work))
-    stats = out / "stats.json"
-    argv = cli_argv(
-        "run",
-        "--checkpoint",
-        str(ckpt),
-        "--list",
-        str(corpus / "list.txt"),
-        "--image-root",
-        str(corpus / "images"),
-        "--output-dir",
-        str(out / "store"),
-        "--batch-size",
-        str(batch),
-        "--workers",
-        str(workers),
-        "--device",
-        device,
-        "--stats-json",
-        str(stats),
-    )
-    proc = subprocess.run(argv, capture_output=True, text=True)
-    if proc.returncode not in (0, 3):
-        raise RuntimeError(f"run failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return msgspec.structs.asdict(decode_json(stats.read_bytes(), RunStats, str(stats)))
+    source = ["--list", str(corpus / "list.txt"), "--image-root", str(corpus / "images")]
+    figures, _ = timed_run(out, ckpt, batch, source, ["--workers", str(workers), "--device", device])
+    return figures
 
 
 # ---- direct ----

@@ -105,12 +105,18 @@ def s3_server(auth: bool = False) -> Iterator[S3Server]:
     try:
         yield S3Server(f"http://127.0.0.1:{port}", "AKIDCOMIXTEST", "secret-" + secrets.token_hex(16), proc)
     finally:
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_child(proc)
+
+
+def stop_child(proc: subprocess.Popen[str]) -> None:
+    """Stop a server child that runs until its stdin closes (killed if it has not gone in 30 s)."""
+    assert proc.stdin is not None
+    proc.stdin.close()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 SLOW_DOWN = (
