@@ -28,10 +28,8 @@ from comix_embed.common.errors import UsageError
 from comix_embed.common.inputs.locations import Escapes, RemoteURL, is_url, parse_location, parse_root, parse_url
 from comix_embed.common.inputs.paths import PathMapper, PathMaps, is_windows_absolute
 from comix_embed.common.inputs.read_errors import InputNotFound, InputUnreadable
-from comix_embed.common.inputs.reading import check_root, read_bytes
+from comix_embed.common.inputs.reading import Location, check_root, read_bytes
 from comix_embed.common.inputs.user_text import decode_user_text
-
-Location = Path | RemoteURL
 
 
 @dataclass

@@ -178,16 +178,15 @@ def _manifests(store: Path, moment: Moment) -> list[SourceFile]:
     attrs = StoreAttributes.of(moment.root.get("attributes", {}))
     n = attrs.committed_rows
     checkpoint = attrs.manifest_checkpoint
-    in_prefix: set[Path] = set()
+    outside: set[Path] = set()  # batch manifests not in the prefix
     for batch_id, path in manifest_files(store):
         if checkpoint is not None and checkpoint.rows == n:
             keep = batch_id < checkpoint.batches
         else:
             manifest, _ = read_manifest(path, batch_id)
             keep = manifest is not None and manifest.rows()[1] <= n
-        if keep:
-            in_prefix.add(path)
-    batches = set(p for _, p in manifest_files(store))
+        if not keep:
+            outside.add(path)
     found: list[SourceFile] = []
     group = store / config.MANIFEST_GROUP
     for folder, _, names in os.walk(group):
@@ -196,7 +195,7 @@ def _manifests(store: Path, moment: Moment) -> list[SourceFile]:
             inside = path.relative_to(store).as_posix()
             if is_temporary(name) or name.startswith(".") or inside in LEFT_OUT:
                 continue
-            if path in batches and path not in in_prefix:
+            if path in outside:
                 continue
             found.append(_live(path, f"{STORE}/{inside}"))
     return found
