@@ -89,17 +89,24 @@ class Moment:
 
 def read_moment(store: Path, tries: int = 20) -> Moment:
     """The root and array metadata, read so that they agree: while a job is registered the arrays
-    grow one after another, so the root is read before and after them until it did not change."""
+    grow one after another, so the root is read before and after them until no registration came
+    between (a commit alone, which only moves `committed_rows`, does not count: the root read
+    first is the moment, and its rows were committed before the arrays were read)."""
     for _ in range(tries):
-        before = (store / "zarr.json").read_bytes()
+        before = json.loads((store / "zarr.json").read_bytes())
         arrays = {}
         for entry in sorted(store.iterdir()):
             meta = entry / "zarr.json"
             if entry.is_dir() and entry.name != config.MANIFEST_GROUP and meta.is_file():
                 arrays[entry.name] = json.loads(meta.read_bytes())
-        if (store / "zarr.json").read_bytes() == before:
-            return Moment(json.loads(before), arrays)
+        after = json.loads((store / "zarr.json").read_bytes())
+        if _registered(after) == _registered(before):
+            return Moment(before, arrays)
     raise UsageError(f"{store}: its metadata kept changing while it was read ({tries} tries)")
+
+
+def _registered(root: dict[str, Any]) -> int:
+    return StoreAttributes.of(root.get("attributes", {})).registered_rows
 
 
 def _row_chunk(meta: dict[str, Any]) -> int | None:
