@@ -35,9 +35,9 @@ def test_layout_and_plain_xarray_open_without_warning(tmp_path: Path) -> None:
     # leftovers a live writer has at any instant: zarr's temporaries inside arrays, ours in manifest/
     (path / "page_embeddings" / "zarr.0123abcd.partial").write_text("{")
     (path / config.MANIFEST_GROUP / ".zarr.json.0123.tmp").write_text("{")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # opened as the users' scripts open a store: no arguments
         warnings.simplefilter("error")
-        ds = xr.open_zarr(path, consolidated=False)
+        ds = xr.open_zarr(path)
         ds.load()
     assert dict(ds.sizes) == {"page_id": 40, "panel_id": 12, "embedding_dim": 384, "coord_dim": 4}
     assert ds.indexes["page_id"][5] == job.pages[5].page_id
@@ -48,8 +48,14 @@ def test_layout_and_plain_xarray_open_without_warning(tmp_path: Path) -> None:
     assert ds.attrs["committed_rows"] == 16 and ds.attrs["checkpoint_sha256"] == synthetic.CHECKPOINT_A
     for key in ("model_name", "embedding_dim", "max_panels", "encoder_mode", "tokenizer", "created", "schema_version"):
         assert key in ds.attrs
+    # every string array is a coordinate: `Dataset.where` never fills one (it cannot fill StringDType)
+    assert {"text_content", "page_text", "image_path", "error"} <= set(ds.coords)
+    assert set(ds.data_vars) == {n for n, (_, t) in RESULT_ARRAYS.items() if t != "str"}
+    # the root's copy of the arrays' metadata is the arrays' own (shapes included)
     root = json.loads((path / "zarr.json").read_text())
-    assert "consolidated_metadata" not in root or root["consolidated_metadata"] is None
+    copy = root["consolidated_metadata"]["metadata"]
+    for name in ("page_embeddings", "page_id", "text_content"):
+        assert copy[name] == json.loads((path / name / "zarr.json").read_text()), name
     group = StoreArrays(path)
     for name, arr in group.arrays():
         assert arr.dimension_names, name

@@ -24,6 +24,7 @@ from comix_embed.common.durable import fsync_dir, write_json_atomic
 from comix_embed.common.errors import UsageError
 from comix_embed.common.messages import ModelIdentity
 from comix_embed.common.model.identity import identity_of
+from comix_embed.common.store import consolidated
 from comix_embed.common.store.attributes import ManifestCheckpoint, RegisteredJob, StoreAttributes
 from comix_embed.common.store.jobs import Job
 from comix_embed.common.store.reading import read_attrs
@@ -73,29 +74,38 @@ def create_store(path: str | os.PathLike[str], model: ModelIdentity | dict[str, 
         arr = group.create_array(name, shape=(size,), dtype="int32", dimension_names=(name,))
         arr[:] = np.arange(size, dtype="int32")
     group.create_group(config.MANIFEST_GROUP)
+    write_attrs(tmp, {}, fsync, reconsolidate=True)
     os.replace(tmp, path)
     if fsync:
         fsync_dir(path.parent)
 
 
 def write_attrs(
-    path: str | os.PathLike[str], updates: dict[str, Any], fsync: bool = True, durable_rename: bool = True
+    path: str | os.PathLike[str],
+    updates: dict[str, Any],
+    fsync: bool = True,
+    durable_rename: bool = True,
+    reconsolidate: bool = False,
 ) -> dict[str, Any]:
     """Update root attributes atomically; the temporary file lives outside the root (see above).
 
-    `fsync` and `durable_rename` as in `write_json_atomic`.
+    `fsync` and `durable_rename` as in `write_json_atomic`. `reconsolidate` after the arrays'
+    shapes changed: the copy of their metadata in the same file is read again from them
+    (common/store/consolidated.py); otherwise it is kept as it is.
     """
     path = Path(path)
     with open(path / "zarr.json", encoding="utf-8") as fh:
         meta = json.load(fh)
     meta.setdefault("attributes", {}).update(updates)
+    if reconsolidate:
+        meta[consolidated.KEY] = consolidated.consolidated(path)
     write_json_atomic(path / "zarr.json", meta, fsync, path / config.MANIFEST_GROUP, durable_rename)
     return meta["attributes"]
 
 
 def open_row_arrays(path: str | os.PathLike[str], fsync: bool) -> dict[str, zarr.Array]:
     """Every page_id array of the store, opened for the writer (durable writes with `fsync`)."""
-    group = zarr.open_group(writer_store(path, fsync), mode="r+")
+    group = zarr.open_group(writer_store(path, fsync), mode="r+", use_consolidated=False)
     arrays = {}
     for name in row_arrays():
         arr = group[name]
@@ -156,4 +166,6 @@ def register_job(path: str | os.PathLike[str], job: Job, fsync: bool = True) -> 
     )
     # the records already there are kept as they are: new ones are appended
     jobs = [*attrs.get("jobs", []), msgspec.to_builtins(record)]
-    return write_attrs(path, {"jobs": jobs, "registered_rows": job.end_row}, fsync)
+    # `coordinates` again: a store made before every string array was listed in it gets the list now
+    updates = {"jobs": jobs, "registered_rows": job.end_row, "coordinates": " ".join(STORE_COORDINATES)}
+    return write_attrs(path, updates, fsync, reconsolidate=True)

@@ -48,8 +48,11 @@ STATUS_NAMES = {STATUS_OK: "ok", STATUS_FAILED: "failed", STATUS_FULL_PAGE: "ful
 # String columns written when a job is registered (everything else arrives with the batches): the
 # fields of a job's page, but for the panel count the producer saw.
 PAGE_COLUMNS = tuple(f.name for f in dataclasses.fields(JobPage) if f.name != "panel_count")
-# Non-dimension coordinates of the store, as the users' readers use them: the page columns but page_id.
-STORE_COORDINATES = PAGE_COLUMNS[1:]
+# Non-dimension coordinates of the store (the root attribute `coordinates`, which xarray reads): the
+# page columns but page_id, as the users' readers use them, and every string result array. Strings
+# read back as numpy's StringDType, which `Dataset.where(cond, drop=True)` cannot fill with NaN, as it
+# fills data variables; coordinates it only selects, so the users' `where` filters work.
+STORE_COORDINATES = (*PAGE_COLUMNS[1:], *(name for name, (_, dtype) in RESULT_ARRAYS.items() if dtype == "str"))
 _DIM_NAMES = {"d": "embedding_dim", "P": "panel_id", "4": "coord_dim"}
 _FILLS = {"float32": 0.0, "bool": False, "int16": -1, "int8": 0, "str": ""}
 

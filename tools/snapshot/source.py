@@ -26,6 +26,7 @@ import msgspec
 
 from comix_embed.common import config
 from comix_embed.common.errors import UsageError
+from comix_embed.common.store import consolidated
 from comix_embed.common.store.attributes import StoreAttributes
 from comix_embed.common.store.manifests import is_temporary, manifest_files, read_manifest
 from comix_embed.common.store.snapshots import SNAPSHOT_ATTRIBUTE
@@ -133,18 +134,21 @@ def snapshot_files(output_dir: Path) -> tuple[int, list[SourceFile]]:
     attrs["registered_rows"] = n
     attrs[SNAPSHOT_ATTRIBUTE] = {"committed_rows": n, "taken": utc_now()}
     attrs["jobs"] = [job for job in attrs.get("jobs", []) if int(job.get("start_row", 0)) < n]
-    files.append(_made(f"{STORE}/zarr.json", root))
+    cuts = {}
     for name, meta in moment.arrays.items():
         rows = _row_chunk(meta)
         cut = copy.deepcopy(meta)
         if rows is not None:
             cut["shape"][0] = n
+        cuts[name] = cut
         files.append(_made(f"{STORE}/{name}/zarr.json", cut))
         for path in _chunk_files(store / name):
             key = path.relative_to(store / name).as_posix()  # c/3/0/0
             if rows is not None and int(key.split("/")[1]) * rows >= n:
                 continue  # holds only rows past the moment
             files.append(_live(path, f"{STORE}/{name}/{key}"))
+    root[consolidated.KEY] = consolidated.consolidated(store, replacing=cuts)  # the cut shapes, for xarray
+    files.insert(0, _made(f"{STORE}/zarr.json", root))
     files += _manifests(store, moment)
     files += _jobs(output_dir)
     audit = _audit(output_dir / config.AUDIT_LOG_NAME, n)
