@@ -61,6 +61,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "comix_embed.tools.snapshot.command",
         "copy a growing store's committed rows to a folder or to S3, consistently and incrementally",
     ),
+    "import-v2": (
+        "comix_embed.writer.import_v2.command",
+        "convert a store made by generate_embeddings_zarr_v2 into ours, without embedding again",
+    ),
 }
 
 

@@ -205,6 +205,16 @@ SNAPSHOT_CACHE = environment.text(
 # has sent this many files, so that a test lands a kill at a point of its choosing.
 SNAPSHOT_KILL_AFTER = environment.optional_integer("COMIX_TEST_SNAPSHOT_KILL_AFTER", at_least=1)
 
+# --- comix-embed import-v2 (writer/import_v2/) ---
+# A test switch for the interrupted-import test: `import-v2` kills itself (SIGKILL) after this many
+# commits, between a commit and the import record that counts it.
+IMPORT_KILL_AFTER = environment.optional_integer("COMIX_TEST_IMPORT_KILL_AFTER", at_least=1)
+# Where the read commands keep the converted copy of a generate_embeddings_zarr_v2 store they are
+# given (`--zarr` naming one): converted once, again only when the v2 store changes.
+V2_CACHE = environment.text(
+    "COMIX_V2_CACHE", os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "comix-embed", "v2-stores")
+)
+
 
 # --- comix-embed serve ---
 # Basic-auth credentials, from the environment as Flower's are; read when asked.

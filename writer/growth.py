@@ -33,8 +33,14 @@ from comix_embed.common.timestamps import utc_now
 from comix_embed.writer.durable_store import writer_store
 
 
-def create_store(path: str | os.PathLike[str], model: ModelIdentity | dict[str, Any], fsync: bool = True) -> None:
-    """Create the empty store: every page_id array with 0 rows (registering a job grows them).
+def create_store(
+    path: str | os.PathLike[str],
+    model: ModelIdentity | dict[str, Any],
+    fsync: bool = True,
+    attributes: dict[str, Any] | None = None,
+) -> None:
+    """Create the empty store: every page_id array with 0 rows (registering a job grows them);
+    `attributes` are root attributes it has from the start (an import's record).
 
     Built under a temporary name and renamed into place, so that a crash while creating never
     leaves a half-made store under the real name (a leftover temporary folder is deleted here).
@@ -54,6 +60,7 @@ def create_store(path: str | os.PathLike[str], model: ModelIdentity | dict[str, 
         "registered_rows": 0,
         "jobs": [],
         "coordinates": " ".join(STORE_COORDINATES),
+        **(attributes or {}),
     }
     group = zarr.open_group(writer_store(tmp, fsync), mode="w-", zarr_format=3, attributes=attrs)
     d, p = identity["embedding_dim"], identity["max_panels"]

@@ -119,12 +119,10 @@ def read_list(list_path: str | Path, dataspec_root: str | Path | None = None, pa
     first_line: dict[str, int] = {}
     for line_no, raw in enumerate(decode_user_text(data).split("\n"), start=1):
         raw = raw.removesuffix("\r")
-        text = raw.strip()
-        if not text or text.startswith("#"):
+        text = _line_text(raw)
+        if text is None:
             report.skipped += 1
             continue
-        if len(text) >= 2 and text[0] == text[-1] == '"':
-            text = text[1:-1].strip()
         entry = resolver.entry(line_no, raw, text)
         key = str(entry.path) if entry.path is not None else entry.page_id
         if key in first_line:
@@ -135,6 +133,32 @@ def read_list(list_path: str | Path, dataspec_root: str | Path | None = None, pa
     if not report.entries:
         raise UsageError(f"No pages to process: {where} has no DataSpec lines")
     return report
+
+
+def page_ids_of_lines(
+    lines: list[str], dataspec_root: str | Path | None = None, path_maps: PathMaps = ()
+) -> list[str | None]:
+    """The page id `read_list` would give each of these list lines (None for a blank or comment
+    line), with the same `--dataspec-root` and `--path-map`, relative lines taken from the current
+    folder: how a store imported from another tool names its pages as `run` would."""
+    root = parse_root(dataspec_root, "--dataspec-root") if dataspec_root is not None else None
+    resolver = _LineResolver([root] if root is not None else [Path.cwd()], root, PathMapper(path_maps))
+    out: list[str | None] = []
+    for line_no, raw in enumerate(lines, start=1):
+        text = _line_text(raw)
+        out.append(None if text is None else resolver.entry(line_no, raw, text).page_id)
+    return out
+
+
+def _line_text(raw: str) -> str | None:
+    """A list line's path: surrounding blanks and one pair of double quotes removed; None for a
+    blank line or a comment."""
+    text = raw.strip()
+    if not text or text.startswith("#"):
+        return None
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        text = text[1:-1].strip()
+    return text
 
 
 class _LineResolver:

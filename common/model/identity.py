@@ -23,6 +23,7 @@ from comix_embed.common import config
 from comix_embed.common.errors import UsageError
 from comix_embed.common.messages import ModelIdentity
 from comix_embed.common.model.tokenizer import CONTENT_PREFIX
+from comix_embed.common.store.v2 import GENERATOR, NO_CHECKPOINT
 
 IDENTITY_KEYS = ("model_name", "embedding_dim", "max_panels", "encoder_mode", "checkpoint_sha256", "tokenizer")
 
@@ -100,6 +101,12 @@ def check_same_model(
     """Refuse `theirs` unless it is the same model as `ours` (the job's or the store's); returns
     `theirs` as an identity. The message names both checkpoints and every field that differs."""
     a, b = identity_of(ours), identity_of(theirs)
+    if NO_CHECKPOINT in (a.checkpoint_sha256, b.checkpoint_sha256) and a.checkpoint_sha256 != b.checkpoint_sha256:
+        raise ModelMismatch(
+            f"the {whose} was imported from a {GENERATOR} store without --checkpoint: no model is known to have "
+            f"made it, so the {what} cannot add to it. Import it again with `comix-embed import-v2 --checkpoint C` "
+            "naming the checkpoint that made it"
+        )
     diff = differences(a, b)
     if diff:
         details = ", ".join(f"{k}: {whose} {getattr(a, k)!r} vs {getattr(b, k)!r}" for k in diff)

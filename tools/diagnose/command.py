@@ -15,7 +15,7 @@ from comix_embed.common.store.reading import resolve_store
 from comix_embed.tools.arguments import STORE_HELP
 from comix_embed.tools.diagnose.audit import check_audit
 from comix_embed.tools.diagnose.facts import scan_rows
-from comix_embed.tools.diagnose.layout import check_layout, check_xarray
+from comix_embed.tools.diagnose.layout import check_layout, check_origin, check_xarray
 from comix_embed.tools.diagnose.leftovers import check_leftovers
 from comix_embed.tools.diagnose.load import Store, load_store, open_xarray
 from comix_embed.tools.diagnose.manifests import check_manifest_rows, check_manifests
@@ -43,6 +43,7 @@ def diagnose(path: Path) -> tuple[Store | None, list[Check]]:
     facts = scan_rows(s, ds)
     checks = [
         check_layout(s),
+        check_origin(s),
         check_xarray(s, ds, error, facts),
         check_manifests(s),
         check_manifest_rows(s),

@@ -3,6 +3,10 @@
 - layout: every array of the schema, its shape, dtype and dimension names; the dimension
   coordinates; committed_rows <= registered_rows <= the arrays' rows, equal to the registered rows
   (a store made before arrays held exactly the registered rows is warned about).
+- consolidated copy: the root `zarr.json`'s copy of every array's metadata (what `xarray.open_zarr`
+  reads first) is that of the arrays, shapes included; a store without one is warned about.
+- origin: a store imported from a generate_embeddings_zarr_v2 store says so, and fails while the
+  import is not finished.
 - zarr-vs-xarray: the store opened with `zarr.open_group(mode="r")` and with
   `xarray.open_zarr(consolidated=False)` has the same variables, shapes and dtypes, and exactly
   the same committed `page_embeddings`, `status` and `page_id` values.
@@ -16,7 +20,10 @@ import numpy as np
 import zarr
 
 from comix_embed.common import config
+from comix_embed.common.messages import convert
+from comix_embed.common.store import consolidated
 from comix_embed.common.store.schema import row_arrays
+from comix_embed.common.store.v2 import GENERATOR, IMPORT_ATTRIBUTE, V2Import
 from comix_embed.tools.diagnose.facts import COMPARED, RowFacts, dtype_label
 from comix_embed.tools.diagnose.load import Store
 from comix_embed.tools.diagnose.report import Check, listed
@@ -51,10 +58,49 @@ def check_layout(s: Store) -> Check:
         )
     if s.attrs.get("schema_version") != config.SCHEMA_VERSION:
         check.warns.append(f"schema_version {s.attrs.get('schema_version')!r}, this tool knows {config.SCHEMA_VERSION}")
+    check.warns += _consolidated_problems(s) if s.writer_running else []
+    check.fails += [] if s.writer_running else _consolidated_problems(s)
     if not check.fails:
         check.notes.append(
             f"{len(row_arrays())} page arrays of {s.array_rows} rows, d={d}, {p} panel slots, dtypes and shapes as specified"
         )
+    return check
+
+
+def _consolidated_problems(s: Store) -> list[str]:
+    copy = s.root_meta.get(consolidated.KEY)
+    if not isinstance(copy, dict):
+        return [
+            "no consolidated metadata in the root zarr.json: xarray.open_zarr(path) warns (the writer adds it "
+            "when it registers the next job)"
+        ]
+    metadata = copy.get("metadata", {})
+    problems = []
+    for name, arr in s.arrays.items():
+        shape = (metadata.get(name) or {}).get("shape")
+        if shape is None or tuple(shape) != tuple(arr.shape):
+            problems.append(f"consolidated metadata gives {name} the shape {shape}, the array has {list(arr.shape)}")
+    return problems[:5]
+
+
+def check_origin(s: Store) -> Check:
+    check = Check("origin")
+    raw = s.attrs.get(IMPORT_ATTRIBUTE)
+    if raw is None:
+        check.notes.append("made by comix-embed")
+        return check
+    record = convert(raw, V2Import, f"attribute {IMPORT_ATTRIBUTE}")
+    if not record.finished:
+        check.fails.append(
+            f"an import from {record.path} is not finished ({record.counted_rows} of {record.rows} rows): "
+            "run `comix-embed import-v2` again to finish it"
+        )
+        return check
+    checkpoint = "vouched for, not verified" if record.checkpoint == "vouched" else "none (read-only for embedding)"
+    check.notes.append(
+        f"imported from {GENERATOR} store {record.path} ({record.rows} rows, {record.duplicates} repeated left out); "
+        f"checkpoint {checkpoint}; its rows have statuses derived from their embeddings and manifests made by the import"
+    )
     return check
 
 

@@ -8,6 +8,7 @@ running writer may be changing, and the store is opened read only in one place.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,6 @@ from comix_embed.common import config
 from comix_embed.common.store.attributes import StoreAttributes
 from comix_embed.common.store.jobs import Job, load_jobs
 from comix_embed.common.store.manifests import BatchManifest, scan_manifests
-from comix_embed.common.store.reading import read_attrs
 from comix_embed.common.store.retries import RetryManifest, scan_retry_manifests
 from comix_embed.common.store.schema import row_arrays
 
@@ -32,6 +32,7 @@ class Store:
 
     path: Path
     output_dir: Path
+    root_meta: dict[str, Any]  # the root zarr.json: the attributes and the copy of the arrays' metadata
     attrs: dict[str, Any]
     kept: StoreAttributes
     arrays: dict[str, zarr.Array]  # the root's arrays by name (a group of that name is not one)
@@ -107,9 +108,11 @@ def _pid_alive(text: str) -> bool:
 
 def load_store(path: Path) -> Store:
     """Read the snapshot; raises whatever stops the attributes, manifests or job files being read."""
-    attrs = read_attrs(path)
+    root_meta = json.loads((path / "zarr.json").read_bytes())
+    attrs = root_meta.get("attributes", {})
     kept = StoreAttributes.of(attrs)
-    arrays = dict(zarr.open_group(path, mode="r").arrays())
+    # the arrays' own metadata, not the root's copy of it (which the layout check compares with them)
+    arrays = dict(zarr.open_group(path, mode="r", use_consolidated=False).arrays())
     lengths = [arrays[name].shape[0] for name in row_arrays() if name in arrays]
     array_rows = min(lengths, default=0)
     manifests, bad_files = scan_manifests(path)
@@ -124,6 +127,7 @@ def load_store(path: Path) -> Store:
     return Store(
         path=path,
         output_dir=path.parent,
+        root_meta=root_meta,
         attrs=attrs,
         kept=kept,
         arrays=arrays,
