@@ -27,10 +27,12 @@ from comix_embed.common.errors import (
     EXIT_OK,
     EXIT_USAGE,
     CommandError,
+    UsageError,
     describe_statuses,
 )
 from comix_embed.common.inputs.locations import is_url
 from comix_embed.common.inputs.reading import apply_remote_arguments
+from comix_embed.common.store.v2 import GENERATOR, find_v2_store
 
 # Our loggers: `comix.*` and the modules' own (`comix_embed.*`), at the level --log-level names.
 OUR_LOGGERS = ("comix", "comix_embed")
@@ -113,6 +115,29 @@ def _mirror_remote_stores(args: argparse.Namespace) -> None:
     args.zarr = readable(given) if isinstance(given, str) else [readable(z) for z in given]
 
 
+def _read_v2_stores(args: argparse.Namespace) -> None:
+    """A read command's `--zarr` naming a generate_embeddings_zarr_v2 store becomes the folder of
+    its converted copy (writer/import_v2/cache.py); the v2 store itself is only read."""
+    given = getattr(args, "zarr", None)
+    if not isinstance(given, (str, list)):
+        return
+    from comix_embed.writer.import_v2.cache import readable
+
+    args.zarr = readable(given) if isinstance(given, str) else [readable(z) for z in given]
+
+
+def _refuse_v2_output(args: argparse.Namespace, command: str) -> None:
+    """`run`, `enqueue`, `status` or `writer` pointed at a v2 store: say what it is and how to import it."""
+    output_dir = getattr(args, "output_dir", None)
+    found = find_v2_store(output_dir) if output_dir is not None and command != "import-v2" else None
+    if found is not None:
+        raise UsageError(
+            f"{found} is a store made by {GENERATOR}, which this command does not work on. Import it into a "
+            f"store of ours first: comix-embed import-v2 --from {found} --output-dir NEW_FOLDER --checkpoint C "
+            "(C: the checkpoint that made it; without it the import is read-only for embedding)"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -131,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         config.check()
         apply_remote_arguments(cmd_args)  # --endpoint-url, --anonymous: for this process and its children
         _mirror_remote_stores(cmd_args)
+        _refuse_v2_output(cmd_args, top.command)
+        _read_v2_stores(cmd_args)
         return int(module.run(cmd_args) or EXIT_OK)
     except CommandError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -18,6 +18,7 @@ from comix_embed.common.errors import UsageError
 from comix_embed.common.messages import decode_json
 from comix_embed.common.store.attributes import StoreAttributes
 from comix_embed.common.store.snapshots import POINTER_NAME, Pointer
+from comix_embed.common.store.v2 import describe
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -74,4 +75,6 @@ def resolve_store(path: str | os.PathLike[str]) -> Path:
     for candidate in (given, given / config.STORE_NAME):
         if (candidate / "zarr.json").is_file():
             return candidate
-    raise UsageError(f"no embeddings store at {given} (neither a Zarr store nor a folder holding {config.STORE_NAME})")
+    inside = given / config.STORE_NAME
+    found = describe(inside) if inside.exists() else describe(given)
+    raise UsageError(f"no embeddings store at {given}: found {found}")

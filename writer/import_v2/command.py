@@ -254,8 +254,7 @@ def _commit_all(
     )
     with StoreWriter(output_dir, fsync=fsync) as writer:
         rows = _Rows(reader, plan.v2_rows, batches[0][1] if batches else 0)
-        commits = 0
-        for k in range(0, len(batches), BATCHES_PER_COMMIT):
+        for commits, k in enumerate(range(0, len(batches), BATCHES_PER_COMMIT), start=1):
             group = batches[k : k + BATCHES_PER_COMMIT]
             results = []
             for batch_id, start, end in group:
@@ -273,7 +272,6 @@ def _commit_all(
                     )
                 )
             writer.commit(results)
-            commits += 1
             if commits == config.IMPORT_KILL_AFTER.get():
                 os.kill(os.getpid(), signal.SIGKILL)  # the interrupted-import test: between commit and record
             record.nan_pages, record.unwritten, record.cut_texts = counts.nan_pages, counts.unwritten, counts.cut_texts
