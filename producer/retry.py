@@ -26,7 +26,7 @@ from comix_embed.common.broker.results_stream import connect, store_id
 from comix_embed.common.celery_app import configure
 from comix_embed.common.durable import write_json_atomic
 from comix_embed.common.errors import UsageError
-from comix_embed.common.inputs.listfile import read_list
+from comix_embed.common.inputs.listfile import entries_of_lines, read_list
 from comix_embed.common.inputs.pages import PageTask
 from comix_embed.common.inputs.paths import ImageResolver, parse_path_map
 from comix_embed.common.messages import TASK_FORMAT, ModelIdentity, TaskPayload
@@ -34,6 +34,7 @@ from comix_embed.common.store.jobs import Job, iter_tasks, load_jobs
 from comix_embed.common.store.manifests import scan_manifests
 from comix_embed.common.store.retries import RETRY_BASE, RetryRound, load_rounds, owed_retries, round_path
 from comix_embed.common.store.schema import STATUS_FAILED, store_path
+from comix_embed.common.store.v2 import find_v2_store
 from comix_embed.common.timestamps import utc_now
 from comix_embed.producer.jobs import planning_lock, write_tasks
 from comix_embed.producer.plan import plan_entry
@@ -87,10 +88,15 @@ def _tasks(args: argparse.Namespace, jobs: list[Job], rows: list[int]) -> tuple[
         mine = [r for r in rows if job.start_row <= r < job.end_row]
         if not mine:
             continue
-        listed = given if given is not None and given.sha256 == job.list_sha256 else None
-        listed = listed or read_list(job.list_path, args.dataspec_root, path_maps)
-        list_path = listed.list_path
-        entries = {e.page_id: e for e in listed.entries}
+        if find_v2_store(job.list_path) is not None:  # imported (import-v2): its lines are the pages' manifest paths
+            list_path = job.list_path
+            lines = [job.page(row).manifest_path for row in mine]
+            entries = {e.page_id: e for e in entries_of_lines(lines, args.dataspec_root, path_maps) if e is not None}
+        else:
+            listed = given if given is not None and given.sha256 == job.list_sha256 else None
+            listed = listed or read_list(job.list_path, args.dataspec_root, path_maps)
+            list_path = str(listed.list_path)
+            entries = {e.page_id: e for e in listed.entries}
         for row in mine:
             page_id = job.page(row).page_id
             entry = entries.get(page_id)

@@ -135,18 +135,19 @@ def read_list(list_path: str | Path, dataspec_root: str | Path | None = None, pa
     return report
 
 
-def page_ids_of_lines(
+def entries_of_lines(
     lines: list[str], dataspec_root: str | Path | None = None, path_maps: PathMaps = ()
-) -> list[str | None]:
-    """The page id `read_list` would give each of these list lines (None for a blank or comment
+) -> list[ListEntry | None]:
+    """The entry `read_list` would make of each of these list lines (None for a blank or comment
     line), with the same `--dataspec-root` and `--path-map`, relative lines taken from the current
-    folder: how a store imported from another tool names its pages as `run` would."""
+    folder: the pages of a store imported from another tool (its lines kept in its rows), named
+    and found as `run` names and finds them."""
     root = parse_root(dataspec_root, "--dataspec-root") if dataspec_root is not None else None
     resolver = _LineResolver([root] if root is not None else [Path.cwd()], root, PathMapper(path_maps))
-    out: list[str | None] = []
+    out: list[ListEntry | None] = []
     for line_no, raw in enumerate(lines, start=1):
         text = _line_text(raw)
-        out.append(None if text is None else resolver.entry(line_no, raw, text).page_id)
+        out.append(None if text is None else resolver.entry(line_no, raw, text))
     return out
 
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from comix_embed.common import config
 from comix_embed.common.errors import UsageError
-from comix_embed.common.inputs.listfile import page_ids_of_lines
+from comix_embed.common.inputs.listfile import entries_of_lines
 from comix_embed.common.inputs.paths import PathMaps, parse_path_map
 from comix_embed.common.messages import ModelIdentity, convert
 from comix_embed.common.model.identity import check_same_model, identify, make_identity
@@ -191,7 +191,7 @@ def _plan(
     panel_counts = reader.panel_counts()
     lines = columns["manifest_path"]
     width = reader.width("manifest_path")
-    ids = page_ids_of_lines(lines, dataspec_root, path_maps)
+    ids = [e.page_id if e is not None else None for e in entries_of_lines(lines, dataspec_root, path_maps)]
     pages: list[JobPage] = []
     v2_rows: list[int] = []
     cut_rows: dict[int, str] = {}
