@@ -11,11 +11,17 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import os
+import re
+import subprocess
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from comix_embed.common.child import cli_argv
 from comix_embed.common.messages import convert
 from comix_embed.common.model.identity import identify
 from comix_embed.common.store.jobs import load_jobs
@@ -231,3 +237,44 @@ def test_read_commands_open_a_v2_store_and_writers_name_the_import(tmp_path: Pat
     (odd / "notes.txt").write_text("hello")
     neither = run_cli("summaries", "--zarr", str(odd), env=env)
     assert neither.returncode == 2 and "neither zarr.json nor .zgroup (it holds: notes.txt)" in neither.stderr
+
+
+def test_serve_shows_their_store_beside_ours(
+    tiny_checkpoint: Path, pipeline_store: Path, pipeline_corpus: Path, tmp_path: Path
+) -> None:
+    """`serve --zarr OURS --zarr V2`: both stores answer; the v2 one through its converted copy."""
+    d = identify(tiny_checkpoint, None, "fused").embedding_dim
+    pages = [
+        V2Page(f"theirs/Book/{i:04d}.json", panels=2, texts=[{"dialogue": [f"their line {i}"]}] * 2) for i in range(6)
+    ]
+    v2 = write_v2_store(tmp_path / "v2", pages, d=d)
+    argv = cli_argv(
+        *("serve", "--zarr", str(pipeline_store), "--zarr", str(v2), "--checkpoint", str(tiny_checkpoint)),
+        *("--image-root", str(pipeline_corpus / "images"), "--port", "0"),
+    )
+    env = {**os.environ, "COMIX_V2_CACHE": str(tmp_path / "cache")}
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+        try:
+            assert proc.stdout is not None
+            lines = []
+            for line in proc.stdout:  # until the line serve promises, or its end
+                lines.append(line)
+                match = re.search(r"serving (\d+) store\(s\) on (http://\S+/)", line)
+                if match:
+                    break
+            assert match, "".join(lines)
+            assert match.group(1) == "2"
+            url = match.group(2)
+            with urllib.request.urlopen(f"{url}api/stores", timeout=60) as response:
+                stores = json.load(response)["stores"]
+            assert len(stores) == 2
+            query = urllib.parse.urlencode({"mode": "keyword", "q": "their line 3"})
+            with urllib.request.urlopen(f"{url}api/search?{query}", timeout=60) as response:
+                found = json.load(response)
+            answers = {a["store"] if "error" in a else a["name"]: a for a in found["stores"]}
+            theirs = [a for a in found["stores"] if a.get("results") and "theirs/" in a["results"][0]["page_id"]]
+            assert len(answers) == 2 and len(theirs) == 1, found
+            assert theirs[0]["results"][0]["page_id"] == "theirs/Book/0003.json", found
+        finally:
+            proc.terminate()
+            proc.wait(30)

@@ -28,6 +28,7 @@ import numpy as np
 
 from comix_embed.common import config
 from comix_embed.common.errors import UsageError
+from comix_embed.common.store.v2 import GENERATOR, NO_CHECKPOINT
 from comix_embed.tools.search import normalise
 
 if TYPE_CHECKING:
@@ -70,6 +71,19 @@ def check_store_model(loaded: LoadedModel, tokenizer: LoadedTokenizer, store: Pa
 
     mode = str(attrs.get("encoder_mode", "fused"))
     ours = make_identity(loaded.sha256, loaded.config.d, mode, tokenizer.identity, tokenizer.legacy_identity)
+    if attrs.get("checkpoint_sha256") == NO_CHECKPOINT:
+        if int(attrs.get("embedding_dim", 0)) != loaded.config.d:
+            raise UsageError(
+                f"{loaded.path} makes {loaded.config.d}-d embeddings, {store} holds {attrs.get('embedding_dim')}-d"
+            )
+        log.warning(
+            "%s was imported from a %s store that names no checkpoint: its queries are embedded with %s, "
+            "taken as the checkpoint that made it (not verified)",
+            store,
+            GENERATOR,
+            loaded.path,
+        )
+        return
     try:
         check_same_model(attrs, ours, what="query model")
     except ModelMismatch as exc:
