@@ -33,6 +33,7 @@ from comix_embed.common.messages import decode_json, encode_json
 from comix_embed.common.store.reading import resolve_store
 from comix_embed.common.store.snapshots import POINTER_NAME, Pointer
 from comix_embed.common.timestamps import utc_now
+from comix_embed.tools.snapshot import format2
 from comix_embed.tools.snapshot.destination import Destination, destination
 from comix_embed.tools.snapshot.source import SourceFile, snapshot_files
 
@@ -84,6 +85,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", required=True, help="a folder, or s3://bucket/prefix/, that holds the snapshots")
     parser.add_argument("--verify", action="store_true", help="read every file back and compare its SHA-256")
     parser.add_argument("--keep", type=int, default=0, help="keep only the K newest snapshots (default: all)")
+    parser.add_argument(
+        "--format",
+        type=int,
+        choices=(3, 2),
+        default=3,
+        help="3: a snapshot of the store as it is (default); 2: a copy in the layout of generate_embeddings_zarr_v2 "
+        "(Zarr format 2), for tools on zarr-python 2, written to a new local folder",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_remote_arguments(parser)
 
@@ -91,7 +100,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.keep < 0:
         raise UsageError("--keep must be 0 (keep all) or more")
-    output_dir = resolve_store(args.zarr).parent
+    store = resolve_store(args.zarr)
+    if args.format == 2:
+        return _export_format2(store, args)
+    output_dir = store.parent
     dest = destination(parse_root(args.to, "--to"))
     contents, sent = take_snapshot(output_dir, dest, verify=args.verify, progress=not args.no_progress)
     total = sum(f.size for f in contents.files.values())
@@ -105,6 +117,17 @@ def run(args: argparse.Namespace) -> int:
         for old in prune(dest, contents.id, args.keep):
             print(f"removed snapshot {old} (--keep {args.keep})", flush=True)
     return EXIT_OK if contents.files else EXIT_FAILED
+
+
+def _export_format2(store: Path, args: argparse.Namespace) -> int:
+    to = parse_root(args.to, "--to")
+    if not isinstance(to, Path):
+        raise UsageError("--format 2 writes to a local folder (copy it to object storage afterwards if need be)")
+    if args.keep or args.verify:
+        raise UsageError("--keep and --verify belong to snapshots in format 3")
+    rows = format2.export(store, to, progress=not args.no_progress)
+    print(f"format-2 copy of {rows} committed rows written to {to / config.STORE_NAME}", flush=True)
+    return EXIT_OK
 
 
 def previous_snapshot(dest: Destination) -> SnapshotContents | None:
