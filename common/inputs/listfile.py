@@ -21,6 +21,7 @@ import hashlib
 import os
 import posixpath
 import stat
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,19 +137,17 @@ def read_list(list_path: str | Path, dataspec_root: str | Path | None = None, pa
 
 
 def entries_of_lines(
-    lines: list[str], dataspec_root: str | Path | None = None, path_maps: PathMaps = ()
-) -> list[ListEntry | None]:
+    lines: Iterable[str], dataspec_root: str | Path | None = None, path_maps: PathMaps = ()
+) -> Iterator[ListEntry | None]:
     """The entry `read_list` would make of each of these list lines (None for a blank or comment
     line), with the same `--dataspec-root` and `--path-map`, relative lines taken from the current
     folder: the pages of a store imported from another tool (its lines kept in its rows), named
-    and found as `run` names and finds them."""
+    and found as `run` names and finds them. One at a time: a million lines need not be held."""
     root = parse_root(dataspec_root, "--dataspec-root") if dataspec_root is not None else None
     resolver = _LineResolver([root] if root is not None else [Path.cwd()], root, PathMapper(path_maps))
-    out: list[ListEntry | None] = []
     for line_no, raw in enumerate(lines, start=1):
         text = _line_text(raw)
-        out.append(None if text is None else resolver.entry(line_no, raw, text))
-    return out
+        yield None if text is None else resolver.entry(line_no, raw, text)
 
 
 def _line_text(raw: str) -> str | None:

@@ -42,16 +42,16 @@ from comix_embed.producer.jobs import plan_job
 from comix_embed.writer.commit import StoreWriter
 from comix_embed.writer.growth import create_store, write_attrs
 from comix_embed.writer.import_v2.convert import Counts, convert_block
-from comix_embed.writer.import_v2.reader import COLUMNS, V2Reader
+from comix_embed.writer.import_v2.reader import V2Reader
 
 log = logging.getLogger(__name__)
 
 # Rows per batch (one manifest each): a shard's rows, so that each batch writes whole shards.
 BATCH_ROWS = config.SHARD_ROWS
-# Batches per commit: one rewrite of the root attributes per 8192 rows.
-BATCHES_PER_COMMIT = 8
-# v2 rows read at a time (whole 1000-row chunks): about 150 MB of panel embeddings at d = 384.
-READ_ROWS = 8000
+# Batches per commit: one rewrite of the root attributes per 4096 rows.
+BATCHES_PER_COMMIT = 4
+# v2 rows read at a time (whole 1000-row chunks): about 75 MB of panel embeddings at d = 384.
+READ_ROWS = 4000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,7 +101,6 @@ class _Plan:
     """The v2 rows the store gets, in order, and the rows failed for a cut manifest_path."""
 
     job: Job
-    page_ids: list[str]
     v2_rows: np.ndarray  # our row r holds v2 row v2_rows[r]
     cut_rows: dict[int, str]  # our row -> reason
     duplicates: int
@@ -187,17 +186,17 @@ def _plan(
     path_maps: PathMaps,
 ) -> _Plan:
     """Page ids for every v2 row, duplicates left out, cut paths failed; the job planned (or found)."""
-    columns = {name: reader.column(name) for name in COLUMNS}
+    lines = reader.column("manifest_path")
+    meta = {name: reader.column(name, repeats=True) for name in ("source", "series", "volume", "issue", "page_num")}
     panel_counts = reader.panel_counts()
-    lines = columns["manifest_path"]
     width = reader.width("manifest_path")
-    ids = [e.page_id if e is not None else None for e in entries_of_lines(lines, dataspec_root, path_maps)]
     pages: list[JobPage] = []
     v2_rows: list[int] = []
     cut_rows: dict[int, str] = {}
     seen: set[str] = set()
     duplicates = 0
-    for row, (line, page_id) in enumerate(zip(lines, ids)):
+    entries = entries_of_lines(lines, dataspec_root, path_maps)
+    for row, (line, entry) in enumerate(zip(lines, entries)):
         reason = ""
         if width and len(line) >= width and not line.lower().endswith(".json"):
             reason = (
@@ -205,9 +204,11 @@ def _plan(
                 f"{line!r} names no known page"
             )
             page_id = f"v2 row {row}, manifest_path cut: {line}"
-        elif page_id is None:
+        elif entry is None:
             reason = f"this row of the v2 store has no manifest_path ({line!r})"
             page_id = f"v2 row {row}, no manifest_path"
+        else:
+            page_id = entry.page_id
         if page_id in seen:
             duplicates += 1
             continue
@@ -218,21 +219,26 @@ def _plan(
             JobPage(
                 page_id=page_id,
                 manifest_path=line,
-                source=columns["source"][row],
-                series=columns["series"][row],
-                volume=columns["volume"][row],
-                issue=columns["issue"][row],
-                page_num=columns["page_num"][row],
+                source=meta["source"][row],
+                series=meta["series"][row],
+                volume=meta["volume"][row],
+                issue=meta["issue"][row],
+                page_num=meta["page_num"][row],
                 panel_count=int(panel_counts[row]),
             )
         )
         v2_rows.append(row)
+    del seen, meta, lines
     if duplicates:
         log.warning("%d rows of %s repeat an earlier row's page id: left out", duplicates, reader.path)
-    job, _ = plan_job(output_dir, str(reader.path), pages, BATCH_ROWS, False, identity, list_sha256=fingerprint)
-    if job is None or job.page_count != len(pages):
-        raise UsageError(f"{output_dir}: the job planned for {reader.path} does not hold its {len(pages)} pages")
-    return _Plan(job, [p.page_id for p in pages], np.asarray(v2_rows, dtype=np.int64), cut_rows, duplicates)
+    planned, _ = plan_job(output_dir, str(reader.path), pages, BATCH_ROWS, False, identity, list_sha256=fingerprint)
+    count = len(pages)
+    del pages
+    # the job as a header whose pages are read from its file when asked: the pages need not stay in memory
+    job = next((j for j in load_jobs(output_dir) if planned is not None and j.job_id == planned.job_id), None)
+    if job is None or job.page_count != count:
+        raise UsageError(f"{output_dir}: the job planned for {reader.path} does not hold its {count} pages")
+    return _Plan(job, np.asarray(v2_rows, dtype=np.int64), cut_rows, duplicates)
 
 
 def _commit_all(
@@ -266,7 +272,7 @@ def _commit_all(
                         job=plan.job.job_id,
                         batch_id=batch_id,
                         start=start,
-                        page_ids=plan.page_ids[start:end],
+                        page_ids=[p.page_id for p in plan.job.page_slice(start, end)],
                         arrays=converted.arrays,
                         model=identity.to_dict(),
                     )
