@@ -39,6 +39,7 @@ from comix_embed.common.store.jobs import Job, JobPage, iter_tasks, load_jobs
 from comix_embed.common.store.manifests import store_owed
 from comix_embed.common.store.reading import read_attrs
 from comix_embed.common.store.schema import store_path
+from comix_embed.common.store.v2 import IMPORT_ATTRIBUTE
 from comix_embed.producer import retry
 from comix_embed.producer.jobs import plan_job
 from comix_embed.producer.plan import PlannedPage, plan_pages
@@ -160,6 +161,12 @@ def bind_model(args: argparse.Namespace, jobs: list[Job], named: ModelIdentity |
     be the store's and every earlier job's; without one, the store's latest job's."""
     path = store_path(args.output_dir)
     attrs = read_attrs(path) if path.exists() else None
+    imported = (attrs or {}).get(IMPORT_ATTRIBUTE)
+    if isinstance(imported, dict) and not imported.get("finished"):
+        raise UsageError(
+            f"{path} is an import from {imported.get('path')} that is not finished: run `comix-embed import-v2` "
+            "again with the same --from and --output-dir to finish it"
+        )
     if named is None and getattr(args, "checkpoint", None) is not None:
         named = identify(args.checkpoint, args.tokenizer, args.encoder_mode, trust=args.trust_checkpoint)
     if named is None:

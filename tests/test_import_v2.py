@@ -58,6 +58,13 @@ def _pages() -> list[V2Page]:
     return pages
 
 
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    corpus = tmp_path_factory.mktemp("sample")
+    make_sample(corpus, pages=12, seed=3)
+    return corpus
+
+
 def test_import_carries_every_field_and_writes_nothing_inside_the_v2_store(tmp_path: Path) -> None:
     pages = _pages()
     width = len(pages[0].manifest_path) + 12  # the last line is longer: the generator cut it
@@ -123,7 +130,9 @@ def test_import_carries_every_field_and_writes_nothing_inside_the_v2_store(tmp_p
     assert "panel-masks" in diagnosed.stdout and "WARN  panel-masks" not in diagnosed.stdout
 
 
-def test_an_interrupted_import_fails_diagnose_then_resumes_to_the_same_store(tmp_path: Path) -> None:
+def test_an_interrupted_import_fails_diagnose_then_resumes_to_the_same_store(
+    tiny_checkpoint: Path, sample: Path, tmp_path: Path
+) -> None:
     pages = [V2Page(f"specs/{i // 100:03d}/{i:05d}.json", panels=(i * 7) % 13) for i in range(17000)]
     v2 = write_v2_store(tmp_path / "v2", pages, d=8)
     out = tmp_path / "ours"
@@ -139,6 +148,8 @@ def test_an_interrupted_import_fails_diagnose_then_resumes_to_the_same_store(tmp
     assert killed.returncode == -9, killed.stdout + killed.stderr
     half = run_cli("diagnose", str(out))
     assert half.returncode != 0 and "an import from" in half.stdout and "is not finished" in half.stdout, half.stdout
+    refused = run_cli(*run_args(tiny_checkpoint, sample, out, "--incremental", workers=1))
+    assert refused.returncode == 2 and "that is not finished" in refused.stderr, refused.stdout + refused.stderr
     resumed = run_cli("import-v2", "--from", str(v2), "--output-dir", str(out), "--no-progress")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert run_cli("diagnose", str(out)).returncode == 0
@@ -151,13 +162,6 @@ def test_an_interrupted_import_fails_diagnose_then_resumes_to_the_same_store(tmp
         assert left[name].tolist() == right[name].tolist(), name
     records = [read_attrs(store_path(p))[IMPORT_ATTRIBUTE] for p in (out, clean)]
     assert {k: v for k, v in records[0].items()} == {k: v for k, v in records[1].items()}
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    corpus = tmp_path_factory.mktemp("sample")
-    make_sample(corpus, pages=12, seed=3)
-    return corpus
 
 
 def _v2_of(corpus: Path, folder: Path, d: int) -> tuple[Path, list[str]]:
