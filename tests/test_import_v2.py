@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 
 from comix_embed.common.child import cli_argv
 from comix_embed.common.messages import convert
@@ -241,6 +242,15 @@ def test_read_commands_open_a_v2_store_and_writers_name_the_import(tmp_path: Pat
     (odd / "notes.txt").write_text("hello")
     neither = run_cli("summaries", "--zarr", str(odd), env=env)
     assert neither.returncode == 2 and "neither zarr.json nor .zgroup (it holds: notes.txt)" in neither.stderr
+    zarr.open_group(tmp_path / "other.zarr", mode="w", zarr_format=3).create_array("x", shape=(2,), dtype="f4")
+    other = run_cli("query", "--zarr", str(tmp_path / "other.zarr"), "--keyword", "x", env=env)
+    assert other.returncode == 2 and "a Zarr format 3 group without comix-embed's root attributes" in other.stderr
+    zarr.open_group(tmp_path / "v2ish", mode="w", zarr_format=2).create_array("x", shape=(2,), dtype="f4")
+    other = run_cli("diagnose", str(tmp_path / "v2ish"), env=env)
+    assert (
+        other.returncode != 0
+        and "a Zarr format 2 group without page_embeddings (its arrays: x)" in other.stdout + other.stderr
+    )
 
 
 def test_serve_shows_their_store_beside_ours(

@@ -74,6 +74,8 @@ def resolve_store(path: str | os.PathLike[str]) -> Path:
         given = given / latest.path
     for candidate in (given, given / config.STORE_NAME):
         if (candidate / "zarr.json").is_file():
+            if "committed_rows" not in read_attrs(candidate):
+                raise UsageError(f"no embeddings store at {candidate}: found {describe(candidate)}")
             return candidate
     inside = given / config.STORE_NAME
     found = describe(inside) if inside.exists() else describe(given)
