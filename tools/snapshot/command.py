@@ -165,9 +165,10 @@ def take_snapshot(
 
     def one(file: SourceFile) -> None:
         old = before.files.get(file.rel) if before is not None else None
-        unchanged = (
+        unchanged = (  # a time of 0 is no time (a file changed moments before): never a match
             old is not None
             and file.path is not None
+            and file.mtime_ns != 0
             and (old.source_size, old.source_mtime_ns) == (file.size, file.mtime_ns)
         )
         data = None if unchanged else file.read()
