@@ -35,8 +35,11 @@ class Postings:
         self, vocab: str, word_start: np.ndarray, post_doc: np.ndarray, post_count: np.ndarray, docs: int
     ) -> None:
         self.vocab = vocab
-        self.offsets = np.cumsum([0] + [len(w) + 1 for w in vocab.split("\n")]) if vocab else np.zeros(1, np.int64)
+        lengths = [len(w) for w in vocab.split("\n")] if vocab else []
+        self.offsets = np.cumsum([0] + [n + 1 for n in lengths]) if vocab else np.zeros(1, np.int64)
+        self.longest = max(lengths, default=0)
         self.word_start, self.post_doc, self.post_count, self.docs = word_start, post_doc, post_count, docs
+        self._codes: dict[str, int] | None = None  # word -> its number, made on the first exact lookup
 
     @classmethod
     def of_texts(cls, lower: list[str], docs: np.ndarray, total: int) -> Postings:
@@ -98,9 +101,21 @@ class Postings:
         )
         return cls(vocab, start, doc, count, total)
 
+    def word_docs(self, word: str) -> np.ndarray:
+        """The documents holding `word` as a whole word: one lookup in the index of terms, no scan."""
+        if self._codes is None:
+            self._codes = {w: i for i, w in enumerate(self.vocab.split("\n"))} if self.vocab else {}
+        code = self._codes.get(word)
+        if code is None:
+            return np.empty(0, dtype=np.int64)
+        docs = np.asarray(self.post_doc[self.word_start[code] : self.word_start[code + 1]], dtype=np.int64)
+        return docs[docs < self.docs]
+
     def word_hits(self, q: str) -> tuple[np.ndarray, np.ndarray]:
         """(documents, occurrences there) of a lower-cased query of word characters only; a
         document may come more than once (once per word that holds the query)."""
+        if len(q) > self.longest:  # no word holds it (a pasted 64 kB "word" costs nothing)
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
         hits = np.fromiter((m.start() for m in re.finditer(re.escape(q), self.vocab)), dtype=np.int64)
         words, per_word = np.unique(np.searchsorted(self.offsets, hits, side="right") - 1, return_counts=True)
         starts = self.word_start[words]
@@ -134,13 +149,39 @@ def count_matches(query: str, postings: list[Postings], texts: Callable[[np.ndar
 
     if _WORD.fullmatch(q):
         return word_counts(q)
-    candidates = np.arange(docs)
-    for part in _WORD.findall(q):
-        candidates = np.intersect1d(candidates, np.flatnonzero(word_counts(part)))
+    candidates = _candidates(q, postings, word_counts)
     out = np.zeros(docs, dtype=np.int64)
     for doc, text in zip(candidates, texts(candidates)):
         out[doc] = text.count(q)
     return out
+
+
+# Whole words of a phrase looked up to narrow the documents that may hold it: the rarest this many.
+MAX_TERMS = 16
+
+
+def _candidates(q: str, postings: list[Postings], word_counts: Callable[[str], np.ndarray]) -> np.ndarray:
+    """The documents that may hold the phrase `q` (word characters and others), at a bounded cost
+    whatever its length: its words, deduplicated; those strictly inside it are whole words of any
+    text that holds it, looked up exactly in the index of terms (the `MAX_TERMS` rarest); the first
+    and the last may be part of a word (`ood mor` in "good morning") and are searched in the
+    vocabulary, two scans at most."""
+    parts = list(_WORD.finditer(q))
+    if not parts:
+        return np.arange(postings[0].docs)
+    whole = {m.group() for m in parts if m.start() > 0 and m.end() < len(q)}
+    edges = {m.group() for m in (parts[0], parts[-1])} - whole
+    found = [np.unique(np.concatenate([p.word_docs(word) for p in postings])) for word in whole]
+    found.sort(key=len)
+    candidates: np.ndarray | None = None
+    for docs in found[:MAX_TERMS]:
+        candidates = docs if candidates is None else np.intersect1d(candidates, docs, assume_unique=True)
+        if not len(candidates):
+            return candidates
+    for word in edges:
+        docs = np.flatnonzero(word_counts(word))
+        candidates = docs if candidates is None else np.intersect1d(candidates, docs, assume_unique=True)
+    return candidates if candidates is not None else np.arange(postings[0].docs)
 
 
 class TextIndex:

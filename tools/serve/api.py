@@ -9,8 +9,9 @@ Each answer is a record of tools/serve/answers.py. A search answers
 `{"request": {...}, "stores": [...]}`, one object per store, never merged: the
 object `comix-embed query --json` prints (store, query, mode, panels, committed_rows,
 searchable_pages, results of rank, score, page_id, series, page_num, row, panel, manifest_path,
-snippet) plus `name`, `encoder_mode` and `elapsed_ms`; or `name`, `store` and `error`. Bad
-requests answer 400 and a missing page 404, with `{"error": "..."}`.
+snippet) plus `name`, `encoder_mode` and `elapsed_ms`; or `name`, `store` and `error`. Every
+error answers JSON, `{"error": "..."}`: a bad request 400 (a parameter that must be a number and is
+not is named), a missing page or route 404, a wrong method 405, an upload too large 413.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from comix_embed.common.messages import encode_json
 from comix_embed.tools.serve.answers import ApiError, StatusList, StoreList, StoreSummary
 from comix_embed.tools.serve.app import state
 from comix_embed.tools.serve.searching import SearchRequest, search
+from comix_embed.tools.serve.security import int_parameter
 from comix_embed.tools.serve.views import uploaded_image
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -76,5 +78,8 @@ def page(store: str, row: int) -> ResponseReturnValue:
 
 @bp.get("/status")
 def status() -> ResponseReturnValue:
-    limit = request.args.get("failed_limit", 1000, type=int)
-    return _json(StatusList([s.status(failed_limit=max(0, limit)) for s in state().stores.values()]))
+    try:
+        limit = int_parameter(request.args, "failed_limit", 1000, 0)
+    except UsageError as exc:
+        return _error(str(exc), 400)
+    return _json(StatusList([s.status(failed_limit=limit) for s in state().stores.values()]))

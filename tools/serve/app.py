@@ -11,10 +11,14 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass, field
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, current_app, render_template, request
+from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
 from comix_embed.common.inputs.paths import ImageResolver, PathMapper
+from comix_embed.common.messages import encode_json
+from comix_embed.tools.serve.answers import ApiError
+from comix_embed.tools.serve.security import LoginThrottle, add_headers, isolated
 from comix_embed.tools.serve.stores import ServedStore
 from comix_embed.tools.serve.thumbs import ThumbnailCache
 
@@ -32,6 +36,7 @@ class ServeState:
     mapper: PathMapper = field(default_factory=PathMapper)
     thumbs: ThumbnailCache = field(default_factory=ThumbnailCache)
     credentials: tuple[str, str] | None = None
+    logins: LoginThrottle = field(default_factory=LoginThrottle)
 
 
 def state() -> ServeState:
@@ -54,18 +59,26 @@ def create_app(serve_state: ServeState) -> Flask:
     app.url_map.converters["anypath"] = AnyPath
     app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    app.jinja_env.filters["iso"] = isolated
     app.extensions[STATE_KEY] = serve_state
     app.before_request(_authenticate)
+    app.after_request(lambda response: add_headers(response, private=state().credentials is not None))
+    app.register_error_handler(HTTPException, _error_page)
     app.register_blueprint(views.bp)
     app.register_blueprint(api.bp)
     return app
 
 
 def _authenticate() -> Response | None:
-    """401 unless the request carries the configured user and password (when there are any)."""
+    """401 unless the request carries the configured user and password (when there are any); 429
+    while its address has failed too often (security.py, "Failed logins are slowed")."""
     expected = state().credentials
     if expected is None:
         return None
+    address = request.remote_addr or ""
+    wait = state().logins.retry_after(address)
+    if wait:
+        return Response("too many failed logins: try again later\n", 429, {"Retry-After": str(wait)})
     auth = request.authorization
     if (
         auth is not None
@@ -73,7 +86,20 @@ def _authenticate() -> Response | None:
         and hmac.compare_digest((auth.username or "").encode(), expected[0].encode())
         and hmac.compare_digest((auth.password or "").encode(), expected[1].encode())
     ):
+        state().logins.succeeded(address)
         return None
+    if auth is not None:  # a browser's first request carries none: only a wrong answer counts
+        state().logins.failed(address)
     return Response(
         "authentication required\n", 401, {"WWW-Authenticate": 'Basic realm="comix-embed", charset="UTF-8"'}
     )
+
+
+def _error_page(exc: HTTPException) -> Response:
+    """An error as JSON under /api/ (every route there answers JSON), else as a page in the site's style."""
+    code = exc.code or 500
+    message = exc.description or exc.name
+    if request.path.startswith("/api/"):
+        return Response(encode_json(ApiError(message)), status=code, mimetype="application/json")
+    page = render_template("error.html", code=code, name=exc.name, message=message)
+    return Response(page, status=code, mimetype="text/html")

@@ -2,7 +2,7 @@
 
 The same confinement as the workers (common/inputs/paths.py, `ImageResolver`): a relative path must not
 climb out of its root (`..`), symbolic links are followed and must stay inside a local root, an
-HTTP redirect inside a remote one, and the file must be an image. An absolute path is refused unless a `--path-map` maps it into a root (the
+HTTP redirect inside a remote one, and the file must be a raster image, by its bytes (`raster_type`). An absolute path is refused unless a `--path-map` maps it into a root (the
 paths DataSpecs hold, `E:\\...`, which the producer maps the same way); a plain `/etc/passwd`
 never is. Checks run on the decoded path the route receives, so `%2e%2e`, `%2f` and the like
 are refused like their plain forms.
@@ -10,7 +10,6 @@ are refused like their plain forms.
 
 from __future__ import annotations
 
-import mimetypes
 from pathlib import Path
 
 from comix_embed.common.errors import UsageError
@@ -31,11 +30,28 @@ def requested_image(state: ServeState, path: str, root: int) -> tuple[int, str, 
         if state.mapper.map(text) is None:
             raise PathRefused(f"absolute image path {path} is not mapped into an image root by any --path-map")
         root, text = state.resolver.locate(text)
-    found = state.resolver.location(root, text)
-    kind, _ = mimetypes.guess_type(found.name if isinstance(found, Path) else found.key)
-    if not kind or not kind.startswith("image/"):
-        raise PathRefused(f"not an image file: {path}")
-    return root, text, found
+    return root, text, state.resolver.location(root, text)
+
+
+# The raster formats served, by their first bytes: (offset, signature, type).
+_SIGNATURES = (
+    (0, b"\xff\xd8\xff", "image/jpeg"),
+    (0, b"\x89PNG\r\n\x1a\n", "image/png"),
+    (0, b"GIF87a", "image/gif"),
+    (0, b"GIF89a", "image/gif"),
+    (8, b"WEBP", "image/webp"),  # after b"RIFF" and the size
+    (0, b"II*\x00", "image/tiff"),
+    (0, b"MM\x00*", "image/tiff"),
+)
+
+
+def raster_type(data: bytes) -> str | None:
+    """The media type of a JPEG, PNG, WebP, GIF or TIFF image, read from its bytes; None for anything
+    else (an SVG or HTML file under a root would run script in the page's origin, whatever its name)."""
+    for offset, signature, kind in _SIGNATURES:
+        if data[offset : offset + len(signature)] == signature and (kind != "image/webp" or data[:4] == b"RIFF"):
+            return kind
+    return None
 
 
 def page_thumbnail(state: ServeState, store_name: str, row: int, size: int, panel: int | None) -> Thumbnail:

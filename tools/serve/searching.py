@@ -14,13 +14,13 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import msgspec
 
 from comix_embed.common.errors import UsageError
 from comix_embed.tools.query import MODES, find, report
 from comix_embed.tools.serve.answers import RequestFields, SearchAnswer, StoreAnswer, StoreRefusal
+from comix_embed.tools.serve.security import int_parameter
 from comix_embed.tools.serve.stores import ServedStore
 
 DEFAULT_K = 24
@@ -57,9 +57,9 @@ class SearchRequest:
             mode=mode,
             query=query.strip(),
             panels=values.get("panels", "").lower() in _TRUE,
-            k=_int(values, "k", DEFAULT_K, 1, MAX_K),
+            k=int_parameter(values, "k", DEFAULT_K, 1, MAX_K),
             store=values.get("store", "").strip(),
-            panel=_int(values, "panel", None, 0, 10_000),
+            panel=int_parameter(values, "panel", None, 0, 10_000),
             image=image[1] if image else None,
         )
 
@@ -68,19 +68,6 @@ class SearchRequest:
         return RequestFields(
             mode=self.mode, q=self.query, panels=self.panels, k=self.k, store=self.store, panel=self.panel
         )
-
-
-def _int(values: Mapping[str, str], name: str, default: int | None, low: int, high: int) -> Any:
-    raw = values.get(name, "")
-    if raw is None or str(raw).strip() == "":
-        return default
-    try:
-        value = int(str(raw))
-    except ValueError:
-        raise UsageError(f"field `{name}` must be a whole number, not {raw!r}") from None
-    if not low <= value <= high:
-        raise UsageError(f"field `{name}` must be between {low} and {high}, not {value}")
-    return value
 
 
 def selected(stores: dict[str, ServedStore], name: str) -> list[ServedStore]:

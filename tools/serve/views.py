@@ -6,19 +6,18 @@ original files those pages show."""
 from __future__ import annotations
 
 import logging
-import mimetypes
-from pathlib import Path
 
 import msgspec
-from flask import Blueprint, Response, abort, render_template, request, send_file
+from flask import Blueprint, Response, abort, render_template, request
 
 from comix_embed.common.errors import UsageError
 from comix_embed.common.inputs.paths import PathRefused
 from comix_embed.common.model.preprocess import PageImageError
 from comix_embed.tools.serve.answers import PanelView
 from comix_embed.tools.serve.app import state
-from comix_embed.tools.serve.files import page_thumbnail, requested_image
+from comix_embed.tools.serve.files import page_thumbnail, raster_type, requested_image
 from comix_embed.tools.serve.searching import SearchRequest, search
+from comix_embed.tools.serve.security import int_parameter, printable
 from comix_embed.tools.serve.thumbs import GRID_SIZE, MAX_SIZE, MIN_SIZE, PAGE_SIZE
 
 bp = Blueprint("views", __name__)
@@ -116,10 +115,11 @@ def status_view() -> str:
 
 @bp.get("/thumb/<store>/<int:row>")
 def thumbnail(store: str, row: int) -> Response:
-    size = request.args.get("size", GRID_SIZE, type=int)
-    panel = request.args.get("panel", None, type=int)
-    if not MIN_SIZE <= size <= MAX_SIZE:
-        abort(400, f"size must be between {MIN_SIZE} and {MAX_SIZE}")
+    try:
+        size = int_parameter(request.args, "size", GRID_SIZE, MIN_SIZE, MAX_SIZE)
+        panel = int_parameter(request.args, "panel", None, 0)
+    except UsageError as exc:
+        abort(400, str(exc))
     try:
         thumb = page_thumbnail(state(), store, row, size, panel)
     except PathRefused as exc:
@@ -140,22 +140,21 @@ def image_file(path: str) -> Response:
     The answer names no file outside the request (a refusal's details, such as where a link
     leads, go to the log)."""
     try:
-        root, rel, found = requested_image(state(), path, request.args.get("root", 0, type=int))
+        root, rel, found = requested_image(state(), path, int_parameter(request.args, "root", 0, 0))
+        data = state().resolver.read(root, rel)
+        kind = raster_type(data)
+        if kind is None:
+            raise PathRefused(f"not a raster image (JPEG, PNG, WebP, GIF or TIFF, read from its bytes): {path}")
+    except UsageError as exc:
+        abort(400, str(exc))
     except PathRefused as exc:
-        log.info("refused /images/%s: %s", path, exc)
-        abort(403, "refused: images are served from inside the image roots only")
+        log.info("refused /images/%s: %s", printable(path), printable(str(exc)))
+        abort(403, "refused: images are served from inside the image roots only, and only raster images")
     except (FileNotFoundError, NotADirectoryError):
         abort(404, "no such image under the image roots")
-    if isinstance(found, Path):
-        return send_file(found, max_age=IMAGE_MAX_AGE_S)
-    try:
-        data = state().resolver.read(root, rel)
-    except FileNotFoundError:
-        abort(404, "no such image under the image roots")
     except OSError as exc:
-        log.info("cannot read /images/%s: %s", path, exc)
+        log.info("cannot read /images/%s: %s", printable(path), printable(str(exc)))
         abort(502, "the image could not be read from its store")
-    kind, _ = mimetypes.guess_type(found.key)
-    response = Response(data, mimetype=kind or "application/octet-stream")
+    response = Response(data, mimetype=kind)
     response.headers["Cache-Control"] = f"private, max-age={IMAGE_MAX_AGE_S}"
     return response
