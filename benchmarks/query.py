@@ -96,7 +96,7 @@ def build_store(output_dir: Path, pages: int, seed: int = 0) -> Path:
         stop = min(start + SLICE, pages)
         for name, values in synthetic_slice(start, stop, seed).items():
             arrays[name][start:stop] = values
-    write_attrs(path, {"committed_rows": pages, "registered_rows": pages})
+    write_attrs(path, {"committed_rows": pages, "registered_rows": pages}, reconsolidate=True)
     return path
 
 

@@ -521,7 +521,7 @@ def query_process(store: Path, d: int, pages: int) -> QueryFigures:
 def exact_top_pages(store: Path, queries: np.ndarray, k: int = K, step: int = 4096) -> list[list[int]]:
     """The k pages with the best panel for each query, by cosine over every valid panel of every
     searchable committed row: the ground truth for recall, read slice by slice."""
-    group = zarr.open_group(store, mode="r")
+    group = zarr.open_group(store, mode="r", use_consolidated=False)
     arrays: dict[str, zarr.Array] = {}
     for name in ("panel_embeddings", "status", "panel_mask"):
         array = group[name]

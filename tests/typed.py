@@ -54,7 +54,7 @@ class StoreArrays:
     """A store's arrays by name (`path` is the store itself, not its output folder)."""
 
     def __init__(self, path: str | Path, mode: Literal["r", "r+"] = "r") -> None:
-        self.group = zarr.open_group(path, mode=mode)
+        self.group = zarr.open_group(path, mode=mode, use_consolidated=False)
 
     def __getitem__(self, name: str) -> ArrayView:
         found = self.group[name]

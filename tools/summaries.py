@@ -121,7 +121,7 @@ def load_rows(store: Path, count: int) -> tuple[dict[str, np.ndarray], dict[str,
 
     attrs = read_attrs(store)
     committed = StoreAttributes.of(attrs).committed_rows
-    group = zarr.open_group(store, mode="r")
+    group = zarr.open_group(store, mode="r", use_consolidated=False)
     rows = min(count, committed)
     arrays = {}
     for name in (*_SUMMARY_VARS, "page_id"):

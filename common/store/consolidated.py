@@ -4,8 +4,10 @@
 consolidated metadata first and warns, then reads every array's own `zarr.json`, when there is
 none. The copy is the children's metadata as they are on disk, rewritten after every change of
 shape (a job registered, a snapshot cut), in the same atomic write of the root `zarr.json` as the
-row counts: a reader of the copy sees shapes and `committed_rows` of one moment. The writer itself
-opens the arrays without it (`use_consolidated=False`), so it never acts on an old shape.
+row counts: a reader of the copy sees shapes and `committed_rows` of one moment. The copy is for
+readers of other tools: ours (the writer, `summaries`, `diagnose`, the search layer, `serve`) open
+the arrays without it (`use_consolidated=False`), so none acts on a shape the copy has not caught
+up with.
 """
 
 from __future__ import annotations

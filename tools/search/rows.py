@@ -35,7 +35,7 @@ class StoreRows:
         self.path: Path = resolve_store(path)
         self.attrs: dict[str, Any] = read_attrs(self.path)
         self.committed = read_committed_rows(self.path)
-        self._group = zarr.open_group(self.path, mode="r")
+        self._group = zarr.open_group(self.path, mode="r", use_consolidated=False)
         self.status: np.ndarray = np.asarray(self.array("status")[: self.committed])
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -101,15 +102,18 @@ class Postings:
         )
         return cls(vocab, start, doc, count, total)
 
-    def word_docs(self, word: str) -> np.ndarray:
-        """The documents holding `word` as a whole word: one lookup in the index of terms, no scan."""
+    def word_docs(self, word: str, at_least: int = 1) -> np.ndarray:
+        """The documents holding `word` as a whole word `at_least` times: one lookup in the index
+        of terms, no scan."""
         if self._codes is None:
             self._codes = {w: i for i, w in enumerate(self.vocab.split("\n"))} if self.vocab else {}
         code = self._codes.get(word)
         if code is None:
             return np.empty(0, dtype=np.int64)
-        docs = np.asarray(self.post_doc[self.word_start[code] : self.word_start[code + 1]], dtype=np.int64)
-        return docs[docs < self.docs]
+        span = slice(int(self.word_start[code]), int(self.word_start[code + 1]))
+        docs = np.asarray(self.post_doc[span], dtype=np.int64)
+        keep = (docs < self.docs) & (np.asarray(self.post_count[span]) >= at_least)
+        return docs[keep]
 
     def word_hits(self, q: str) -> tuple[np.ndarray, np.ndarray]:
         """(documents, occurrences there) of a lower-cased query of word characters only; a
@@ -163,15 +167,16 @@ MAX_TERMS = 16
 def _candidates(q: str, postings: list[Postings], word_counts: Callable[[str], np.ndarray]) -> np.ndarray:
     """The documents that may hold the phrase `q` (word characters and others), at a bounded cost
     whatever its length: its words, deduplicated; those strictly inside it are whole words of any
-    text that holds it, looked up exactly in the index of terms (the `MAX_TERMS` rarest); the first
+    text that holds it, as many times as the phrase holds each (their posting counts say so), looked
+    up exactly in the index of terms (the `MAX_TERMS` rarest); the first
     and the last may be part of a word (`ood mor` in "good morning") and are searched in the
     vocabulary, two scans at most."""
     parts = list(_WORD.finditer(q))
     if not parts:
         return np.arange(postings[0].docs)
-    whole = {m.group() for m in parts if m.start() > 0 and m.end() < len(q)}
-    edges = {m.group() for m in (parts[0], parts[-1])} - whole
-    found = [np.unique(np.concatenate([p.word_docs(word) for p in postings])) for word in whole]
+    whole = Counter(m.group() for m in parts if m.start() > 0 and m.end() < len(q))  # a word 5 times: in 5 places
+    edges = {m.group() for m in (parts[0], parts[-1])} - set(whole)
+    found = [np.unique(np.concatenate([p.word_docs(w, n) for p in postings])) for w, n in whole.items()]
     found.sort(key=len)
     candidates: np.ndarray | None = None
     for docs in found[:MAX_TERMS]:

@@ -229,7 +229,7 @@ class _Arrays:
     """The store's arrays, opened read-only (for one request: a fresh view of a growing store)."""
 
     def __init__(self, path: Path) -> None:
-        self.group = zarr.open_group(path, mode="r")
+        self.group = zarr.open_group(path, mode="r", use_consolidated=False)
 
     def array(self, name: str) -> zarr.Array:
         found = self.group[name]
