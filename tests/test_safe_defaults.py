@@ -274,8 +274,8 @@ def test_a_test_switch_is_refused_unless_tests_enable_it(tmp_path: Path, switch:
 def test_a_misspelt_test_switch_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COMIX_TEST_STOPAT", "batch:/x")
     assert (
-        "COMIX_TEST_STOPAT is no test switch (those are COMIX_TEST_SNAPSHOT_KILL_AFTER, COMIX_TEST_STOP_AT, COMIX_TEST_WRITER_FLOCK)"
-        in environment.problems()
+        "COMIX_TEST_STOPAT is no test switch (those are COMIX_TEST_IMPORT_KILL_AFTER, COMIX_TEST_SNAPSHOT_KILL_AFTER, "
+        "COMIX_TEST_STOP_AT, COMIX_TEST_WRITER_FLOCK)" in environment.problems()
     )
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from comix_embed.common import config
-from comix_embed.common.errors import UsageError
+from comix_embed.common.errors import EXIT_OK, UsageError
 from comix_embed.common.inputs.listfile import entries_of_lines
 from comix_embed.common.inputs.paths import PathMaps, parse_path_map
 from comix_embed.common.messages import ModelIdentity, convert
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print(summary(record, store_path(args.output_dir)))
-    return 0
+    return EXIT_OK
 
 
 @dataclass
