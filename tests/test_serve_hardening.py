@@ -209,3 +209,14 @@ def test_a_long_keyword_query_answers_as_the_plain_count() -> None:
     for q in queries:
         want = np.array([t.lower().count(q.lower()) for t in texts])
         assert (index.counts(q) == want).all(), q[:40]
+
+
+def test_the_panel_field_is_shown_and_can_be_cleared(client: FlaskClient, store_name: str) -> None:
+    """ "More like this panel" shows its panel in a visible field (no hidden one that would stick to
+    a page id typed next), and the same form without it searches the whole page."""
+    page_id = client.get(f"/api/page/{store_name}/0").get_json()["page_id"]
+    html = client.get("/search", query_string={"mode": "like", "q": page_id, "panel": "0"}).get_data(as_text=True)
+    assert 'type="hidden" name="panel"' not in html
+    assert re.search(r'<input type="number" name="panel"[^>]* value="0"', html)
+    cleared = client.get("/search", query_string={"mode": "like", "q": page_id, "panel": ""}).get_data(as_text=True)
+    assert re.search(r'<input type="number" name="panel"[^>]* value=""', cleared) and "panel 0" not in cleared
