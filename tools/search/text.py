@@ -40,7 +40,9 @@ class Postings:
         self.offsets = np.cumsum([0] + [n + 1 for n in lengths]) if vocab else np.zeros(1, np.int64)
         self.longest = max(lengths, default=0)
         self.word_start, self.post_doc, self.post_count, self.docs = word_start, post_doc, post_count, docs
-        self._codes: dict[str, int] | None = None  # word -> its number, made on the first exact lookup
+        # word -> its number: the index of terms a phrase's words are looked up in (made with the
+        # offsets, at load: a first query does not pay for it)
+        self.codes = {w: i for i, w in enumerate(vocab.split("\n"))} if vocab else {}
 
     @classmethod
     def of_texts(cls, lower: list[str], docs: np.ndarray, total: int) -> Postings:
@@ -105,9 +107,7 @@ class Postings:
     def word_docs(self, word: str, at_least: int = 1) -> np.ndarray:
         """The documents holding `word` as a whole word `at_least` times: one lookup in the index
         of terms, no scan."""
-        if self._codes is None:
-            self._codes = {w: i for i, w in enumerate(self.vocab.split("\n"))} if self.vocab else {}
-        code = self._codes.get(word)
+        code = self.codes.get(word)
         if code is None:
             return np.empty(0, dtype=np.int64)
         span = slice(int(self.word_start[code]), int(self.word_start[code + 1]))
