@@ -201,6 +201,9 @@ def test_a_long_keyword_query_answers_as_the_plain_count() -> None:
         "don't look down",
         " the rain ",
         "rain, the",
+        "good!",
+        ", good",
+        "rain rain rain",
         " ".join(["the"] * 12000),  # 48 kB of one word repeated
         " ".join(rng.choice(words) for _ in range(10000)),  # many distinct words, beyond MAX_TERMS
         "x" * 65536,

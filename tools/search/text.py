@@ -171,11 +171,20 @@ def _candidates(q: str, postings: list[Postings], word_counts: Callable[[str], n
     up exactly in the index of terms (the `MAX_TERMS` rarest); the first
     and the last may be part of a word (`ood mor` in "good morning") and are searched in the
     vocabulary, two scans at most."""
-    parts = list(_WORD.finditer(q))
-    if not parts:
+    words = _WORD.findall(q)  # strings, not match objects: a 64 kB query must not wake the collector
+    if not words:
         return np.arange(postings[0].docs)
-    whole = Counter(m.group() for m in parts if m.start() > 0 and m.end() < len(q))  # a word 5 times: in 5 places
-    edges = {m.group() for m in (parts[0], parts[-1])} - set(whole)
+    opens, closes = _WORD.match(q) is None, _WORD.match(q[-1]) is None  # a non-word character first, last
+    whole = Counter(words[1:-1])  # a word 5 times in the phrase: in 5 places in the text
+    edges: set[str] = set()
+    for word, bounded in (
+        ((words[0], opens), (words[-1], closes)) if len(words) > 1 else ((words[0], opens and closes),)
+    ):
+        if bounded:
+            whole[word] += 1
+        else:
+            edges.add(word)
+    edges -= set(whole)
     found = [np.unique(np.concatenate([p.word_docs(w, n) for p in postings])) for w, n in whole.items()]
     found.sort(key=len)
     candidates: np.ndarray | None = None
