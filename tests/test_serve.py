@@ -11,6 +11,7 @@ import argparse
 import io
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -416,3 +417,35 @@ def test_demo_prints_a_serve_command_for_its_store(tmp_path: Path) -> None:
     args = serve_args(*argv[1:])
     assert args.zarr == [str(tmp_path / "embeddings")] and args.checkpoint == tmp_path / "tiny.pt"
     assert args.image_root == [str(tmp_path / "corpus" / "images")] and args.host == "127.0.0.1"
+
+
+def test_page_view_shows_panel_similarity_and_attention(client: FlaskClient, pipeline_store: Path, names: dict) -> None:
+    """The page view's heatmap holds the cosine similarity of every pair of the page's panel
+    embeddings, as stored; the attention chart one bar per panel, as long as its weight."""
+    name = names["fused"]
+    ds = open_committed(store_path(pipeline_store))
+    row = int(np.flatnonzero(ds["panel_mask"].values.sum(axis=1) >= 3)[0])
+    html = client.get(f"/page/{name}/{row}").get_data(as_text=True)
+    slots = np.flatnonzero(ds["panel_mask"].values[row])
+    vectors = ds["panel_embeddings"].values[row][slots].astype(np.float64)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    cells = re.findall(r'data-testid="heat-cell" data-i="(\d+)" data-j="(\d+)" data-sim="([-\d.e]+)"', html)
+    assert len(cells) == len(slots) ** 2
+    position = {int(s): k for k, s in enumerate(slots)}
+    for i, j, sim in cells:
+        assert abs(float(sim) - unit[position[int(i)]] @ unit[position[int(j)]]) < 1e-4
+    bars = re.findall(r'data-testid="attention-bar" data-slot="(\d+)"[^>]* width="([\d.]+)"', html)
+    weights = ds["attention_weights"].values[row]
+    assert [int(s) for s, _ in bars] == slots.tolist()
+    for slot, width in bars:
+        assert abs(float(width) - weights[int(slot)] * 78) < 0.01
+    detail = client.get(f"/api/page/{name}/{row}").get_json()
+    assert len(detail["panel_similarity"]) == len(slots)
+
+
+def test_panel_boxes_are_drawn_clipped_to_the_page() -> None:
+    from comix_embed.tools.serve.views import clipped
+
+    assert clipped([-10.0, 50.0, 100.0, 2000.0], (800, 1200)) == [0.0, 50.0, 90.0, 1150.0]
+    assert clipped([700.0, 1100.0, 300.0, 300.0], (800, 1200)) == [700.0, 1100.0, 100.0, 100.0]
+    assert clipped([900.0, 10.0, 50.0, 50.0], (800, 1200))[2] == 0.0  # wholly outside: nothing drawn

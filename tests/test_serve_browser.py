@@ -263,3 +263,26 @@ def test_image_paths_out_of_the_roots_are_refused(server: str, page) -> None:
         assert raw.status in (403, 404) and b"root:x:0:0" not in body, (path, raw.status)
         if "%25" not in path:  # a double-encoded path names a literal `%2f` file: merely not found
             assert raw.status == 403, (path, raw.status, body)
+
+
+def test_the_page_view_draws_the_panel_heatmap_and_attention(
+    server: str, store_name: str, page, stored: dict, tmp_path: Path
+) -> None:
+    """The heatmap has a cell per pair of panels and the chart a bar per panel; no script error
+    occurs and nothing loads from another origin (the CSP allows neither)."""
+    errors: list[str] = []
+    foreign: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("request", lambda req: foreign.append(req.url) if not req.url.startswith(server) else None)
+    counts = stored["panel_mask"].sum(axis=1)
+    row = int(np.argmax(counts))
+    page.goto(f"{server}page/{store_name}/{row}")
+    page.locator("[data-testid=heatmap]").wait_for()
+    assert page.locator("[data-testid=heat-cell]").count() == counts[row] ** 2
+    assert page.locator("[data-testid=attention-bar]").count() == counts[row]
+    assert page.locator("[data-testid=heatmap]").bounding_box()["width"] > 100  # drawn, not collapsed
+    shot = screenshot_path(tmp_path, "serve-heatmap.png")
+    page.locator("[data-testid=heatmap]").screenshot(path=str(shot))
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert errors == [] and foreign == []

@@ -96,6 +96,8 @@ class PageDetail(msgspec.Struct, kw_only=True):
     image_root: int | None
     panels: list[PanelView]
     page_text: str
+    # cosine similarity of every pair of valid panels' embeddings, in `panels` order (4 decimals)
+    panel_similarity: list[list[float]] = msgspec.field(default_factory=list)
 
 
 # PageDetail with its page columns: the record `/api/page/` answers.

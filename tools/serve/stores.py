@@ -136,8 +136,11 @@ class ServedStore:
         attention = arrays.at("attention_weights", row)
         order = arrays.at("reading_order", row)
         texts = arrays.at("text_content", row)
+        slots = np.flatnonzero(arrays.at("panel_mask", row))
+        vectors = np.asarray(arrays.at("panel_embeddings", row), dtype=np.float64)[slots]
+        unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         panels = []
-        for slot in np.flatnonzero(arrays.at("panel_mask", row)):
+        for slot in slots:
             text = _text(texts[slot])
             panels.append(
                 PanelView(
@@ -158,6 +161,7 @@ class ServedStore:
             image_root=arrays.image_root(row),
             panels=panels,
             page_text=join_text(_text(arrays.at("page_text", row))),
+            panel_similarity=np.round(unit @ unit.T, 4).tolist(),
         )
 
     def panel_box(self, row: int, slot: int) -> list[float]:

@@ -6,6 +6,7 @@ original files those pages show."""
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import msgspec
 from flask import Blueprint, Response, abort, render_template, request
@@ -75,9 +76,35 @@ def page_view(store: str, row: int) -> str:
         size=size,
         image_error=image_error,
         arrows=reading_arrows(info.panels),
+        boxes={p.slot: clipped(p.box, size) for p in info.panels} if size else {},
         unit=max(size) / 100 if size else 1.0,
         thumb_size=PAGE_SIZE,
+        heat=partial(heat_colour, span=similarity_span(info.panel_similarity)),
     )
+
+
+def clipped(box: list[float], size: tuple[int, int]) -> list[float]:
+    """x, y, w, h of a panel's box cut to the page (a DataSpec's box may reach past the image)."""
+    x, y, w, h = box
+    x0, y0 = min(max(x, 0.0), size[0]), min(max(y, 0.0), size[1])
+    x1, y1 = min(max(x + w, 0.0), size[0]), min(max(y + h, 0.0), size[1])
+    return [x0, y0, x1 - x0, y1 - y0]
+
+
+def similarity_span(matrix: list[list[float]]) -> tuple[float, float]:
+    """The least and the most similar pair of a page's panels: the heatmap's colour scale (a
+    page's panels may all lie within a few hundredths of each other, which a fixed scale hides)."""
+    values = [v for row in matrix for v in row]
+    return (min(values), max(values)) if values else (0.0, 1.0)
+
+
+def heat_colour(similarity: float, span: tuple[float, float]) -> str:
+    """A cosine similarity as a fill colour: white for the page's least similar pair, the accent's
+    red for its most similar."""
+    low, high = span
+    t = (float(similarity) - low) / (high - low) if high > low else 1.0
+    r, g, b = (round(255 + (c - 255) * t) for c in (216, 64, 31))
+    return f"rgb({r},{g},{b})"
 
 
 def reading_arrows(panels: list[PanelView]) -> list[dict[str, float]]:
@@ -104,6 +131,12 @@ def reading_arrows(panels: list[PanelView]) -> list[dict[str, float]]:
             }
         )
     return arrows
+
+
+@bp.get("/favicon.ico")
+def favicon() -> Response:
+    """No icon: an empty answer, so that a browser's own request for one is not a 404 in its console."""
+    return Response(status=204)
 
 
 @bp.get("/status")
