@@ -361,3 +361,27 @@ def test_top_k_breaks_ties_by_index() -> None:
     scores = np.array([0.5, 0.9, 0.5, 0.9, 0.1, 0.5], dtype=np.float32)
     assert top_k(scores, 4).tolist() == [1, 3, 0, 2]
     assert top_k(scores, 10).tolist() == [1, 3, 0, 2, 5, 4]
+
+
+def test_id_lists_every_page_whose_id_holds_a_fragment_page_by_page(
+    capsys: pytest.CaptureFixture[str], pipeline_store: Path
+) -> None:
+    """`--id` (their `--query_page_substr`): every committed page whose id holds the fragment,
+    case-insensitively with `\\` read as `/`, in row order, `--top-k` at a time from `--offset`."""
+    ids = [str(v) for v in open_committed(store_path(pipeline_store))["page_id"].values]
+    fragment = "JPG4CBZ\\"  # upper case, a Windows separator: every page under such a folder
+    want = [r for r, pid in enumerate(ids) if "jpg4cbz/" in pid.lower()]
+    assert len(want) > 5
+    seen: list[int] = []
+    for offset in range(0, len(want), 4):
+        answer = query_json(
+            capsys, "--zarr", str(pipeline_store), "--id", fragment, "--top-k", "4", "--offset", str(offset)
+        )
+        assert answer["matches"] == len(want) and answer["offset"] == offset and answer["mode"] == "id"
+        assert [r["rank"] for r in answer["results"]] == list(range(offset + 1, offset + 1 + len(answer["results"])))
+        seen += [r["row"] for r in answer["results"]]
+    assert seen == want
+    old = query_json(capsys, "--zarr", str(pipeline_store), "--query_page_substr", ids[3][-12:], "--top-k", "50")
+    assert 3 in [r["row"] for r in old["results"]] and old["matches"] >= 1
+    none = query_json(capsys, "--zarr", str(pipeline_store), "--id", "no-such-fragment")
+    assert none["matches"] == 0 and none["results"] == []

@@ -449,3 +449,34 @@ def test_panel_boxes_are_drawn_clipped_to_the_page() -> None:
     assert clipped([-10.0, 50.0, 100.0, 2000.0], (800, 1200)) == [0.0, 50.0, 90.0, 1150.0]
     assert clipped([700.0, 1100.0, 300.0, 300.0], (800, 1200)) == [700.0, 1100.0, 100.0, 100.0]
     assert clipped([900.0, 10.0, 50.0, 50.0], (800, 1200))[2] == 0.0  # wholly outside: nothing drawn
+
+
+def test_page_id_fragment_search_lists_every_match_page_by_page(
+    client: FlaskClient, pipeline_store: Path, names: dict
+) -> None:
+    """`mode=id` in the page and the API: every page whose id holds the fragment, `k` at a time,
+    with `next` and `previous` links that keep the query."""
+    name = names["fused"]
+    ids = [str(v) for v in open_committed(store_path(pipeline_store))["page_id"].values]
+    want = [r for r, pid in enumerate(ids) if "jpg4cbz/" in pid.lower()]
+    got: list[int] = []
+    offset = 0
+    while True:
+        answer = client.get(
+            "/api/search", query_string={"mode": "id", "q": "jpg4cbz/", "k": 5, "offset": offset, "store": name}
+        ).get_json()["stores"][0]
+        assert answer["matches"] == len(want)
+        got += [r["row"] for r in answer["results"]]
+        if offset + 5 >= len(want):
+            break
+        offset += 5
+    assert got == want
+    html = client.get("/search", query_string={"mode": "id", "q": "jpg4cbz/", "k": 5, "store": name}).get_data(
+        as_text=True
+    )
+    assert f'data-testid="matches">{len(want)}<' in html
+    link = re.search(r'data-testid="next" href="([^"]+)"', html)
+    assert link is not None and "offset=5" in link.group(1) and "mode=id" in link.group(1)
+    following = client.get(link.group(1).replace("&amp;", "&")).get_data(as_text=True)
+    assert 'data-testid="previous"' in following
+    assert client.get("/api/search?mode=id&q=x&offset=abc").status_code == 400

@@ -58,7 +58,7 @@ from comix_embed.tools.search import DEFAULT_PANEL_MEMORY, Hit, SearchIndex
 from comix_embed.tools.search.answers import HitRecord, QueryAnswer
 
 # Query modes, as `--json` names them; those that go through the model need the store's checkpoint.
-MODES = ("text", "like", "keyword", "image")
+MODES = ("text", "like", "keyword", "image", "id")
 MODEL_MODES = ("text", "image")
 
 
@@ -73,6 +73,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="pages similar to this image: a file, s3://bucket/key or https://... (needs --checkpoint)",
     )
+    mode.add_argument(
+        "--id",
+        "--query_page_substr",
+        dest="id",
+        metavar="FRAGMENT",
+        help="every page whose id holds FRAGMENT (case-insensitive, \\ read as /), --top-k at a time from --offset",
+    )
+    parser.add_argument("--offset", type=int, default=0, help="--id: the first match to show (default 0)")
     parser.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=10, help="results to show (default 10)")
     parser.add_argument("--panels", action="store_true", help="rank panels instead of pages")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -99,16 +107,19 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise UsageError("--top-k must be at least 1")
     store = resolve_store(args.zarr)
-    mode, query = next((m, q) for m, q in zip(MODES, (args.text, args.like, args.keyword, args.image)) if q is not None)
+    given = (args.text, args.like, args.keyword, args.image, args.id)
+    mode, query = next((m, q) for m, q in zip(MODES, given) if q is not None)
+    if args.offset < 0:
+        raise UsageError("--offset must be 0 or more")
     image = _read_image(args.image) if mode == "image" else None
     encoder = _encoder(args, store, mode) if mode in MODEL_MODES else None
     index = SearchIndex.load(store, panel_memory=args.panel_memory_mb << 20, use_index=not args.no_index)
     try:
-        hits = find(index, mode, str(query), args.top_k, args.panels, encoder, image)
+        hits, matches = find(index, mode, str(query), args.top_k, args.panels, encoder, image, offset=args.offset)
     finally:
         if encoder is not None:
             encoder.close()
-    result = report(index, str(query), mode, args.panels, hits)
+    result = report(index, str(query), mode, args.panels, hits, matches, args.offset)
     if args.json:
         print(msgspec.json.format(encode_json(result), indent=2).decode())
     else:
@@ -142,34 +153,50 @@ def find(
     encoder: QueryEncoder | None = None,
     image: bytes | None = None,
     panel: int | None = None,
-) -> list[Hit]:
-    """The hits of one query on one store (`comix-embed serve` asks each of its stores in turn).
+    offset: int = 0,
+) -> tuple[list[Hit], int | None]:
+    """The hits of one query on one store (`comix-embed serve` asks each of its stores in turn),
+    and, for `id`, how many pages match in all (None for the ranked modes).
 
-    `query` is the text, the page reference (`like`), the word, or the image's name; `image` holds
-    the image's bytes; `panel` narrows `like` to one panel of the page (pages, or with `panels`
-    panels, nearest to it). Model modes need the store's `encoder`.
+    `query` is the text, the page reference (`like`), the word, the image's name, or a part of a
+    page id (`id`: every page holding it, `k` from `offset` on, in row order); `image` holds the
+    image's bytes; `panel` narrows `like` to one panel of the page (pages, or with `panels` panels,
+    nearest to it). Model modes need the store's `encoder`.
     """
     if mode in MODEL_MODES and encoder is None:
         raise UsageError(f"a {mode} query needs the store's checkpoint")
     if mode == "text":
         assert encoder is not None
-        return index.panels(encoder.text(query), k, per_page=not panels)
+        return index.panels(encoder.text(query), k, per_page=not panels), None
     if mode == "image":
         assert encoder is not None and image is not None
         vectors = encoder.image(image, query)
-        return index.panels(vectors.panel, k, per_page=False) if panels else index.nearest_pages(vectors.page, k)
+        return (
+            index.panels(vectors.panel, k, per_page=False) if panels else index.nearest_pages(vectors.page, k)
+        ), None
     if mode == "like":
         row = index.find_row(query)
         if panel is not None:
-            return index.like_panel(row, panel, k, per_page=not panels)
-        return index.like_panels(row, k, per_page=False) if panels else index.like(row, k)
+            return index.like_panel(row, panel, k, per_page=not panels), None
+        return (index.like_panels(row, k, per_page=False) if panels else index.like(row, k)), None
     if mode == "keyword":
-        return index.keyword(query, k, panels=panels)
+        return index.keyword(query, k, panels=panels), None
+    if mode == "id":
+        return index.id_matches(query, k, offset)
     raise UsageError(f"unknown query mode {mode!r} (one of {', '.join(MODES)})")
 
 
-def report(index: SearchIndex, query: str, mode: str, panels: bool, hits: list[Hit]) -> QueryAnswer:
-    """The `--json` record of a query: the store, the query, and the hits described."""
+def report(
+    index: SearchIndex,
+    query: str,
+    mode: str,
+    panels: bool,
+    hits: list[Hit],
+    matches: int | None = None,
+    offset: int = 0,
+) -> QueryAnswer:
+    """The `--json` record of a query: the store, the query, and the hits described (for `id`,
+    ranked from `offset` + 1, with every match counted)."""
     return QueryAnswer(
         store=str(index.path),
         query=query,
@@ -179,7 +206,9 @@ def report(index: SearchIndex, query: str, mode: str, panels: bool, hits: list[H
         searchable_pages=len(index.rows),
         index_generation=index.generation,
         indexed_rows=index.covered,
-        results=index.describe(hits, query if mode == "keyword" else None),
+        results=index.describe(hits, query if mode == "keyword" else None, first_rank=offset + 1),
+        matches=matches,
+        offset=offset,
     )
 
 

@@ -35,3 +35,6 @@ class QueryAnswer(msgspec.Struct, kw_only=True):
     index_generation: int | None
     indexed_rows: int
     results: list[HitRecord]
+    # `id` mode: every page whose id holds the query, and where this page of results starts
+    matches: int | None = None
+    offset: int = 0

@@ -22,6 +22,24 @@ class PageLookup:
         self.manifest_paths = manifest_paths
         self.store = store
         self._row_of = {str(pid): r for r, pid in enumerate(page_ids)}
+        self._folded: tuple[str, np.ndarray] | None = None  # every id, folded, joined; each one's start
+
+    def containing(self, fragment: str) -> np.ndarray:
+        """Every row whose page id holds `fragment` (case-insensitively, `\\` read as `/`), in row
+        order: one pass of a substring search over the ids joined in one string, however many match."""
+        key = fold_page_ref(fragment)
+        if not key or "\n" in key:
+            raise UsageError("give a part of a page id to look for")
+        if self._folded is None:
+            folded = [fold_page_ref(str(pid)) for pid in self.page_ids]
+            starts = np.cumsum([0] + [len(f) + 1 for f in folded[:-1]]) if folded else np.zeros(0, np.int64)
+            self._folded = ("\n".join(folded), np.asarray(starts, dtype=np.int64))
+        text, starts = self._folded
+        hits, at = [], text.find(key)
+        while at >= 0:
+            hits.append(at)
+            at = text.find(key, at + 1)
+        return np.unique(np.searchsorted(starts, np.asarray(hits, dtype=np.int64), side="right") - 1)
 
     def find_row(self, ref: str) -> int:
         """The row of a page: its id or manifest path, exactly; else, case-insensitively with `\\`

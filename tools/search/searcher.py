@@ -127,6 +127,12 @@ class SearchIndex:
         """The row of a page reference (lookup.py says what matches)."""
         return self._lookup.find_row(ref)
 
+    def id_matches(self, fragment: str, k: int, offset: int = 0) -> tuple[list[Hit], int]:
+        """Pages whose id holds `fragment`, `k` of them from `offset` on, in row order, and how many
+        match in all (every committed page, failed ones too: a page id is known before it is embedded)."""
+        rows = self._lookup.containing(fragment)
+        return [Hit(int(r), 1.0) for r in rows[offset : offset + k]], len(rows)
+
     def load_panels(self) -> bool:
         """Hold the exact part's panels in memory if they fit; returns whether they do."""
         return self.exact.load_panels()
@@ -275,15 +281,16 @@ class SearchIndex:
         pages = [plain_text(t) for t in self.store.cells("page_text", rows)]
         return [pages[i] if h.panel is None else plain_text(panels[i]) for i, h in enumerate(hits)]
 
-    def describe(self, hits: list[Hit], keyword: str | None = None) -> list[HitRecord]:
-        """Hits ranked as the CLI prints them (and as its JSON holds them); each column read once.
-        With a `keyword`, scores are counts and snippets are cut around its first occurrence."""
+    def describe(self, hits: list[Hit], keyword: str | None = None, first_rank: int = 1) -> list[HitRecord]:
+        """Hits ranked as the CLI prints them (and as its JSON holds them) from `first_rank`; each
+        column read once. With a `keyword`, scores are counts and snippets are cut around its first
+        occurrence."""
         rows = [h.row for h in hits]
         columns = {name: self.store.cells(name, rows) for name in ("page_id", "series", "page_num", "manifest_path")}
         texts = self.texts_of(hits)
         return [
             HitRecord(
-                rank=i + 1,
+                rank=first_rank + i,
                 score=int(h.score) if keyword is not None else round(h.score, 6),
                 page_id=str(columns["page_id"][i]),
                 series=str(columns["series"][i]),

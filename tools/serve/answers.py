@@ -47,6 +47,7 @@ class RequestFields(msgspec.Struct, kw_only=True):
     k: int
     store: str  # empty: every store
     panel: int | None  # `like`: one panel of the page
+    offset: int = 0  # `id`: the first match shown
 
 
 class StoreAnswer(QueryAnswer, kw_only=True):

@@ -1,7 +1,7 @@
 """The JSON API beside the pages: the same searches, pages and status, as `query --json` shapes them.
 
     GET  /api/stores                         the served stores: name, path, encoder mode, rows
-    GET  /api/search?mode=&q=&panels=&k=&store=&panel=   (POST, multipart, with `image` for images)
+    GET  /api/search?mode=&q=&panels=&k=&store=&panel=&offset=   (POST, multipart, with `image` for images)
     GET  /api/page/<store>/<row>             a committed page: columns, status, panels
     GET  /api/status                         committed, failed and registered pages of each store
 
@@ -9,7 +9,7 @@ Each answer is a record of tools/serve/answers.py. A search answers
 `{"request": {...}, "stores": [...]}`, one object per store, never merged: the
 object `comix-embed query --json` prints (store, query, mode, panels, committed_rows,
 searchable_pages, results of rank, score, page_id, series, page_num, row, panel, manifest_path,
-snippet) plus `name`, `encoder_mode` and `elapsed_ms`; or `name`, `store` and `error`. Every
+snippet, and for the `id` mode `matches` and `offset`) plus `name`, `encoder_mode` and `elapsed_ms`; or `name`, `store` and `error`. Every
 error answers JSON, `{"error": "..."}`: a bad request 400 (a parameter that must be a number and is
 not is named), a missing page or route 404, a wrong method 405, an upload too large 413.
 """

@@ -1,7 +1,7 @@
 """A search request from the web, asked of each served store in turn; never merged across stores.
 
 The request's fields are the same for the HTML form and the JSON API (`mode`, `q`, `panels`,
-`k`, `store`, `panel`, and an uploaded `image`). Each store answers with the record
+`k`, `store`, `panel`, `offset` for the `id` mode's pages, and an uploaded `image`). Each store answers with the record
 `comix-embed query --json` prints (the same `find` and `report`), plus its name, encoder mode
 and the time it took; a store that cannot answer (a page it does not hold, an encoder mode that
 does not see that kind of query) answers with its reason instead. Each query is embedded for
@@ -39,6 +39,7 @@ class SearchRequest:
     store: str = ""  # a store's name; empty: every store
     panel: int | None = None  # `like`: one panel of the page
     image: bytes | None = None
+    offset: int = 0  # `id`: the first match shown
 
     @classmethod
     def parse(cls, values: Mapping[str, str], image: tuple[str, bytes] | None = None) -> SearchRequest:
@@ -61,12 +62,19 @@ class SearchRequest:
             store=values.get("store", "").strip(),
             panel=int_parameter(values, "panel", None, 0, 10_000),
             image=image[1] if image else None,
+            offset=int_parameter(values, "offset", 0, 0),
         )
 
     def fields(self) -> RequestFields:
         """The request as fields (for links and the JSON answer); the image's bytes left out."""
         return RequestFields(
-            mode=self.mode, q=self.query, panels=self.panels, k=self.k, store=self.store, panel=self.panel
+            mode=self.mode,
+            q=self.query,
+            panels=self.panels,
+            k=self.k,
+            store=self.store,
+            panel=self.panel,
+            offset=self.offset,
         )
 
 
@@ -84,12 +92,20 @@ def ask(store: ServedStore, request: SearchRequest) -> StoreAnswer | StoreRefusa
     started = time.perf_counter()
     index = store.index()
     try:
-        hits = find(
-            index, request.mode, request.query, request.k, request.panels, store.encoder, request.image, request.panel
+        hits, matches = find(
+            index,
+            request.mode,
+            request.query,
+            request.k,
+            request.panels,
+            store.encoder,
+            request.image,
+            request.panel,
+            request.offset,
         )
     except UsageError as exc:
         return StoreRefusal(name=store.name, encoder_mode=store.encoder_mode, store=str(store.path), error=str(exc))
-    answer = report(index, request.query, request.mode, request.panels, hits)
+    answer = report(index, request.query, request.mode, request.panels, hits, matches, request.offset)
     return StoreAnswer(
         **msgspec.structs.asdict(answer),
         name=store.name,
