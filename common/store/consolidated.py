@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +25,16 @@ KEY = "consolidated_metadata"
 def consolidated(path: str | os.PathLike[str], replacing: dict[str, Any] | None = None) -> dict[str, Any]:
     """The inline consolidated metadata of the store at `path`, from its children's `zarr.json` files;
     the children named in `replacing` as given there instead (a snapshot's arrays, cut)."""
-    return {"kind": "inline", "must_understand": False, "metadata": {**_children(Path(path)), **(replacing or {})}}
+    given = replacing or {}
+    return {"kind": "inline", "must_understand": False, "metadata": {**_children(Path(path), set(given)), **given}}
 
 
-def _children(folder: Path) -> dict[str, Any]:
+def _children(folder: Path, skip: Collection[str] = ()) -> dict[str, Any]:
+    """The metadata of every child node of `folder` but those named in `skip` (given, not read)."""
     out: dict[str, Any] = {}
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         meta_path = Path(entry.path) / "zarr.json"
-        if not entry.is_dir() or entry.name.startswith(".") or not meta_path.is_file():
+        if entry.name in skip or not entry.is_dir() or entry.name.startswith(".") or not meta_path.is_file():
             continue
         with open(meta_path, encoding="utf-8") as fh:
             meta = json.load(fh)

@@ -58,8 +58,7 @@ def check_layout(s: Store) -> Check:
         )
     if s.attrs.get("schema_version") != config.SCHEMA_VERSION:
         check.warns.append(f"schema_version {s.attrs.get('schema_version')!r}, this tool knows {config.SCHEMA_VERSION}")
-    check.warns += _consolidated_problems(s) if s.writer_running else []
-    check.fails += [] if s.writer_running else _consolidated_problems(s)
+    (check.warns if s.writer_running else check.fails).extend(_consolidated_problems(s))
     if not check.fails:
         check.notes.append(
             f"{len(row_arrays())} page arrays of {s.array_rows} rows, d={d}, {p} panel slots, dtypes and shapes as specified"

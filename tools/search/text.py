@@ -12,6 +12,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,12 @@ class Postings:
         self.offsets = np.cumsum([0] + [n + 1 for n in lengths]) if vocab else np.zeros(1, np.int64)
         self.longest = max(lengths, default=0)
         self.word_start, self.post_doc, self.post_count, self.docs = word_start, post_doc, post_count, docs
-        # word -> its number: the index of terms a phrase's words are looked up in (made with the
-        # offsets, at load: a first query does not pay for it)
-        self.codes = {w: i for i, w in enumerate(vocab.split("\n"))} if vocab else {}
+
+    @cached_property
+    def codes(self) -> dict[str, int]:
+        """word -> its number: the index of terms a phrase's words are looked up in (made on the
+        first phrase query, not for every part an index build makes and merges)."""
+        return {w: i for i, w in enumerate(self.vocab.split("\n"))} if self.vocab else {}
 
     @classmethod
     def of_texts(cls, lower: list[str], docs: np.ndarray, total: int) -> Postings:

@@ -83,9 +83,11 @@ def _write(store: Path, tmp: Path, n: int, progress: bool) -> None:
     shapes = {"panel_id": p, "embedding_dim": d, "coord_dim": 4}
     for name, size in shapes.items():
         _array(group, name, np.arange(size, dtype=np.int64), (name,))
-    texts = _texts(source, n)
-    widths = {name: _width(_strings(source, name, n)) for name in COLUMNS}
-    text_width = max((len(t) for block in texts for t in block.reshape(-1)), default=1) or 1
+    # the fixed width is the widest repr's: a first pass, block by block, so that a million pages'
+    # texts are never all in memory at once (the second pass makes each block's reprs again)
+    text_width = max(
+        (_width(_texts(source, start, n).reshape(-1).tolist()) for start in range(0, n, CHUNK_ROWS)), default=1
+    )
     out: dict[str, zarr.Array] = {}
     for name, dims in FLOATS:
         out[name] = _empty(group, name, (n, *(shapes[x] for x in dims)), "<f4", ("page_id", *dims), data, np.nan)
@@ -94,29 +96,26 @@ def _write(store: Path, tmp: Path, n: int, progress: bool) -> None:
     out["text_content"] = _empty(group, "text_content", (n, p), f"<U{text_width}", ("page_id", "panel_id"), data, None)
     out["status"] = _empty(group, "status", (n,), "|i1", ("page_id",), data, None)
     bar = tqdm(total=n, desc="format 2", unit="page", disable=not progress)
-    for k, start in enumerate(range(0, n, CHUNK_ROWS)):
+    for start in range(0, n, CHUNK_ROWS):
         end = min(start + CHUNK_ROWS, n)
         for name, _ in FLOATS:
             values = np.asarray(source[name][start:end], dtype=np.float32)
             out[name][start:end] = values
         out["panel_mask"][start:end] = np.asarray(source["panel_mask"][start:end]).astype(np.int8)
-        out["text_content"][start:end] = texts[k].astype(f"<U{text_width}")
+        out["text_content"][start:end] = _texts(source, start, n).astype(f"<U{text_width}")
         out["status"][start:end] = np.asarray(source["status"][start:end]).astype(np.int8)
         bar.update(end - start)
     bar.close()
     for name in COLUMNS:
-        values = np.array(_strings(source, name, n), dtype=f"<U{widths[name]}")
-        _array(group, name, values, ("page_id",))
+        strings = [str(v) for v in np.asarray(source[name][:n]).tolist()]
+        _array(group, name, np.array(strings, dtype=f"<U{_width(strings)}"), ("page_id",))
     zarr.consolidate_metadata(tmp, zarr_format=2)
 
 
-def _texts(source: dict[str, zarr.Array], n: int) -> list[np.ndarray]:
-    """`text_content` as the v2 generator stored it: the Python repr of each panel's text dict."""
-    out = []
-    for start in range(0, n, CHUNK_ROWS):
-        cells = np.asarray(source["text_content"][start : min(start + CHUNK_ROWS, n)]).astype(object)
-        out.append(np.vectorize(_repr, otypes=[object])(cells) if cells.size else cells)
-    return out
+def _texts(source: dict[str, zarr.Array], start: int, n: int) -> np.ndarray:
+    """One block's `text_content` as the v2 generator stored it: the Python repr of each panel's text dict."""
+    cells = np.asarray(source["text_content"][start : min(start + CHUNK_ROWS, n)]).astype(object)
+    return np.vectorize(_repr, otypes=[object])(cells) if cells.size else cells
 
 
 def _repr(cell: Any) -> str:
@@ -128,10 +127,6 @@ def _repr(cell: Any) -> str:
     except ValueError:
         return text
     return str(value)
-
-
-def _strings(source: dict[str, zarr.Array], name: str, n: int) -> list[str]:
-    return [str(v) for v in np.asarray(source[name][:n]).tolist()]
 
 
 def _width(values: list[str]) -> int:
