@@ -23,7 +23,7 @@ from comix_embed.common.inputs.paths import ImageResolver, PathMapper
 from comix_embed.common.model.identity import identify
 from comix_embed.tools.search.text import MAX_TERMS, TextIndex
 from comix_embed.tools.serve.app import ServeState, create_app
-from comix_embed.tools.serve.security import CONTENT_SECURITY_POLICY, LOGIN_FAILURES
+from comix_embed.tools.serve.security import CONTENT_SECURITY_POLICY, LOGIN_FAILURES, LoginThrottle
 from comix_embed.writer.import_v2.command import import_v2
 from tests.test_serve import make_client
 from tests.v2_store import V2Page, write_v2_store
@@ -142,8 +142,14 @@ def test_only_raster_images_are_served_whatever_their_names(tmp_path: Path) -> N
 
 
 def test_failed_logins_are_slowed_and_private_pages_say_so(tmp_path: Path) -> None:
+    # an hour's window: the failures counted here stay inside it however slow the machine
+    throttle = LoginThrottle(window_s=3600.0)
     state = ServeState(
-        stores={}, resolver=ImageResolver([tmp_path]), mapper=PathMapper(), credentials=("ann", "s3cret")
+        stores={},
+        resolver=ImageResolver([tmp_path]),
+        mapper=PathMapper(),
+        credentials=("ann", "s3cret"),
+        logins=throttle,
     )
     client = create_app(state).test_client()
     right = {"Authorization": "Basic " + base64.b64encode(b"ann:s3cret").decode()}
