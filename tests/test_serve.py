@@ -480,3 +480,51 @@ def test_page_id_fragment_search_lists_every_match_page_by_page(
     following = client.get(link.group(1).replace("&amp;", "&")).get_data(as_text=True)
     assert 'data-testid="previous"' in following
     assert client.get("/api/search?mode=id&q=x&offset=abc").status_code == 400
+
+
+def test_filters_narrow_every_store_before_ranking_and_stay_in_the_form(
+    client: FlaskClient, pipeline_store: Path, names: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Filters as query parameters: each store answers as `query` does with the same flags, the
+    form keeps them, the `id` pager's links carry them, and a bad one is a 400 naming it."""
+    pages = committed(pipeline_store)
+    ids = [str(p) for p in pages["page_id"]]
+    target = next(p for p, s in zip(ids, pages["status"]) if s != STATUS_FAILED)
+    fragment = target.rsplit("/", 2)[-2]  # the page's folder: a few pages share it
+    got = answers(client, mode="like", q=target, k=10, id_contains=fragment, status="ok")
+    for mode in ("fused", "vision"):
+        answer = got[names[mode]]
+        assert answer["filter"] == {"id_contains": fragment, "status": "ok"}
+        expected = query_json(
+            capsys,
+            "--zarr",
+            str(pipeline_store if mode == "fused" else answer["store"]),
+            "--like",
+            target,
+            "--top-k",
+            "10",
+            "--id-contains",
+            fragment,
+            "--status",
+            "ok",
+        )
+        assert as_query_json(answer)["results"] == expected["results"]
+        assert all(fragment.lower() in r["page_id"].lower() for r in answer["results"])
+        assert answer["filtered_pages"] == sum(
+            fragment.lower() in p.lower() and s != STATUS_FAILED for p, s in zip(ids, pages["status"])
+        )
+    failed = [r for r, s in enumerate(pages["status"]) if s == STATUS_FAILED]
+    html = client.get(
+        "/search", query_string={"mode": "id", "q": "/", "k": 1, "status": "failed", "store": names["fused"]}
+    ).get_data(as_text=True)
+    assert f'data-testid="filtered-pages">{len(failed)}<' in html
+    assert '<option value="failed" selected>' in html
+    link = re.search(r'data-testid="next" href="([^"]+)"', html)
+    assert link is not None and "status=failed" in link.group(1)
+    following = client.get(link.group(1).replace("&amp;", "&")).get_data(as_text=True)
+    rows = [int(r) for r in re.findall(r'data-row="(\d+)"', following)]
+    assert rows == failed[1:2]
+    html = client.get("/search", query_string={"mode": "keyword", "q": "zzz", "series": "a <b>"}).get_data(as_text=True)
+    assert 'name="series" value="a &lt;b&gt;"' in html
+    bad = client.get("/api/search", query_string={"mode": "id", "q": "/", "status": "lost"})
+    assert bad.status_code == 400 and "filter status must be one of ok, failed" in bad.get_json()["error"]

@@ -20,6 +20,11 @@ Modes (one of):
   so query and store share one space; pages rank by cosine of page embeddings. Needs the store's
   `--checkpoint`, like `--text`; `--exact-decode` if the store was embedded with it.
 
+Filters narrow any mode before it ranks (tools/search/filters.py): `--series TEXT` (contains),
+`--volume`, `--issue`, `--source` (equal), `--id-contains`, `--text-contains PHRASE`, `--status
+ok|failed`, all case-insensitive, or the users' `--filters '{"series": "...", "volume": "..."}'`;
+the search then ranks within the pages that pass, with its own top-k.
+
 `--panels` ranks panels instead of pages (a page may then appear more than once): with `--text`
 the best panels; with `--like` the panels nearest to any of the page's panels (its own first);
 with `--keyword` the panels whose text holds the word; with `--image` the panels nearest to the
@@ -27,7 +32,7 @@ image's panel embedding.
 
 Only committed rows are searched; failed pages never appear. `--json` prints one object:
 `{store, query, mode, panels, committed_rows, searchable_pages, index_generation (null: none used),
-indexed_rows, results: [{rank, score, page_id, series, page_num, row, panel, manifest_path,
+indexed_rows, filter, filtered_pages (null: no filter), results: [{rank, score, page_id, series, page_num, row, panel, manifest_path,
 snippet}]}` (`comix-embed serve` answers with the same object). Exit 2 on bad usage (unknown page, missing or foreign checkpoint, unreadable image).
 
 With an index beside the store (`comix-embed index`, tools/search/), pages and panels are found
@@ -56,6 +61,7 @@ from comix_embed.tools.arguments import add_store_argument
 from comix_embed.tools.query_model import QueryEncoder, check_store_model, load_query_model
 from comix_embed.tools.search import DEFAULT_PANEL_MEMORY, Hit, SearchIndex
 from comix_embed.tools.search.answers import HitRecord, QueryAnswer
+from comix_embed.tools.search.filters import FIELDS, STATUSES, PageFilter
 
 # Query modes, as `--json` names them; those that go through the model need the store's checkpoint.
 MODES = ("text", "like", "keyword", "image", "id")
@@ -80,6 +86,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FRAGMENT",
         help="every page whose id holds FRAGMENT (case-insensitive, \\ read as /), --top-k at a time from --offset",
     )
+    filters = parser.add_argument_group("filters, applied before ranking (case-insensitive)")
+    for name in FIELDS:
+        filters.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=f"filter_{name}",
+            choices=STATUSES if name == "status" else None,
+            default="",
+            help=_FILTER_HELP[name],
+        )
+    filters.add_argument("--filters", metavar="JSON", help='the same as one JSON object: \'{"series": "x"}\'')
     parser.add_argument("--offset", type=int, default=0, help="--id: the first match to show (default 0)")
     parser.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=10, help="results to show (default 10)")
     parser.add_argument("--panels", action="store_true", help="rank panels instead of pages")
@@ -103,6 +119,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+_FILTER_HELP = {
+    "series": "only pages whose series contains TEXT",
+    "volume": "only pages of this volume",
+    "issue": "only pages of this issue",
+    "source": "only pages of this source",
+    "id_contains": "only pages whose id contains TEXT",
+    "text_contains": "only pages whose text contains PHRASE",
+    "status": "only ok (embedded) or failed pages",
+}
+
+
+def page_filter(args: argparse.Namespace) -> PageFilter:
+    """The filter of the command line: `--filters` JSON, with the single flags laid over it."""
+    flags = PageFilter.of_values({name: getattr(args, f"filter_{name}") for name in FIELDS})
+    return PageFilter.of_json(args.filters).merged(flags) if args.filters else flags
+
+
 def run(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise UsageError("--top-k must be at least 1")
@@ -111,18 +144,23 @@ def run(args: argparse.Namespace) -> int:
     mode, query = next((m, q) for m, q in zip(MODES, given) if q is not None)
     if args.offset < 0:
         raise UsageError("--offset must be 0 or more")
+    where = page_filter(args)
     image = _read_image(args.image) if mode == "image" else None
     encoder = _encoder(args, store, mode) if mode in MODEL_MODES else None
     index = SearchIndex.load(store, panel_memory=args.panel_memory_mb << 20, use_index=not args.no_index)
     try:
-        hits, matches = find(index, mode, str(query), args.top_k, args.panels, encoder, image, offset=args.offset)
+        hits, matches = find(
+            index, mode, str(query), args.top_k, args.panels, encoder, image, offset=args.offset, where=where
+        )
     finally:
         if encoder is not None:
             encoder.close()
-    result = report(index, str(query), mode, args.panels, hits, matches, args.offset)
+    result = report(index, str(query), mode, args.panels, hits, matches, args.offset, where)
     if args.json:
         print(msgspec.json.format(encode_json(result), indent=2).decode())
     else:
+        if result.filtered_pages is not None:
+            print(f"filtered to {result.filtered_pages} of {result.committed_rows} pages: {where.describe()}")
         _print_table(index, str(query), mode, args.panels, result.results)
     return EXIT_OK
 
@@ -154,6 +192,7 @@ def find(
     image: bytes | None = None,
     panel: int | None = None,
     offset: int = 0,
+    where: PageFilter | None = None,
 ) -> tuple[list[Hit], int | None]:
     """The hits of one query on one store (`comix-embed serve` asks each of its stores in turn),
     and, for `id`, how many pages match in all (None for the ranked modes).
@@ -161,28 +200,29 @@ def find(
     `query` is the text, the page reference (`like`), the word, the image's name, or a part of a
     page id (`id`: every page holding it, `k` from `offset` on, in row order); `image` holds the
     image's bytes; `panel` narrows `like` to one panel of the page (pages, or with `panels` panels,
-    nearest to it). Model modes need the store's `encoder`.
+    nearest to it). Model modes need the store's `encoder`. `where` narrows every mode before it ranks.
     """
     if mode in MODEL_MODES and encoder is None:
         raise UsageError(f"a {mode} query needs the store's checkpoint")
+    allowed = index.allowed(where)
     if mode == "text":
         assert encoder is not None
-        return index.panels(encoder.text(query), k, per_page=not panels), None
+        return index.panels(encoder.text(query), k, not panels, allowed), None
     if mode == "image":
         assert encoder is not None and image is not None
         vectors = encoder.image(image, query)
         return (
-            index.panels(vectors.panel, k, per_page=False) if panels else index.nearest_pages(vectors.page, k)
+            index.panels(vectors.panel, k, False, allowed) if panels else index.nearest_pages(vectors.page, k, allowed)
         ), None
     if mode == "like":
         row = index.find_row(query)
         if panel is not None:
-            return index.like_panel(row, panel, k, per_page=not panels), None
-        return (index.like_panels(row, k, per_page=False) if panels else index.like(row, k)), None
+            return index.like_panel(row, panel, k, not panels, allowed), None
+        return (index.like_panels(row, k, False, allowed) if panels else index.like(row, k, allowed)), None
     if mode == "keyword":
-        return index.keyword(query, k, panels=panels), None
+        return index.keyword(query, k, panels, allowed), None
     if mode == "id":
-        return index.id_matches(query, k, offset)
+        return index.id_matches(query, k, offset, allowed)
     raise UsageError(f"unknown query mode {mode!r} (one of {', '.join(MODES)})")
 
 
@@ -194,9 +234,11 @@ def report(
     hits: list[Hit],
     matches: int | None = None,
     offset: int = 0,
+    where: PageFilter | None = None,
 ) -> QueryAnswer:
     """The `--json` record of a query: the store, the query, and the hits described (for `id`,
-    ranked from `offset` + 1, with every match counted)."""
+    ranked from `offset` + 1, with every match counted), with the filter and how many pages pass it."""
+    allowed = index.allowed(where)
     return QueryAnswer(
         store=str(index.path),
         query=query,
@@ -209,6 +251,8 @@ def report(
         results=index.describe(hits, query if mode == "keyword" else None, first_rank=offset + 1),
         matches=matches,
         offset=offset,
+        filter=where.fields() if where is not None else {},
+        filtered_pages=None if allowed is None else int(allowed.sum()),
     )
 
 

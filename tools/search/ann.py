@@ -5,6 +5,12 @@ float32 index for small stores), then every candidate is scored again against it
 vector, read from the generation's segments (only the candidates' vectors are read).
 A position of the index maps to a store row (and panel slot) through the generation's arrays; a
 row of -1 is an entry replaced since (a page changed by `--retry-failed`), never returned.
+
+A filtered search (filters.py) ranks only the allowed positions: when few are allowed (up to
+GATHER_LIMIT), all of their vectors are read and scored exactly, which is both faster and better
+than asking faiss; otherwise faiss skips the others as it scans (a bitmap selector), and the lists
+probed are multiplied by four while they hold fewer than the candidates wanted, up to every list,
+so a narrow filter is never answered with fewer results than it allows.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from comix_embed.tools.search.ranking import Candidates
 
 # Candidates taken from faiss per query, at least, before re-ranking.
 MIN_FETCH = 64
+# Allowed positions up to which a filtered search reads and scores them all (~6 MB of float16 at d = 384).
+GATHER_LIMIT = 8192
 
 
 class Segments:
@@ -85,11 +93,15 @@ class AnnPart:
         """Entries not replaced since."""
         return int((self.rows >= 0).sum())
 
-    def search(self, queries: np.ndarray, need: int, exclude: np.ndarray) -> Candidates:
-        """The `need` best entries for any of the unit query rows, rows in sorted `exclude` left out;
-        scores are cosines against the float16 vectors."""
+    def search(
+        self, queries: np.ndarray, need: int, exclude: np.ndarray, allowed: np.ndarray | None = None
+    ) -> Candidates:
+        """The `need` best entries for any of the unit query rows, rows in sorted `exclude` left out
+        and, with an `allowed` row mask, only its rows; scores are cosines against the float16 vectors."""
         if self.index.ntotal == 0 or need <= 0:
             return Candidates.empty()
+        if allowed is not None:
+            return self._search_allowed(queries, need, self._positions_allowed(exclude, allowed))
         fetch = min(max(2 * need, MIN_FETCH), int(self.index.ntotal))
         _, labels = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), fetch)
         positions = np.unique(labels[labels >= 0])
@@ -97,7 +109,40 @@ class AnnPart:
         keep = rows >= 0
         if len(exclude):
             keep &= ~np.isin(rows, exclude)
-        positions, rows = positions[keep], rows[keep]
+        return self._scored(queries, positions[keep], need)
+
+    def _scored(self, queries: np.ndarray, positions: np.ndarray, need: int) -> Candidates:
         vectors = self.vectors.gather(positions)
         scores = vectors @ queries[0] if len(queries) == 1 else (vectors @ queries.T).max(axis=1)
-        return Candidates(scores.astype(np.float32), rows, self.slots[positions]).best(need)
+        return Candidates(scores.astype(np.float32), self.rows[positions], self.slots[positions]).best(need)
+
+    def _positions_allowed(self, exclude: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+        """Which positions a filtered search may return: live, not excluded, their row allowed."""
+        rows = self.rows
+        ok = (rows >= 0) & (rows < len(allowed))
+        ok[ok] = allowed[rows[ok]]
+        if len(exclude):
+            ok &= ~np.isin(rows, exclude)
+        return ok
+
+    def _search_allowed(self, queries: np.ndarray, need: int, ok: np.ndarray) -> Candidates:
+        count = int(ok.sum())
+        if count <= GATHER_LIMIT:
+            return self._scored(queries, np.flatnonzero(ok), need)
+        bits = np.packbits(ok, bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(ok), faiss.swig_ptr(bits))
+        fetch = min(max(2 * need, MIN_FETCH), count)
+        ivf = self.index if isinstance(self.index, faiss.IndexIVF) else None
+        probe = config.INDEX_NPROBE
+        query = np.ascontiguousarray(queries, dtype=np.float32)
+        while True:
+            params: faiss.SearchParameters = faiss.SearchParameters()
+            if ivf is not None:
+                params = ivf_params = faiss.SearchParametersIVF()
+                ivf_params.nprobe = min(probe, ivf.nlist)
+            params.sel = selector
+            _, labels = self.index.search(query, fetch, params=params)
+            found = np.unique(labels[labels >= 0])
+            if ivf is None or len(found) >= min(need, count) or probe >= ivf.nlist:
+                return self._scored(queries, found, need)
+            probe *= 4

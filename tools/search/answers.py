@@ -38,3 +38,6 @@ class QueryAnswer(msgspec.Struct, kw_only=True):
     # `id` mode: every page whose id holds the query, and where this page of results starts
     matches: int | None = None
     offset: int = 0
+    # the filter's non-empty fields (tools/search/filters.py), and how many committed pages pass it
+    filter: dict[str, str] = {}
+    filtered_pages: int | None = None

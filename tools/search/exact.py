@@ -8,6 +8,9 @@ Memory: page vectors cost 4*d bytes a page (1.5 KB at d = 384). Panel vectors co
 valid panel, so they are held only up to `panel_memory` bytes; above it a panel search streams
 the rows from the store STREAM_ROWS at a time, keeping each slice's best candidates (same answer,
 one slice of memory, every panel read from disk per query).
+
+A filtered search (filters.py) scores every vector as usual and sets the scores of rows outside
+its mask to -inf before the top-k, so it costs what an unfiltered one does.
 """
 
 from __future__ import annotations
@@ -66,17 +69,25 @@ class ExactPart:
             return
         yield from self.store.panel_vectors(self.page_rows, STREAM_ROWS)
 
-    def search_pages(self, query: np.ndarray, need: int) -> Candidates:
-        """The `need` pages of highest cosine to one unit query vector."""
+    def search_pages(self, query: np.ndarray, need: int, allowed: np.ndarray | None = None) -> Candidates:
+        """The `need` pages of highest cosine to one unit query vector (among `allowed` rows)."""
         scores = self.pages @ np.asarray(query, dtype=np.float32)
-        best = top_k(scores, need)
-        return Candidates(scores[best], self.page_rows[best], np.full(len(best), -1, np.int64))
+        return _best(scores, self.page_rows, np.full(len(scores), -1, np.int64), need, allowed)
 
-    def search_panels(self, queries: np.ndarray, need: int) -> Candidates:
-        """The `need` panels of highest cosine to any of the unit query rows."""
+    def search_panels(self, queries: np.ndarray, need: int, allowed: np.ndarray | None = None) -> Candidates:
+        """The `need` panels of highest cosine to any of the unit query rows (among `allowed` rows)."""
         found = []
         for rows, slots, matrix in self._panel_blocks():
             scores = matrix @ queries[0] if len(queries) == 1 else (matrix @ queries.T).max(axis=1)
-            best = top_k(scores, need)
-            found.append(Candidates(scores[best], rows[best], slots[best]))
+            found.append(_best(scores, rows, slots, need, allowed))
         return Candidates.concat(found).best(need)
+
+
+def _best(scores: np.ndarray, rows: np.ndarray, slots: np.ndarray, need: int, allowed: np.ndarray | None) -> Candidates:
+    """The `need` best of scored items, those whose row `allowed` does not hold left out."""
+    if allowed is not None:
+        scores = np.where(allowed[rows], scores, -np.inf).astype(np.float32)
+    best = top_k(scores, need)
+    if allowed is not None:
+        best = best[np.isfinite(scores[best])]
+    return Candidates(scores[best], rows[best], slots[best])

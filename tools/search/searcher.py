@@ -6,6 +6,9 @@ searched through it, and the rows it does not (committed after it was built, or 
 changed since: pages `--retry-failed` embedded) are searched exactly and merged in, so results are
 never stale. Without an index, every row is searched exactly (exact.py). Candidates of both parts
 are ranked together (ranking.py): a score is a cosine either way.
+
+Every search takes an optional `allowed` row mask (`allowed(filter)`, filters.py): each part then
+ranks within it, so a filtered search is a top-k of the filtered pages.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import faiss
 import numpy as np
 
 from comix_embed.common.errors import UsageError
+from comix_embed.common.store.schema import STATUS_FAILED
 from comix_embed.tools.search.ann import AnnPart
 from comix_embed.tools.search.answers import HitRecord
 from comix_embed.tools.search.exact import DEFAULT_PANEL_MEMORY, ExactPart
+from comix_embed.tools.search.filters import COLUMNS, CONTAINS, ColumnCodes, PageFilter
 from comix_embed.tools.search.layout import (
     SEGMENTS,
     Segment,
@@ -36,6 +41,8 @@ from comix_embed.tools.search.rows import LOAD_ROWS, SEARCHABLE, StoreRows
 from comix_embed.tools.search.text import Postings, TextIndex, count_matches, plain_text, snippet
 
 log = logging.getLogger("comix.search")
+# Row masks of recent filters kept per snapshot (a person pages through one filter's results).
+MASKS_KEPT = 16
 
 
 class SearchIndex:
@@ -56,6 +63,8 @@ class SearchIndex:
         self.changed = np.empty(0, np.int64)
         self.ann: dict[str, AnnPart] = {}
         self._text_segments: list[Segment] = []
+        self._columns: dict[str, ColumnCodes] = {}
+        self._masks: dict[PageFilter, np.ndarray] = {}
         if use_index:
             self._open_index()
         delta = np.union1d(self.changed, np.arange(self.covered, self.committed)).astype(np.int64)
@@ -127,10 +136,14 @@ class SearchIndex:
         """The row of a page reference (lookup.py says what matches)."""
         return self._lookup.find_row(ref)
 
-    def id_matches(self, fragment: str, k: int, offset: int = 0) -> tuple[list[Hit], int]:
+    def id_matches(
+        self, fragment: str, k: int, offset: int = 0, allowed: np.ndarray | None = None
+    ) -> tuple[list[Hit], int]:
         """Pages whose id holds `fragment`, `k` of them from `offset` on, in row order, and how many
         match in all (every committed page, failed ones too: a page id is known before it is embedded)."""
         rows = self._lookup.containing(fragment)
+        if allowed is not None:
+            rows = rows[allowed[rows]]
         return [Hit(int(r), 1.0) for r in rows[offset : offset + k]], len(rows)
 
     def load_panels(self) -> bool:
@@ -167,44 +180,84 @@ class SearchIndex:
             )
         return vector
 
+    # --- filters ---
+
+    def column_codes(self, name: str) -> ColumnCodes:
+        """A page column of the snapshot as codes (read on the first filter on it, then kept)."""
+        if name not in self._columns:
+            self._columns[name] = ColumnCodes(np.asarray(self.store.array(name)[: self.committed]))
+        return self._columns[name]
+
+    def allowed(self, where: PageFilter | None) -> np.ndarray | None:
+        """The row mask of a filter over the snapshot's committed rows (None: no filter)."""
+        if where is None or not where.active:
+            return None
+        if where not in self._masks:
+            if len(self._masks) >= MASKS_KEPT:
+                self._masks.pop(next(iter(self._masks)))
+            self._masks[where] = self._mask(where)
+        return self._masks[where]
+
+    def _mask(self, where: PageFilter) -> np.ndarray:
+        mask = np.ones(self.committed, dtype=bool)
+        for name in COLUMNS:
+            wanted = getattr(where, name)
+            if wanted:
+                mask &= self.column_codes(name).rows_where(wanted, contains=name in CONTAINS)
+        if where.status:
+            status = self.status[: self.committed]
+            mask &= np.isin(status, SEARCHABLE) if where.status == "ok" else status == STATUS_FAILED
+        if where.id_contains:
+            holding = np.zeros(self.committed, dtype=bool)
+            holding[self._lookup.containing(where.id_contains)] = True
+            mask &= holding
+        if where.text_contains and mask.any():
+            mask &= self.text_counts(where.text_contains) > 0
+        return mask
+
     # --- searches ---
 
-    def _candidates(self, kind: str, queries: np.ndarray, need: int) -> Candidates:
+    def _candidates(self, kind: str, queries: np.ndarray, need: int, allowed: np.ndarray | None = None) -> Candidates:
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         found = [
-            self.exact.search_pages(queries[0], need) if kind == "pages" else self.exact.search_panels(queries, need)
+            self.exact.search_pages(queries[0], need, allowed)
+            if kind == "pages"
+            else self.exact.search_panels(queries, need, allowed)
         ]
         if kind in self.ann:
-            got = self.ann[kind].search(queries, need, self.changed)
+            got = self.ann[kind].search(queries, need, self.changed, allowed)
             keep = got.rows < self.covered  # an index built after this snapshot covers rows it does not
             found.append(Candidates(got.scores[keep], got.rows[keep], got.slots[keep]))
         return Candidates.concat(found).best(need)
 
-    def like(self, row: int, k: int) -> list[Hit]:
-        """Pages by cosine of page embeddings to `row`'s; the page itself first."""
+    def like(self, row: int, k: int, allowed: np.ndarray | None = None) -> list[Hit]:
+        """Pages by cosine of page embeddings to `row`'s; the page itself first (if `allowed`)."""
         vector = self.require_searchable(row)
-        found = self._candidates("pages", vector, k + 1)
+        found = self._candidates("pages", vector, k + 1, allowed)
         others = [h for h in found.hits(k + 1, per_page=False, panels=False) if h.row != row]
-        return [Hit(row, float(vector @ vector)), *others][:k]
+        itself = [Hit(row, float(vector @ vector))] if allowed is None or allowed[row] else []
+        return [*itself, *others][:k]
 
-    def nearest_pages(self, query: np.ndarray, k: int) -> list[Hit]:
+    def nearest_pages(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[Hit]:
         """Pages by cosine of their page embeddings to a unit query vector (an image query's)."""
-        return self._candidates("pages", query, k).hits(k, per_page=False, panels=False)
+        return self._candidates("pages", query, k, allowed).hits(k, per_page=False, panels=False)
 
-    def like_panel(self, row: int, slot: int, k: int, per_page: bool) -> list[Hit]:
+    def like_panel(self, row: int, slot: int, k: int, per_page: bool, allowed: np.ndarray | None = None) -> list[Hit]:
         """Panels (or pages by their best panel) nearest to one panel (slot) of page `row`."""
         self.require_searchable(row)
         slots, vectors = self.page_panels(row)
         if slot not in slots:
             raise UsageError(f"page {self.store.cells('page_id', [row])[0]!r} has no panel {slot}")
-        return self.panels(vectors[list(slots).index(slot)], k, per_page)
+        return self.panels(vectors[list(slots).index(slot)], k, per_page, allowed)
 
-    def like_panels(self, row: int, k: int, per_page: bool) -> list[Hit]:
+    def like_panels(self, row: int, k: int, per_page: bool, allowed: np.ndarray | None = None) -> list[Hit]:
         """Panels (or pages by their best panel) nearest to any panel of page `row`."""
         self.require_searchable(row)
-        return self.panels(self.page_panels(row)[1], k, per_page)
+        return self.panels(self.page_panels(row)[1], k, per_page, allowed)
 
-    def panels(self, queries: np.ndarray, k: int, per_page: bool = True) -> list[Hit]:
+    def panels(
+        self, queries: np.ndarray, k: int, per_page: bool = True, allowed: np.ndarray | None = None
+    ) -> list[Hit]:
         """Panel-level search: a panel scores its best cosine over the (unit) query rows.
 
         per_page: pages ranked by their best panel (as the users' search UI did), the hit naming
@@ -215,7 +268,7 @@ class SearchIndex:
         if not len(queries):
             return []
         need = k * self.store.max_panels if per_page else k
-        return self._candidates("panels", queries, need).hits(k, per_page=per_page, panels=True)
+        return self._candidates("panels", queries, need, allowed).hits(k, per_page=per_page, panels=True)
 
     # --- keywords ---
 
@@ -256,14 +309,20 @@ class SearchIndex:
         slots = np.concatenate(slots_found) if slots_found else np.empty(0, np.int64)
         return TextIndex(texts), rows, slots
 
-    def keyword(self, word: str, k: int, panels: bool = False) -> list[Hit]:
+    def text_counts(self, phrase: str) -> np.ndarray:
+        """Occurrences of `phrase` in each committed row's page text (case-insensitive)."""
+        return count_matches(phrase, self.keywords, lambda docs: [t.lower() for t in self.page_text(docs)])
+
+    def keyword(self, word: str, k: int, panels: bool = False, allowed: np.ndarray | None = None) -> list[Hit]:
         """Pages (or panels) by how often `word` occurs in their text, case-insensitive; ties by row."""
         if panels:
             index, rows, slots = self.panel_texts
             counts = index.counts(word)
         else:
             rows, slots = np.arange(self.committed), None
-            counts = count_matches(word, self.keywords, lambda docs: [t.lower() for t in self.page_text(docs)])
+            counts = self.text_counts(word)
+        if allowed is not None:
+            counts = np.where(allowed[rows], counts, 0)
         found = np.flatnonzero(counts)
         candidates = Candidates(
             counts[found].astype(np.float32),

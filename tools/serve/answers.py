@@ -11,6 +11,7 @@ import msgspec
 
 from comix_embed.common.store.schema import PAGE_COLUMNS
 from comix_embed.tools.search.answers import QueryAnswer
+from comix_embed.tools.search.filters import PageFilter
 
 # Page columns shown with a page: the store's page columns, and where its image is or why it failed.
 PAGE_FIELDS = (*PAGE_COLUMNS, "image_path", "error")
@@ -38,8 +39,9 @@ class StoreList(msgspec.Struct):
     stores: list[StoreSummary]
 
 
-class RequestFields(msgspec.Struct, kw_only=True):
-    """A search request as its form or query-string fields (the uploaded image left out)."""
+class RequestFields(PageFilter, frozen=True, kw_only=True):
+    """A search request as its form or query-string fields (the uploaded image left out), its
+    filter's fields (tools/search/filters.py) among them."""
 
     mode: str
     q: str

@@ -1,7 +1,9 @@
 """A search request from the web, asked of each served store in turn; never merged across stores.
 
 The request's fields are the same for the HTML form and the JSON API (`mode`, `q`, `panels`,
-`k`, `store`, `panel`, `offset` for the `id` mode's pages, and an uploaded `image`). Each store answers with the record
+`k`, `store`, `panel`, `offset` for the `id` mode's pages, an uploaded `image`, and the filters
+`series`, `volume`, `issue`, `source`, `id_contains`, `text_contains`, `status`: each store
+ranks within the pages that pass them, tools/search/filters.py). Each store answers with the record
 `comix-embed query --json` prints (the same `find` and `report`), plus its name, encoder mode
 and the time it took; a store that cannot answer (a page it does not hold, an encoder mode that
 does not see that kind of query) answers with its reason instead. Each query is embedded for
@@ -19,6 +21,7 @@ import msgspec
 
 from comix_embed.common.errors import UsageError
 from comix_embed.tools.query import MODES, find, report
+from comix_embed.tools.search.filters import PageFilter
 from comix_embed.tools.serve.answers import RequestFields, SearchAnswer, StoreAnswer, StoreRefusal
 from comix_embed.tools.serve.security import int_parameter
 from comix_embed.tools.serve.stores import ServedStore
@@ -40,6 +43,7 @@ class SearchRequest:
     panel: int | None = None  # `like`: one panel of the page
     image: bytes | None = None
     offset: int = 0  # `id`: the first match shown
+    where: PageFilter = PageFilter()
 
     @classmethod
     def parse(cls, values: Mapping[str, str], image: tuple[str, bytes] | None = None) -> SearchRequest:
@@ -63,6 +67,7 @@ class SearchRequest:
             panel=int_parameter(values, "panel", None, 0, 10_000),
             image=image[1] if image else None,
             offset=int_parameter(values, "offset", 0, 0),
+            where=PageFilter.of_values(values),
         )
 
     def fields(self) -> RequestFields:
@@ -75,6 +80,7 @@ class SearchRequest:
             store=self.store,
             panel=self.panel,
             offset=self.offset,
+            **self.where.fields(),
         )
 
 
@@ -102,10 +108,11 @@ def ask(store: ServedStore, request: SearchRequest) -> StoreAnswer | StoreRefusa
             request.image,
             request.panel,
             request.offset,
+            request.where,
         )
     except UsageError as exc:
         return StoreRefusal(name=store.name, encoder_mode=store.encoder_mode, store=str(store.path), error=str(exc))
-    answer = report(index, request.query, request.mode, request.panels, hits, matches, request.offset)
+    answer = report(index, request.query, request.mode, request.panels, hits, matches, request.offset, request.where)
     return StoreAnswer(
         **msgspec.structs.asdict(answer),
         name=store.name,

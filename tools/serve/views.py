@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from typing import Any
 
 import msgspec
 from flask import Blueprint, Response, abort, render_template, request
@@ -14,6 +15,7 @@ from flask import Blueprint, Response, abort, render_template, request
 from comix_embed.common.errors import UsageError
 from comix_embed.common.inputs.paths import PathRefused
 from comix_embed.common.model.preprocess import PageImageError
+from comix_embed.tools.search.filters import FIELDS, STATUSES
 from comix_embed.tools.serve.answers import PanelView
 from comix_embed.tools.serve.app import state
 from comix_embed.tools.serve.files import page_thumbnail, raster_type, requested_image
@@ -38,7 +40,7 @@ def uploaded_image() -> tuple[str, bytes] | None:
 
 @bp.get("/")
 def home() -> str:
-    return render_template("search.html", stores=state().stores, form={}, answers=None, error=None)
+    return render_search({}, None, None)
 
 
 @bp.route("/search", methods=["GET", "POST"])
@@ -48,10 +50,23 @@ def search_page() -> tuple[str, int] | str:
         query = SearchRequest.parse(request.values, uploaded_image())
         answer = search(stores, query)
     except UsageError as exc:
-        form = {k: request.values.get(k, "") for k in ("mode", "q", "store", "k")}
-        return render_template("search.html", stores=stores, form=form, answers=None, error=str(exc)), 400
-    form = msgspec.structs.asdict(answer.request)
-    return render_template("search.html", stores=stores, form=form, answers=answer.stores, error=None)
+        form = {k: request.values.get(k, "") for k in ("mode", "q", "store", "k", *FIELDS)}
+        return render_search(form, None, str(exc)), 400
+    return render_search(msgspec.structs.asdict(answer.request), answer.stores, None)
+
+
+def render_search(form: dict[str, Any], answers: list[Any] | None, error: str | None) -> str:
+    """The search page; `filters` holds the form's non-empty filter fields, which every link keeps."""
+    filters = {k: form[k] for k in FIELDS if form.get(k)}
+    return render_template(
+        "search.html",
+        stores=state().stores,
+        form=form,
+        filters=filters,
+        statuses=STATUSES,
+        answers=answers,
+        error=error,
+    )
 
 
 @bp.get("/page/<store>/<int:row>")
