@@ -8,6 +8,7 @@ test_serve_browser.py."""
 from __future__ import annotations
 
 import argparse
+import base64
 import io
 import json
 import os
@@ -173,6 +174,27 @@ def test_uploaded_image_ranks_its_page_first_in_each_stores_own_space(
             assert first["score"] >= 0.999, (mode, first)
             assert first["panel"] == (0 if panels else None)
             assert got[names[mode]]["query"] == image.name and got[names[mode]]["mode"] == "image"
+
+
+def test_the_uploaded_image_is_shown_beside_its_results(
+    client: FlaskClient, pipeline_store: Path, pipeline_corpus: Path
+) -> None:
+    """The page of an image search shows the upload itself, reduced, as a `data:` JPEG (nothing kept
+    on the server); an upload that cannot be decoded shows none, and each store says why."""
+    from comix_embed.tools.serve.views import PREVIEW_SIZE
+
+    _, image = full_page_image(pipeline_store, pipeline_corpus)
+    data = {"mode": "image", "k": "3", "image": (io.BytesIO(image.read_bytes()), image.name)}
+    html = client.post("/search", data=data, content_type="multipart/form-data").get_data(as_text=True)
+    found = re.search(r'data-testid="query-preview">\s*<img src="data:image/jpeg;base64,([^"]+)"', html)
+    assert found is not None and f"searched with <bdi>{image.name}</bdi>" in html
+    preview = Image.open(io.BytesIO(base64.b64decode(found.group(1))))
+    original = Image.open(image)
+    assert preview.format == "JPEG" and max(preview.size) == min(PREVIEW_SIZE, max(original.size))
+    assert abs(preview.size[0] / preview.size[1] - original.size[0] / original.size[1]) < 0.02
+    data = {"mode": "image", "image": (io.BytesIO(b"plain text"), "notes.png")}
+    html = client.post("/search", data=data, content_type="multipart/form-data").get_data(as_text=True)
+    assert "query-preview" not in html and "not a readable image" in html
 
 
 def test_image_search_needs_an_image_and_refuses_a_non_image(client: FlaskClient, names: dict) -> None:
@@ -451,6 +473,30 @@ def test_panel_boxes_are_drawn_clipped_to_the_page() -> None:
     assert clipped([900.0, 10.0, 50.0, 50.0], (800, 1200))[2] == 0.0  # wholly outside: nothing drawn
 
 
+def test_labels_of_nested_panels_do_not_overlap() -> None:
+    """Panels inside panels, sharing corners or all of their box: every label gets a place of its
+    own, inside its box where there is room; a lone panel's label stays at its top-left corner."""
+    from comix_embed.tools.serve.views import LABEL_H, LABEL_W, label_places
+
+    unit = 10.0
+    w, h = LABEL_W * unit, LABEL_H * unit
+    boxes = {
+        0: [0.0, 0.0, 1000.0, 1000.0],  # the page
+        1: [0.0, 0.0, 500.0, 500.0],  # its top-left quarter: same corner
+        2: [0.0, 0.0, 500.0, 500.0],  # the same box again
+        3: [0.0, 0.0, 100.0, 30.0],  # smaller than a label
+        4: [0.0, 0.0, 100.0, 30.0],
+        5: [600.0, 600.0, 300.0, 300.0],  # alone
+    }
+    places = label_places(boxes, unit)
+    assert places[0] == (0.0, 0.0) and places[5] == (600.0, 600.0)
+    assert places[1] == (500.0 - w, 0.0)  # the quarter's next free corner
+    spots = list(places.values())
+    for i, (x1, y1) in enumerate(spots):
+        for x2, y2 in spots[i + 1 :]:
+            assert abs(x1 - x2) >= w or abs(y1 - y2) >= h, places
+
+
 def test_page_id_fragment_search_lists_every_match_page_by_page(
     client: FlaskClient, pipeline_store: Path, names: dict
 ) -> None:
@@ -528,3 +574,28 @@ def test_filters_narrow_every_store_before_ranking_and_stay_in_the_form(
     assert 'name="series" value="a &lt;b&gt;"' in html
     bad = client.get("/api/search", query_string={"mode": "id", "q": "/", "status": "lost"})
     assert bad.status_code == 400 and "filter status must be one of ok, failed" in bad.get_json()["error"]
+
+
+def test_side_by_side_shows_one_page_in_two_stores(client: FlaskClient, pipeline_store: Path, names: dict) -> None:
+    """/compare: the page's nearest pages in each store, each as that store's `like` search answers;
+    the page view links to it; a store that does not exist is a 400 naming it."""
+    pages = committed(pipeline_store)
+    target = next(str(p) for p, s in zip(pages["page_id"], pages["status"]) if s != STATUS_FAILED)
+    fused, vision = names["fused"], names["vision"]
+    response = client.get("/api/compare", query_string={"page": target, "a": vision, "b": fused, "k": 5})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    sides = response.get_json()["stores"]
+    assert [s["name"] for s in sides] == [vision, fused]
+    for side in sides:
+        alone = answers(client, mode="like", q=target, k=5, store=side["name"])[side["name"]]
+        assert side["results"] == alone["results"] and side["results"][0]["page_id"] == target
+    html = client.get("/compare", query_string={"page": target, "a": fused, "b": vision, "k": 5}).get_data(as_text=True)
+    columns = re.findall(r'<section class="answer" data-testid="answer" data-store="([^"]+)"', html)
+    assert columns == [fused, vision] and html.count('data-testid="result"') == 10
+    row = sides[1]["results"][0]["row"]
+    page = client.get(f"/page/{fused}/{row}").get_data(as_text=True)
+    link = re.search(r'data-testid="compare-link" href="([^"]+)"', page)
+    assert link is not None and f"b={vision}" in link.group(1)
+    bad = client.get("/api/compare", query_string={"page": target, "b": "nowhere"})
+    assert bad.status_code == 400 and "no store named 'nowhere'" in bad.get_json()["error"]
+    assert client.get("/compare").status_code == 200

@@ -2,6 +2,7 @@
 
     GET  /api/stores                         the served stores: name, path, encoder mode, rows
     GET  /api/search?mode=&q=&panels=&k=&store=&panel=&offset=   (POST, multipart, with `image` for images)
+    GET  /api/compare?page=&a=&b=&k=         one page's nearest pages in two stores, side by side
     GET  /api/page/<store>/<row>             a committed page: columns, status, panels
     GET  /api/status                         committed, failed and registered pages of each store
 
@@ -9,7 +10,11 @@ Each answer is a record of tools/serve/answers.py. A search answers
 `{"request": {...}, "stores": [...]}`, one object per store, never merged: the
 object `comix-embed query --json` prints (store, query, mode, panels, committed_rows,
 searchable_pages, results of rank, score, page_id, series, page_num, row, panel, manifest_path,
-snippet, and for the `id` mode `matches` and `offset`) plus `name`, `encoder_mode` and `elapsed_ms`; or `name`, `store` and `error`. Every
+snippet, and for the `id` mode `matches` and `offset`, and `filter` and `filtered_pages`) plus
+`name`, `encoder_mode` and `elapsed_ms`; or `name`, `store` and `error`. Every search (and
+compare) also takes the filters `series`, `volume`, `issue`, `source`, `id_contains`,
+`text_contains` and `status` (ok or failed), applied before ranking (tools/search/filters.py). A
+comparison answers as a `like` search of two stores, `a` then `b` (by default the first two served). Every
 error answers JSON, `{"error": "..."}`: a bad request 400 (a parameter that must be a number and is
 not is named), a missing page or route 404, a wrong method 405, an upload too large 413.
 """
@@ -21,9 +26,9 @@ from flask.typing import ResponseReturnValue
 
 from comix_embed.common.errors import UsageError
 from comix_embed.common.messages import encode_json
-from comix_embed.tools.serve.answers import ApiError, StatusList, StoreList, StoreSummary
+from comix_embed.tools.serve.answers import ApiError, SearchAnswer, StatusList, StoreList, StoreSummary
 from comix_embed.tools.serve.app import state
-from comix_embed.tools.serve.searching import SearchRequest, search
+from comix_embed.tools.serve.searching import SearchRequest, ask, compared, search
 from comix_embed.tools.serve.security import int_parameter
 from comix_embed.tools.serve.views import uploaded_image
 
@@ -63,6 +68,15 @@ def search_api() -> ResponseReturnValue:
     except UsageError as exc:
         return _error(str(exc), 400)
     return _json(answer)
+
+
+@bp.get("/compare")
+def compare() -> ResponseReturnValue:
+    try:
+        query, chosen = compared(state().stores, request.args)
+    except UsageError as exc:
+        return _error(str(exc), 400)
+    return _json(SearchAnswer(query.fields(), [ask(store, query) for store in chosen]))
 
 
 @bp.get("/page/<store>/<int:row>")

@@ -121,6 +121,18 @@ def ask(store: ServedStore, request: SearchRequest) -> StoreAnswer | StoreRefusa
     )
 
 
+def compared(stores: dict[str, ServedStore], values: Mapping[str, str]) -> tuple[SearchRequest, list[ServedStore]]:
+    """Side by side: the `like` search of one `page` asked of two stores, `a` and `b` (by default
+    the first two served), each answering in its own space; the filters apply to both."""
+    names = list(stores)
+    chosen = [values.get(side, "").strip() or names[min(i, len(names) - 1)] for i, side in enumerate("ab")]
+    for name in chosen:
+        if name not in stores:
+            raise UsageError(f"no store named {name!r} (served: {', '.join(names)})")
+    request = SearchRequest.parse({**values, "mode": "like", "q": values.get("page", ""), "store": ""})
+    return request, [stores[name] for name in chosen]
+
+
 def search(stores: dict[str, ServedStore], request: SearchRequest) -> SearchAnswer:
     """Every selected store's answer, in the order the stores were given."""
     return SearchAnswer(request.fields(), [ask(store, request) for store in selected(stores, request.store)])

@@ -1,7 +1,8 @@
 """What guards every request and response of the web page: headers, the login throttle, strict parameters, log-safe values.
 
 - Every response carries a Content-Security-Policy that allows no script at all and nothing from
-  another origin (the pages have no script), `X-Content-Type-Options: nosniff`, frame protection
+  another origin (the pages have no script; images may also be `data:` URLs, which run nothing:
+  the uploaded query image's preview is one), `X-Content-Type-Options: nosniff`, frame protection
   (`X-Frame-Options: DENY` and `frame-ancestors 'none'`), `Referrer-Policy: same-origin`, and,
   when a password is set, `Cache-Control: private` (a shared cache must never keep a page that
   needed one).
@@ -30,9 +31,7 @@ from comix_embed.common.errors import UsageError
 
 LOGIN_FAILURES = 5
 LOGIN_WINDOW_S = 30.0
-CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; img-src 'self'; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-)
+CONTENT_SECURITY_POLICY = "default-src 'none'; img-src 'self' data:; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 
 
 def add_headers(response: Response, private: bool) -> Response:

@@ -5,6 +5,7 @@ original files those pages show."""
 
 from __future__ import annotations
 
+import base64
 import logging
 from functools import partial
 from typing import Any
@@ -19,15 +20,17 @@ from comix_embed.tools.search.filters import FIELDS, STATUSES
 from comix_embed.tools.serve.answers import PanelView
 from comix_embed.tools.serve.app import state
 from comix_embed.tools.serve.files import page_thumbnail, raster_type, requested_image
-from comix_embed.tools.serve.searching import SearchRequest, search
+from comix_embed.tools.serve.searching import SearchRequest, ask, compared, search
 from comix_embed.tools.serve.security import int_parameter, printable
-from comix_embed.tools.serve.thumbs import GRID_SIZE, MAX_SIZE, MIN_SIZE, PAGE_SIZE
+from comix_embed.tools.serve.thumbs import GRID_SIZE, MAX_SIZE, MIN_SIZE, PAGE_SIZE, render
 
 bp = Blueprint("views", __name__)
 log = logging.getLogger(__name__)
 # Seconds between refreshes of the status page while a store has registered rows not committed yet.
 STATUS_REFRESH_S = 2
 IMAGE_MAX_AGE_S = 3600
+# Longest side of the uploaded query image's preview, in pixels.
+PREVIEW_SIZE = 320
 
 
 def uploaded_image() -> tuple[str, bytes] | None:
@@ -52,10 +55,24 @@ def search_page() -> tuple[str, int] | str:
     except UsageError as exc:
         form = {k: request.values.get(k, "") for k in ("mode", "q", "store", "k", *FIELDS)}
         return render_search(form, None, str(exc)), 400
-    return render_search(msgspec.structs.asdict(answer.request), answer.stores, None)
+    preview = upload_preview(query.image, query.query) if query.image else None
+    return render_search(msgspec.structs.asdict(answer.request), answer.stores, None, preview)
 
 
-def render_search(form: dict[str, Any], answers: list[Any] | None, error: str | None) -> str:
+def upload_preview(data: bytes, name: str) -> str | None:
+    """The uploaded query image as a small JPEG `data:` URL, shown beside its results (nothing is
+    kept on the server); decoded at reduced size, as thumbnails are. None if it cannot be decoded
+    (each store's answer already says why)."""
+    try:
+        jpeg = render(data, name, PREVIEW_SIZE).jpeg
+    except PageImageError:
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+
+
+def render_search(
+    form: dict[str, Any], answers: list[Any] | None, error: str | None, preview: str | None = None
+) -> str:
     """The search page; `filters` holds the form's non-empty filter fields, which every link keeps."""
     filters = {k: form[k] for k in FIELDS if form.get(k)}
     return render_template(
@@ -66,7 +83,25 @@ def render_search(form: dict[str, Any], answers: list[Any] | None, error: str | 
         statuses=STATUSES,
         answers=answers,
         error=error,
+        preview=preview,
     )
+
+
+@bp.get("/compare")
+def compare_view() -> tuple[str, int] | str:
+    """The same page in two stores side by side, each with its own nearest neighbours (for
+    example fused against vision-only embeddings of one collection)."""
+    stores = state().stores
+    form = {k: request.args.get(k, "") for k in ("page", "a", "b", "k", *FIELDS)}
+    if not form["page"].strip():
+        return render_template("compare.html", stores=stores, form=form, answers=None, error=None)
+    try:
+        query, chosen = compared(stores, request.args)
+    except UsageError as exc:
+        return render_template("compare.html", stores=stores, form=form, answers=None, error=str(exc)), 400
+    answers = [ask(store, query) for store in chosen]
+    form.update(a=chosen[0].name, b=chosen[1].name, k=str(query.k))
+    return render_template("compare.html", stores=stores, form=form, answers=answers, error=None, statuses=STATUSES)
 
 
 @bp.get("/page/<store>/<int:row>")
@@ -84,15 +119,19 @@ def page_view(store: str, row: int) -> str:
             size = page_thumbnail(state(), store, row, PAGE_SIZE, None).page_size
         except (PathRefused, FileNotFoundError, PageImageError, UsageError) as exc:
             image_error = str(exc)
+    boxes = {p.slot: clipped(p.box, size) for p in info.panels} if size else {}
+    unit = max(size) / 100 if size else 1.0
     return render_template(
         "page.html",
         page=info,
         store=served,
+        others=[name for name in state().stores if name != store],
         size=size,
         image_error=image_error,
         arrows=reading_arrows(info.panels),
-        boxes={p.slot: clipped(p.box, size) for p in info.panels} if size else {},
-        unit=max(size) / 100 if size else 1.0,
+        boxes=boxes,
+        labels=label_places(boxes, unit),
+        unit=unit,
         thumb_size=PAGE_SIZE,
         heat=partial(heat_colour, span=similarity_span(info.panel_similarity)),
     )
@@ -104,6 +143,36 @@ def clipped(box: list[float], size: tuple[int, int]) -> list[float]:
     x0, y0 = min(max(x, 0.0), size[0]), min(max(y, 0.0), size[1])
     x1, y1 = min(max(x + w, 0.0), size[0]), min(max(y + h, 0.0), size[1])
     return [x0, y0, x1 - x0, y1 - y0]
+
+
+# A panel label (`11 · 0.25`) in page units: its font is 2.6 units; its box is this wide and high.
+LABEL_W, LABEL_H = 15.0, 3.4
+
+
+def label_places(boxes: dict[int, list[float]], unit: float) -> dict[int, tuple[float, float]]:
+    """Where each panel's label goes (its box's top-left corner, in page pixels) so that no two
+    labels overlap: the first free one of its box's four inner corners, else stacked down from its
+    top-left corner below every label in the way. Nested panels (a panel inside a panel, often
+    sharing a corner) would otherwise print their labels over each other."""
+    w, h = LABEL_W * unit, LABEL_H * unit
+    placed: list[tuple[float, float]] = []
+
+    def free(x: float, y: float) -> bool:
+        return all(abs(x - px) >= w or abs(y - py) >= h for px, py in placed)
+
+    places = {}
+    for slot, (x, y, bw, bh) in boxes.items():
+        right, bottom = x + max(bw - w, 0.0), y + max(bh - h, 0.0)
+        corners = [(x, y), (right, y), (x, bottom), (right, bottom)]
+        spot = next((c for c in corners if free(*c)), None)
+        if spot is None:
+            below = y
+            while not free(x, below):
+                below = max(py + h for px, py in placed if abs(x - px) < w and abs(below - py) < h)
+            spot = (x, below)
+        placed.append(spot)
+        places[slot] = spot
+    return places
 
 
 def similarity_span(matrix: list[list[float]]) -> tuple[float, float]:
