@@ -54,6 +54,15 @@ def pipeline_store(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Pa
 
 
 @pytest.fixture(scope="session")
+def vision_store(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, pipeline_corpus: Path) -> Path:
+    """The pipeline corpus embedded again, in the `vision` encoder mode."""
+    out = tmp_path_factory.mktemp("vision_out")
+    proc = run_cli(*run_args(tiny_checkpoint, pipeline_corpus, out, "--encoder-mode", "vision", workers=2))
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
 def interrupted_store(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, corpus: Path) -> Path:
     """An output folder whose job was stopped mid-way: batches 0, 1 and 3 of 6 committed, no Redis."""
     from comix_embed.common.inputs.listfile import read_list

@@ -48,7 +48,7 @@ from comix_embed.tools.serve.answers import (
 from comix_embed.tools.serve.app import ServeState, create_app
 from comix_embed.tools.serve.thumbs import OUTLINE, Thumbnail, ThumbnailCache, render
 from comix_embed.writer.commit import StoreWriter
-from tests.cli import run_args, run_cli
+from tests.cli import run_cli
 from tests.synthetic import make_result
 from tests.test_query import longest_word
 from tests.typed import StoreArrays
@@ -66,15 +66,6 @@ def make_client(stores: list[Path], checkpoint: Path, root: Path, *extra: str) -
     argv = [a for s in stores for a in ("--zarr", str(s))]
     args = serve_args(*argv, "--checkpoint", str(checkpoint), "--image-root", str(root), *extra)
     return create_app(command.build_state(args)).test_client()
-
-
-@pytest.fixture(scope="module")
-def vision_store(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, pipeline_corpus: Path) -> Path:
-    """The pipeline corpus embedded again, in the `vision` encoder mode."""
-    out = tmp_path_factory.mktemp("vision_out")
-    proc = run_cli(*run_args(tiny_checkpoint, pipeline_corpus, out, "--encoder-mode", "vision", workers=2))
-    assert proc.returncode == 3, proc.stdout + proc.stderr
-    return out
 
 
 @pytest.fixture(scope="module")

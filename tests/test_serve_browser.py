@@ -19,6 +19,7 @@ import threading
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -52,17 +53,16 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def server(pipeline_store: Path, pipeline_corpus: Path, tiny_checkpoint: Path) -> Iterator[str]:
-    """`comix-embed serve` on the pipeline store; yields its URL once it says it is serving."""
+@contextmanager
+def serving(stores: list[Path], corpus: Path, checkpoint: Path) -> Iterator[str]:
+    """`comix-embed serve` on these stores; yields its URL once it says it is serving."""
     argv = cli_argv(
         "serve",
-        "--zarr",
-        str(pipeline_store),
+        *[a for store in stores for a in ("--zarr", str(store))],
         "--checkpoint",
-        str(tiny_checkpoint),
+        str(checkpoint),
         "--image-root",
-        str(pipeline_corpus / "images"),
+        str(corpus / "images"),
         "--port",
         "0",
     )
@@ -93,6 +93,20 @@ def server(pipeline_store: Path, pipeline_corpus: Path, tiny_checkpoint: Path) -
 
 
 @pytest.fixture(scope="module")
+def server(pipeline_store: Path, pipeline_corpus: Path, tiny_checkpoint: Path) -> Iterator[str]:
+    """`comix-embed serve` on the pipeline store."""
+    with serving([pipeline_store], pipeline_corpus, tiny_checkpoint) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def two_stores(pipeline_store: Path, vision_store: Path, pipeline_corpus: Path, tiny_checkpoint: Path) -> Iterator[str]:
+    """`comix-embed serve` on the pipeline store and the same corpus embedded vision-only."""
+    with serving([pipeline_store, vision_store], pipeline_corpus, tiny_checkpoint) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
 def store_name(server: str) -> str:
     """The pipeline store's name in the application, from the JSON API."""
     with urllib.request.urlopen(f"{server}api/stores", timeout=30) as response:
@@ -111,11 +125,22 @@ def browser() -> Iterator:
 
 @pytest.fixture
 def page(browser) -> Iterator:
+    """A browser tab; when the test is done, it must have raised no script error, had nothing
+    refused by the Content-Security-Policy, and requested nothing from another origin than the
+    server's (`data:` images aside: the uploaded image's preview)."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     tab = context.new_page()
     tab.set_default_timeout(60_000)
+    errors: list[str] = []
+    requested: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    tab.on("console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None)
+    tab.on("request", lambda req: requested.append(req.url) if not req.url.startswith("data:") else None)
     yield tab
     context.close()
+    origins = {f"{urlsplit(url).scheme}://{urlsplit(url).netloc}" for url in requested}
+    assert errors == [], errors
+    assert len(origins) <= 1, origins
 
 
 @pytest.fixture(scope="module")
@@ -210,8 +235,9 @@ def test_a_page_shows_as_many_boxes_as_it_has_panels(
 
 
 def test_uploading_a_page_without_panels_finds_it_first(
-    server: str, page, stored: dict, pipeline_store: Path, pipeline_corpus: Path
+    server: str, page, stored: dict, pipeline_store: Path, pipeline_corpus: Path, tmp_path: Path
 ) -> None:
+    """The upload ranks its own page first, and is shown beside the results."""
     rows = np.flatnonzero(stored["status"] == STATUS_FULL_PAGE)
     assert len(rows), "the sample corpus has pages without panels (covers)"
     group = StoreArrays(store_path(pipeline_store))
@@ -225,6 +251,13 @@ def test_uploading_a_page_without_panels_finds_it_first(
     first.wait_for()
     assert first.get_attribute("data-page-id") == stored["page_id"][row]
     assert float(first.get_attribute("data-score") or 0) >= 0.999
+    preview = page.locator("[data-testid=query-preview] img")
+    page.wait_for_function("() => document.querySelector('[data-testid=query-preview] img').complete")
+    assert preview.evaluate("i => i.naturalWidth") > 0 and preview.is_visible()
+    assert image.name in page.inner_text("[data-testid=query-preview]")
+    shot = screenshot_path(tmp_path, "serve-upload.png")
+    page.screenshot(path=str(shot))
+    assert_png(shot, 1280)
 
 
 def test_status_lists_the_failed_pages(server: str, page, stored: dict) -> None:
@@ -268,13 +301,8 @@ def test_image_paths_out_of_the_roots_are_refused(server: str, page) -> None:
 def test_the_page_view_draws_the_panel_heatmap_and_attention(
     server: str, store_name: str, page, stored: dict, tmp_path: Path
 ) -> None:
-    """The heatmap has a cell per pair of panels and the chart a bar per panel; no script error
-    occurs and nothing loads from another origin (the CSP allows neither)."""
-    errors: list[str] = []
-    foreign: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.on("request", lambda req: foreign.append(req.url) if not req.url.startswith(server) else None)
+    """The heatmap has a cell per pair of panels and the chart a bar per panel (and, as for every
+    tab, `page` checks that no script error occurred and nothing loaded from another origin)."""
     counts = stored["panel_mask"].sum(axis=1)
     row = int(np.argmax(counts))
     page.goto(f"{server}page/{store_name}/{row}")
@@ -285,4 +313,57 @@ def test_the_page_view_draws_the_panel_heatmap_and_attention(
     shot = screenshot_path(tmp_path, "serve-heatmap.png")
     page.locator("[data-testid=heatmap]").screenshot(path=str(shot))
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert errors == [] and foreign == []
+
+
+def test_filters_narrow_the_results_and_keep_their_values(server: str, page, stored: dict) -> None:
+    """Filters typed into the form narrow the search; the form keeps them; the next page of an
+    `id` listing keeps them too."""
+    failed = [str(p) for p, s in zip(stored["page_id"], stored["status"]) if s == 2]
+    page.goto(server)
+    page.select_option("[data-testid=mode]", "id")
+    page.fill("[data-testid=query]", "/")
+    page.fill("input[name=k]", "2")
+    page.select_option("[data-testid=filter-status]", "failed")
+    page.click("[data-testid=submit]")
+    page.locator("[data-testid=filtered]").wait_for()
+    assert page.inner_text("[data-testid=filtered-pages]") == str(len(failed))
+    assert page.input_value("[data-testid=filter-status]") == "failed"
+    shown = page.locator("[data-testid=result]").evaluate_all("cards => cards.map(c => c.dataset.pageId)")
+    page.click("[data-testid=next]")
+    page.locator("[data-testid=filtered]").wait_for()
+    shown += page.locator("[data-testid=result]").evaluate_all("cards => cards.map(c => c.dataset.pageId)")
+    assert page.input_value("[data-testid=filter-status]") == "failed"
+    assert shown == failed[:4]
+    target = next(str(p) for p, s in zip(stored["page_id"], stored["status"]) if s != 2)
+    folder = target.rsplit("/", 2)[-2]
+    page.goto(server)
+    page.select_option("[data-testid=mode]", "like")
+    page.fill("[data-testid=query]", target)
+    page.fill("[data-testid=filter-id_contains]", folder)
+    page.click("[data-testid=submit]")
+    page.locator("[data-testid=result]").first.wait_for()
+    ids = page.locator("[data-testid=result]").evaluate_all("cards => cards.map(c => c.dataset.pageId)")
+    expected = [str(p) for p, s in zip(stored["page_id"], stored["status"]) if s != 2 and folder in str(p)]
+    assert ids[0] == target and sorted(ids) == sorted(expected[:24])
+    assert page.input_value("[data-testid=filter-id_contains]") == folder
+
+
+def test_side_by_side_shows_the_page_in_both_stores(two_stores: str, page, stored: dict, tmp_path: Path) -> None:
+    """From a page's view to its comparison: two columns, each led by the page itself."""
+    with urllib.request.urlopen(f"{two_stores}api/stores", timeout=30) as response:
+        names = [s["name"] for s in json.load(response)["stores"]]
+    row = int(np.flatnonzero(stored["status"] != 2)[0])
+    page.goto(f"{two_stores}page/{names[0]}/{row}")
+    page.click("[data-testid=compare-link]")
+    page.locator("[data-testid=side-by-side]").wait_for()
+    columns = page.locator("[data-testid=side-by-side] [data-testid=answer]")
+    assert columns.evaluate_all("cols => cols.map(c => c.dataset.store)") == names
+    for i in range(2):
+        first = columns.nth(i).locator("[data-testid=result]").first
+        assert first.get_attribute("data-page-id") == stored["page_id"][row]
+    boxes = [columns.nth(i).bounding_box() for i in range(2)]
+    assert boxes[0]["x"] + boxes[0]["width"] <= boxes[1]["x"]  # side by side, not one under the other
+    assert all(width > 0 for width in images_loaded(page))
+    shot = screenshot_path(tmp_path, "serve-side-by-side.png")
+    page.screenshot(path=str(shot))
+    assert_png(shot, 1280)
