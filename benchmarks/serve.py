@@ -10,7 +10,11 @@ checked and loaded, index loaded, text index and panel matrix built) and asked t
 test client, so each figure is the whole request: parsing, encoding the query with the model,
 the search, reading the hits' columns from the store and the JSON. For each kind (keyword, like,
 text, image, panel-level text, and a 64 kB keyword query, POSTed) the first request after start is
-timed apart from the median and 95th percentile of `--queries` more. Then eight 60-megapixel JPEG
+timed apart from the median and 95th percentile of `--queries` more. Filtered similarity is timed
+the same way, beside the unfiltered kinds: `like`, panel-level text and keyword narrowed to one
+series (about 1% of the pages, `series=Series NN`; the first such request also reads the series
+column) and `like` narrowed to ok pages (99%). With `--index` the store's search index is built
+first (`comix-embed index`), so that searches and filters go through it. Then eight 60-megapixel JPEG
 image queries are sent at once, and the peak memory they add is reported. Thumbnails are not part of it (they load after the results,
 one request each; the synthetic store has no images).
 """
@@ -37,6 +41,7 @@ from comix_embed.common.digest import file_sha256
 from comix_embed.common.model.tokenizer import load_tokenizer
 from comix_embed.common.store.reading import read_attrs
 from comix_embed.tools.init_checkpoint import init_checkpoint
+from comix_embed.tools.search import build_index
 from comix_embed.tools.serve import command
 from comix_embed.tools.serve.app import create_app
 from comix_embed.writer.growth import write_attrs
@@ -108,8 +113,21 @@ def bench(store: Path, ckpt: Path, queries: int, seed: int = 1) -> dict[str, flo
             ("post", {"data": {"mode": "keyword", "q": long_query(words, i)}}) for i in range(queries + 1)
         ],
         "like": [("get", {"query_string": {"mode": "like", "q": p}}) for p in ids],
+        "like_narrow": [
+            ("get", {"query_string": {"mode": "like", "q": p, "series": f"Series {i % 97:02d}"}})
+            for i, p in enumerate(ids)
+        ],
+        "like_wide": [("get", {"query_string": {"mode": "like", "q": p, "status": "ok"}}) for p in ids],
         "text": [("get", {"query_string": {"mode": "text", "q": t}}) for t in texts],
         "text_panels": [("get", {"query_string": {"mode": "text", "q": t, "panels": "1"}}) for t in texts],
+        "text_panels_narrow": [
+            ("get", {"query_string": {"mode": "text", "q": t, "panels": "1", "series": f"Series {i % 97:02d}"}})
+            for i, t in enumerate(texts)
+        ],
+        "keyword_narrow": [
+            ("get", {"query_string": {"mode": "keyword", "q": w, "series": f"Series {i % 97:02d}"}})
+            for i, w in enumerate(words)
+        ],
         "image": [
             (
                 "post",
@@ -128,7 +146,10 @@ def bench(store: Path, ckpt: Path, queries: int, seed: int = 1) -> dict[str, flo
         "start_s": round(start_s, 1),
     }
     for kind, requests in kinds.items():
-        times = [timed_request(client, method, **kw)[0] for method, kw in requests]
+        answers = [timed_request(client, method, **kw) for method, kw in requests]
+        times = [t for t, _ in answers]
+        if kind.endswith("_narrow"):  # each answer lies within its filter, and the filter left pages
+            assert all(a["filtered_pages"] for _, a in answers), kind
         result[f"{kind}_first_ms"] = round(times[0], 1)
         result[f"{kind}_ms_p50"] = round(float(np.median(times[1:])), 1)
         result[f"{kind}_ms_p95"] = round(float(np.percentile(times[1:], 95)), 1)
@@ -202,13 +223,20 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=20, help="requests timed per kind after the first (default 20)")
     parser.add_argument("--keep", type=Path, help="build the store and checkpoint here and reuse them later")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--index", action="store_true", help="build the store's search index first")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="comix-serve-bench-") as tmp:
         folder = args.keep or Path(tmp)
         store = build_store(folder / "store", args.pages)
         ckpt = checkpoint(folder)
         stamp(store, ckpt)
+        if args.index:
+            t0 = time.perf_counter()
+            build_index(store)
+            index_s = round(time.perf_counter() - t0, 1)
         result = bench(store, ckpt, args.queries)
+        if args.index:
+            result["index_build_s"] = index_s
     if args.json:
         print(json.dumps(result))
         return 0
@@ -217,11 +245,12 @@ def main() -> int:
         f"panels), d=384; serve started (model, index, text index, panels) in {result['start_s']} s, "
         f"peak RSS {result['max_rss_mb']} MB"
     )
-    for kind in ("keyword", "long_keyword", "like", "text", "text_panels", "image"):
-        encoding = result.get(f"{kind.removesuffix('_panels')}_encode_ms_p50")
+    kinds = ("keyword", "keyword_narrow", "long_keyword", "like", "like_narrow", "like_wide", "text", "text_panels")
+    for kind in (*kinds, "text_panels_narrow", "image"):
+        encoding = result.get(f"{kind.split('_')[0]}_encode_ms_p50")
         model = f"   of which the model encoding the query p50 {encoding:7.1f} ms" if encoding is not None else ""
         print(
-            f"{kind:12s} first {result[f'{kind}_first_ms']:7.1f} ms   p50 {result[f'{kind}_ms_p50']:7.1f} ms   "
+            f"{kind:18s} first {result[f'{kind}_first_ms']:7.1f} ms   p50 {result[f'{kind}_ms_p50']:7.1f} ms   "
             f"p95 {result[f'{kind}_ms_p95']:7.1f} ms{model}"
         )
     print(f"(target: first results < {TARGET_MS} ms; a 64 kB keyword query < {LONG_QUERY_TARGET_MS} ms)")

@@ -255,6 +255,7 @@ def test_uploading_a_page_without_panels_finds_it_first(
     page.wait_for_function("() => document.querySelector('[data-testid=query-preview] img').complete")
     assert preview.evaluate("i => i.naturalWidth") > 0 and preview.is_visible()
     assert image.name in page.inner_text("[data-testid=query-preview]")
+    assert all(width > 0 for width in images_loaded(page))
     shot = screenshot_path(tmp_path, "serve-upload.png")
     page.screenshot(path=str(shot))
     assert_png(shot, 1280)
