@@ -99,11 +99,12 @@ def _ignored(name: str, patterns: list[str]) -> bool:
 
 
 def test_image_holds_the_package_and_its_folders_only_and_compose_names_installed_modules(compose: dict) -> None:
-    """The Dockerfile copies the build context, and .dockerignore keeps what `pip install .` needs
+    """The Dockerfile copies pyproject.toml (for the dependencies' layer), then the build context,
+    and .dockerignore keeps what `pip install .` needs
     (comix_embed/ and every folder it links) and leaves the tests and benchmarks out; compose's
     Celery app path is a module of the installed package."""
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
-    assert re.findall(r"^COPY (.+)$", dockerfile, re.MULTILINE) == [". ./"]
+    assert re.findall(r"^COPY (.+)$", dockerfile, re.MULTILINE) == ["pyproject.toml ./", ". ./"]
     lines = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
     patterns = [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
     needed = ("pyproject.toml", "README.md", PACKAGE, *ROLE_FOLDERS)
