@@ -192,7 +192,13 @@ def plan(args: argparse.Namespace, model: ModelIdentity | None = None) -> tuple[
     model = bind_model(args, load_jobs(args.output_dir), model)
     planned = plan_pages(listed, resolver, progress=len(listed.entries) > 2000)
     job_pages = [
-        JobPage(page_id=p.task.page_id, manifest_path=p.manifest_path, panel_count=p.panel_count, **p.metadata)
+        JobPage(
+            page_id=p.task.page_id,
+            manifest_path=p.manifest_path,
+            panel_count=p.panel_count,
+            dropped_panels=p.dropped_panels,
+            **p.metadata,
+        )
         for p in planned
     ]
 

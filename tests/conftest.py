@@ -78,7 +78,13 @@ def interrupted_store(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint:
     resolver = ImageResolver([corpus / "images"])
     planned = plan_pages(read_list(corpus / "list.txt", corpus), resolver)
     pages = [
-        JobPage(page_id=p.task.page_id, manifest_path=p.manifest_path, panel_count=p.panel_count, **p.metadata)
+        JobPage(
+            page_id=p.task.page_id,
+            manifest_path=p.manifest_path,
+            panel_count=p.panel_count,
+            dropped_panels=p.dropped_panels,
+            **p.metadata,
+        )
         for p in planned
     ]
     job, _ = plan_job(out, corpus / "list.txt", pages, batch_size=4, incremental=False)

@@ -590,3 +590,29 @@ def test_side_by_side_shows_one_page_in_two_stores(client: FlaskClient, pipeline
     bad = client.get("/api/compare", query_string={"page": target, "b": "nowhere"})
     assert bad.status_code == 400 and "no store named 'nowhere'" in bad.get_json()["error"]
     assert client.get("/compare").status_code == 200
+
+
+def test_a_page_notes_the_panels_that_were_not_embedded(
+    client: FlaskClient, pipeline_store: Path, pipeline_corpus: Path, names: dict
+) -> None:
+    """A DataSpec with more panels than the 12 slots: the page view says how many were left out
+    (the job file's count); a page that lost none says nothing."""
+    name = names["fused"]
+    manifests = StoreArrays(store_path(pipeline_store))["manifest_path"]
+    pages = committed(pipeline_store)
+    seen = {"over": 0, "within": 0}
+    for row in range(len(pages["status"])):
+        spec_file = pipeline_corpus / str(manifests[row]).replace("\\", "/")
+        if pages["status"][row] == STATUS_FAILED or not spec_file.is_file():
+            continue
+        panels = len(json.loads(spec_file.read_text())["panels"])
+        detail = client.get(f"/api/page/{name}/{row}").get_json()
+        html = client.get(f"/page/{name}/{row}").get_data(as_text=True)
+        if panels > 12:
+            seen["over"] += 1
+            assert detail["dropped_panels"] >= panels - 12
+            assert f'data-testid="dropped-panels">{detail["dropped_panels"]} more panel(s)' in html
+        elif detail["dropped_panels"] == 0:
+            seen["within"] += 1
+            assert 'data-testid="dropped-panels"' not in html
+    assert seen["over"] and seen["within"], seen

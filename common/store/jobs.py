@@ -37,7 +37,9 @@ _JOB_FILE = re.compile(r"^job_(\d{6})\.json$")
 
 @dataclass
 class JobPage:
-    """One page of a job, in list order. `panel_count` is -1 when the producer could not tell."""
+    """One page of a job, in list order. `panel_count` is -1 when the producer could not tell;
+    `dropped_panels` (its DataSpec's panels not embedded: past max_panels, or without a usable box)
+    is -1 where nobody recorded it (jobs enqueued before it was, imported stores)."""
 
     page_id: str
     manifest_path: str
@@ -47,6 +49,7 @@ class JobPage:
     issue: str = ""
     page_num: str = ""
     panel_count: int = -1
+    dropped_panels: int = -1
 
 
 @dataclass

@@ -47,7 +47,7 @@ STATUS_NAMES = {STATUS_OK: "ok", STATUS_FAILED: "failed", STATUS_FULL_PAGE: "ful
 
 # String columns written when a job is registered (everything else arrives with the batches): the
 # fields of a job's page, but for the panel count the producer saw.
-PAGE_COLUMNS = tuple(f.name for f in dataclasses.fields(JobPage) if f.name != "panel_count")
+PAGE_COLUMNS = tuple(f.name for f in dataclasses.fields(JobPage) if f.name not in ("panel_count", "dropped_panels"))
 # Non-dimension coordinates of the store (the root attribute `coordinates`, which xarray reads): the
 # page columns but page_id, as the users' readers use them, and every string result array. Strings
 # read back as numpy's StringDType, which `Dataset.where(cond, drop=True)` cannot fill with NaN, as it

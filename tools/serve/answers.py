@@ -101,6 +101,8 @@ class PageDetail(msgspec.Struct, kw_only=True):
     page_text: str
     # cosine similarity of every pair of valid panels' embeddings, in `panels` order (4 decimals)
     panel_similarity: list[list[float]] = msgspec.field(default_factory=list)
+    # the DataSpec's panels not embedded (past the 12 slots, or without a usable box); None: not recorded
+    dropped_panels: int | None = None
 
 
 # PageDetail with its page columns: the record `/api/page/` answers.

@@ -26,6 +26,7 @@ from comix_embed.common.errors import UsageError
 from comix_embed.common.inputs.paths import ImageResolver, PathRefused
 from comix_embed.common.model.preprocess import join_text
 from comix_embed.common.store.attributes import StoreAttributes
+from comix_embed.common.store.jobs import load_jobs
 from comix_embed.common.store.reading import read_attrs, read_committed_rows, resolve_store
 from comix_embed.common.store.schema import STATUS_FAILED, STATUS_FULL_PAGE, STATUS_NAMES, STATUS_OK
 from comix_embed.tools.query_model import QueryEncoder
@@ -162,7 +163,17 @@ class ServedStore:
             panels=panels,
             page_text=join_text(_text(arrays.at("page_text", row))),
             panel_similarity=np.round(unit @ unit.T, 4).tolist(),
+            dropped_panels=self.dropped_panels(row),
         )
+
+    def dropped_panels(self, row: int) -> int | None:
+        """How many of the page's DataSpec panels were not embedded (past the 12 slots, or without a
+        usable box), as its job file records; None where none says (docs/store.md, "Job files")."""
+        for job in load_jobs(self.path.parent):
+            if job.start_row <= row < job.end_row:
+                found = job.page(row).dropped_panels
+                return found if found >= 0 else None
+        return None
 
     def panel_box(self, row: int, slot: int) -> list[float]:
         """x, y, w, h of one valid panel of a committed page (UsageError for a padded slot)."""
