@@ -148,14 +148,14 @@ def generation_number(generation: Path) -> int:
 
 
 @contextmanager
-def build_lock(folder: Path) -> Iterator[None]:
-    """Held while building: a second `comix-embed index` on the same store is refused, not raced."""
+def build_lock(folder: Path, command: str = "index") -> Iterator[None]:
+    """Held while building: a second `comix-embed COMMAND` on the same store is refused, not raced."""
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "build.lock", "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UsageError(f"another `comix-embed index` is building {folder}; wait for it to finish") from None
+            raise UsageError(f"another `comix-embed {command}` is building {folder}; wait for it to finish") from None
         yield
 
 
