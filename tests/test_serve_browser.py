@@ -19,6 +19,7 @@ import threading
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -55,14 +56,21 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def server(pipeline_store: Path, pipeline_corpus: Path, tiny_checkpoint: Path) -> Iterator[str]:
     """`comix-embed serve` on the pipeline store; yields its URL once it says it is serving."""
+    with serving(pipeline_store, pipeline_corpus, tiny_checkpoint) as url:
+        yield url
+
+
+@contextmanager
+def serving(store: Path, corpus: Path, checkpoint: Path) -> Iterator[str]:
+    """`comix-embed serve` on `store` (images under `corpus`), stopped on leaving; its URL once it says it is serving."""
     argv = cli_argv(
         "serve",
         "--zarr",
-        str(pipeline_store),
+        str(store),
         "--checkpoint",
-        str(tiny_checkpoint),
+        str(checkpoint),
         "--image-root",
-        str(pipeline_corpus / "images"),
+        str(corpus / "images"),
         "--port",
         "0",
     )
@@ -134,6 +142,17 @@ def assert_png(path: Path, width: int) -> None:
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert int.from_bytes(data[16:20], "big") == width
+
+
+def watch(page, origin: str) -> tuple[list[str], list[str]]:
+    """The script errors (uncaught, or logged as errors) and the requests to anywhere but `origin`
+    of every page this tab loads from now on: lists that fill as they happen."""
+    errors: list[str] = []
+    foreign: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("request", lambda req: foreign.append(req.url) if not req.url.startswith(origin) else None)
+    return errors, foreign
 
 
 def images_loaded(page) -> list[int]:
@@ -270,11 +289,7 @@ def test_the_page_view_draws_the_panel_heatmap_and_attention(
 ) -> None:
     """The heatmap has a cell per pair of panels and the chart a bar per panel; no script error
     occurs and nothing loads from another origin (the CSP allows neither)."""
-    errors: list[str] = []
-    foreign: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.on("request", lambda req: foreign.append(req.url) if not req.url.startswith(server) else None)
+    errors, foreign = watch(page, server)
     counts = stored["panel_mask"].sum(axis=1)
     row = int(np.argmax(counts))
     page.goto(f"{server}page/{store_name}/{row}")

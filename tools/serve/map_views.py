@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from flask import Blueprint, Flask, Response, abort, redirect, render_template, request, url_for
+from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
 from flask.blueprints import BlueprintSetupState
 from werkzeug.wrappers.response import Response as BaseResponse
 
@@ -81,7 +81,7 @@ def _signature(served: ServedStore) -> tuple[int, int, int] | None:
 @bp.record_once
 def _load_at_start(setup: BlueprintSetupState) -> None:
     """Load every store's map when the application is made, so that the first view pays for none."""
-    app: Flask = setup.app
+    app = setup.app
     maps = app.extensions.setdefault(MAPS_KEY, Maps())
     for served in app.extensions[STATE_KEY].stores.values():
         maps.get(served)
@@ -136,8 +136,8 @@ def map_api(store: str) -> Response:
     if points is None:
         abort(404, loaded.refusal or f"{store} has no map yet: run `comix-embed map --zarr {served.path}`")
     extent = list(points.extent)
-    box = [extent[i] if given[name] is None else given[name] for i, name in enumerate(BOX)]  # absent: the whole map
-    view = points.view(*box, limit=limit)
+    box = [extent[i] if (value := given[name]) is None else value for i, name in enumerate(BOX)]  # absent: all
+    view = points.view(box[0], box[1], box[2], box[3], limit)
     ids = served.index().page_ids
     answer = MapView(
         name=served.name,
