@@ -18,9 +18,15 @@
   let asked = 0; // the latest request: an answer to an older one is dropped
   let timer = null;
 
+  // The SVG's size on screen, in CSS pixels.
+  function size() {
+    const rect = svg.getBoundingClientRect();
+    return { width: Math.max(rect.width, 1), height: Math.max(rect.height, 1) };
+  }
+
   // The view widened to the SVG's shape, so that what the server is asked is what is seen.
   function fitted(v) {
-    const ratio = svg.clientWidth / Math.max(svg.clientHeight, 1);
+    const ratio = size().width / size().height;
     if (v.w / v.h < ratio) {
       const w = v.h * ratio;
       return { x: v.x - (w - v.w) / 2, y: v.y, w: w, h: v.h };
@@ -47,7 +53,7 @@
   }
 
   function draw(answer) {
-    const unit = view.w / Math.max(svg.clientWidth, 1); // map units per screen pixel
+    const unit = view.w / size().width; // map units per screen pixel
     const thumbs = answer.in_view <= THUMBS && answer.rows.length === answer.in_view;
     const made = document.createDocumentFragment();
     answer.rows.forEach((row, i) => {
@@ -66,6 +72,8 @@
         image.setAttribute("y", answer.y[i] - side / 2);
         image.setAttribute("width", side);
         image.setAttribute("height", side);
+        image.addEventListener("load", () => image.setAttribute("data-loaded", "true"));
+        image.addEventListener("error", () => image.setAttribute("data-loaded", "false"));
         link.appendChild(image);
       } else {
         const dot = document.createElementNS(NS, "circle");
@@ -117,7 +125,7 @@
     const dy = event.clientY - drag.y;
     if (!drag.moved && Math.hypot(dx, dy) < 4) return;
     drag.moved = true;
-    const unit = drag.view.w / svg.getBoundingClientRect().width;
+    const unit = drag.view.w / size().width;
     show({ x: drag.view.x - dx * unit, y: drag.view.y - dy * unit, w: drag.view.w, h: drag.view.h });
   });
   // A drag ends in a click on whatever is under the pointer (dispatched right after the

@@ -1,0 +1,118 @@
+"""The map in a real browser: Debian's Chromium, headless, driven by Playwright, as in test_serve_browser.py.
+
+The server is the real command (`comix-embed serve`) on a copy of the pipeline store with its map
+made by `comix-embed map`; the browser zooms and clicks as a person would, and every page it loads
+has no script error and loads nothing from another origin. Screenshots go to $COMIX_SCREENSHOTS
+when set (the README's docs/serve-map.png comes from there), else to the test's temporary folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from comix_embed.cli import main
+from comix_embed.common.store.schema import store_path
+from comix_embed.tools.map.storage import map_dir, read_arrays, read_meta
+from tests.test_serve_browser import assert_png, browser, page, pytestmark, screenshot_path, serving, watch
+from tests.typed import StoreArrays
+
+__all__ = ["browser", "page", "pytestmark"]  # fixtures and the skip without Chromium, shared
+
+
+@pytest.fixture(scope="module")
+def mapped(pipeline_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the pipeline store (others search it unchanged), with its map beside it."""
+    out = tmp_path_factory.mktemp("mapped") / "comics"
+    shutil.copytree(pipeline_store, out)
+    assert main(["map", "--zarr", str(out), "--no-progress"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(mapped: Path, pipeline_corpus: Path, tiny_checkpoint: Path) -> Iterator[str]:
+    with serving(mapped, pipeline_corpus, tiny_checkpoint) as url:
+        yield url
+
+
+def drawn(page) -> int:
+    """How many views the map has drawn so far (map.js counts them on the SVG)."""
+    return int(page.get_attribute("[data-testid=map-svg]", "data-drawn") or 0)
+
+
+def after_drawing(page, before: int) -> None:
+    page.wait_for_function(f"() => Number(document.querySelector('[data-testid=map-svg]').dataset.drawn) > {before}")
+
+
+def test_the_map_zooms_and_a_click_opens_the_page(server: str, page, mapped: Path, tmp_path: Path) -> None:
+    errors, foreign = watch(page, server)
+    store = store_path(mapped)
+    meta = read_meta(map_dir(store))
+    assert meta is not None
+    arrays = read_arrays(map_dir(store), meta)
+    placed = np.flatnonzero(np.isfinite(arrays.x))
+    name = mapped.name
+    page.goto(f"{server}map/{name}")
+    after_drawing(page, 0)
+    points = page.locator("[data-testid=map-point]")
+    # a small store: every placed page is drawn, as a thumbnail that loaded
+    assert sorted(int(points.nth(i).get_attribute("data-row") or -1) for i in range(points.count())) == placed.tolist()
+    assert page.get_attribute("[data-testid=map-svg]", "data-mode") == "thumbnails"
+    page.wait_for_function("() => [...document.querySelectorAll('svg.map image')].every(i => i.dataset.loaded)")
+    assert set(page.eval_on_selector_all("svg.map image", "all => all.map(i => i.dataset.loaded)")) == {"true"}
+    assert page.locator("[data-testid=map-legend] li").count() >= 1
+    shot = screenshot_path(tmp_path, "serve-map.png")
+    page.screenshot(path=str(shot))
+    assert_png(shot, 1280)
+    # zoom in twice around the middle with the button, then once with the wheel: fewer pages in view
+    box_before = page.get_attribute("[data-testid=map-svg]", "viewBox")
+    for _ in range(2):
+        before = drawn(page)
+        page.click("[data-testid=zoom-in]")
+        after_drawing(page, before)
+    before = drawn(page)
+    svg = page.locator("[data-testid=map-svg]").bounding_box()
+    assert svg is not None
+    page.mouse.move(svg["x"] + svg["width"] / 2, svg["y"] + svg["height"] / 2)
+    page.mouse.wheel(0, -200)
+    after_drawing(page, before)
+    assert page.get_attribute("[data-testid=map-svg]", "viewBox") != box_before
+    shown = page.locator("[data-testid=map-point]")
+    in_view = shown.count()
+    if not in_view:  # the middle of the map may be empty: back to the whole map
+        before = drawn(page)
+        page.click("[data-testid=zoom-reset]")
+        after_drawing(page, before)
+        in_view = shown.count()
+    assert 0 < in_view <= len(placed)
+    target = shown.first
+    row = int(target.get_attribute("data-row") or -1)
+    target.click()
+    page.wait_for_url(f"{server}page/{name}/{row}")
+    ids = StoreArrays(store)["page_id"]
+    assert page.inner_text("[data-testid=page-id]") == ids[row]
+    assert errors == [] and foreign == []
+
+
+def test_a_drag_moves_the_map_and_opens_nothing(server: str, page, mapped: Path) -> None:
+    errors, foreign = watch(page, server)
+    page.goto(f"{server}map/{mapped.name}")
+    after_drawing(page, 0)
+    start = page.get_attribute("[data-testid=map-svg]", "viewBox")
+    point = page.locator("[data-testid=map-point]").first.bounding_box()
+    assert point is not None
+    x, y = point["x"] + point["width"] / 2, point["y"] + point["height"] / 2
+    before = drawn(page)
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 120, y + 60, steps=6)
+    page.mouse.up()
+    after_drawing(page, before)
+    assert page.url == f"{server}map/{mapped.name}"  # the press began on a page: the drag did not open it
+    moved = [float(v) for v in (page.get_attribute("[data-testid=map-svg]", "viewBox") or "").split()]
+    assert moved[:2] != [float(v) for v in (start or "").split()][:2]
+    assert errors == [] and foreign == []
