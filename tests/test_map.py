@@ -27,35 +27,25 @@ from comix_embed.tools.map.viewport import COLOURS, MapPoints, priority
 from comix_embed.tools.search.rows import StoreRows
 from comix_embed.tools.serve.app import ServeState, create_app
 from comix_embed.tools.serve.stores import ServedStore
-from comix_embed.writer.commit import StoreWriter
 from tests import synthetic
+from tests import test_index as index_tests
 from tests.typed import StoreArrays
 
 PAGES = 900
-BATCH = 8
 SERIES = 13
 LANDMARKS = 64  # fewer than the pages: most are placed among landmarks, not laid out themselves
 
 
-class Store:
-    """An output folder whose synthetic job (pages of SERIES series) the writer commits range by range."""
+class Store(index_tests.Store):
+    """test_index.py's synthetic store, its pages of SERIES series."""
 
     def __init__(self, out: Path, checkpoint: str = synthetic.CHECKPOINT_A) -> None:
         self.out = out
         pages = [
             dataclasses.replace(p, series=f"series {i % SERIES:02d}") for i, p in enumerate(synthetic.make_pages(PAGES))
         ]
-        self.job, _ = synthetic.plan(out, pages, BATCH)
+        self.job, _ = synthetic.plan(out, pages, index_tests.BATCH)
         self.model = synthetic.model_info(checkpoint=checkpoint)
-
-    def commit(self, first_row: int, stop_row: int) -> None:
-        with StoreWriter(self.out, fsync=False) as writer:
-            batches = range(first_row // BATCH, -(-stop_row // BATCH))
-            writer.commit([synthetic.make_result(self.job, b, self.model) for b in batches])
-
-    @property
-    def path(self) -> Path:
-        return store_path(self.out)
 
     def arrays(self) -> MapArrays:
         folder = map_dir(self.path)
@@ -150,8 +140,10 @@ def test_the_map_of_another_store_is_refused(tmp_path: Path, capsys) -> None:
 
 
 def test_a_store_with_nothing_embedded_has_no_map(tmp_path: Path, capsys) -> None:
-    Store(tmp_path).commit(0, BATCH)
-    StoreArrays(store_path(tmp_path), mode="r+")["status"][:BATCH] = STATUS_FAILED  # every committed page failed
+    Store(tmp_path).commit(0, index_tests.BATCH)
+    StoreArrays(store_path(tmp_path), mode="r+")["status"][: index_tests.BATCH] = (
+        STATUS_FAILED  # every committed page failed
+    )
     assert run_map(tmp_path) == EXIT_USAGE
     assert "no embedded pages yet" in capsys.readouterr().err
     assert read_meta(map_dir(store_path(tmp_path))) is None
@@ -169,7 +161,7 @@ def random_points(n: int, seed: int = 0) -> MapPoints:
 def test_a_view_is_the_first_points_in_its_box_by_priority() -> None:
     points = random_points(50_000)
     for box, limit in (((-1, -1, 1, 1), 4000), ((0.1, -0.3, 0.4, 0.2), 500), ((0.2, 0.2, 0.25, 0.26), 4000)):
-        view = points.view(*box, limit=limit)
+        view = points.view(box[0], box[1], box[2], box[3], limit)
         inside = (points.x >= box[0]) & (points.x <= box[2]) & (points.y >= box[1]) & (points.y <= box[3])
         expected = points.rows[inside][np.argsort(priority(points.rows[inside]), kind="stable")][:limit]
         assert view.rows.tolist() == expected.tolist()  # the first `limit` in priority order, all in the box

@@ -23,8 +23,7 @@ import numpy as np
 from comix_embed.common import config
 from comix_embed.common.durable import fsync_dir, write_json_atomic
 from comix_embed.common.errors import UsageError
-from comix_embed.common.messages import MalformedMessage, decode_json
-from comix_embed.tools.search.layout import IndexedStore
+from comix_embed.tools.search.layout import IndexedStore, read_format
 
 META = "meta.json"
 FORMAT = 1
@@ -78,16 +77,9 @@ def map_dir(store: Path) -> Path:
 def read_meta(folder: Path) -> MapMeta | None:
     """The map's meta (None: no map yet); UsageError for one of another format or that does not decode."""
     try:
-        raw = (folder / META).read_bytes()
+        return read_format(folder / META, MapMeta, "map", FORMAT)
     except FileNotFoundError:
         return None
-    try:
-        meta = decode_json(raw, MapMeta, str(folder / META))
-    except MalformedMessage as exc:
-        raise UsageError(str(exc)) from None
-    if meta.format != FORMAT:
-        raise UsageError(f"{folder / META}: map format {meta.format!r}, this version reads {FORMAT}")
-    return meta
 
 
 def check_store(meta: MapMeta, identity: IndexedStore, folder: Path) -> None:

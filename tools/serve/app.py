@@ -1,4 +1,4 @@
-"""The Flask application: its shared state, basic authentication, and its two sets of routes.
+"""The Flask application: its shared state, basic authentication, and its sets of routes (pages, API, map).
 
 `create_app` is the factory the command and the tests call. The application only reads: no route
 changes a store or a file. Basic authentication, when credentials are given, guards every route

@@ -86,13 +86,13 @@ def int_parameter(
 ) -> Any:
     """Parameter `name` as an integer in [low, high], `default` when absent or empty; UsageError
     naming it when it is not a whole number, or out of range."""
-    raw = values.get(name)
-    if raw is None or str(raw).strip() == "":
+    raw = _given(values, name)
+    if raw is None:
         return default
     try:
-        value = int(str(raw).strip())
+        value = int(raw)
     except ValueError:
-        raise UsageError(f"parameter `{name}` must be a whole number, not {printable(str(raw))[:40]!r}") from None
+        raise UsageError(f"parameter `{name}` must be a whole number, not {printable(raw)[:40]!r}") from None
     if (low is not None and value < low) or (high is not None and value > high):
         raise UsageError(f"parameter `{name}` must be between {low} and {high}, not {value}")
     return value
@@ -100,16 +100,23 @@ def int_parameter(
 
 def float_parameter(values: Mapping[str, Any], name: str, default: float | None) -> float | None:
     """Parameter `name` as a finite number, `default` when absent or empty; UsageError naming it otherwise."""
-    raw = values.get(name)
-    if raw is None or str(raw).strip() == "":
+    raw = _given(values, name)
+    if raw is None:
         return default
     try:
-        value = float(str(raw).strip())
+        value = float(raw)
     except ValueError:
         value = math.nan
     if not math.isfinite(value):
-        raise UsageError(f"parameter `{name}` must be a finite number, not {printable(str(raw))[:40]!r}")
+        raise UsageError(f"parameter `{name}` must be a finite number, not {printable(raw)[:40]!r}")
     return value
+
+
+def _given(values: Mapping[str, Any], name: str) -> str | None:
+    """Parameter `name` stripped, or None when it is absent or empty."""
+    raw = values.get(name)
+    text = "" if raw is None else str(raw).strip()
+    return text or None
 
 
 def printable(value: str) -> str:
