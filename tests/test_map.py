@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -137,6 +138,26 @@ def test_the_map_of_another_store_is_refused(tmp_path: Path, capsys) -> None:
     assert run_map(tmp_path / "ours", "--rebuild") == EXIT_OK
     meta = read_meta(map_dir(ours.path))
     assert meta is not None and meta.store_path == str(ours.path)
+
+
+def test_a_map_whose_arrays_are_gone_is_refused_by_name(tmp_path: Path, capsys) -> None:
+    store = Store(tmp_path)
+    store.commit(0, 200)
+    assert run_map(tmp_path) == EXIT_OK
+    client = client_for(tmp_path)
+    assert client.get("/api/map/book").status_code == 200
+    (map_dir(store.path) / "map_000001.npz").unlink()
+    store.commit(200, 400)
+    capsys.readouterr()
+    assert run_map(tmp_path) == EXIT_USAGE
+    assert "names map_000001.npz, which is missing" in capsys.readouterr().err
+    assert client.get("/api/map/book").status_code == 200  # serve keeps what it loaded while meta.json stays
+    meta = map_dir(store.path) / "meta.json"
+    os.utime(meta, ns=(meta.stat().st_atime_ns, meta.stat().st_mtime_ns + 10**9))  # as if written again
+    refused = client.get("/api/map/book")
+    assert refused.status_code == 404 and "which is missing" in refused.get_json()["error"]
+    assert run_map(tmp_path, "--rebuild") == EXIT_OK
+    assert client.get("/api/map/book").get_json()["covered_rows"] == 400
 
 
 def test_a_store_with_nothing_embedded_has_no_map(tmp_path: Path, capsys) -> None:

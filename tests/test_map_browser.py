@@ -44,6 +44,11 @@ def drawn(page) -> int:
     return int(page.get_attribute("[data-testid=map-svg]", "data-drawn") or 0)
 
 
+def view_box(page) -> list[float]:
+    """x, y, width, height of the map's view, in map units."""
+    return [float(v) for v in (page.get_attribute("[data-testid=map-svg]", "viewBox") or "").split()]
+
+
 def after_drawing(page, before: int) -> None:
     page.wait_for_function(f"() => Number(document.querySelector('[data-testid=map-svg]').dataset.drawn) > {before}")
 
@@ -68,29 +73,29 @@ def test_the_map_zooms_and_a_click_opens_the_page(server: str, page, mapped: Pat
     shot = screenshot_path(tmp_path, "serve-map.png")
     page.screenshot(path=str(shot))
     assert_png(shot, 1280)
-    # zoom in twice around the middle with the button, then once with the wheel: fewer pages in view
-    box_before = page.get_attribute("[data-testid=map-svg]", "viewBox")
-    for _ in range(2):
-        before = drawn(page)
-        page.click("[data-testid=zoom-in]")
-        after_drawing(page, before)
+    # the buttons: in, then out again, to the same view
+    start = view_box(page)
     before = drawn(page)
-    svg = page.locator("[data-testid=map-svg]").bounding_box()
-    assert svg is not None
-    page.mouse.move(svg["x"] + svg["width"] / 2, svg["y"] + svg["height"] / 2)
-    page.mouse.wheel(0, -200)
+    page.click("[data-testid=zoom-in]")
     after_drawing(page, before)
-    assert page.get_attribute("[data-testid=map-svg]", "viewBox") != box_before
-    shown = page.locator("[data-testid=map-point]")
-    in_view = shown.count()
-    if not in_view:  # the middle of the map may be empty: back to the whole map
+    zoomed = view_box(page)
+    assert zoomed[2] == pytest.approx(start[2] / 2) and zoomed[3] == pytest.approx(start[3] / 2)
+    before = drawn(page)
+    page.click("[data-testid=zoom-out]")
+    after_drawing(page, before)
+    assert view_box(page) == pytest.approx(start)
+    # the wheel, twice, over a page: the map zooms in around the pointer, so that page stays under it
+    row = int(points.first.get_attribute("data-row") or -1)
+    target = page.locator(f"[data-testid=map-point][data-row='{row}']")
+    for _ in range(2):
+        spot = target.bounding_box()
+        assert spot is not None
         before = drawn(page)
-        page.click("[data-testid=zoom-reset]")
+        page.mouse.move(spot["x"] + spot["width"] / 2, spot["y"] + spot["height"] / 2)
+        page.mouse.wheel(0, -300)
         after_drawing(page, before)
-        in_view = shown.count()
-    assert 0 < in_view <= len(placed)
-    target = shown.first
-    row = int(target.get_attribute("data-row") or -1)
+    assert view_box(page)[2] < start[2] / 2
+    assert 0 < points.count() <= len(placed)
     target.click()
     page.wait_for_url(f"{server}page/{name}/{row}")
     ids = StoreArrays(store)["page_id"]
@@ -102,7 +107,7 @@ def test_a_drag_moves_the_map_and_opens_nothing(server: str, page, mapped: Path)
     errors, foreign = watch(page, server)
     page.goto(f"{server}map/{mapped.name}")
     after_drawing(page, 0)
-    start = page.get_attribute("[data-testid=map-svg]", "viewBox")
+    start = view_box(page)
     point = page.locator("[data-testid=map-point]").first.bounding_box()
     assert point is not None
     x, y = point["x"] + point["width"] / 2, point["y"] + point["height"] / 2
@@ -113,6 +118,6 @@ def test_a_drag_moves_the_map_and_opens_nothing(server: str, page, mapped: Path)
     page.mouse.up()
     after_drawing(page, before)
     assert page.url == f"{server}map/{mapped.name}"  # the press began on a page: the drag did not open it
-    moved = [float(v) for v in (page.get_attribute("[data-testid=map-svg]", "viewBox") or "").split()]
-    assert moved[:2] != [float(v) for v in (start or "").split()][:2]
+    moved = view_box(page)
+    assert moved[0] < start[0] and moved[1] < start[1] and moved[2:] == start[2:]  # dragged right and down
     assert errors == [] and foreign == []

@@ -92,8 +92,15 @@ def check_store(meta: MapMeta, identity: IndexedStore, folder: Path) -> None:
 
 
 def read_arrays(folder: Path, meta: MapMeta) -> MapArrays:
-    with np.load(folder / meta.arrays, allow_pickle=False) as data:
-        return MapArrays(**{name: data[name] for name in MapArrays.__dataclass_fields__})
+    """The arrays the meta names; UsageError when they are gone (serve, reading as a run replaces
+    them, tries again at its next request, when `meta.json` has changed)."""
+    try:
+        with np.load(folder / meta.arrays, allow_pickle=False) as data:
+            return MapArrays(**{name: data[name] for name in MapArrays.__dataclass_fields__})
+    except FileNotFoundError:
+        raise UsageError(
+            f"{folder / META} names {meta.arrays}, which is missing: run `comix-embed map --rebuild`"
+        ) from None
 
 
 def write_map(folder: Path, meta: MapMeta, arrays: MapArrays) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
+from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, url_for
 from flask.blueprints import BlueprintSetupState
 from werkzeug.wrappers.response import Response as BaseResponse
 
@@ -88,8 +88,6 @@ def _load_at_start(setup: BlueprintSetupState) -> None:
 
 
 def _maps() -> Maps:
-    from flask import current_app
-
     return current_app.extensions[MAPS_KEY]
 
 
