@@ -2,13 +2,18 @@
 
 The server is the real command (`comix-embed serve`) on a copy of the pipeline store with its map
 made by `comix-embed map`; the browser zooms and clicks as a person would, and every page it loads
-has no script error and loads nothing from another origin. Screenshots go to $COMIX_SCREENSHOTS
-when set (the README's docs/serve-map.png comes from there), else to the test's temporary folder.
+has no script error and loads nothing from another origin. For a map of dots (more pages in view
+than are drawn as thumbnails) the application serves a synthetic store of test_map.py, its pages
+gathered around one point per series, through waitress in this process (the command would want a
+model the synthetic store was not made by; the map needs none). Screenshots go to
+$COMIX_SCREENSHOTS when set (the README's docs/serve-map*.png come from there), else to the test's
+temporary folder.
 """
 
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +23,7 @@ import pytest
 from comix_embed.cli import main
 from comix_embed.common.store.schema import store_path
 from comix_embed.tools.map.storage import map_dir, read_arrays, read_meta
+from tests.test_map import SERIES, Store, client_for
 from tests.test_serve_browser import assert_png, browser, page, pytestmark, screenshot_path, serving, watch
 from tests.typed import StoreArrays
 
@@ -120,4 +126,57 @@ def test_a_drag_moves_the_map_and_opens_nothing(server: str, page, mapped: Path)
     assert page.url == f"{server}map/{mapped.name}"  # the press began on a page: the drag did not open it
     moved = view_box(page)
     assert moved[0] < start[0] and moved[1] < start[1] and moved[2:] == start[2:]  # dragged right and down
+    assert errors == [] and foreign == []
+
+
+@pytest.fixture(scope="module")
+def islands(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A synthetic store of 900 pages in 13 series, each series' vectors around a point of its own,
+    mapped and served (waitress, port 0); yields the URL."""
+    from waitress import create_server
+
+    out = tmp_path_factory.mktemp("islands")
+    store = Store(out)
+    store.commit(0, 900)
+    group = StoreArrays(store.path, mode="r+")
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((SERIES, 16)).astype(np.float32)
+    vectors = centres[np.arange(900) % SERIES] + 0.35 * rng.standard_normal((900, 16)).astype(np.float32)
+    embedded = group["status"][:900] != 2
+    group["page_embeddings"][:900] = np.where(embedded[:, None], vectors, 0.0).astype(np.float32)
+    assert main(["map", "--zarr", str(out), "--no-progress"]) == 0
+    app = client_for(out).application
+    server = create_server(app, host="127.0.0.1", port=0, threads=4)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}/"
+    finally:
+        server.close()
+        thread.join(30)
+
+
+def test_a_large_view_is_dots_coloured_by_series(islands: str, page, tmp_path: Path) -> None:
+    errors, foreign = watch(page, islands)
+    page.goto(f"{islands}map/book")
+    after_drawing(page, 0)
+    assert page.get_attribute("[data-testid=map-svg]", "data-mode") == "dots"
+    dots = page.locator("[data-testid=map-point] circle")
+    colours = page.eval_on_selector_all(
+        "[data-testid=map-point] circle", "all => all.map(c => c.getAttribute('class'))"
+    )
+    assert len(colours) == dots.count() > 200 and set(colours) == {f"c{i}" for i in range(11)}  # 10 series + others
+    # each series is an island: the dots of one colour lie closer to each other than to the rest
+    xy = np.array(
+        page.eval_on_selector_all(
+            "[data-testid=map-point] circle", "all => all.map(c => [+c.getAttribute('cx'), +c.getAttribute('cy')])"
+        )
+    )
+    own = np.array(colours)
+    spread = np.mean([xy[own == c].std(axis=0).mean() for c in set(colours) - {"c10"}])
+    assert spread < xy.std(axis=0).mean() / 3
+    assert page.locator("[data-testid=map-legend] li").count() == 11
+    shot = screenshot_path(tmp_path, "serve-map-dots.png")
+    page.screenshot(path=str(shot))
+    assert_png(shot, 1280)
     assert errors == [] and foreign == []

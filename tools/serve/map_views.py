@@ -8,6 +8,10 @@ Each store's map (made by `comix-embed map`, kept beside the store) is loaded on
 again whenever its `meta.json` changes (a later `comix-embed map`), and held in memory sorted by
 priority: a view is one pass over it. The API answers JSON, errors too (400 naming a bad
 parameter, 404 for an unknown store or a store without a map).
+
+Colouring by a search filter (issue 22, section 2) plugs in at `map_api`: the filter's parameters
+parsed as the search parses them, its boolean row mask taken at `view.rows` as the `colour`
+column (in or out of the filter), and the legend saying so; the points and their order stay.
 """
 
 from __future__ import annotations
