@@ -4,25 +4,26 @@ The server is the real command (`comix-embed serve`) on a copy of the pipeline s
 made by `comix-embed map`; the browser zooms and clicks as a person would, and every page it loads
 has no script error and loads nothing from another origin. For a map of dots (more pages in view
 than are drawn as thumbnails) the application serves a synthetic store of test_map.py, its pages
-gathered around one point per series, through waitress in this process (the command would want a
-model the synthetic store was not made by; the map needs none). Screenshots go to
-$COMIX_SCREENSHOTS when set (the README's docs/serve-map*.png come from there), else to the test's
-temporary folder.
+gathered around one point per series, through werkzeug's server in this process (the command
+would want a model the synthetic store was not made by; the map needs none). Screenshots go to
+$COMIX_SCREENSHOTS when set (the README's docs/serve-map*.png come from there), else to the
+test's temporary folder.
 """
 
 from __future__ import annotations
 
 import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from werkzeug.serving import make_server
 
 from comix_embed.cli import main
 from comix_embed.common.store.schema import store_path
 from comix_embed.tools.map.storage import map_dir, read_arrays, read_meta
+from tests.object_store import serving_in_thread
 from tests.test_map import SERIES, Store, client_for
 from tests.test_serve_browser import assert_png, browser, page, pytestmark, screenshot_path, serving, watch
 from tests.typed import StoreArrays
@@ -132,9 +133,7 @@ def test_a_drag_moves_the_map_and_opens_nothing(server: str, page, mapped: Path)
 @pytest.fixture(scope="module")
 def islands(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A synthetic store of 900 pages in 13 series, each series' vectors around a point of its own,
-    mapped and served (waitress, port 0); yields the URL."""
-    from waitress import create_server
-
+    mapped and served (werkzeug's threaded server, port 0); yields the URL."""
     out = tmp_path_factory.mktemp("islands")
     store = Store(out)
     store.commit(0, 900)
@@ -145,15 +144,8 @@ def islands(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     embedded = group["status"][:900] != 2
     group["page_embeddings"][:900] = np.where(embedded[:, None], vectors, 0.0).astype(np.float32)
     assert main(["map", "--zarr", str(out), "--no-progress"]) == 0
-    app = client_for(out).application
-    server = create_server(app, host="127.0.0.1", port=0, threads=4)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.effective_port}/"
-    finally:
-        server.close()
-        thread.join(30)
+    with serving_in_thread(make_server("127.0.0.1", 0, client_for(out).application, threaded=True)) as url:
+        yield url + "/"
 
 
 def test_a_large_view_is_dots_coloured_by_series(islands: str, page, tmp_path: Path) -> None:
