@@ -17,6 +17,13 @@ column) and `like` narrowed to ok pages (99%). With `--index` the store's search
 first (`comix-embed index`), so that searches and filters go through it. Then eight 60-megapixel JPEG
 image queries are sent at once, and the peak memory they add is reported. Thumbnails are not part of it (they load after the results,
 one request each; the synthetic store has no images).
+
+The map (`--map`, or `--map-only` without the searches): `comix-embed map` is built on the store
+before the application starts (timed), then its first paint is timed as a browser asks for it:
+the page `/map/STORE` and the whole map's points `/api/map/STORE` (4,000 of them), first and
+median, and a zoomed view. At `--map-rows` (1.2 million by default) the pieces are timed on
+synthetic unit vectors, since a store that size does not fit this benchmark: placing that many
+pages among 4,096 landmarks, the points loaded in serve's memory, and a view of them.
 """
 
 from __future__ import annotations
@@ -36,11 +43,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from benchmarks.query import build_store, random_words
+from benchmarks.query import D, build_store, random_words
 from comix_embed.common.digest import file_sha256
 from comix_embed.common.model.tokenizer import load_tokenizer
 from comix_embed.common.store.reading import read_attrs
 from comix_embed.tools.init_checkpoint import init_checkpoint
+from comix_embed.tools.map.build import build_map
+from comix_embed.tools.map.layout import LANDMARKS, Placer, lay_out
+from comix_embed.tools.map.viewport import MapPoints
 from comix_embed.tools.search import build_index
 from comix_embed.tools.serve import command
 from comix_embed.tools.serve.app import create_app
@@ -94,11 +104,34 @@ def serve_args(store: Path, ckpt: Path) -> argparse.Namespace:
     return parser.parse_args(["--zarr", str(store), "--checkpoint", str(ckpt), "--image-root", str(store.parent)])
 
 
-def bench(store: Path, ckpt: Path, queries: int, seed: int = 1) -> dict[str, float]:
+def bench(
+    store: Path, ckpt: Path, queries: int, seed: int = 1, searches: bool = True, with_map: bool = False
+) -> dict[str, float]:
+    figures = map_build(store) if with_map else {}
     args = serve_args(store, ckpt)
     t0 = time.perf_counter()
     app = create_app(command.build_state(args))
     start_s = time.perf_counter() - t0
+    index = next(iter(app.extensions["comix_serve"].stores.values())).index()
+    result: dict[str, float] = {
+        "pages": index.committed,
+        "searchable_pages": len(index.rows),
+        "valid_panels": index.panel_count or 0,
+        "start_s": round(start_s, 1),
+        **figures,
+    }
+    if with_map:
+        result.update(map_paint(app, queries))
+    if searches:
+        result.update(search_figures(app, queries, seed))
+    result["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if searches:
+        result.update(upload_memory(app))
+    return result
+
+
+def search_figures(app: Any, queries: int, seed: int) -> dict[str, float]:
+    """Each kind of search: the first request, then the median and 95th percentile of `queries` more."""
     client = app.test_client()
     served = app.extensions["comix_serve"].stores
     index = next(iter(served.values())).index()
@@ -139,12 +172,7 @@ def bench(store: Path, ckpt: Path, queries: int, seed: int = 1) -> dict[str, flo
             for i in range(queries + 1)
         ],
     }
-    result: dict[str, float] = {
-        "pages": index.committed,
-        "searchable_pages": len(index.rows),
-        "valid_panels": index.panel_count or 0,
-        "start_s": round(start_s, 1),
-    }
+    result: dict[str, float] = {}
     for kind, requests in kinds.items():
         answers = [timed_request(client, method, **kw) for method, kw in requests]
         times = [t for t, _ in answers]
@@ -161,9 +189,96 @@ def bench(store: Path, ckpt: Path, queries: int, seed: int = 1) -> dict[str, flo
     }
     for kind, times in encode.items():
         result[f"{kind}_encode_ms_p50"] = round(float(np.median(times)), 1)
-    result["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    result.update(upload_memory(app))
     return result
+
+
+def map_build(store: Path) -> dict[str, float]:
+    """`comix-embed map` on the store, timed (before serve starts, which loads the map)."""
+    t0 = time.perf_counter()
+    report = build_map(store, rebuild=True)  # the whole build, also on a kept store that has a map
+    return {
+        "map_build_s": round(time.perf_counter() - t0, 1),
+        "map_placed": report.placed,
+        "map_landmarks": report.landmarks,
+    }
+
+
+def map_paint(app: Any, queries: int) -> dict[str, float]:
+    """The map's first paint, server side: the page, then the points of the whole map; then a view
+    zoomed 8-fold around a random point, as a wheel turn asks."""
+    client = app.test_client()
+    name = next(iter(app.extensions["comix_serve"].stores))
+
+    def get(url: str, **kwargs: Any) -> tuple[float, Any]:
+        t0 = time.perf_counter()
+        response = client.get(url, **kwargs)
+        ms = (time.perf_counter() - t0) * 1000
+        assert response.status_code == 200, response.get_data(as_text=True)[:500]
+        return ms, response
+
+    page_ms, _ = get(f"/map/{name}")
+    whole = [get(f"/api/map/{name}") for _ in range(queries + 1)]
+    answer = whole[0][1].get_json()
+    x0, y0, x1, y1 = answer["extent"]
+    rng = np.random.default_rng(0)
+    zoomed = []
+    for _ in range(queries):
+        cx, cy, w, h = rng.uniform(x0, x1), rng.uniform(y0, y1), (x1 - x0) / 8, (y1 - y0) / 8
+        box = {"x0": cx - w / 2, "y0": cy - h / 2, "x1": cx + w / 2, "y1": cy + h / 2}
+        zoomed.append(get(f"/api/map/{name}", query_string=box)[0])
+    times = [ms for ms, _ in whole]
+    return {
+        "map_page_first_ms": round(page_ms, 1),
+        "map_points_first_ms": round(times[0], 1),
+        "map_points_ms_p50": round(float(np.median(times[1:])), 1),
+        "map_points_shown": len(answer["rows"]),
+        "map_points_kb": round(len(whole[0][1].data) / 1024),
+        "map_zoomed_ms_p50": round(float(np.median(zoomed)), 1),
+    }
+
+
+def map_at_scale(rows: int, seed: int = 0) -> dict[str, float]:
+    """The map's pieces at `rows` pages, on synthetic unit vectors: t-SNE of the landmarks, placing
+    every page (the vectors made batch by batch, not timed), loading the points as serve holds them
+    and a view of the whole map and a zoomed one."""
+    rng = np.random.default_rng(seed)
+
+    def unit(n: int) -> np.ndarray:
+        v = rng.standard_normal((n, D), dtype=np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    landmarks = unit(LANDMARKS)
+    t0 = time.perf_counter()
+    xy = lay_out(landmarks, seed)
+    tsne_s = time.perf_counter() - t0
+    placer = Placer(landmarks, xy)
+    placed, place_s = [], 0.0
+    for start in range(0, rows, 16384):
+        batch = unit(min(16384, rows - start))
+        t0 = time.perf_counter()
+        placed.append(placer.place(batch))
+        place_s += time.perf_counter() - t0
+    points = np.concatenate(placed)
+    series = np.array([f"Series {r % 97:02d}" for r in range(rows)], dtype=object)
+    t0 = time.perf_counter()
+    loaded = MapPoints(np.arange(rows), points[:, 0], points[:, 1], series, rows)
+    load_s = time.perf_counter() - t0
+    whole = [_ms(lambda: loaded.view(*loaded.extent, limit=4000)) for _ in range(21)]
+    x0, y0, x1, y1 = loaded.extent
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    w, h = (x1 - x0) / 64, (y1 - y0) / 64
+    deep = loaded.view(cx - w, cy - h, cx + w, cy + h, limit=4000)
+    zoomed = [_ms(lambda: loaded.view(cx - w, cy - h, cx + w, cy + h, limit=4000)) for _ in range(21)]
+    return {
+        "scale_rows": rows,
+        "scale_tsne_s": round(tsne_s, 1),
+        "scale_place_s": round(place_s, 1),
+        "scale_place_rows_per_s": round(rows / place_s),
+        "scale_load_s": round(load_s, 2),
+        "scale_view_whole_ms_p50": round(float(np.median(whole[1:])), 1),
+        "scale_view_zoomed_ms_p50": round(float(np.median(zoomed[1:])), 1),
+        "scale_zoomed_in_view": deep.in_view,
+    }
 
 
 def long_query(words: list[str], i: int) -> str:
@@ -224,7 +339,13 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, help="build the store and checkpoint here and reuse them later")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--index", action="store_true", help="build the store's search index first")
+    parser.add_argument("--map", action="store_true", help="also build the map and time its first paint")
+    parser.add_argument("--map-only", action="store_true", help="the map's figures, without the searches")
+    parser.add_argument(
+        "--map-rows", type=int, default=1_200_000, help="rows of the synthetic map timed at scale (0: none)"
+    )
     args = parser.parse_args()
+    with_map = args.map or args.map_only
     with tempfile.TemporaryDirectory(prefix="comix-serve-bench-") as tmp:
         folder = args.keep or Path(tmp)
         store = build_store(folder / "store", args.pages)
@@ -234,17 +355,23 @@ def main() -> int:
             t0 = time.perf_counter()
             build_index(store)
             index_s = round(time.perf_counter() - t0, 1)
-        result = bench(store, ckpt, args.queries)
+        result = bench(store, ckpt, args.queries, searches=not args.map_only, with_map=with_map)
         if args.index:
             result["index_build_s"] = index_s
+    if with_map and args.map_rows:
+        result.update(map_at_scale(args.map_rows))
     if args.json:
         print(json.dumps(result))
         return 0
     print(
         f"store: {result['pages']} pages ({result['searchable_pages']} searchable, {result['valid_panels']} valid "
-        f"panels), d=384; serve started (model, index, text index, panels) in {result['start_s']} s, "
-        f"peak RSS {result['max_rss_mb']} MB"
+        f"panels), d=384; serve started (model, index, text index, panels{', map' if with_map else ''}) in "
+        f"{result['start_s']} s, peak RSS {result['max_rss_mb']} MB"
     )
+    if with_map:
+        print_map(result)
+    if args.map_only:
+        return 0
     kinds = ("keyword", "keyword_narrow", "long_keyword", "like", "like_narrow", "like_wide", "text", "text_panels")
     for kind in (*kinds, "text_panels_narrow", "image"):
         encoding = result.get(f"{kind.split('_')[0]}_encode_ms_p50")
@@ -260,6 +387,23 @@ def main() -> int:
         f"({result['per_upload_mb']} MB per upload; target: under 1,024 MB for the eight)"
     )
     return 0
+
+
+def print_map(result: dict[str, float]) -> None:
+    print(
+        f"map: built in {result['map_build_s']} s ({result['map_placed']} pages placed among "
+        f"{result['map_landmarks']} landmarks); first paint: page {result['map_page_first_ms']} ms, "
+        f"whole map's points first {result['map_points_first_ms']} ms, p50 {result['map_points_ms_p50']} ms "
+        f"({result['map_points_shown']} points, {result['map_points_kb']} kB); zoomed 8x p50 "
+        f"{result['map_zoomed_ms_p50']} ms"
+    )
+    if "scale_rows" in result:
+        print(
+            f"map at {result['scale_rows']} synthetic pages: t-SNE of the landmarks {result['scale_tsne_s']} s, "
+            f"placing {result['scale_place_s']} s ({result['scale_place_rows_per_s']} pages/s), loading the points "
+            f"{result['scale_load_s']} s; a view: whole map p50 {result['scale_view_whole_ms_p50']} ms, zoomed 64x "
+            f"p50 {result['scale_view_zoomed_ms_p50']} ms ({result['scale_zoomed_in_view']} pages in it)"
+        )
 
 
 if __name__ == "__main__":

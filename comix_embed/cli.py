@@ -57,6 +57,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "diagnose": ("comix_embed.tools.diagnose.command", "check a store for gaps, corruption and leftovers"),
     "query": ("comix_embed.tools.query", "search a store by text, by page, by keyword, or by image"),
     "index": ("comix_embed.tools.search.command", "build or extend a store's search index (faster queries at scale)"),
+    "map": ("comix_embed.tools.map.command", "lay out a store's pages in 2-D for serve's map, or place new rows"),
     "dataspec": ("comix_embed.tools.dataspec_builder.command", "make DataSpecs from COCO detections and VLM text"),
     "serve": ("comix_embed.tools.serve.command", "a read-only web page to search stores and see their pages"),
     "snapshot": (

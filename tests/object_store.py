@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -232,7 +232,7 @@ class _ProxyServer(ThreadingHTTPServer):
 
 
 @contextmanager
-def _serving(server: ThreadingHTTPServer) -> Iterator[str]:
+def serving_in_thread(server: HTTPServer) -> Iterator[str]:
     """`server` answering in a thread until the block ends; yields its URL."""
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -246,7 +246,7 @@ def _serving(server: ThreadingHTTPServer) -> Iterator[str]:
 @contextmanager
 def fault_proxy(upstream: str, faults: Faults) -> Iterator[str]:
     """A proxy on 127.0.0.1 in front of `upstream`, injecting `faults`; yields its URL."""
-    with _serving(_ProxyServer(upstream, faults)) as url:
+    with serving_in_thread(_ProxyServer(upstream, faults)) as url:
         yield url
 
 
@@ -277,5 +277,5 @@ def http_server(folder: Path) -> Iterator[str]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    with _serving(server) as url:
+    with serving_in_thread(server) as url:
         yield url

@@ -161,6 +161,17 @@ def assert_png(path: Path, width: int) -> None:
     assert int.from_bytes(data[16:20], "big") == width
 
 
+def watch(page, origin: str) -> tuple[list[str], list[str]]:
+    """The script errors (uncaught, or logged as errors) and the requests to anywhere but `origin`
+    of every page this tab loads from now on: lists that fill as they happen."""
+    errors: list[str] = []
+    foreign: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("request", lambda req: foreign.append(req.url) if not req.url.startswith(origin) else None)
+    return errors, foreign
+
+
 def images_loaded(page) -> list[int]:
     """Natural widths of the result thumbnails, once each has loaded or failed."""
     page.wait_for_function("() => [...document.querySelectorAll('[data-testid=result] img')].every(i => i.complete)")

@@ -43,7 +43,8 @@ def store_name(client: FlaskClient) -> str:
 
 def _guarded(response) -> None:
     csp = response.headers["Content-Security-Policy"]
-    assert csp == CONTENT_SECURITY_POLICY and "script-src" not in csp and "unsafe-inline" not in csp
+    assert csp == CONTENT_SECURITY_POLICY and "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    assert "script-src 'self';" in csp and "connect-src 'self';" in csp  # the map's script file, fetching its points
     assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["X-Frame-Options"] == "DENY"
@@ -57,8 +58,11 @@ def test_every_response_carries_the_security_headers(client: FlaskClient, store_
         f"/page/{store_name}/0",
         f"/thumb/{store_name}/0",
         "/static/style.css",
+        f"/map/{store_name}",
+        "/static/map.js",
         "/api/stores",
         "/api/status",
+        f"/api/map/{store_name}",
         "/nowhere",
         "/api/nowhere",
         "/images/../../etc/passwd",

@@ -21,7 +21,7 @@ import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import numpy as np
@@ -133,13 +133,22 @@ def generation_in_use(store: Path) -> int | None:
 
 def read_meta(generation: Path) -> IndexMeta:
     """A generation's meta; UsageError for one of another format or one that does not decode."""
-    raw = (generation / META).read_bytes()
+    return read_format(generation / META, IndexMeta, "index", FORMAT)
+
+
+Versioned = TypeVar("Versioned", bound=msgspec.Struct)
+
+
+def read_format(path: Path, kind: type[Versioned], what: str, version: int) -> Versioned:
+    """A meta file beside a store (the index's, the map's) decoded as `kind`, whose `format` must be
+    `version`; UsageError for one of another format or one that does not decode."""
     try:
-        meta = decode_json(raw, IndexMeta, str(generation / META))
+        meta = decode_json(path.read_bytes(), kind, str(path))
     except MalformedMessage as exc:
         raise UsageError(str(exc)) from None
-    if meta.format != FORMAT:
-        raise UsageError(f"{generation / META}: index format {meta.format!r}, this version reads {FORMAT}")
+    found = getattr(meta, "format", None)
+    if found != version:
+        raise UsageError(f"{path}: {what} format {found!r}, this version reads {version}")
     return meta
 
 
@@ -148,14 +157,14 @@ def generation_number(generation: Path) -> int:
 
 
 @contextmanager
-def build_lock(folder: Path) -> Iterator[None]:
-    """Held while building: a second `comix-embed index` on the same store is refused, not raced."""
+def build_lock(folder: Path, command: str = "index") -> Iterator[None]:
+    """Held while building: a second `comix-embed COMMAND` on the same store is refused, not raced."""
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "build.lock", "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UsageError(f"another `comix-embed index` is building {folder}; wait for it to finish") from None
+            raise UsageError(f"another `comix-embed {command}` is building {folder}; wait for it to finish") from None
         yield
 
 

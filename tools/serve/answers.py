@@ -143,3 +143,31 @@ class StoreStatus(msgspec.Struct, kw_only=True):
 
 class StatusList(msgspec.Struct):
     stores: list[StoreStatus]
+
+
+class MapSeries(msgspec.Struct, kw_only=True):
+    """One entry of the map's legend: a series (or the rest of them) and its colour index."""
+
+    name: str
+    colour: int
+    pages: int
+
+
+class MapView(msgspec.Struct, kw_only=True):
+    """The points of one view of a store's map (`/api/map/STORE`), column by column, in priority
+    order: the first `limit` of the `in_view` placed pages inside `box` (x0, y0, x1, y1).
+    `page_id` is null for a row the server has not loaded yet (committed after it last read the store)."""
+
+    name: str
+    covered_rows: int
+    placed: int
+    extent: list[float]
+    box: list[float]
+    limit: int
+    in_view: int
+    rows: list[int]
+    x: list[float]
+    y: list[float]
+    colour: list[int]
+    page_id: list[str | None]
+    legend: list[MapSeries]

@@ -1,4 +1,4 @@
-"""The Flask application: its shared state, basic authentication, and its two sets of routes.
+"""The Flask application: its shared state, basic authentication, and its sets of routes (pages, API, map).
 
 `create_app` is the factory the command and the tests call. The application only reads: no route
 changes a store or a file. Basic authentication, when credentials are given, guards every route
@@ -53,7 +53,7 @@ class AnyPath(PathConverter):
 
 
 def create_app(serve_state: ServeState) -> Flask:
-    from comix_embed.tools.serve import api, views
+    from comix_embed.tools.serve import api, map_views, views
 
     app = Flask(__name__)
     app.url_map.converters["anypath"] = AnyPath
@@ -66,6 +66,7 @@ def create_app(serve_state: ServeState) -> Flask:
     app.register_error_handler(HTTPException, _error_page)
     app.register_blueprint(views.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(map_views.bp)
     return app
 
 

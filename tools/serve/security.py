@@ -1,16 +1,17 @@
 """What guards every request and response of the web page: headers, the login throttle, strict parameters, log-safe values.
 
-- Every response carries a Content-Security-Policy that allows no script at all and nothing from
-  another origin (the pages have no script; images may also be `data:` URLs, which run nothing:
-  the uploaded query image's preview is one), `X-Content-Type-Options: nosniff`, frame protection
+- Every response carries a Content-Security-Policy that allows nothing from another origin and
+  no inline script: scripts only as files from the site itself (the map's `static/map.js`), which
+  may fetch from the site only; images from the site or as `data:` URLs, which run nothing (the
+  uploaded query image's preview is one); `X-Content-Type-Options: nosniff`, frame protection
   (`X-Frame-Options: DENY` and `frame-ancestors 'none'`), `Referrer-Policy: same-origin`, and,
   when a password is set, `Cache-Control: private` (a shared cache must never keep a page that
   needed one).
 - Failed logins are slowed: after `LOGIN_FAILURES` failed attempts from one address within
   `LOGIN_WINDOW_S` seconds, that address is answered 429 with `Retry-After` until the window has
   passed, right credentials or not, so that a password is not guessed at the server's speed.
-- Query parameters that must be integers are refused with a 400 that names them, everywhere
-  alike (`size=abc`, `panel=abc`, `root=abc`, `k=abc`).
+- Query parameters that must be integers (or finite numbers) are refused with a 400 that names
+  them, everywhere alike (`size=abc`, `panel=abc`, `root=abc`, `k=abc`, `x0=nan`).
 - Values from a request are logged with control characters escaped: a request cannot write a line
   of its own into the log.
 - Text from DataSpecs, paths and queries is shown isolated (`<bdi>`, the `iso` filter of the
@@ -19,6 +20,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Mapping
@@ -31,7 +33,10 @@ from comix_embed.common.errors import UsageError
 
 LOGIN_FAILURES = 5
 LOGIN_WINDOW_S = 30.0
-CONTENT_SECURITY_POLICY = "default-src 'none'; img-src 'self' data:; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 
 
 def add_headers(response: Response, private: bool) -> Response:
@@ -82,16 +87,37 @@ def int_parameter(
 ) -> Any:
     """Parameter `name` as an integer in [low, high], `default` when absent or empty; UsageError
     naming it when it is not a whole number, or out of range."""
-    raw = values.get(name)
-    if raw is None or str(raw).strip() == "":
+    raw = _given(values, name)
+    if raw is None:
         return default
     try:
-        value = int(str(raw).strip())
+        value = int(raw)
     except ValueError:
-        raise UsageError(f"parameter `{name}` must be a whole number, not {printable(str(raw))[:40]!r}") from None
+        raise UsageError(f"parameter `{name}` must be a whole number, not {printable(raw)[:40]!r}") from None
     if (low is not None and value < low) or (high is not None and value > high):
         raise UsageError(f"parameter `{name}` must be between {low} and {high}, not {value}")
     return value
+
+
+def float_parameter(values: Mapping[str, Any], name: str, default: float | None) -> float | None:
+    """Parameter `name` as a finite number, `default` when absent or empty; UsageError naming it otherwise."""
+    raw = _given(values, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise UsageError(f"parameter `{name}` must be a finite number, not {printable(raw)[:40]!r}")
+    return value
+
+
+def _given(values: Mapping[str, Any], name: str) -> str | None:
+    """Parameter `name` stripped, or None when it is absent or empty."""
+    raw = values.get(name)
+    text = "" if raw is None else str(raw).strip()
+    return text or None
 
 
 def printable(value: str) -> str:
