@@ -22,6 +22,7 @@ another stops (exit status 2), as does a writer that finds the writer lease held
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import time
@@ -40,7 +41,7 @@ from comix_embed.common.model.identity import ModelMismatch
 from comix_embed.common.store.jobs import read_task
 from comix_embed.common.store.results import BatchResult
 from comix_embed.common.store.retries import batch_rows
-from comix_embed.writer import grouping
+from comix_embed.writer import grouping, recovery
 from comix_embed.writer.commit import InvalidResult, StoreWriter
 from comix_embed.writer.grouping import Held
 from comix_embed.writer.lease import WriterLease
@@ -302,16 +303,21 @@ def run(args: argparse.Namespace) -> int:
     store = _wait_for_store(args.output_dir, stopping)
     if store is None:
         return EXIT_OK
+    # The output folder's lock comes first: holding it proves a writer of this host that held the
+    # writer lease dead, so the lease is taken over at once (writer/lease.py).
+    lock = recovery.lock(args.output_dir) if config.WRITER_FLOCK else None
     # a failed check (CheckFailed), a full disk (DiskFull), a writer lease lost (WriterLeaseLost)
     # end the command with their exit status (common/errors.py)
     with (
-        WriterLease(client, store, args.output_dir) as lease,
+        lock if lock is not None else contextlib.nullcontext(),
+        WriterLease(client, store, args.output_dir, locked=lock is not None) as lease,
         StoreWriter(
             args.output_dir,
             verify_batches=args.verify_batches,
             write_check=args.write_check,
             verbose=args.verbose,
             fence=lease,
+            lock=lock,
         ) as writer,
     ):
         service = WriterService(writer, client, args.output_dir, args.read, lease)
