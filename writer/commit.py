@@ -24,7 +24,7 @@ from typing import IO, Any, TextIO
 import numpy as np
 import zarr
 
-from comix_embed.common import config
+from comix_embed.common import config, failpoint
 from comix_embed.common.errors import UsageError
 from comix_embed.common.messages import ModelIdentity
 from comix_embed.common.model.identity import check_same_model, identity_of, is_legacy_tokenizer, tokenizers_match
@@ -374,6 +374,7 @@ class StoreWriter:
             rows.clear_rows(self._arrays, ranges)  # what was written past the manifests goes now, not at restart
             manifests.clear_inflight(self.path)
             raise
+        failpoint.stop_here("commit")  # a test's SIGTERM lands mid-commit here
         for r in results:
             statuses = _status_counts(data[r.batch_id]["status"])
             token = self.fence.check() if self.fence is not None else None
