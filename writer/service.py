@@ -15,8 +15,12 @@ WRITER_SCAN_S it sends again (from the job's kept payloads) each batch whose bat
 without a manifest (common/broker/batch_lease.py), and commits as failed rows the batches lost
 COMIX_MAX_ATTEMPTS times (common/broker/deliveries.py). Every commit goes through `_may_commit`,
 where the store's writer lease (writer/lease.py) is checked: a writer whose writer lease passed to
-another stops (exit status 2), as does a writer that finds the writer lease held when it starts. A full disk stops it with exit status 4
-(writer/diskfull.py); started again once there is room, it resumes.
+another stops (exit status 2). At start it takes the output folder's lock before the writer lease,
+which proves a writer of this host that held the lease dead and lets it take over at once; a
+writer that finds a live writer's lock, or a writer lease its holder keeps renewing, stops (exit
+status 2). A full disk stops it with exit status 4 (writer/diskfull.py); started again once there
+is room, it resumes. SIGTERM or SIGINT stops it after the commit under way: what it read and did
+not commit stays unacknowledged, for the next writer to read first.
 """
 
 from __future__ import annotations
