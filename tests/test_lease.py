@@ -155,7 +155,7 @@ def test_a_writer_killed_and_started_again_at_once_takes_over_from_its_zombie(
     client = redis.Redis.from_url(broker.url)
     env = {"COMIX_WRITER_LEASE_TTL_S": "60", "COMIX_WRITER_LINGER_S": "0"}  # the flock on, as deployed
     first = writer(out, broker.url, logs, "first", env=env)
-    restarted = None
+    procs = [first]
     try:
         _send(client, store, job, [0])
         _wait(lambda: manifest_ids(store_path(out)) == {0}, 60, first.text)
@@ -164,14 +164,14 @@ def test_a_writer_killed_and_started_again_at_once_takes_over_from_its_zombie(
         held = client.get(WRITER_LEASE.format(store=store))
         assert held is not None and WriterLeaseHolder.parse(held).pid == first.pid
         restarted = writer(out, broker.url, logs, "restarted", env=env)
+        procs.append(restarted)
         _send(client, store, job, [1])
         _wait(lambda: manifest_ids(store_path(out)) == {0, 1}, 60, restarted.text)
         assert process_state(first.pid) == "Z"  # still unreaped when the new writer committed
         assert restarted.proc.poll() is None
     finally:
-        first.kill()
-        if restarted is not None:
-            restarted.stop()
+        for p in procs:  # the zombie is reaped here, at last
+            p.stop()
     text = restarted.text()
     taken = f"taken over at once from host {socket.gethostname()}, pid {first.pid}, token 1, since "
     assert taken in text and "without waiting for it to expire" in text, text

@@ -95,7 +95,7 @@ def test_workers_given_sigterm_finish_their_batch_or_hand_it_back_at_once(
         _wait(lambda: f"batch {held.batch} given back on shutdown" in w.text(), 60, w.text)
         assert "cold shutdown (1 s passed)" in w.text()
         os.kill(pid, signal.SIGKILL)  # the stuck process: Celery's cold shutdown waits for it
-        w.proc.wait(120)
+        assert w.proc.wait(120) == 0  # the shutdown asked for, though it ended cold
         given_back = held.batch
 
         # 3. a second SIGTERM
@@ -108,7 +108,7 @@ def test_workers_given_sigterm_finish_their_batch_or_hand_it_back_at_once(
         _wait(lambda: f"batch {held.batch} given back on shutdown" in w.text(), 60, w.text)
         assert "cold shutdown (a second signal)" in w.text()
         os.kill(pid, signal.SIGKILL)
-        w.proc.wait(120)
+        assert w.proc.wait(120) == 0
         given_back = held.batch
 
         # 4. SIGTERM to the whole process group
@@ -119,7 +119,7 @@ def test_workers_given_sigterm_finish_their_batch_or_hand_it_back_at_once(
         _wait(lambda: WARM in w.text(), 60, w.text)
         os.kill(pid, signal.SIGCONT)  # the pool process dies of its SIGTERM
         _wait(lambda: f"batch {held.batch} given back on shutdown" in w.text(), 60, w.text)
-        w.proc.wait(120)
+        assert w.proc.wait(120) == 0  # a warm shutdown that had nothing left to wait for
         given_back = held.batch
 
         last = worker(tiny_checkpoint, broker.url, logs, "last", LONG, stop_at=("batch",))
