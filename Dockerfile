@@ -23,6 +23,14 @@ RUN pip install --no-cache-dir --no-deps . \
     && mkdir /claims \
     && chown 10001:10001 /claims
 USER 10001:10001
-# Celery's warm shutdown on `docker compose stop`: finish the batch at hand, re-queue nothing lost
-ENV REMAP_SIGTERM=SIGQUIT PYTHONUNBUFFERED=1
+# SIGTERM (`docker compose stop`, Kubernetes, systemd) reaches comix-embed, PID 1 here.
+# A worker: Celery's warm shutdown, bounded. It takes no new batch and lets the batch at hand finish
+#   for up to COMIX_WORKER_SHUTDOWN_S (30 s); a batch not finished by then is handed back to the
+#   queue at once (sent again ahead of new ones) and the worker ends with Celery's cold shutdown.
+#   A second SIGTERM hands it back at once the same way. Either way it exits 0. REMAP_SIGTERM is
+#   not set: REMAP_SIGTERM=SIGQUIT would make the first SIGTERM a cold shutdown.
+# The writer: finishes the commit under way, acknowledges only what it committed, gives its writer
+#   lease back and exits 0.
+# compose.yaml's stop_grace_period, 45 s, leaves 15 s above the 30 s before Docker sends SIGKILL.
+ENV PYTHONUNBUFFERED=1
 ENTRYPOINT ["comix-embed"]

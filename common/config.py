@@ -108,11 +108,17 @@ MAX_ATTEMPTS = environment.integer("COMIX_MAX_ATTEMPTS", 3, at_least=1).get()
 # a batch renews it every BATCH_LEASE_TTL_S / 6 seconds; the writer sends a batch again once its
 # batch lease has expired (a dead host, a preempted GPU) with no manifest.
 BATCH_LEASE_TTL_S = environment.number("COMIX_LEASE_TTL_S", 30.0, positive=True).get()
+# A worker given SIGTERM (a warm shutdown: `docker compose stop`, Kubernetes, systemd) takes no
+# new batch and lets the batch at hand finish for at most this long; then, or at a second signal,
+# it hands the batch back to the queue at once (a cold shutdown) and exits. The orchestrator's
+# grace period must leave room above it: compose.yaml's stop_grace_period is 45 s.
+WORKER_SHUTDOWN_S = environment.number("COMIX_WORKER_SHUTDOWN_S", 30.0, at_least=0).get()
 # How often the writer looks for expired batch leases and given-up batches.
 WRITER_SCAN_S = environment.number("COMIX_WRITER_SCAN_S", 2.0, positive=True).get()
-# A test switch for fault tests (consumers/failpoint.py): "STAGE:PATH[,STAGE:PATH...]" stops, once
-# per PATH, the worker process that reaches STAGE ("batch", "decode", "encode").
-STOP_STAGES = ("batch", "decode", "encode")
+# A test switch for fault tests (common/failpoint.py): "STAGE:PATH[,STAGE:PATH...]" stops, once
+# per PATH, the worker process that reaches STAGE ("batch", "decode", "encode"), or the writer
+# that reaches "commit" (a commit's rows written, its manifests not yet).
+STOP_STAGES = ("batch", "decode", "encode", "commit")
 
 
 def _stop_points(text: str) -> dict[str, str]:

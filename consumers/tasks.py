@@ -8,13 +8,15 @@ time limit it gives the batch back (sent again ahead of new batches; not an atte
 fail it. A batch that lost a delivery before (a crash) is embedded page by page, each page under
 a mark its delivery owns.
 The worker's main process handles the deliveries its pool processes could not end: a process
-that died or hit its time limit (lost), or a cold shutdown (given back).
+that died or hit its time limit (lost), or a shutdown (given back). SIGTERM is a warm shutdown
+bounded by COMIX_WORKER_SHUTDOWN_S, after which, or at a second signal, it turns cold.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -33,10 +35,9 @@ from celery.signals import (
     worker_shutting_down,
 )
 
-from comix_embed.common import config
+from comix_embed.common import config, failpoint
 from comix_embed.common.broker import keys
 from comix_embed.common.celery_app import app
-from comix_embed.consumers import failpoint
 
 if TYPE_CHECKING:  # for the hints only: this module imports them where they are used
     from comix_embed.common.broker.batch_lease import BatchLease
@@ -316,14 +317,41 @@ def _remember(request=None, **_: Any) -> None:
 
 
 @worker_shutting_down.connect
-def _give_back(how: str = "", **_: Any) -> None:
-    """In the main process, on a cold shutdown: the batches its pool processes hold are sent
-    again ahead of new ones, and their batch leases ended, as given back (not lost, not an attempt)."""
+def _shutting_down(how: str = "", **_: Any) -> None:
+    """In the main process. A warm shutdown (SIGTERM) takes no new batch and lets the batch at hand
+    finish, for at most WORKER_SHUTDOWN_S; then, or at a second SIGTERM, the worker gives the batch
+    back and turns cold (SIGQUIT to itself, as Celery's own second Ctrl+C does). A cold shutdown
+    gives the batches its pool processes hold back at once."""
+    if how == "Cold":
+        _give_back()
+    elif how == "Warm" and "warm_since" in _state:
+        _go_cold("a second signal")
+    elif how == "Warm":
+        _state["warm_since"] = time.monotonic()
+        log.warning(
+            "warm shutdown: no new batch; the batch at hand has %g s to finish, then (or at a second signal) "
+            "it is given back",
+            config.WORKER_SHUTDOWN_S,
+        )
+        timer = threading.Timer(config.WORKER_SHUTDOWN_S, _go_cold, (f"{config.WORKER_SHUTDOWN_S:g} s passed",))
+        timer.daemon = True
+        timer.start()
+
+
+def _go_cold(why: str) -> None:
+    """Give the batch at hand back first (Celery's cold shutdown may wait on a process stuck in
+    it), then start Celery's cold shutdown, which stops the pool process."""
+    log.warning("cold shutdown (%s): the batch at hand is given back", why)
+    _give_back()
+    os.kill(os.getpid(), signal.SIGQUIT)
+
+
+def _give_back() -> None:
+    """The batches this worker's pool processes hold are sent again ahead of new ones, and their
+    batch leases ended, as given back (not lost, not an attempt)."""
     from comix_embed.common.broker import batch_lease
     from comix_embed.common.messages import MalformedMessage, decode_task
 
-    if how != "Cold":
-        return  # a warm shutdown lets the running batches finish
     client = _client()
     for info in _my_batch_leases():
         if info.task_id not in _received or batch_lease.claim(client, info.token) is None:

@@ -106,7 +106,7 @@ def worker(
     stop_at: tuple[str, ...] = (),
 ) -> Proc:
     """A worker process; `stop_at` names the stages where it stops itself, once each, to be killed
-    there (consumers/failpoint.py; `Proc.stop_file` gives where it writes its pid)."""
+    there (common/failpoint.py; `Proc.stop_file` gives where it writes its pid)."""
     if stop_at:
         stops = ",".join(f"{stage}:{log_dir / f'{name}.{stage}.pid'}" for stage in stop_at)
         env = with_switches({"COMIX_TEST_STOP_AT": stops}, env)

@@ -3,7 +3,8 @@
 Redis, the writer, Flower and two workers come up from the project's own files (the base images
 built here, tests/containers.py says why); a job is enqueued with `compose run --rm producer
 enqueue`; every page is committed, once; Flower's API, behind its basic auth, lists both workers
-and the job's tasks; then `down` removes everything, as a failed run's clean-up does. Without
+and the job's tasks; `compose stop` ends every process of ours within the grace period, without a
+SIGKILL; then `down` removes everything, as a failed run's clean-up does. Without
 podman, podman-compose and debootstrap (Debian's packages, which .ci/run installs) it skips and
 says why.
 """
@@ -21,10 +22,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from comix_embed.common.store.reading import open_committed, read_committed_rows
 from comix_embed.common.store.schema import STATUS_FAILED, store_path
-from tests.containers import ComposeProject, base_image, free_port, leftover_projects, missing_tools, remove_project
+from tests.containers import (
+    ROOT,
+    ComposeProject,
+    base_image,
+    free_port,
+    leftover_projects,
+    missing_tools,
+    podman,
+    remove_project,
+)
 
 pytestmark = pytest.mark.skipif(
     bool(missing_tools()),
@@ -147,3 +158,14 @@ def test_the_deployment_commits_a_job_and_flower_shows_it(deployment: tuple[Comp
     embed = [t for t in tasks.values() if t["name"] == "comix.embed_batch"]
     assert len(embed) == 6 and all(t["state"] == "SUCCESS" for t in embed)
     assert {t["worker"] for t in embed} <= set(workers())
+
+    # `compose stop` within compose.yaml's grace period (Debian's podman-compose 1.0 does not read
+    # stop_grace_period: it is passed as -t): every process of ours exits 0 on its own, nothing is
+    # killed (137 would be SIGKILL), and the workers said their shutdown was warm
+    grace = int(str(yaml.safe_load((ROOT / "compose.yaml").read_text())["x-comix"]["stop_grace_period"]).rstrip("s"))
+    stop = project.compose("stop", "-t", str(grace))
+    assert stop.returncode == 0, stop.stdout[-3000:] + stop.stderr[-3000:]
+    codes = {c: podman("inspect", c, "--format", "{{.State.ExitCode}}").stdout.strip() for c in project.containers()}
+    assert "137" not in codes.values(), codes
+    assert all(codes[c] == "0" for s in ("writer", "worker") for c in project.containers(s)), codes
+    assert project.logs("worker").count("Warm shutdown") == 2, project.logs("worker")[-3000:]

@@ -113,3 +113,16 @@ def test_image_holds_the_package_and_its_folders_only_and_compose_names_installe
     entrypoint = compose["services"]["flower"]["entrypoint"]
     app = entrypoint[entrypoint.index("-A") + 1]
     assert app.startswith("comix_embed.") and importlib.util.find_spec(app) is not None, app
+
+
+def test_sigterm_is_a_warm_shutdown_and_the_grace_period_leaves_it_room(compose: dict) -> None:
+    """SIGTERM stays Celery's warm shutdown (REMAP_SIGTERM=SIGQUIT would make it cold), and Docker's
+    SIGKILL comes 15 s after the worker's bound for its batch (README, "Stopping and upgrading")."""
+    from comix_embed.common import config
+
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    assert not re.search(r"^ENV .*REMAP_SIGTERM", dockerfile, re.MULTILINE)
+    for service in ("worker", "worker-remote", "writer"):
+        grace = compose["services"][service]["stop_grace_period"]
+        assert re.fullmatch(r"\d+s", grace), grace
+        assert int(grace[:-1]) >= config.WORKER_SHUTDOWN_S + 15, (service, grace)

@@ -2,7 +2,8 @@
 
 What they hold to is docs/store.md, "The writer lease and fencing tokens". Real writer processes
 on one store with the output folder's flock off (COMIX_TEST_WRITER_FLOCK=0, a test switch: the
-flock would stop the second writer first), over a private Redis that the tests wipe.
+flock would stop the second writer first), over a private Redis that the tests wipe; with the
+flock on, for the takeovers it proves (a writer of this host dead) or cannot prove (another host).
 """
 
 from __future__ import annotations
@@ -17,18 +18,20 @@ from pathlib import Path
 import msgspec
 import redis
 
-from comix_embed.common.broker.keys import WRITER_LEASE
+from comix_embed.common.broker.keys import WRITER_LEASE, WRITER_TOKEN
 from comix_embed.common.broker.results_stream import push, results_key
+from comix_embed.common.broker.writer_lease import WriterLeaseHolder
 from comix_embed.common.store.jobs import Job
 from comix_embed.common.store.manifests import manifest_file, manifest_ids, read_manifest, scan_manifests
 from comix_embed.common.store.schema import store_path
+from comix_embed.common.timestamps import utc_now
 from comix_embed.private_redis import PrivateRedis
 from comix_embed.writer.commit import StoreWriter
 from comix_embed.writer.lease import WriterLease, read_record
 from comix_embed.writer.manifests import write_manifest
 from tests import synthetic
 from tests.cli import run_cli
-from tests.harness import with_switches, writer
+from tests.harness import process_state, with_switches, writer
 from tests.typed import StoreArrays, broker_store, read_new
 
 TTL = "3"  # seconds: a short lease keeps the takeover tests short
@@ -114,7 +117,8 @@ def test_killed_writer_is_taken_over_and_tokens_grow_across_a_wiped_redis(tmp_pa
         os.replace(tmp_path / "view.new", view)  # at once, the restarted writer's folder is the store's
         _wait(lambda: "lease token 2" in restarted.text(), 60, restarted.text)
         text = restarted.text()
-        assert f"held by a writer of this host that is no longer running (host {socket.gethostname()}, " in text
+        assert f"is held by host {socket.gethostname()}, pid {first.pid}, token 1, since " in text
+        assert "which this writer cannot prove dead (the output folder is not locked): waiting up to " in text
         waited = float(text.split("waiting up to ")[1].split(" s")[0])
         assert 0 <= waited <= 20
         _send(client, store, job, [2])
@@ -136,6 +140,70 @@ def test_killed_writer_is_taken_over_and_tokens_grow_across_a_wiped_redis(tmp_pa
     assert _tokens(out) == {0: 1, 1: 1, 2: 2, 3: 3, 4: 4, 5: 4}
     record = read_record(out)
     assert record is not None and record.token == 4 and record.accepted == [(0, 3)]
+
+
+def test_a_writer_killed_and_started_again_at_once_takes_over_from_its_zombie(
+    tmp_path: Path, broker: PrivateRedis
+) -> None:
+    """kill -9, and a new writer started at once while the dead one is a zombie (its parent, this
+    test, has not reaped it): the pid table still shows it, its writer lease is still in Redis (a
+    TTL of a minute), but the output folder's flock it held is free, so the new writer takes the
+    store over at once with a new token and commits. A supervisor that restarts at once
+    (`restart: unless-stopped`, systemd's `Restart=`) never loops on exit status 2."""
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    job, store = _job(out)
+    client = redis.Redis.from_url(broker.url)
+    env = {"COMIX_WRITER_LEASE_TTL_S": "60", "COMIX_WRITER_LINGER_S": "0"}  # the flock on, as deployed
+    first = writer(out, broker.url, logs, "first", env=env)
+    procs = [first]
+    try:
+        _send(client, store, job, [0])
+        _wait(lambda: manifest_ids(store_path(out)) == {0}, 60, first.text)
+        os.kill(first.pid, signal.SIGKILL)  # not reaped: no wait() or poll() until the end
+        _wait(lambda: process_state(first.pid) == "Z", 60, "the killed writer is no zombie")
+        held = client.get(WRITER_LEASE.format(store=store))
+        assert held is not None and WriterLeaseHolder.parse(held).pid == first.pid
+        restarted = writer(out, broker.url, logs, "restarted", env=env)
+        procs.append(restarted)
+        _send(client, store, job, [1])
+        _wait(lambda: manifest_ids(store_path(out)) == {0, 1}, 60, restarted.text)
+        assert process_state(first.pid) == "Z"  # still unreaped when the new writer committed
+        assert restarted.proc.poll() is None
+    finally:
+        for p in procs:  # the zombie is reaped here, at last
+            p.stop()
+    text = restarted.text()
+    taken = f"taken over at once from host {socket.gethostname()}, pid {first.pid}, token 1, since "
+    assert taken in text and "without waiting for it to expire" in text, text
+    assert "waiting up to" not in text and "has a writer" not in text
+    assert _tokens(out) == {0: 1, 1: 2}
+    record = read_record(out)
+    assert record is not None and record.token == 2 and record.pid == restarted.pid
+
+
+def test_a_writer_lease_of_another_host_is_waited_for_until_it_expires(tmp_path: Path, broker: PrivateRedis) -> None:
+    """A lease left by a writer of another host (here written by the test, as a writer there that
+    died leaves it): nothing on this host proves that writer dead, so the new writer says whose
+    lease it waits for and how long, waits for it to expire, and takes the store with a new token."""
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    job, store = _job(out)
+    client = redis.Redis.from_url(broker.url)
+    gone = WriterLeaseHolder(token=1, host="elsewhere.example", pid=4242, since=utc_now())
+    client.set(WRITER_LEASE.format(store=store), msgspec.json.encode(gone), px=3000)
+    client.set(WRITER_TOKEN.format(store=store), 1)
+    w = writer(out, broker.url, logs, "w", env={"COMIX_WRITER_LINGER_S": "0"})
+    try:
+        _wait(lambda: "lease token 2" in w.text(), 60, w.text)
+        _send(client, store, job, [0])
+        _wait(lambda: manifest_ids(store_path(out)) == {0}, 60, w.text)
+    finally:
+        w.stop()
+    text = w.text()
+    assert f"is held by {gone}, which this writer cannot prove dead (it runs on another host): waiting up to " in text
+    waited = float(text.split("waiting up to ")[1].split(" s")[0])
+    assert 0 < waited <= 3
+    assert "taken over at once" not in text
+    assert _tokens(out) == {0: 2}
 
 
 def test_a_writer_that_lost_its_lease_writes_nothing_more(tmp_path: Path, broker: PrivateRedis) -> None:

@@ -372,7 +372,7 @@ def test_a_page_that_keeps_killing_its_worker_fails_alone(
         assert run_cli(*enqueue_args(tiny_checkpoint, job_corpus, out, broker.url)).returncode == 0
         w.kill_pool_mid_batch(broker.url)  # first death: the batch comes back and is embedded page by page
         store = broker_store(out)
-        # second death while a page is at `stage`: the process stops itself there (consumers/failpoint.py)
+        # second death while a page is at `stage`: the process stops itself there (common/failpoint.py)
         pid = stopped_at(w.stop_file(stage), 300)
         found = client.keys(PAGE_MARK.format(store=store, token="*"))
         marks = [decode_json(client.get(k) or b"", PageMark, "page mark") for k in found]

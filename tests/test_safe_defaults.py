@@ -190,6 +190,7 @@ def test_status_names_an_unreachable_broker_without_its_password(tmp_path: Path)
         ("COMIX_MAX_IMAGE_PIXELS", "0", "COMIX_MAX_IMAGE_PIXELS='0' must be at least 1"),
         ("COMIX_TASK_TIME_LIMIT", "20m", "COMIX_TASK_TIME_LIMIT='20m' is not an integer"),
         ("COMIX_WRITER_LINGER_S", "-1", "COMIX_WRITER_LINGER_S='-1' must be at least 0"),
+        ("COMIX_WORKER_SHUTDOWN_S", "-1", "COMIX_WORKER_SHUTDOWN_S='-1' must be at least 0"),
         ("COMIX_WRITER_LEASE_TTL_S", "0.2", "COMIX_WRITER_LEASE_TTL_S='0.2' must be at least 1"),
         ("COMIX_MAX_ATTEMPTS", "0", "COMIX_MAX_ATTEMPTS='0' must be at least 1"),
         ("COMIX_MAX_ATTEMPTS", "three", "COMIX_MAX_ATTEMPTS='three' is not an integer"),
@@ -209,7 +210,7 @@ def test_status_names_an_unreachable_broker_without_its_password(tmp_path: Path)
         (
             "COMIX_TEST_STOP_AT",
             "tokenize:/tmp/x",
-            "COMIX_TEST_STOP_AT='tokenize:/tmp/x' must be STAGE:PATH[,STAGE:PATH...] with STAGE one of batch, decode, encode",
+            "COMIX_TEST_STOP_AT='tokenize:/tmp/x' must be STAGE:PATH[,STAGE:PATH...] with STAGE one of batch, decode, encode, commit",
         ),
     ],
 )

@@ -19,12 +19,12 @@ import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 import numpy as np
 import zarr
 
-from comix_embed.common import config
+from comix_embed.common import config, failpoint
 from comix_embed.common.errors import UsageError
 from comix_embed.common.messages import ModelIdentity
 from comix_embed.common.model.identity import check_same_model, identity_of, is_legacy_tokenizer, tokenizers_match
@@ -85,6 +85,7 @@ class StoreWriter:
         fsync: bool = config.WRITER_FSYNC,
         out: TextIO | None = None,
         fence: WriterLease | None = None,
+        lock: IO[str] | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.path = store_path(self.output_dir)
@@ -94,7 +95,8 @@ class StoreWriter:
         self.fsync = fsync
         self.out = out if out is not None else sys.stdout
         self.fence = fence
-        self._lock_fh: Any = None
+        self._lock = lock  # the output folder's lock, when the caller took it first (writer/service.py)
+        self._lock_fh: Any = None  # the one this writer took, and closes
         self._audit: audit.AuditLog | None = None
         self._jobs: dict[str, Job] = {}  # registered in the store
         self._committed = Committed()  # every batch that has a manifest
@@ -112,11 +114,12 @@ class StoreWriter:
         self.close()
 
     def open(self) -> StoreWriter:
-        """Lock the output folder, recover from any crash, register the jobs planned since."""
+        """Lock the output folder (unless the caller holds its lock), recover from any crash,
+        register the jobs planned since."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        if config.WRITER_FLOCK:
+        if self._lock is None and config.WRITER_FLOCK:
             self._lock_fh = recovery.lock(self.output_dir)
-        else:
+        elif self._lock is None:
             log.warning("COMIX_TEST_WRITER_FLOCK=0: the output folder is not locked (a test of the writer lease)")
         try:
             leftover = self.path.with_name(f".{self.path.name}.creating")
@@ -371,6 +374,7 @@ class StoreWriter:
             rows.clear_rows(self._arrays, ranges)  # what was written past the manifests goes now, not at restart
             manifests.clear_inflight(self.path)
             raise
+        failpoint.stop_here("commit")  # a test's SIGTERM lands mid-commit here
         for r in results:
             statuses = _status_counts(data[r.batch_id]["status"])
             token = self.fence.check() if self.fence is not None else None

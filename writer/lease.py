@@ -5,6 +5,11 @@ live, it may not. The writer lease (not a worker's batch lease, common/broker/ba
 one key per store, `keys.WRITER_LEASE` (`comix:writer-lease:<store>`), set only if absent
 (one Lua script) with a short TTL (COMIX_WRITER_LEASE_TTL_S), holding its token, host, pid and
 since when; a thread renews it every third of the TTL, so renewal never waits on a commit.
+- A writer that finds the writer lease held takes it over at once when its holder is provably
+  dead: it ran on this host, and this writer holds the output folder's flock (`writer.lock`),
+  which every writer takes before the writer lease and which the kernel released when the holder
+  died, zombie or not. Otherwise (another host, or no flock) it waits for the writer lease to
+  expire, and stops (exit status 2) only if the holder renews it meanwhile: a live writer.
 - Tokens grow even across a wiped Redis: a new token is max(the token recorded in the output
   folder, Redis's counter) + 1, recorded in the folder (`writer.token.json`, a `WriterTokenRecord`)
   before the writer writes anything, and in every manifest it writes.
@@ -35,7 +40,7 @@ import redis
 
 from comix_embed.common import config
 from comix_embed.common.broker import keys
-from comix_embed.common.broker.writer_lease import WriterLeaseHolder
+from comix_embed.common.broker.writer_lease import WriterLeaseHolder, current_holder
 from comix_embed.common.durable import write_json_atomic
 from comix_embed.common.errors import UsageError
 from comix_embed.common.messages import MalformedMessage, decode_json
@@ -44,12 +49,12 @@ from comix_embed.common.timestamps import utc_now
 
 log = logging.getLogger(__name__)
 
-# KEYS: lease, counter. ARGV: floor, host, pid, since, ttl ms, expected counter (or -1).
-# Returns {1, value} when taken, {0, value of the holder}, or {-1, counter} when a writer with a
-# token above the expected one held the store meanwhile.
+# KEYS: lease, counter. ARGV: floor, host, pid, since, ttl ms, expected counter (or -1), the
+# holder's value to take over ('' for none). Returns {1, value} when taken, {0, value of the
+# holder}, or {-1, counter} when a writer with a token above the expected one held the store meanwhile.
 _ACQUIRE = """
 local held = redis.call('GET', KEYS[1])
-if held then return {0, held} end
+if held and held ~= ARGV[7] then return {0, held} end
 local counter = tonumber(redis.call('GET', KEYS[2]) or '0')
 local expected = tonumber(ARGV[6])
 if expected >= 0 and counter > expected then return {-1, tostring(counter)} end
@@ -120,21 +125,19 @@ def ranges(ids: Iterable[int]) -> list[tuple[int, int]]:
     return [(a, b) for a, b in out]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class WriterLease:
     """The store's lease, held from `acquire()` to `release()`; `token` is the current fencing token."""
 
-    def __init__(self, client: redis.Redis, store: str, output_dir: Path, ttl_s: float = config.WRITER_LEASE_TTL_S):
+    def __init__(
+        self,
+        client: redis.Redis,
+        store: str,
+        output_dir: Path,
+        ttl_s: float = config.WRITER_LEASE_TTL_S,
+        locked: bool = False,
+    ) -> None:
         self.client = client
+        self.locked = locked  # this process holds the output folder's flock: a holder of this host is dead
         self.store = store
         self.output_dir = Path(output_dir)
         self.ttl_s = ttl_s
@@ -159,47 +162,66 @@ class WriterLease:
     # --- taking and giving back ---
 
     def acquire(self) -> WriterLease:
-        """Take the lease, or raise WriterLeaseHeld naming its holder. A lease left by a writer of
-        this host that is no longer running is waited for (at most its TTL) and taken over."""
+        """Take the writer lease, or raise WriterLeaseHeld naming a live holder. A holder of this host
+        is dead when this writer holds the output folder's flock: taken over at once, under a new
+        token. Any other holder is waited for until its writer lease expires; one that renews it
+        meanwhile is alive."""
         record = read_record(self.output_dir)
         floor = record.token if record else 0
         waited_for: WriterLeaseHolder | None = None
-        deadline = 0.0
+        last_left, deadline = 0.0, 0.0
         while True:
             taken, raw = self._try(floor, expected=-1)
             if taken == 1:
                 break
             holder = WriterLeaseHolder.parse(raw)
-            own_dead = holder.host == self.host and holder.pid != os.getpid() and not _pid_alive(holder.pid)
-            if not own_dead or (waited_for is not None and holder != waited_for):
-                raise WriterLeaseHeld(
-                    f"store {self.store} ({self.output_dir}) has a writer: {holder}; one writer per store "
-                    f"(writer lease {self.key} in Redis, TTL {self.ttl_s:g} s)"
-                )
+            if self.locked and holder.host == self.host:
+                taken, raw = self._try(floor, expected=-1, replace=raw)
+                if taken == 1:
+                    log.warning(
+                        "writer lease of store %s taken over at once from %s, without waiting for it to expire: "
+                        "that writer ran on this host, and the output folder's lock (%s), which it held, was "
+                        "free, so the kernel released it when that writer died (zombie or not)",
+                        self.store,
+                        holder,
+                        config.WRITER_LOCK_NAME,
+                    )
+                    break
+                continue  # it changed meanwhile: look again
+            seen = current_holder(self.client, self.store)
+            if seen is None:
+                continue  # expired or released meanwhile: take it
+            holder, left = seen
             if waited_for is None:
-                left = self.client.pttl(self.key)
+                why = "it runs on another host" if holder.host != self.host else "the output folder is not locked"
                 log.warning(
-                    "the writer lease of store %s is held by a writer of this host that is no longer running (%s): "
-                    "waiting up to %.1f s for it to expire",
+                    "the writer lease of store %s is held by %s, which this writer cannot prove dead (%s): "
+                    "waiting up to %.1f s for it to expire; should its holder renew it, this writer stops",
                     self.store,
                     holder,
-                    max(left, 0) / 1000,
+                    why,
+                    left,
                 )
-                waited_for = holder
-                deadline = time.monotonic() + self.ttl_s + 5
-            if time.monotonic() > deadline:
-                raise WriterLeaseHeld(f"store {self.store}: the writer lease of {holder} did not expire within its TTL")
+                waited_for, deadline = holder, time.monotonic() + max(left, self.ttl_s) + 5
+            elif holder != waited_for or left > last_left or time.monotonic() > deadline:
+                raise WriterLeaseHeld(
+                    f"store {self.store} ({self.output_dir}) has a writer: {holder}; one writer per store "
+                    f"(writer lease {self.key} in Redis, TTL {self.ttl_s:g} s, renewed by its holder while this "
+                    "writer waited for it to expire)"
+                )
+            last_left = left
             time.sleep(0.1)
         self._took(raw)
         self._thread = threading.Thread(target=self._renew_loop, name="writer-lease", daemon=True)
         self._thread.start()
         return self
 
-    def _try(self, floor: int, expected: int) -> tuple[int, Any]:
+    def _try(self, floor: int, expected: int, replace: bytes = b"") -> tuple[int, Any]:
+        """One attempt to take the writer lease: while it is free, or while it still holds `replace`."""
         since = utc_now()
         ttl_ms = int(self.ttl_s * 1000)
         taken, raw = self._acquire(
-            keys=[self.key, self.counter], args=[floor, self.host, os.getpid(), since, ttl_ms, expected]
+            keys=[self.key, self.counter], args=[floor, self.host, os.getpid(), since, ttl_ms, expected, replace]
         )
         return int(taken), raw
 

@@ -15,13 +15,18 @@ WRITER_SCAN_S it sends again (from the job's kept payloads) each batch whose bat
 without a manifest (common/broker/batch_lease.py), and commits as failed rows the batches lost
 COMIX_MAX_ATTEMPTS times (common/broker/deliveries.py). Every commit goes through `_may_commit`,
 where the store's writer lease (writer/lease.py) is checked: a writer whose writer lease passed to
-another stops (exit status 2), as does a writer that finds the writer lease held when it starts. A full disk stops it with exit status 4
-(writer/diskfull.py); started again once there is room, it resumes.
+another stops (exit status 2). At start it takes the output folder's lock before the writer lease,
+which proves a writer of this host that held the lease dead and lets it take over at once; a
+writer that finds a live writer's lock, or a writer lease its holder keeps renewing, stops (exit
+status 2). A full disk stops it with exit status 4 (writer/diskfull.py); started again once there
+is room, it resumes. SIGTERM or SIGINT stops it after the commit under way: what it read and did
+not commit stays unacknowledged, for the next writer to read first.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import time
@@ -40,7 +45,7 @@ from comix_embed.common.model.identity import ModelMismatch
 from comix_embed.common.store.jobs import read_task
 from comix_embed.common.store.results import BatchResult
 from comix_embed.common.store.retries import batch_rows
-from comix_embed.writer import grouping
+from comix_embed.writer import grouping, recovery
 from comix_embed.writer.commit import InvalidResult, StoreWriter
 from comix_embed.writer.grouping import Held
 from comix_embed.writer.lease import WriterLease
@@ -302,16 +307,21 @@ def run(args: argparse.Namespace) -> int:
     store = _wait_for_store(args.output_dir, stopping)
     if store is None:
         return EXIT_OK
+    # The output folder's lock comes first: holding it proves a writer of this host that held the
+    # writer lease dead, so the lease is taken over at once (writer/lease.py).
+    lock = recovery.lock(args.output_dir) if config.WRITER_FLOCK else None
     # a failed check (CheckFailed), a full disk (DiskFull), a writer lease lost (WriterLeaseLost)
     # end the command with their exit status (common/errors.py)
     with (
-        WriterLease(client, store, args.output_dir) as lease,
+        lock if lock is not None else contextlib.nullcontext(),
+        WriterLease(client, store, args.output_dir, locked=lock is not None) as lease,
         StoreWriter(
             args.output_dir,
             verify_batches=args.verify_batches,
             write_check=args.write_check,
             verbose=args.verbose,
             fence=lease,
+            lock=lock,
         ) as writer,
     ):
         service = WriterService(writer, client, args.output_dir, args.read, lease)
