@@ -20,6 +20,7 @@ from flask.testing import FlaskClient
 from comix_embed.cli import main
 from comix_embed.common.errors import EXIT_OK, EXIT_USAGE
 from comix_embed.common.inputs.paths import ImageResolver
+from comix_embed.common.store.reading import open_committed
 from comix_embed.common.store.schema import STATUS_FAILED, STATUS_OK, store_path
 from comix_embed.tools.map.build import build_map
 from comix_embed.tools.map.layout import NEIGHBOURS
@@ -273,3 +274,28 @@ def test_without_a_map_the_api_says_404_and_the_page_says_what_to_run(tmp_path: 
     page = client.get("/map/book").get_data(as_text=True)
     assert 'data-testid="map-missing"' in page and f"comix-embed map --zarr <bdi>{store.path}</bdi>" in page
     assert client.get("/map").headers["Location"].endswith("/map/book")
+
+
+def test_a_filter_greys_out_the_pages_outside_it(grown: Store) -> None:
+    """The map coloured by a search filter: the same points in the same order, those outside the
+    filter with colour -1, the others their series' colour; the page keeps the filter's values and
+    carries them to its script's API address; a bad filter is a 400 naming it."""
+    client = client_for(grown.out)
+    whole = client.get("/api/map/book").get_json()
+    filtered = client.get("/api/map/book", query_string={"series": "series 03", "status": "ok"}).get_json()
+    assert filtered["rows"] == whole["rows"] and filtered["x"] == whole["x"]
+    series = StoreArrays(grown.path)["series"]
+    inside = [str(series[r]) == "series 03" for r in filtered["rows"]]
+    assert any(inside) and not all(inside)
+    for keep, before, after in zip(inside, whole["colour"], filtered["colour"]):
+        assert after == (before if keep else -1)
+    assert filtered["filter"] == {"series": "series 03", "status": "ok"}
+    ds = open_committed(grown.path)
+    passing = [str(s) == "series 03" and st != STATUS_FAILED for s, st in zip(ds["series"].values, ds["status"].values)]
+    assert filtered["filtered_pages"] == sum(passing) < sum(str(s) == "series 03" for s in ds["series"].values)
+    assert whole["filter"] == {} and whole["filtered_pages"] is None
+    page = client.get("/map/book", query_string={"series": "series 03"}).get_data(as_text=True)
+    assert 'name="series" value="series 03"' in page and 'data-testid="legend-outside"' in page
+    assert 'data-api="/api/map/book?series=series+03"' in page
+    bad = client.get("/api/map/book", query_string={"status": "lost"})
+    assert bad.status_code == 400 and "filter status must be one of ok, failed" in bad.get_json()["error"]

@@ -60,6 +60,33 @@ def after_drawing(page, before: int) -> None:
     page.wait_for_function(f"() => Number(document.querySelector('[data-testid=map-svg]').dataset.drawn) > {before}")
 
 
+def test_a_filter_typed_on_the_map_greys_out_the_other_pages(server: str, page, mapped: Path) -> None:
+    """The map's filter form: the page whose id holds the text typed stays as it was, every other
+    one is greyed out, the form keeps the value, and a click on that page still opens it."""
+    errors, foreign = watch(page, server)
+    store = store_path(mapped)
+    meta = read_meta(map_dir(store))
+    assert meta is not None
+    placed = np.flatnonzero(np.isfinite(read_arrays(map_dir(store), meta).x))
+    ids = StoreArrays(store)["page_id"]
+    wanted = str(ids[int(placed[0])])
+    outside = sorted(int(r) for r in placed if wanted.lower() not in str(ids[int(r)]).lower())
+    assert outside and len(outside) < len(placed)
+    page.goto(f"{server}map/{mapped.name}")
+    after_drawing(page, 0)
+    page.fill("[data-testid=filter-id_contains]", wanted)
+    page.click("[data-testid=map-filter-submit]")
+    after_drawing(page, 0)
+    assert page.input_value("[data-testid=filter-id_contains]") == wanted
+    greyed = page.eval_on_selector_all("a.outside[data-testid=map-point]", "all => all.map(a => Number(a.dataset.row))")
+    assert sorted(greyed) == outside
+    page.locator("[data-testid=legend-outside]").wait_for()
+    row = int(placed[0])
+    page.click(f"[data-testid=map-point][data-row='{row}']")
+    page.wait_for_url(f"{server}page/{mapped.name}/{row}")
+    assert errors == [] and foreign == []
+
+
 def test_the_map_zooms_and_a_click_opens_the_page(server: str, page, mapped: Path, tmp_path: Path) -> None:
     errors, foreign = watch(page, server)
     store = store_path(mapped)

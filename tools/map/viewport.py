@@ -7,8 +7,8 @@ uniform random sample of what is in view, of the same density everywhere on scre
 makes the box smaller, so more of its pages come in, down to every one. A view is one vectorised
 pass over the points (a few milliseconds at 1.2 million), whatever the zoom.
 
-Colour: by series, the most common series first (`legend`), the rest as one colour. A filter's
-boolean row mask (issue 22, section 2) colours by the same path: a colour index per row.
+Colour: by series, the most common series first (`legend`), the rest as one colour: a colour
+index per row (serve's map_views.py greys out the pages outside a search filter).
 """
 
 from __future__ import annotations

@@ -171,3 +171,6 @@ class MapView(msgspec.Struct, kw_only=True):
     colour: list[int]
     page_id: list[str | None]
     legend: list[MapSeries]
+    # the filter's non-empty fields; pages outside it have colour -1; how many committed pages pass it
+    filter: dict[str, str] = {}
+    filtered_pages: int | None = None

@@ -9,9 +9,10 @@ again whenever its `meta.json` changes (a later `comix-embed map`), and held in 
 priority: a view is one pass over it. The API answers JSON, errors too (400 naming a bad
 parameter, 404 for an unknown store or a store without a map).
 
-Colouring by a search filter (issue 22, section 2) plugs in at `map_api`: the filter's parameters
-parsed as the search parses them, its boolean row mask taken at `view.rows` as the `colour`
-column (in or out of the filter), and the legend saying so; the points and their order stay.
+Coloured by a filter: the page and the API take the search's filter fields (series, volume,
+issue, source, id_contains, text_contains, status; tools/search/filters.py), parsed as the search
+parses them. A page outside the filter keeps its place and its order but gets colour -1 (drawn
+grey); the others keep their series' colour; the answer says how many pages pass.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+import numpy as np
 from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, url_for
 from flask.blueprints import BlueprintSetupState
 from werkzeug.wrappers.response import Response as BaseResponse
@@ -27,6 +29,7 @@ from comix_embed.common.errors import UsageError
 from comix_embed.common.messages import encode_json
 from comix_embed.tools.map.storage import META, map_dir
 from comix_embed.tools.map.viewport import MapPoints
+from comix_embed.tools.search.filters import FIELDS, STATUSES, PageFilter
 from comix_embed.tools.serve.answers import MapSeries, MapView
 from comix_embed.tools.serve.app import STATE_KEY, state
 from comix_embed.tools.serve.security import float_parameter, int_parameter
@@ -39,6 +42,8 @@ DEFAULT_LIMIT, MAX_LIMIT = 4000, 20000
 # Decimals of a coordinate in the JSON: a thousandth of a pixel on a 10,000-pixel-wide map.
 DECIMALS = 6
 BOX = ("x0", "y0", "x1", "y1")
+# The colour of a page outside the filter (drawn grey, `.c-1` in style.css).
+OUTSIDE = -1
 
 
 @dataclass
@@ -108,9 +113,14 @@ def first_map() -> BaseResponse:
 
 
 @bp.get("/map/<store>")
-def map_page(store: str) -> str:
+def map_page(store: str) -> tuple[str, int] | str:
     served = _store(store)
     loaded = _maps().get(served)
+    form = {name: request.args.get(name, "") for name in FIELDS}
+    try:
+        where = PageFilter.of_values(request.args)
+    except UsageError as exc:
+        abort(400, str(exc))
     return render_template(
         "map.html",
         store=served,
@@ -118,6 +128,9 @@ def map_page(store: str) -> str:
         points=loaded.points,
         refusal=loaded.refusal,
         limit=DEFAULT_LIMIT,
+        form=form,
+        filters=where.fields(),
+        statuses=STATUSES,
     )
 
 
@@ -126,6 +139,7 @@ def map_api(store: str) -> Response:
     try:
         limit = int_parameter(request.args, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         given = {name: float_parameter(request.args, name, None) for name in BOX}
+        where = PageFilter.of_values(request.args)
     except UsageError as exc:
         abort(400, str(exc))
     for low, high in (("x0", "x1"), ("y0", "y1")):
@@ -140,7 +154,14 @@ def map_api(store: str) -> Response:
     extent = list(points.extent)
     box = [extent[i] if (value := given[name]) is None else value for i, name in enumerate(BOX)]  # absent: all
     view = points.view(box[0], box[1], box[2], box[3], limit)
-    ids = served.index().page_ids
+    index = served.index()
+    ids = index.page_ids
+    colour = view.colour
+    allowed = index.allowed(where)
+    if allowed is not None:
+        inside = view.rows < len(allowed)
+        inside[inside] = allowed[view.rows[inside]]
+        colour = np.where(inside, colour, OUTSIDE)
     answer = MapView(
         name=served.name,
         covered_rows=points.covered,
@@ -152,8 +173,10 @@ def map_api(store: str) -> Response:
         rows=view.rows.tolist(),
         x=view.x.astype(float).round(DECIMALS).tolist(),
         y=view.y.astype(float).round(DECIMALS).tolist(),
-        colour=view.colour.tolist(),
+        colour=colour.tolist(),
         page_id=[str(ids[r]) if r < len(ids) else None for r in view.rows.tolist()],
         legend=[MapSeries(name=e.name, colour=e.colour, pages=e.pages) for e in points.legend],
+        filter=where.fields(),
+        filtered_pages=None if allowed is None else int(allowed.sum()),
     )
     return Response(encode_json(answer), mimetype="application/json")

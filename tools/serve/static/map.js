@@ -45,7 +45,9 @@
   function load() {
     const mine = ++asked;
     const box = { x0: view.x, y0: view.y, x1: view.x + view.w, y1: view.y + view.h, limit: svg.dataset.limit };
-    fetch(`${svg.dataset.api}?${new URLSearchParams(box)}`)
+    const url = new URL(svg.dataset.api, window.location.href); // it may carry a filter's fields already
+    Object.entries(box).forEach(([name, value]) => url.searchParams.set(name, value));
+    fetch(url)
       .then((response) => response.json())
       .then((answer) => {
         if (mine === asked) draw(answer);
@@ -61,6 +63,7 @@
       link.setAttribute("href", svg.dataset.page + row);
       link.setAttribute("data-testid", "map-point");
       link.setAttribute("data-row", row);
+      if (answer.colour[i] < 0) link.setAttribute("class", "outside"); // outside the filter: greyed out
       const title = document.createElementNS(NS, "title");
       title.textContent = answer.page_id[i] || `row ${row}`;
       link.appendChild(title);
