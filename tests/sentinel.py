@@ -183,4 +183,3 @@ class SentinelSet:
         self.servers.clear()
         self.sentinels.clear()
         self._dir.cleanup()
-

@@ -28,7 +28,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 from comix_embed.common import config
 
@@ -98,6 +98,20 @@ class Patience(Retry):
                 time.sleep(delay)
 
 
+class FollowingConnection(SentinelManagedConnection):
+    """A connection to a Sentinel's master that asks the sentinels where the master is each time it
+    connects. redis-py reconnects a dropped connection to the address it had (and would retry a
+    dead master for the whole wait); this one goes to the master the sentinels name now."""
+
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        if self._sock:
+            return
+        if self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        # one try here: a failure goes up to the command's Patience, whose next try asks again
+        super().connect_check_health(check_health=check_health, retry_socket_connect=False)
+
+
 def connect(url: str, wait_s: float | None = None) -> redis.Redis:
     """The Redis client for broker `url` (checked by `config.check_broker`), its commands retried
     for up to `wait_s` seconds (default COMIX_BROKER_WAIT_S) while the broker is unreachable."""
@@ -121,7 +135,9 @@ def connect(url: str, wait_s: float | None = None) -> redis.Redis:
         db=where.db,
         **options,
     )
-    return sentinel.master_for(config.BROKER_MASTER_NAME.get(), redis_class=redis.Redis)
+    return sentinel.master_for(
+        config.BROKER_MASTER_NAME.get(), redis_class=redis.Redis, connection_class=FollowingConnection
+    )
 
 
 def transport_options() -> dict[str, Any]:
