@@ -29,8 +29,9 @@ from tests.typed import broker_store
 
 ROWS = PIPELINE_PAGES + 3  # the job corpus's pages, 3 of them broken; one batch per page
 # The writer commits each result as it comes (no lingering), so that progress is one manifest per
-# batch and a kill chosen by progress lands mid-job.
-EAGER_WRITER = {"COMIX_WRITER_LINGER_S": "0", "COMIX_WRITER_GAP_LINGER_S": "0"}
+# batch and a kill chosen by progress lands mid-job; a delivery cancelled by its worker's lost
+# connection is sent again within 12 s (its batch lease, renewed every 1.7 s, outlives a failover).
+EAGER_WRITER = {"COMIX_WRITER_LINGER_S": "0", "COMIX_WRITER_GAP_LINGER_S": "0", "COMIX_LEASE_TTL_S": "10"}
 TIMEOUT = 240  # a safety net on a loaded machine; every wait ends on what the processes do
 
 
