@@ -10,17 +10,21 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from comix_embed.common import config
 from comix_embed.common.broker import keys
 from comix_embed.common.errors import EXIT_FAILED, EXIT_PAGES_FAILED, EXIT_USAGE
 from comix_embed.common.store.manifests import manifest_ids
 from comix_embed.common.store.schema import store_path
-from comix_embed.private_redis import PrivateRedis
+from comix_embed.private_redis import PrivateRedis, free_port
 from tests.cli import enqueue_args, run_args, run_cli
 from tests.corpora import PIPELINE_PAGES
 from tests.harness import Proc, assert_same_store
@@ -68,18 +72,18 @@ def _each_page_committed_once(out: Path, clean: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def _wait_until(what: str, done: Callable[[], bool], run: Proc) -> None:
-    """Until `done()`, failing at once (with the logs) if `run` has ended meanwhile."""
+def _wait_for(done: Callable[[], bool], what: str, proc: subprocess.Popen, logs: Callable[[], str]) -> None:
+    """Until `done()`, failing at once (with the logs) if `proc` has ended meanwhile."""
     deadline = time.monotonic() + TIMEOUT
     while not done():
-        assert run.proc.poll() is None, f"run ended ({run.proc.returncode}) before {what}\n{_logs(run)}"
-        assert time.monotonic() < deadline, f"no {what} within {TIMEOUT} s\n{_logs(run)}"
+        assert proc.poll() is None, f"the process ended ({proc.returncode}) before {what}\n{logs()}"
+        assert time.monotonic() < deadline, f"no {what} within {TIMEOUT} s\n{logs()}"
         time.sleep(0.005)
 
 
 def _manifests(out: Path, count: int, run: Proc) -> None:
     """Until `count` batches have a manifest."""
-    _wait_until(f"{count} manifests", lambda: len(manifest_ids(store_path(out))) >= count, run)
+    _wait_for(lambda: len(manifest_ids(store_path(out))) >= count, f"{count} manifests", run.proc, lambda: _logs(run))
 
 
 def _writer_token(out: Path) -> int:
@@ -151,7 +155,7 @@ def test_run_survives_a_restart_of_its_redis_without_sentinel(
         killed_at = len(manifest_ids(store_path(out)))
         assert killed_at < ROWS, "Redis was killed after the job"
         writer_log = out / "logs" / "writer.log"
-        _wait_until("the writer waiting", lambda: "unreachable" in writer_log.read_text(errors="replace"), run)
+        _wait_for(lambda: "unreachable" in writer_log.read_text(), "the writer waiting", run.proc, lambda: _logs(run))
         redis_server.stop()
         redis_server = PrivateRedis(port=redis_server.port).start()
         code = _finished(run)
@@ -163,6 +167,56 @@ def test_run_survives_a_restart_of_its_redis_without_sentinel(
     assert "retrying in" in writer_log.read_text() and "COMIX_BROKER_WAIT_S" in writer_log.read_text()
     assert _writer_token(out) == 2  # Redis forgot token 1; the store did not
     _each_page_committed_once(out, clean_store)
+
+
+def _queued_in_flower(port: int) -> int | None:
+    """The batches Flower counts in the default queue (its HTTP API), None while it cannot say."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/queues/length", timeout=10) as answer:
+            queues = json.loads(answer.read())["active_queues"]
+    except OSError:
+        return None
+    return next((q["messages"] for q in queues if q["name"] == config.EMBED_QUEUE), None)
+
+
+def test_flower_follows_the_master_the_sentinels_name(tmp_path: Path) -> None:
+    """Flower, started as compose.yaml starts it with the Sentinel URL, counts the queue of the
+    master, and after a failover that of the new one."""
+    with SentinelSet() as sentinels:
+        port = free_port()
+        env = {
+            **os.environ,
+            "COMIX_BROKER_URL": sentinels.url,
+            "COMIX_BROKER_MASTER_NAME": MASTER_NAME,
+            "FLOWER_UNAUTHENTICATED_API": "1",
+        }
+        argv = [sys.executable, "-m", "celery", "-A", "comix_embed.common.celery_app", "flower"]
+        log = tmp_path / "flower.log"
+        with open(log, "wb") as out:
+            flower = subprocess.Popen(
+                [*argv, f"--port={port}", "--address=127.0.0.1", "--persistent=False"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        try:
+            old = sentinels.client(sentinels.master_port())
+            old.lpush(config.EMBED_QUEUE, b"{}")
+            _wait_for(lambda: _queued_in_flower(port) == 1, "Flower counting 1 batch", flower, log.read_text)
+            replica = next(p for p in sentinels.servers if p != sentinels.master_port())
+            _wait_for(
+                lambda: sentinels.client(replica).llen(config.EMBED_QUEUE) == 1,
+                "the batch replicated",
+                flower,
+                log.read_text,
+            )
+            _, new = sentinels.kill_master()
+            sentinels.client(new).lpush(config.EMBED_QUEUE, b"{}")
+            _wait_for(lambda: _queued_in_flower(port) == 2, "Flower counting the new master's 2", flower, log.read_text)
+        finally:
+            os.killpg(flower.pid, signal.SIGKILL)
+            flower.wait()
 
 
 def test_a_broker_that_stays_unreachable_ends_the_command_after_the_wait(

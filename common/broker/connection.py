@@ -38,8 +38,10 @@ T = TypeVar("T")
 
 # A dead host answers nothing: give up connecting to it after this long and try again (after a
 # failover, the sentinels name the new master); an idle connection whose peer vanished is found
-# by TCP keepalive within about KEEPIDLE + KEEPCNT * KEEPINTVL seconds.
+# by TCP keepalive within about KEEPIDLE + KEEPCNT * KEEPINTVL seconds, and a command that waits
+# for its reply (no command of ours blocks for more than a second) after REPLY_TIMEOUT_S.
 CONNECT_TIMEOUT_S = 5.0
+REPLY_TIMEOUT_S = 30.0
 _KEEPALIVE = {"TCP_KEEPIDLE": 10, "TCP_KEEPINTVL": 5, "TCP_KEEPCNT": 3}
 # Backoff between tries: doubling from the first, at most the last.
 _BACKOFF_S = (0.1, 2.0)
@@ -121,6 +123,7 @@ def connect(url: str, wait_s: float | None = None) -> redis.Redis:
         "socket_keepalive": True,
         "socket_keepalive_options": keepalive_options(),
         "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "socket_timeout": REPLY_TIMEOUT_S,
         "health_check_interval": 25,
         "retry": patience,
     }
