@@ -57,7 +57,8 @@ import numpy as np
 import zarr
 
 from comix_embed.common import config
-from comix_embed.common.broker.results_stream import ResultsFull, connect, push, store_id_of
+from comix_embed.common.broker.connection import connect
+from comix_embed.common.broker.results_stream import ResultsFull, push, store_id_of
 from comix_embed.common.inputs.pages import PageSpec, PageTask, PanelSpec
 from comix_embed.common.messages import TASK_FORMAT, ModelIdentity, TaskPayload, decode_json, encode_json
 from comix_embed.common.model.identity import make_identity

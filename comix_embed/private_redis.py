@@ -50,8 +50,15 @@ def free_port() -> int:
 class PrivateRedis:
     """Context manager: a redis-server child process, stopped (and its files removed) on exit."""
 
-    def __init__(self, port: int | None = None, maxmemory: str | None = None, password: str | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        maxmemory: str | None = None,
+        password: str | None = None,
+        replica_of: int | None = None,
+    ) -> None:
         self._given_port = port is not None
+        self.replica_of = replica_of  # the port of a master on 127.0.0.1 (the Sentinel tests' replicas)
         self.port = port or free_port()
         self.maxmemory = maxmemory
         self.password = password  # given to redis-server in a config file, never on its command line
@@ -101,7 +108,12 @@ class PrivateRedis:
             "noeviction",
             "--dir",
             self._dir.name,
+            # a replica is sent the data set at once (the default waits 5 s for more replicas)
+            "--repl-diskless-sync-delay",
+            "0",
         ]
+        if self.replica_of:
+            args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         if self.maxmemory:
             args += ["--maxmemory", self.maxmemory]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from comix_embed.common import config
 from comix_embed.common.broker import deliveries
-from comix_embed.common.broker.results_stream import connect, store_id
+from comix_embed.common.broker.connection import connect
+from comix_embed.common.broker.results_stream import store_id
 from comix_embed.common.errors import EXIT_OK, EXIT_PAGES_FAILED
 from comix_embed.common.messages import ModelIdentity
 from comix_embed.common.store.jobs import load_jobs

@@ -38,7 +38,8 @@ from tqdm import tqdm
 
 from comix_embed.common import config
 from comix_embed.common.broker import batch_lease, deliveries, keys
-from comix_embed.common.broker.results_stream import connect, results_key
+from comix_embed.common.broker.connection import connect
+from comix_embed.common.broker.results_stream import results_key
 from comix_embed.common.child import cli_argv
 from comix_embed.common.errors import EXIT_DISK_FULL, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PAGES_FAILED
 from comix_embed.common.inputs.paths import ImageResolver

@@ -21,6 +21,7 @@ import kombu
 from celery import Celery
 
 from comix_embed.common import config
+from comix_embed.common.broker.connection import transport_options
 
 # `accept_content` covers what the app's consumers decode; kombu's registry still holds a pickle
 # decoder for any path that decodes without an accept list. Every process that loads this app
@@ -31,8 +32,8 @@ app = Celery("comix", include=["comix_embed.consumers.tasks"])
 app.conf.update(
     broker_url=config.broker_url(),
     broker_transport_options={
+        **transport_options(),
         "visibility_timeout": config.VISIBILITY_TIMEOUT,
-        "socket_keepalive": True,
         "health_check_interval": 25,
         "retry_on_timeout": True,
         "priority_steps": config.PRIORITY_STEPS,
@@ -65,6 +66,9 @@ app.conf.update(
 
 
 def configure(broker: str | None) -> Celery:
-    """Point the app at `broker` (or the environment's) before anything connects."""
+    """Point the app at `broker` (or the environment's) before anything connects; a URL that
+    cannot work (a sentinel:// one without COMIX_BROKER_MASTER_NAME) is a UsageError here."""
     app.conf.broker_url = config.broker_url(broker)
+    config.check_broker(app.conf.broker_url)
+    app.conf.broker_transport_options.update(transport_options())
     return app

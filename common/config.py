@@ -12,7 +12,8 @@ with a message naming the variable (exit status 2), instead of failing later, el
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit, urlunsplit
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from comix_embed.common import environment
 from comix_embed.common.errors import UsageError
@@ -145,7 +146,12 @@ def pending_bound(rows_per_result: int) -> int:
 
 
 def masked_url(url: str) -> str:
-    """`url` with its password shown as ***: how every URL is printed or logged."""
+    """`url` with its passwords shown as ***: how every URL is printed or logged (each part of a
+    `sentinel://...;sentinel://...` URL alike)."""
+    return ";".join(_masked(part) for part in url.split(";"))
+
+
+def _masked(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -153,20 +159,93 @@ def masked_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
-def _redis_url(url: str) -> str:
-    # Celery's transport and the results stream's client both take these two schemes, and only these
-    if urlsplit(url).scheme not in ("redis", "rediss"):
-        raise ValueError("is not a redis:// or rediss:// URL")
+# Celery's form for Redis Sentinel (common/broker/connection.py): the sentinels, separated by ';'.
+SENTINEL_SCHEME = "sentinel"
+
+
+@dataclass(frozen=True)
+class SentinelUrl:
+    """A `sentinel://` broker URL taken apart: the sentinels, and the master's credentials and
+    database (those of the first part, as kombu reads them)."""
+
+    sentinels: list[tuple[str, int]]
+    username: str | None
+    password: str | None
+    db: int
+
+
+def is_sentinel(url: str) -> bool:
+    return urlsplit(url).scheme == SENTINEL_SCHEME
+
+
+def parse_sentinel_url(url: str) -> SentinelUrl:
+    """`sentinel://[:password@]host:port[/db];sentinel://host:port;...`; ValueError says what is wrong."""
+    parts = [urlsplit(part.strip()) for part in url.split(";") if part.strip()]
+    sentinels = []
+    for part in parts:
+        if part.scheme != SENTINEL_SCHEME or not part.hostname:
+            raise ValueError("must be sentinel://host:port parts separated by ';'")
+        try:
+            sentinels.append((part.hostname, part.port or 26379))
+        except ValueError:
+            raise ValueError(f"has a port that is no number in {masked_url(part.geturl())!r}") from None
+    if not sentinels:
+        raise ValueError("names no sentinel")
+    first = parts[0]
+    path = first.path.strip("/")
+    if path and not path.isdigit():
+        raise ValueError(f"has a database that is no number: {path!r}")
+    return SentinelUrl(
+        sentinels=sentinels,
+        username=unquote(first.username) if first.username else None,
+        password=unquote(first.password) if first.password else None,
+        db=int(path or 0),
+    )
+
+
+def _broker_url(url: str) -> str:
+    # Celery's transport and our own clients (common/broker/connection.py) both take these schemes
+    if is_sentinel(url):
+        parse_sentinel_url(url)
+    elif urlsplit(url).scheme not in ("redis", "rediss"):
+        raise ValueError("is not a redis://, rediss:// or sentinel:// URL")
     return url
 
 
 # Read when asked: `run` and `worker` hand a --broker URL to their children through it.
-BROKER_URL = environment.text("COMIX_BROKER_URL", DEFAULT_BROKER_URL, _redis_url, lambda url: repr(masked_url(url)))
+BROKER_URL = environment.text("COMIX_BROKER_URL", DEFAULT_BROKER_URL, _broker_url, lambda url: repr(masked_url(url)))
+# The master's name that the sentinels of a sentinel:// broker URL know it by (their `sentinel
+# monitor NAME ...`); Celery's `master_name` transport option. Unused with redis:// URLs.
+BROKER_MASTER_NAME = environment.text("COMIX_BROKER_MASTER_NAME")
+# How long a command waits for an unreachable broker (a failover, a Redis restart) before it gives
+# up with an error, counted from the first failed try of each command.
+BROKER_WAIT_S = environment.number("COMIX_BROKER_WAIT_S", 120.0, at_least=0)
 
 
 def broker_url(cli_value: str | None = None) -> str:
     """The broker URL: the command-line value, else $COMIX_BROKER_URL, else local Redis."""
     return cli_value or BROKER_URL.get()
+
+
+def broker_problem(url: str) -> str | None:
+    """Why broker `url` cannot work, naming what to set; None when it can."""
+    try:
+        _broker_url(url)
+    except ValueError as exc:
+        return f"broker URL {masked_url(url)!r} {exc}"
+    if is_sentinel(url) and not BROKER_MASTER_NAME.get():
+        return (
+            f"broker URL {masked_url(url)!r} names sentinels: set {BROKER_MASTER_NAME.name} to the name "
+            "of the master they monitor (their `sentinel monitor NAME ...`)"
+        )
+    return None
+
+
+def check_broker(url: str) -> None:
+    """UsageError (exit status 2) for a broker URL that cannot work: checked before connecting."""
+    problem = broker_problem(url)
+    if problem:
+        raise UsageError(problem)
 
 
 def check() -> None:
@@ -182,6 +261,8 @@ def check() -> None:
             f"COMIX_TASK_TIME_LIMIT ({TASK_TIME_LIMIT} s) must be below COMIX_VISIBILITY_TIMEOUT "
             f"({VISIBILITY_TIMEOUT} s): otherwise a batch still running is delivered to a second worker"
         )
+    if not BROKER_URL.problem() and (problem := broker_problem(BROKER_URL.get())):
+        problems.append(f"{BROKER_URL.name}: {problem}")
     if problems:
         raise UsageError("configuration: " + "; ".join(problems))
 

@@ -110,7 +110,7 @@ def _load_model(**_: Any) -> None:
 @worker_ready.connect
 def _announce_ready(sender: Any = None, **_: Any) -> None:
     """In the worker's main process, once its pool (models loaded) consumes: `run` waits for this."""
-    from comix_embed.common.broker.results_stream import connect
+    from comix_embed.common.broker.connection import connect
     from comix_embed.consumers.settings import ready_key
 
     _state["consumer"] = sender  # to stop taking batches while a new pool process loads the model
@@ -163,7 +163,7 @@ def _embedder(task_roots: list[str]):
 
 
 def _client():
-    from comix_embed.common.broker.results_stream import connect
+    from comix_embed.common.broker.connection import connect
 
     if _state.get("redis") is None:
         _state["redis"] = connect(app.conf.broker_url)

@@ -25,8 +25,9 @@ import redis
 
 from comix_embed.common import config
 from comix_embed.common.broker import deliveries
+from comix_embed.common.broker.connection import connect
 from comix_embed.common.broker.redis_memory import describe_limit, is_out_of_memory
-from comix_embed.common.broker.results_stream import connect, store_id, store_id_of
+from comix_embed.common.broker.results_stream import store_id, store_id_of
 from comix_embed.common.celery_app import configure
 from comix_embed.common.errors import EXIT_OK, CommandError, UsageError
 from comix_embed.common.inputs.listfile import read_list

@@ -22,7 +22,8 @@ import zarr
 
 from comix_embed.common import config
 from comix_embed.common.broker import deliveries
-from comix_embed.common.broker.results_stream import connect, store_id
+from comix_embed.common.broker.connection import connect
+from comix_embed.common.broker.results_stream import store_id
 from comix_embed.common.celery_app import configure
 from comix_embed.common.durable import write_json_atomic
 from comix_embed.common.errors import UsageError

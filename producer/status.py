@@ -20,8 +20,9 @@ import redis
 
 from comix_embed.common import config
 from comix_embed.common.broker import batch_lease, deliveries, keys
+from comix_embed.common.broker.connection import connect
 from comix_embed.common.broker.deliveries import Refusal
-from comix_embed.common.broker.results_stream import connect, results_key, store_id
+from comix_embed.common.broker.results_stream import results_key, store_id
 from comix_embed.common.broker.writer_lease import WriterLeaseHolder, current_holder
 from comix_embed.common.celery_app import configure
 from comix_embed.common.errors import EXIT_OK, UsageError
@@ -115,9 +116,14 @@ def _models(jobs: list[Job], attrs: dict | None) -> dict[str, ModelIdentity]:
     return {j.job_id: m for j in jobs if (m := j.model or store_model) is not None}
 
 
+# `status` answers at once: it waits this long for a broker that does not answer (a failover under
+# way) before it shows the broker as unreachable, not COMIX_BROKER_WAIT_S.
+BROKER_WAIT_S = 3.0
+
+
 def _broker_view(report: StatusReport, url: str, store: str, models: dict[str, ModelIdentity], owed: set[int]) -> None:
     """Fill in the broker's side of `report`, or why the broker could not be read."""
-    client = connect(url)
+    client = connect(url, wait_s=BROKER_WAIT_S)
     queues = sorted({queue_name(m) for m in models.values() if not is_legacy_tokenizer(m.tokenizer)})
     try:
         now = time.time()

@@ -72,6 +72,27 @@ def test_a_remote_worker_mounts_no_images_and_holds_no_credential(compose: dict)
     assert all(remote["environment"][name] is None for name in passed)  # from the environment, if set
 
 
+def test_the_sentinel_file_gives_every_service_of_the_broker_the_sentinels(compose: dict) -> None:
+    """compose.sentinel.yaml, laid over compose.yaml: valid, three sentinels agreeing two by two on
+    the master `comix`, and every service that reaches the broker asks them (with Flower)."""
+    from comix_embed.common.config import parse_sentinel_url
+
+    sentinel = yaml.safe_load((ROOT / "compose.sentinel.yaml").read_text(encoding="utf-8"))
+    assert compose_errors(sentinel) == []
+    services = sentinel["services"]
+    brokered = {name for name, s in compose["services"].items() if "COMIX_BROKER_URL" in s.get("environment", {})}
+    assert brokered == {"worker", "worker-remote", "writer", "flower", "producer"}
+    for name in brokered:
+        env = services[name]["environment"]
+        assert env["COMIX_BROKER_MASTER_NAME"] == "comix", name
+        url = re.sub(r"\$\{([A-Z_]+):\?[^}]*\}", r"\1", env["COMIX_BROKER_URL"])
+        assert parse_sentinel_url(url).sentinels == [(f"sentinel-{i}", 26379) for i in (1, 2, 3)], name
+    monitors = [" ".join(services[f"sentinel-{i}"]["command"]) for i in (1, 2, 3)]
+    assert all("sentinel monitor comix redis 6379 2" in m for m in monitors)
+    assert "--replicaof redis 6379" in services["redis-replica"]["command"]
+    assert "--masterauth" in services["redis"]["command"]  # a demoted master syncs from the new one
+
+
 def test_gpu_claim_folder_belongs_to_the_containers_user(compose: dict) -> None:
     assert "gpu-claims:/claims" in compose["services"]["worker"]["volumes"]
     assert "--gpu-claim-dir /claims" in compose["services"]["worker"]["command"]

@@ -128,12 +128,14 @@ def test_help_and_readme_list_every_status() -> None:
 
 
 def test_an_unreachable_broker_is_an_error_message_not_a_traceback(tmp_path: Path) -> None:
-    """A writer started on a store with a job, its broker down: exit 1, one line naming the broker
-    (its password masked), and no traceback."""
+    """A writer started on a store with a job, its broker down past COMIX_BROKER_WAIT_S: exit 1, one
+    line naming the broker (its password masked), and no traceback."""
     out = tmp_path / "out"
     synthetic.plan(out, synthetic.make_pages(8), 8)
     broker = f"redis://:secret@127.0.0.1:{free_port()}/0"  # nothing listens there
-    done = run_cli("writer", "--output-dir", str(out), "--broker", broker, timeout=120)
+    done = run_cli(
+        "writer", "--output-dir", str(out), "--broker", broker, timeout=120, env={"COMIX_BROKER_WAIT_S": "1"}
+    )
     assert done.returncode == errors.EXIT_FAILED, done.stderr
     assert f"error: cannot reach the broker at redis://:***@127.0.0.1:{broker.rsplit(':', 1)[1]}" in done.stderr
     assert "Traceback" not in done.stderr and "secret" not in done.stderr

@@ -333,7 +333,8 @@ def test_gpu_claims_give_each_replica_its_own_gpu(tmp_path: Path) -> None:
 def test_writer_sets_aside_a_result_from_another_model_and_commits_the_rest(
     tmp_path: Path, broker: PrivateRedis
 ) -> None:
-    from comix_embed.common.broker.results_stream import connect, push
+    from comix_embed.common.broker.connection import connect
+    from comix_embed.common.broker.results_stream import push
     from tests import synthetic
 
     out, logs = tmp_path / "out", tmp_path / "logs"

@@ -205,7 +205,7 @@ def test_status_names_an_unreachable_broker_without_its_password(tmp_path: Path)
         (
             "COMIX_BROKER_URL",
             "amqp://u:hunter2@mq/",
-            "COMIX_BROKER_URL='amqp://u:***@mq/' is not a redis:// or rediss:// URL",
+            "COMIX_BROKER_URL='amqp://u:***@mq/' is not a redis://, rediss:// or sentinel:// URL",
         ),
         (
             "COMIX_TEST_STOP_AT",

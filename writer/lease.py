@@ -275,7 +275,12 @@ class WriterLease:
                 log.warning("could not renew the writer lease (%s: %s); retrying", type(exc).__name__, exc)
 
     def _renew_once(self) -> int:
-        state = int(self._renew(keys=[self.key], args=[self.token, int(self.ttl_s * 1000)]))
+        token = self.token
+        state = int(self._renew(keys=[self.key], args=[token, int(self.ttl_s * 1000)]))
+        if token != self.token:
+            # a renewal that waited out a failover, while the writer took the lease again under a
+            # new token: its answer is about the old token, not about who holds the lease now
+            return self._state
         if state == 1:
             self._confirmed = time.monotonic()
         elif state == -1 and self._state != -1:

@@ -37,7 +37,8 @@ import redis
 
 from comix_embed.common import config
 from comix_embed.common.broker import batch_lease, deliveries
-from comix_embed.common.broker.results_stream import Entry, Malformed, ResultsReader, connect, store_id
+from comix_embed.common.broker.connection import connect
+from comix_embed.common.broker.results_stream import Entry, Malformed, ResultsReader, store_id
 from comix_embed.common.celery_app import configure
 from comix_embed.common.errors import EXIT_OK
 from comix_embed.common.messages import MalformedMessage, TaskPayload

@@ -62,10 +62,6 @@ def results_key(store: str) -> str:
     return keys.RESULTS.format(store=store)
 
 
-def connect(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_keepalive=True, health_check_interval=25)
-
-
 class ResultsFull(Exception):
     """The writer stayed too far behind for too long; the task gives its batch back to the queue."""
 
