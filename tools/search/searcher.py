@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import faiss
@@ -64,7 +64,8 @@ class SearchIndex:
         self.ann: dict[str, AnnPart] = {}
         self._text_segments: list[Segment] = []
         self._columns: dict[str, ColumnCodes] = {}
-        self._masks: dict[PageFilter, np.ndarray] = {}
+        # lru_cache, not a dict of our own: serve's threads share this index, and it locks for them
+        self._masks = lru_cache(maxsize=MASKS_KEPT)(self._mask)
         if use_index:
             self._open_index()
         delta = np.union1d(self.changed, np.arange(self.covered, self.committed)).astype(np.int64)
@@ -192,11 +193,7 @@ class SearchIndex:
         """The row mask of a filter over the snapshot's committed rows (None: no filter)."""
         if where is None or not where.active:
             return None
-        if where not in self._masks:
-            if len(self._masks) >= MASKS_KEPT:
-                self._masks.pop(next(iter(self._masks)))
-            self._masks[where] = self._mask(where)
-        return self._masks[where]
+        return self._masks(where)
 
     def _mask(self, where: PageFilter) -> np.ndarray:
         mask = np.ones(self.committed, dtype=bool)

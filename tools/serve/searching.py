@@ -121,16 +121,21 @@ def ask(store: ServedStore, request: SearchRequest) -> StoreAnswer | StoreRefusa
     )
 
 
-def compared(stores: dict[str, ServedStore], values: Mapping[str, str]) -> tuple[SearchRequest, list[ServedStore]]:
-    """Side by side: the `like` search of one `page` asked of two stores, `a` and `b` (by default
-    the first two served), each answering in its own space; the filters apply to both."""
+def compared_stores(stores: dict[str, ServedStore], values: Mapping[str, str]) -> list[ServedStore]:
+    """Side by side: the two stores `a` and `b` name (by default the first two served)."""
     names = list(stores)
     chosen = [values.get(side, "").strip() or names[min(i, len(names) - 1)] for i, side in enumerate("ab")]
     for name in chosen:
         if name not in stores:
             raise UsageError(f"no store named {name!r} (served: {', '.join(names)})")
-    request = SearchRequest.parse({**values, "mode": "like", "q": values.get("page", ""), "store": ""})
-    return request, [stores[name] for name in chosen]
+    return [stores[name] for name in chosen]
+
+
+def compared(stores: dict[str, ServedStore], values: Mapping[str, str]) -> tuple[SearchRequest, list[ServedStore]]:
+    """Side by side: the `like` search of one `page` asked of two stores (compared_stores), each
+    answering in its own space; the filters apply to both."""
+    chosen = compared_stores(stores, values)
+    return SearchRequest.parse({**values, "mode": "like", "q": values.get("page", ""), "store": ""}), chosen
 
 
 def search(stores: dict[str, ServedStore], request: SearchRequest) -> SearchAnswer:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -20,7 +21,7 @@ from comix_embed.tools.search.filters import FIELDS, STATUSES
 from comix_embed.tools.serve.answers import PanelView
 from comix_embed.tools.serve.app import state
 from comix_embed.tools.serve.files import page_thumbnail, raster_type, requested_image
-from comix_embed.tools.serve.searching import SearchRequest, ask, compared, search
+from comix_embed.tools.serve.searching import SearchRequest, ask, compared, compared_stores, search
 from comix_embed.tools.serve.security import int_parameter, printable
 from comix_embed.tools.serve.thumbs import GRID_SIZE, MAX_SIZE, MIN_SIZE, PAGE_SIZE, render
 
@@ -70,16 +71,20 @@ def upload_preview(data: bytes, name: str) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
+def non_empty_filters(form: Mapping[str, Any]) -> dict[str, Any]:
+    """The filter fields (tools/search/filters.py) a form holds a value in: what links carry on."""
+    return {k: form[k] for k in FIELDS if form.get(k)}
+
+
 def render_search(
     form: dict[str, Any], answers: list[Any] | None, error: str | None, preview: str | None = None
 ) -> str:
     """The search page; `filters` holds the form's non-empty filter fields, which every link keeps."""
-    filters = {k: form[k] for k in FIELDS if form.get(k)}
     return render_template(
         "search.html",
         stores=state().stores,
         form=form,
-        filters=filters,
+        filters=non_empty_filters(form),
         statuses=STATUSES,
         answers=answers,
         error=error,
@@ -93,15 +98,24 @@ def compare_view() -> tuple[str, int] | str:
     example fused against vision-only embeddings of one collection)."""
     stores = state().stores
     form = {k: request.args.get(k, "") for k in ("page", "a", "b", "k", *FIELDS)}
-    if not form["page"].strip():
-        return render_template("compare.html", stores=stores, form=form, answers=None, error=None)
+    answers = None
     try:
-        query, chosen = compared(stores, request.args)
+        chosen = compared_stores(stores, request.args)
+        form.update(a=chosen[0].name, b=chosen[1].name)
+        if form["page"].strip():
+            query, chosen = compared(stores, request.args)
+            answers = [ask(store, query) for store in chosen]
+            form.update(k=str(query.k))
     except UsageError as exc:
-        return render_template("compare.html", stores=stores, form=form, answers=None, error=str(exc)), 400
-    answers = [ask(store, query) for store in chosen]
-    form.update(a=chosen[0].name, b=chosen[1].name, k=str(query.k))
-    return render_template("compare.html", stores=stores, form=form, answers=answers, error=None, statuses=STATUSES)
+        return render_compare(form, None, str(exc)), 400
+    return render_compare(form, answers, None)
+
+
+def render_compare(form: dict[str, str], answers: list[Any] | None, error: str | None) -> str:
+    """The side-by-side page; the form's filter fields travel as hidden fields."""
+    return render_template(
+        "compare.html", stores=state().stores, form=form, filters=non_empty_filters(form), answers=answers, error=error
+    )
 
 
 @bp.get("/page/<store>/<int:row>")
