@@ -114,15 +114,23 @@ class FollowingConnection(SentinelManagedConnection):
         super().connect_check_health(check_health=check_health, retry_socket_connect=False)
 
 
+def socket_options() -> dict[str, Any]:
+    """How every connection to the broker is made, ours and Celery's alike: TCP keepalive, and a
+    connect that gives up on a dead host after CONNECT_TIMEOUT_S."""
+    return {
+        "socket_keepalive": True,
+        "socket_keepalive_options": keepalive_options(),
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+    }
+
+
 def connect(url: str, wait_s: float | None = None) -> redis.Redis:
     """The Redis client for broker `url` (checked by `config.check_broker`), its commands retried
     for up to `wait_s` seconds (default COMIX_BROKER_WAIT_S) while the broker is unreachable."""
     config.check_broker(url)
     patience = Patience(config.masked_url(url), config.BROKER_WAIT_S.get() if wait_s is None else wait_s)
     options: dict[str, Any] = {
-        "socket_keepalive": True,
-        "socket_keepalive_options": keepalive_options(),
-        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        **socket_options(),
         "socket_timeout": REPLY_TIMEOUT_S,
         "health_check_interval": 25,
         "retry": patience,
@@ -146,11 +154,7 @@ def connect(url: str, wait_s: float | None = None) -> redis.Redis:
 def transport_options() -> dict[str, Any]:
     """What Celery's Redis transport needs beyond the URL to reach the same broker: the master's
     name for a `sentinel://` URL, and the same connection timeouts as `connect`."""
-    options: dict[str, Any] = {
-        "socket_keepalive": True,
-        "socket_keepalive_options": keepalive_options(),
-        "socket_connect_timeout": CONNECT_TIMEOUT_S,
-    }
+    options = socket_options()
     name = config.BROKER_MASTER_NAME.get()
     if name:
         options["master_name"] = name
